@@ -1,0 +1,174 @@
+"""Artifact folders: the ``spring.json`` manifest, the base-model fingerprint, atomic writes, validation.
+
+An artifact is a folder: ``spring.json`` describes it (kind, base model, fingerprint, layout, training config,
+metrics, library versions) and lists its data files with their SHA-256, so a truncated or corrupted file is
+caught on load instead of producing quietly wrong answers.
+
+Example:
+    >>> fp = fingerprint(model.get_input_embeddings().weight)      # doctest: +SKIP
+    >>> check_fingerprint(manifest, model, artifact_path)            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spring_core.errors import ArtifactError, ModelMismatchError
+
+MANIFEST_NAME = "spring.json"
+FORMAT_VERSION = 1
+KINDS = ("virtual-tokens", "document-adapters", "poly-experts")
+_FINGERPRINT_ROWS = 64
+
+
+def fingerprint(embedding: torch.Tensor) -> dict[str, Any]:
+    """Identify a base model by its input embedding: the shape plus a hash of a fixed sample of rows.
+
+    Rows are rounded to bfloat16 before hashing, so the same model loaded in float32 or bfloat16 matches.
+    """
+    rows, dim = embedding.shape
+    index = torch.linspace(0, rows - 1, steps=min(_FINGERPRINT_ROWS, rows)).long()
+    sample = embedding.detach()[index.to(embedding.device)].to("cpu", torch.bfloat16).to(torch.float32)
+    digest = hashlib.sha256(sample.contiguous().numpy().tobytes()).hexdigest()[:16]
+    return {"shape": [int(rows), int(dim)], "sample_sha256": digest}
+
+
+def model_fingerprint(model: Any) -> dict[str, Any]:
+    return fingerprint(model.get_input_embeddings().weight)
+
+
+def check_fingerprint(manifest: dict[str, Any], model: Any, where: Path | str, model_name: str) -> None:
+    """Raise ``ModelMismatchError`` naming both models when the artifact was made for another base model."""
+    recorded = manifest["base_model"]
+    actual = model_fingerprint(model)
+    if recorded.get("fingerprint") == actual:
+        return
+    expected_name = recorded.get("name", "an unnamed model")
+    raise ModelMismatchError(
+        f"{where} was made for {expected_name!r} (embedding {recorded['fingerprint']['shape']}, fingerprint "
+        f"{recorded['fingerprint']['sample_sha256']}) but is being loaded into {model_name!r} (embedding "
+        f"{actual['shape']}, fingerprint {actual['sample_sha256']}). Load it with the model it was trained for, "
+        "or train an artifact for this model."
+    )
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("spring-rag", "torch", "transformers", "safetensors"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def new_manifest(kind: str, *, base_model_name: str, model: Any, **fields: Any) -> dict[str, Any]:
+    """A manifest with the fields every artifact carries; ``fields`` adds the kind-specific ones."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}")
+    config = model.config
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "base_model": {
+            "name": base_model_name,
+            "hidden_size": int(config.hidden_size),
+            "vocab_size": int(model.get_input_embeddings().weight.shape[0]),
+            "fingerprint": model_fingerprint(model),
+        },
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "library_versions": library_versions(),
+        **fields,
+    }
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_artifact(folder: Path | str, manifest: dict[str, Any], files: dict[str, bytes]) -> Path:
+    """Write data files, then the manifest that lists their hashes, each atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = dict(manifest)
+    manifest["files"] = {}
+    for name, data in files.items():
+        atomic_write_bytes(folder / name, data)
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    atomic_write_bytes(folder / MANIFEST_NAME, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
+    return folder
+
+
+def read_manifest(folder: Path | str, kind: str) -> dict[str, Any]:
+    """Read and check ``spring.json``: valid JSON, known format version, the expected kind, required fields."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        raise ArtifactError(f"artifact folder {folder} does not exist")
+    if not path.is_file():
+        raise ArtifactError(f"{folder} holds no {MANIFEST_NAME}; it is not a spring-rag artifact folder")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); restore it from the original artifact") from exc
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path} must hold a JSON object, not {type(manifest).__name__}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has format_version {version!r}; this spring-rag reads version {FORMAT_VERSION}. "
+            "Upgrade spring-rag or re-export the artifact."
+        )
+    if manifest.get("kind") != kind:
+        raise ArtifactError(f"{path} describes a {manifest.get('kind')!r} artifact, but a {kind!r} one is needed")
+    missing = [key for key in ("base_model", "files") if not isinstance(manifest.get(key), dict)]
+    base = manifest.get("base_model") or {}
+    if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), dict):
+        missing.append("base_model.fingerprint")
+    if missing:
+        raise ArtifactError(f"{path} lacks the field(s) {', '.join(sorted(set(missing)))}; the manifest is damaged")
+    return manifest
+
+
+def verified_file(folder: Path | str, manifest: dict[str, Any], name: str) -> Path:
+    """The path of data file ``name`` after checking it exists and matches the hash in the manifest."""
+    path = Path(folder) / name
+    entry = manifest["files"].get(name)
+    if entry is None:
+        raise ArtifactError(f"{Path(folder) / MANIFEST_NAME} does not list {name}; the manifest is damaged")
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing; the artifact folder is incomplete")
+    if sha256_file(path) != entry.get("sha256"):
+        raise ArtifactError(
+            f"{path} does not match the SHA-256 in {MANIFEST_NAME} (truncated or corrupted); "
+            "copy the artifact folder again"
+        )
+    return path

@@ -1,0 +1,436 @@
+"""SpringModel: a frozen Hugging Face causal LM that reads virtual tokens ``[r1]..[rk]`` at a marker block.
+
+The virtual tokens get ids past the base vocabulary (``vocab_rows + i``). Before the forward pass those ids are
+replaced by rows of the ``VirtualTokens`` table in ``inputs_embeds``; every other id goes through the base
+embedding. A prompt without a marker block (or ``k=0``, or no tokens loaded) is passed to the base model as plain
+``input_ids``, so its logits are bit-identical to the untouched model's. The lm_head has no rows for virtual ids,
+so they can never be generated.
+
+Example:
+    >>> from spring_core import SpringModel
+    >>> sm = SpringModel.from_pretrained("smollm2-135m", tokens="my-tokens/")       # doctest: +SKIP
+    >>> out = sm.generate("Who founded X?", passages=["X was founded by Y."], k=10)  # doctest: +SKIP
+    >>> out.text, out.usage.virtual_tokens                                          # doctest: +SKIP
+    ('Y', 10)
+    >>> for delta in sm.stream("Who founded X?", passages=["..."], k=10): ...      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from spring_core.errors import MarkerError
+from spring_core.models import DEFAULT_MODEL, load_model, model_display_name
+from spring_core.prompts import (
+    Passage,
+    PromptParts,
+    build_prompt,
+    check_user_text,
+    parse_prompt,
+)
+from spring_core.tokens import VirtualTokens
+
+_UNLIMITED = 1 << 30
+
+
+@dataclass
+class Usage:
+    """Token counts of one generation; virtual tokens are counted apart from the prompt's real tokens."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    virtual_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.virtual_tokens + self.completion_tokens
+
+
+@dataclass
+class Generation:
+    """What ``generate`` returns: the answer text, its token usage and why generation ended."""
+
+    text: str
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str = "stop"  # "stop": end of sequence or a stop string; "length": max_new_tokens reached
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding options; ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+
+
+class SpringModel:
+    """A base causal LM, its tokenizer and (optionally) a table of SPRING virtual tokens.
+
+    Args:
+        model: a Hugging Face causal LM; its weights are only read, never written.
+        tokenizer: its tokenizer (left untouched; markers are handled by spring-rag, not added to it).
+        tokens: a ``VirtualTokens`` table made for this model, a path to an artifact folder, or ``None`` for the
+            plain base model.
+        layout: ``"raw"`` (the paper's completion prompt) or ``"chat"`` (the chat template's user turn); by
+            default the layout the tokens were trained with, else ``"raw"``.
+        strict: raise ``MarkerError`` on malformed marker blocks or markers inside user text (default); with
+            ``False`` warn, and read stray markers as plain text.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, tokens: VirtualTokens | str | Path | None = None, *,
+                 layout: str | None = None, strict: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        if isinstance(tokens, (str, Path)):
+            tokens = VirtualTokens.load(tokens, model=model)
+        elif tokens is not None:
+            tokens.check_compatible(model)
+        self.tokens: VirtualTokens | None = tokens
+        self.layout = layout or (tokens.layout if tokens is not None else "raw")
+        self.strict = strict
+        self.name = model_display_name(model)
+        self.vocab_rows = int(model.get_input_embeddings().weight.shape[0])
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._lead_ids, self._trail_ids = _special_token_wrap(tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, tokens: VirtualTokens | str | Path | None = None,
+                        *, device: str | None = None, dtype: str | torch.dtype | None = None, model: Any = None,
+                        tokenizer: Any = None, layout: str | None = None, strict: bool = True) -> SpringModel:
+        """Load a base model (HF id, local folder, ``.gguf`` file or alias such as ``smollm2-135m``) with tokens."""
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, model=model, tokenizer=tokenizer)
+        return cls(model, tokenizer, tokens, layout=layout, strict=strict)
+
+    @property
+    def n(self) -> int:
+        """How many virtual tokens are loaded (0 without an artifact)."""
+        return self.tokens.n if self.tokens is not None else 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def __repr__(self) -> str:
+        return f"SpringModel(model={self.name!r}, n={self.n}, layout={self.layout!r})"
+
+    # ----- prompts -------------------------------------------------------------------------------------------
+
+    def prompt_parts(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None,
+                     ) -> PromptParts:
+        """The stored layout for a question and its passages, with ``k`` (default: all ``n``) virtual tokens."""
+        k = self.n if k is None else k
+        if not 0 <= k <= self.n:
+            raise MarkerError(
+                f"k = {k} is out of range: this model has n = {self.n} virtual tokens, so use 0 <= k <= {self.n}"
+                + ("" if self.n else " (load an artifact with tokens= to use k > 0)")
+            )
+        texts = [question] + [p if isinstance(p, str) else str(p.get("text", "")) for p in passages or []]
+        check_user_text(texts, strict=self.strict, what="the question or a passage")
+        return build_prompt(question, passages, k, layout=self.layout, tokenizer=self.tokenizer)
+
+    def build_prompt(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None) -> str:
+        """The prompt as text, marker block included: what ``generate_from_prompt`` accepts."""
+        return self.prompt_parts(question, passages, k).render()
+
+    def parse(self, prompt: str) -> PromptParts:
+        """Split a prompt around its marker block (see ``parse_prompt``).
+
+        Without loaded tokens a well-formed block is dropped, so SPRING prompt templates also run on the plain
+        base model and it reads exactly the prompt without markers.
+        """
+        if self.tokens is None:
+            parts = parse_prompt(prompt, _UNLIMITED, strict=self.strict)
+            return PromptParts(parts.plain_text())
+        return parse_prompt(prompt, self.n, strict=self.strict)
+
+    def encode(self, parts: PromptParts) -> list[int]:
+        """Token ids of a prompt; virtual token ``[ri]`` is the id ``vocab_rows + i - 1``.
+
+        With ``k == 0`` this is exactly ``tokenizer(prompt)["input_ids"]``.
+        """
+        if parts.k == 0:
+            return list(self.tokenizer(parts.plain_text())["input_ids"])
+        before = self.tokenizer(parts.before, add_special_tokens=False)["input_ids"]
+        after = self.tokenizer(parts.after, add_special_tokens=False)["input_ids"]
+        virtual = list(range(self.vocab_rows, self.vocab_rows + parts.k))
+        return self._lead_ids + list(before) + virtual + list(after) + self._trail_ids
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``inputs_embeds`` for ids that may include virtual ids (differentiable w.r.t. the token table)."""
+        embedding = self.model.get_input_embeddings()
+        is_virtual = input_ids >= self.vocab_rows
+        base = embedding(input_ids.masked_fill(is_virtual, 0))
+        if self.tokens is None or not bool(is_virtual.any()):
+            return base
+        table = self.tokens.weight.to(device=base.device, dtype=base.dtype)
+        virtual = table[(input_ids - self.vocab_rows).clamp(min=0, max=self.n - 1)]
+        return torch.where(is_virtual.unsqueeze(-1), virtual, base)
+
+    def model_inputs(self, batch: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Left-padded model inputs: ``input_ids`` when no virtual token is present, else ``inputs_embeds``."""
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids):] = 1
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        if bool((input_ids >= self.vocab_rows).any()):
+            return {"inputs_embeds": self.embed(input_ids), "attention_mask": attention_mask}
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    @torch.inference_mode()
+    def logits(self, prompt: str) -> torch.Tensor:
+        """Next-token logits over the prompt, ``[1, length, vocab]`` (marker block spliced in)."""
+        inputs = self.model_inputs([self.encode(self.parse(prompt))])
+        return self.model(**inputs).logits
+
+    # ----- generation ----------------------------------------------------------------------------------------
+
+    def generate(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None,
+                 **settings: Any) -> Generation:
+        """Answer ``question`` from ``passages`` with ``k`` virtual tokens (default all ``n``) in the stored layout.
+
+        Settings: ``max_new_tokens`` (64), ``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop`` (strings).
+        """
+        return self._generate_parts([self.prompt_parts(question, passages, k)], _settings(settings))[0]
+
+    def generate_from_prompt(self, prompt: str, **settings: Any) -> Generation:
+        """Generate from a finished prompt that may hold one marker block ``[r1]..[rk]`` (what integrations call)."""
+        return self._generate_parts([self.parse(prompt)], _settings(settings))[0]
+
+    def generate_batch(self, items: Sequence[str | Mapping[str, Any]], *, batch_size: int = 8,
+                       **settings: Any) -> list[Generation]:
+        """Generate for many prompts at once (left padding); greedy results equal one-by-one calls.
+
+        Each item is a prompt string (as for ``generate_from_prompt``) or a mapping with ``question`` and optional
+        ``passages`` and ``k`` (as for ``generate``).
+        """
+        parsed = _settings(settings)
+        parts = [self._item_parts(item) for item in items]
+        results: list[Generation] = []
+        for start in range(0, len(parts), batch_size):
+            results.extend(self._generate_parts(parts[start:start + batch_size], parsed))
+        return results
+
+    def stream(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None,
+               **settings: Any) -> Iterator[str]:
+        """Yield the answer as text deltas; joined they equal ``generate(...).text``."""
+        return self._stream_parts(self.prompt_parts(question, passages, k), _settings(settings))
+
+    def stream_from_prompt(self, prompt: str, **settings: Any) -> Iterator[str]:
+        """Streaming twin of ``generate_from_prompt``."""
+        return self._stream_parts(self.parse(prompt), _settings(settings))
+
+    def _item_parts(self, item: str | Mapping[str, Any]) -> PromptParts:
+        if isinstance(item, str):
+            return self.parse(item)
+        return self.prompt_parts(item["question"], item.get("passages"), item.get("k"))
+
+    def _generation_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
+        sample = settings.temperature > 0
+        eos = self.model.generation_config.eos_token_id
+        config = GenerationConfig(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=sample,
+            temperature=settings.temperature if sample else None,
+            top_p=settings.top_p if sample else None,
+            top_k=0 if sample else None,
+            eos_token_id=eos if eos is not None else self.tokenizer.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            stop_strings=list(settings.stop) or None,
+        )
+        # generate() needs the tokenizer to match stop strings against token ids.
+        return {"generation_config": config, "tokenizer": self.tokenizer} if settings.stop else {"generation_config": config}
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        return set(eos if isinstance(eos, list) else [eos])
+
+    def _generate_parts(self, parts: Sequence[PromptParts], settings: GenerationSettings) -> list[Generation]:
+        encoded = [self.encode(p) for p in parts]
+        inputs = self.model_inputs(encoded)
+        with torch.inference_mode(), _seeded(settings.seed):
+            output = self.model.generate(**inputs, **self._generation_kwargs(settings))
+        if "input_ids" in inputs:  # generate() returns prompt + new tokens for input_ids, only new ones for embeds
+            output = output[:, inputs["input_ids"].shape[1]:]
+        return [
+            self._finish(part, ids, row.tolist(), settings) for part, ids, row in zip(parts, encoded, output)
+        ]
+
+    def _finish(self, part: PromptParts, prompt_ids: list[int], new_ids: list[int],
+                settings: GenerationSettings) -> Generation:
+        eos_ids = self._eos_ids()
+        generated: list[int] = []
+        finish = "length"
+        for token in new_ids:
+            generated.append(token)
+            if token in eos_ids:
+                finish = "stop"
+                break
+        text, stopped = _cut_at_stop(self.tokenizer.decode(generated, skip_special_tokens=True), settings.stop)
+        usage = Usage(prompt_tokens=len(prompt_ids) - part.k, completion_tokens=len(generated), virtual_tokens=part.k)
+        return Generation(text=text, usage=usage, finish_reason="stop" if stopped else finish, prompt=part.render())
+
+    def _stream_parts(self, parts: PromptParts, settings: GenerationSettings) -> Iterator[str]:
+        inputs = self.model_inputs([self.encode(parts)])
+        streamer = _QueueStreamer()
+        cancelled = threading.Event()
+        kwargs = self._generation_kwargs(settings)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_CancelCriteria(cancelled)])
+
+        def run() -> None:
+            try:
+                with torch.inference_mode(), _seeded(settings.seed):
+                    self.model.generate(**inputs, streamer=streamer, **kwargs)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                streamer.fail(exc)
+
+        worker = threading.Thread(target=run, name="spring-rag-stream", daemon=True)
+        worker.start()
+        return self._deltas(streamer, worker, cancelled, settings)
+
+    def _deltas(self, streamer: _QueueStreamer, worker: threading.Thread, cancelled: threading.Event,
+                settings: GenerationSettings) -> Iterator[str]:
+        eos_ids = self._eos_ids()
+        generated: list[int] = []
+        emitted = 0
+        try:
+            for token in streamer:
+                if token in eos_ids:
+                    break
+                generated.append(token)
+                text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                cut, stopped = _cut_at_stop(text, settings.stop)
+                if stopped:
+                    if len(cut) > emitted:
+                        yield cut[emitted:]
+                    return
+                # Trailing U+FFFD is an incomplete multi-byte character: wait for its other bytes.
+                safe = min(len(text) - _held_back(text, settings.stop), len(text.rstrip("\ufffd")))
+                if safe > emitted:
+                    yield text[emitted:safe]
+                    emitted = safe
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if len(text) > emitted:
+                yield text[emitted:]
+        finally:
+            cancelled.set()
+            worker.join()
+
+
+def _settings(settings: Mapping[str, Any]) -> GenerationSettings:
+    known = {"max_new_tokens", "temperature", "top_p", "seed", "stop"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"unknown generation setting(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
+    values = dict(settings)
+    stop = values.get("stop")
+    values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    return GenerationSettings(**values)
+
+
+def _special_token_wrap(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special ids the tokenizer adds around any text (e.g. a BOS), found by encoding a probe both ways."""
+    probe = "spring"
+    with_special = list(tokenizer(probe)["input_ids"])
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start:start + len(plain)] == plain:
+            return with_special[:start], with_special[start + len(plain):]
+    return [], []
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string, and whether one was found."""
+    hits = [text.find(s) for s in stops if s in text]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters could be the start of a stop string (not safe to emit yet)."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if stop.startswith(text[-size:]):
+                longest = size
+                break
+    return longest
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Seed sampling for one call without disturbing the caller's global RNG state."""
+    if seed is None:
+        yield
+        return
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class _QueueStreamer(BaseStreamer):
+    """Receives token ids from ``generate`` in a worker thread and hands them to the consuming thread."""
+
+    _DONE = object()
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first passes the prompt ids (empty for inputs_embeds)
+            self._prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self._queue.put(int(token))
+
+    def end(self) -> None:
+        self._queue.put(self._DONE)
+
+    def fail(self, exc: BaseException) -> None:
+        self._queue.put(exc)
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class _CancelCriteria(StoppingCriteria):
+    """Stops generation when the consumer of a stream goes away."""
+
+    def __init__(self, cancelled: threading.Event):
+        self.cancelled = cancelled
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.cancelled.is_set(), dtype=torch.bool, device=input_ids.device)

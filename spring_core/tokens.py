@@ -1,0 +1,233 @@
+"""VirtualTokens: the SPRING table of ``n`` trainable embeddings ``[r1]..[rn]`` for one base model.
+
+The table is an ``n x d`` float32 parameter that lives beside the base model; the model's vocabulary, input
+embeddings and lm_head are never touched. Any prefix ``[r1]..[rk]`` (k <= n) can be used at inference.
+
+Example:
+    >>> from spring_core import VirtualTokens
+    >>> tokens = VirtualTokens.from_text("smollm2-135m", n=50)     # doctest: +SKIP
+    >>> tokens.save("my-tokens/")                                   # doctest: +SKIP
+    >>> tokens = VirtualTokens.load("my-tokens/")                   # doctest: +SKIP
+    >>> tokens.n, tokens.hidden_size                                # doctest: +SKIP
+    (50, 576)
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from spring_core.artifacts import (
+    check_fingerprint,
+    new_manifest,
+    read_manifest,
+    verified_file,
+    write_artifact,
+)
+from spring_core.errors import ArtifactError
+from spring_core.models import load_model, model_display_name
+from spring_core.prompts import DEFAULT_INSTRUCTION, LAYOUTS, MARKER_TEMPLATE
+
+TOKENS_FILE = "tokens.safetensors"
+KIND = "virtual-tokens"
+
+
+class VirtualTokens(torch.nn.Module):
+    """An ``n x d`` table of virtual-token embeddings with the manifest that ties it to one base model.
+
+    Args:
+        weight: the ``[n, hidden_size]`` table (copied to float32).
+        manifest: the artifact manifest (base model, fingerprint, prompt layout, training config, metrics);
+            build new tables with ``from_text``, ``from_vocab`` or ``random`` rather than by hand.
+    """
+
+    def __init__(self, weight: torch.Tensor, manifest: dict[str, Any]):
+        super().__init__()
+        if weight.ndim != 2 or weight.shape[0] < 1:
+            raise ArtifactError(f"virtual tokens must be an [n, hidden] table with n >= 1, got {list(weight.shape)}")
+        self.weight = torch.nn.Parameter(weight.detach().to(torch.float32).clone())
+        self.manifest = manifest
+
+    # ----- construction -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_text(
+        cls,
+        model: Any,
+        n: int = 50,
+        text: str = DEFAULT_INSTRUCTION,
+        *,
+        tokenizer: Any = None,
+        layout: str = "raw",
+    ) -> VirtualTokens:
+        """Prompt-based init (the paper's default): embeddings of ``text``'s tokens, repeated or cut to ``n``."""
+        model, tokenizer = _model_and_tokenizer(model, tokenizer)
+        if tokenizer is None:
+            raise ValueError("from_text needs the model's tokenizer: pass tokenizer=, a model name, or a SpringModel")
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError("the initialisation text tokenizes to nothing; give a non-empty sentence")
+        table = _base_embedding(model)
+        rows = torch.tensor([ids[i % len(ids)] for i in range(n)], device=table.device)
+        weight = table[rows]
+        return cls._new(weight, model, layout, {"method": "text", "text": text})
+
+    @classmethod
+    def from_vocab(cls, model: Any, n: int = 50, *, seed: int = 0, tokenizer: Any = None,
+                   layout: str = "raw") -> VirtualTokens:
+        """Init from ``n`` embeddings of vocabulary tokens drawn at random (with ``seed``)."""
+        model, _ = _model_and_tokenizer(model, tokenizer)
+        table = _base_embedding(model)
+        generator = torch.Generator().manual_seed(seed)
+        rows = torch.randint(0, table.shape[0], (n,), generator=generator)
+        return cls._new(table[rows.to(table.device)], model, layout, {"method": "vocab", "seed": seed})
+
+    @classmethod
+    def random(cls, model: Any, n: int = 50, *, seed: int = 0, tokenizer: Any = None,
+               layout: str = "raw") -> VirtualTokens:
+        """Init from a normal distribution matched to the base embedding's mean and standard deviation."""
+        model, _ = _model_and_tokenizer(model, tokenizer)
+        table = _base_embedding(model).float()
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn(n, table.shape[1], generator=generator)
+        weight = noise * table.std().cpu() + table.mean().cpu()
+        return cls._new(weight, model, layout, {"method": "random", "seed": seed})
+
+    @classmethod
+    def from_official_pt(cls, path: str | Path, model: Any, *, tokenizer: Any = None,
+                         layout: str = "raw") -> VirtualTokens:
+        """Import a ``.pt`` file of the official SPRING code (an ``[n, d]`` tensor for tokens ``[ref1]..``)."""
+        model, _ = _model_and_tokenizer(model, tokenizer)
+        path = Path(path)
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError as exc:
+            raise ArtifactError(f"{path} does not exist") from exc
+        except Exception as exc:  # torch raises several unrelated types for a damaged pickle
+            raise ArtifactError(f"{path} is not a readable PyTorch tensor file ({exc})") from exc
+        if isinstance(loaded, dict):
+            tensors = [v for v in loaded.values() if isinstance(v, torch.Tensor)]
+            if len(tensors) != 1:
+                raise ArtifactError(f"{path} holds {len(tensors)} tensors; expected one [n, d] table")
+            loaded = tensors[0]
+        if not isinstance(loaded, torch.Tensor) or loaded.ndim != 2:
+            raise ArtifactError(f"{path} must hold one [n, d] tensor, got {getattr(loaded, 'shape', type(loaded))}")
+        hidden = _base_embedding(model).shape[1]
+        if loaded.shape[1] != hidden:
+            raise ArtifactError(
+                f"{path} holds {loaded.shape[1]}-dimensional tokens but {model_display_name(model)!r} has "
+                f"hidden size {hidden}; import it into the model it was trained for"
+            )
+        _check_finite(loaded, path)
+        return cls._new(loaded, model, layout, {"method": "official-spring-pt", "source": path.name})
+
+    @classmethod
+    def _new(cls, weight: torch.Tensor, model: Any, layout: str, init: dict[str, Any]) -> VirtualTokens:
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown prompt layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        manifest = new_manifest(
+            KIND,
+            base_model_name=model_display_name(model),
+            model=model,
+            n=int(weight.shape[0]),
+            marker_template=MARKER_TEMPLATE,
+            prompt_layout=layout,
+            init=init,
+            training={},
+            data_sources=[],
+            metrics={},
+        )
+        return cls(weight.detach().cpu(), manifest)
+
+    # ----- properties ----------------------------------------------------------------------------------------
+
+    @property
+    def n(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def layout(self) -> str:
+        return str(self.manifest.get("prompt_layout", "raw"))
+
+    @property
+    def base_model_name(self) -> str:
+        return str(self.manifest["base_model"].get("name", "unknown-model"))
+
+    def check_compatible(self, model: Any, where: str = "these virtual tokens") -> None:
+        """Raise ``ModelMismatchError`` unless these tokens were made for ``model``."""
+        check_fingerprint(self.manifest, model, where, model_display_name(model))
+
+    def forward(self, k: int | None = None) -> torch.Tensor:
+        """The first ``k`` rows (all ``n`` by default)."""
+        return self.weight if k is None else self.weight[:k]
+
+    def __repr__(self) -> str:
+        return f"VirtualTokens(n={self.n}, hidden_size={self.hidden_size}, base_model={self.base_model_name!r})"
+
+    # ----- persistence ---------------------------------------------------------------------------------------
+
+    def save(self, folder: str | Path, **manifest_updates: Any) -> Path:
+        """Write the artifact folder (``spring.json`` + ``tokens.safetensors``); ``manifest_updates`` are merged
+        into the manifest first (e.g. ``training=...``, ``metrics=...``)."""
+        self.manifest = {**copy.deepcopy(self.manifest), **manifest_updates, "n": self.n}
+        data = save({"tokens": self.weight.detach().cpu().contiguous()}, metadata={"format": "pt"})
+        return write_artifact(folder, self.manifest, {TOKENS_FILE: data})
+
+    @classmethod
+    def load(cls, folder: str | Path, model: Any = None) -> VirtualTokens:
+        """Load an artifact folder, checking hashes, shape and values; with ``model``, also the fingerprint."""
+        folder = Path(folder)
+        manifest = read_manifest(folder, KIND)
+        path = verified_file(folder, manifest, TOKENS_FILE)
+        try:
+            tensors = load_file(path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ArtifactError(f"{path} is not a readable safetensors file ({exc}); copy the artifact again") from exc
+        if set(tensors) != {"tokens"}:
+            raise ArtifactError(f"{path} must hold one tensor named 'tokens', found {sorted(tensors)}")
+        weight = tensors["tokens"]
+        expected = [manifest.get("n"), manifest["base_model"].get("hidden_size")]
+        if weight.ndim != 2 or list(weight.shape) != expected:
+            raise ArtifactError(
+                f"{path} holds a {list(weight.shape)} table but {folder / 'spring.json'} says [n, hidden] = "
+                f"{expected}; the artifact is inconsistent"
+            )
+        _check_finite(weight, path)
+        tokens = cls(weight, manifest)
+        if model is not None:
+            tokens.check_compatible(model, str(folder))
+        return tokens
+
+
+def _model_and_tokenizer(model: Any, tokenizer: Any) -> tuple[Any, Any]:
+    """Accept a model alias/path (loaded here), a model object, or anything with ``.model``/``.tokenizer``."""
+    from spring_core.spring_model import SpringModel  # spring_model imports this module
+
+    if isinstance(model, (str, Path)):
+        return load_model(str(model), tokenizer=tokenizer)
+    if isinstance(model, SpringModel):
+        return model.model, tokenizer or model.tokenizer
+    return model, tokenizer
+
+
+def _base_embedding(model: Any) -> torch.Tensor:
+    return model.get_input_embeddings().weight.detach()
+
+
+def _check_finite(weight: torch.Tensor, where: Path | str) -> None:
+    bad_rows = (~torch.isfinite(weight)).any(dim=1).nonzero().flatten().tolist()
+    if bad_rows:
+        shown = ", ".join(f"[r{i + 1}]" for i in bad_rows[:10]) + (" ..." if len(bad_rows) > 10 else "")
+        raise ArtifactError(
+            f"{where} has NaN or infinite values in {len(bad_rows)} row(s): {shown}; the training run that wrote it "
+            "diverged — retrain with a lower learning rate or use an earlier checkpoint"
+        )
