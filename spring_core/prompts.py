@@ -157,7 +157,7 @@ def parse_prompt(prompt: str, n: int, *, strict: bool = True) -> PromptParts:
         raise MarkerError(f"{problem} Pass strict=False to use the last well-formed block and read the rest as text.")
 
     warnings.warn(f"{problem} Using the last well-formed block; other markers are read as text.", stacklevel=2)
-    for start, end, numbers in reversed(runs):
+    for start, _end, numbers in reversed(runs):
         k = _counting_prefix(numbers)
         if k:
             k_used = min(k, n)

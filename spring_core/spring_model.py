@@ -264,7 +264,10 @@ class SpringModel:
             stop_strings=list(settings.stop) or None,
         )
         # generate() needs the tokenizer to match stop strings against token ids.
-        return {"generation_config": config, "tokenizer": self.tokenizer} if settings.stop else {"generation_config": config}
+        kwargs: dict[str, Any] = {"generation_config": config}
+        if settings.stop:
+            kwargs["tokenizer"] = self.tokenizer
+        return kwargs
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -278,9 +281,8 @@ class SpringModel:
             output = self.model.generate(**inputs, **self._generation_kwargs(settings))
         if "input_ids" in inputs:  # generate() returns prompt + new tokens for input_ids, only new ones for embeds
             output = output[:, inputs["input_ids"].shape[1]:]
-        return [
-            self._finish(part, ids, row.tolist(), settings) for part, ids, row in zip(parts, encoded, output)
-        ]
+        rows = zip(parts, encoded, output, strict=True)
+        return [self._finish(part, ids, row.tolist(), settings) for part, ids, row in rows]
 
     def _finish(self, part: PromptParts, prompt_ids: list[int], new_ids: list[int],
                 settings: GenerationSettings) -> Generation:

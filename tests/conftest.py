@@ -48,7 +48,7 @@ def make_tiny_tokenizer(folder: Path):
     return tokenizer
 
 
-def make_tiny_model(folder: Path, tokenizer):
+def make_tiny_model(folder: Path, tokenizer, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -65,7 +65,7 @@ def make_tiny_model(folder: Path, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(folder)

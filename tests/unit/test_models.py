@@ -1,0 +1,81 @@
+"""Model loading: devices, dtypes, folders, GGUF staging clean-up, error messages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from spring_core.errors import ModelLoadError
+from spring_core.models import (
+    _remove_stale_conversions,
+    load_model,
+    model_display_name,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_source,
+    spring_home,
+)
+
+
+def test_dtype_choice():
+    cpu = torch.device("cpu")
+    assert resolve_dtype(None, cpu) is torch.float32
+    assert resolve_dtype("auto", cpu) is torch.float32
+    assert resolve_dtype("bf16", cpu) is torch.bfloat16
+    assert resolve_dtype(torch.float16, cpu) is torch.float16
+    with pytest.raises(ModelLoadError, match="unknown dtype 'float8'"):
+        resolve_dtype("float8", cpu)
+
+
+def test_device_choice():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_spring_home_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPRING_RAG_HOME", str(tmp_path / "home"))
+    assert spring_home() == tmp_path / "home"
+    monkeypatch.delenv("SPRING_RAG_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert spring_home() == tmp_path / "xdg" / "spring-rag"
+
+
+def test_load_folder_in_bfloat16_and_name_it(tiny_dir):
+    model, tokenizer = load_model(str(tiny_dir), dtype="bfloat16")
+    assert model.dtype == torch.bfloat16 and not model.training
+    assert model_display_name(model) == tiny_dir.name
+
+
+def test_injected_objects_are_used_as_they_are(tiny):
+    model, tokenizer = tiny
+    assert load_model("ignored-name", model=model, tokenizer=tokenizer) == (model, tokenizer)
+
+
+def test_folder_without_config_and_missing_gguf(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_model_source(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        resolve_model_source(str(tmp_path / "model.gguf"))
+
+
+def test_unreachable_hub_id_gives_an_actionable_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="local folder"):
+        load_model("no-such-org/no-such-model-anywhere")
+
+
+def test_stale_staging_folders_are_removed_but_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f"model-abc.tmp-{dead_pid}-x1"
+    live = tmp_path / f"model-abc.tmp-{os.getppid()}-x2"  # our parent process is alive
+    other = tmp_path / "other-model.tmp-1-x3"
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    _remove_stale_conversions(tmp_path, "model-abc")
+    assert not stale.exists() and live.exists() and other.exists()

@@ -1,0 +1,1 @@
+"""spring-rag training side: trainers for virtual tokens and baselines, and the ``spring-rag`` command line."""
