@@ -295,8 +295,18 @@ class SpringModel:
                 finish = "stop"
                 break
         text, stopped = _cut_at_stop(self.tokenizer.decode(generated, skip_special_tokens=True), settings.stop)
+        if stopped:
+            # A batch pads a row once its stop string is complete: count only the tokens up to that point.
+            generated = generated[: self._tokens_until_stop(generated, settings.stop)]
         usage = Usage(prompt_tokens=len(prompt_ids) - part.k, completion_tokens=len(generated), virtual_tokens=part.k)
         return Generation(text=text, usage=usage, finish_reason="stop" if stopped else finish, prompt=part.render())
+
+    def _tokens_until_stop(self, generated: list[int], stops: Sequence[str]) -> int:
+        """The length of the shortest prefix of ``generated`` whose text contains a stop string."""
+        for size in range(1, len(generated) + 1):
+            if _cut_at_stop(self.tokenizer.decode(generated[:size], skip_special_tokens=True), stops)[1]:
+                return size
+        return len(generated)
 
     def _stream_parts(self, parts: PromptParts, settings: GenerationSettings) -> Iterator[str]:
         inputs = self.model_inputs([self.encode(parts)])
