@@ -276,8 +276,8 @@ class SpringModel:
 
     def _generate_parts(self, parts: Sequence[PromptParts], settings: GenerationSettings) -> list[Generation]:
         encoded = [self.encode(p) for p in parts]
-        inputs = self.model_inputs(encoded)
         with torch.inference_mode(), _seeded(settings.seed):
+            inputs = self.model_inputs(encoded)
             output = self.model.generate(**inputs, **self._generation_kwargs(settings))
         if "input_ids" in inputs:  # generate() returns prompt + new tokens for input_ids, only new ones for embeds
             output = output[:, inputs["input_ids"].shape[1]:]
@@ -309,7 +309,8 @@ class SpringModel:
         return len(generated)
 
     def _stream_parts(self, parts: PromptParts, settings: GenerationSettings) -> Iterator[str]:
-        inputs = self.model_inputs([self.encode(parts)])
+        with torch.inference_mode():  # no autograd history for the spliced embeddings
+            inputs = self.model_inputs([self.encode(parts)])
         streamer = _QueueStreamer()
         cancelled = threading.Event()
         kwargs = self._generation_kwargs(settings)
