@@ -113,24 +113,33 @@ def converted_gguf_dir(gguf_path: Path, cache_root: Path | None = None) -> Path:
     logger.info("converting %s to safetensors in %s (once)", gguf_path.name, final)
     staging = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-{os.getpid()}-", dir=cache_root))
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-        # The GGUF loader de-quantises to float32 but leaves a quantizer marker that would stop save_pretrained.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        _convert_gguf(gguf_path, staging)
         try:
             staging.rename(final)
         except OSError:
             if not (final / "config.json").is_file():  # not a concurrent winner: a real failure
                 raise
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not convert {gguf_path} to safetensors in {cache_root}: {exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def _convert_gguf(gguf_path: Path, staging: Path) -> None:
+    """De-quantise a GGUF file into a safetensors model folder (``staging``), tokenizer included."""
+    if importlib.util.find_spec("accelerate") is None:  # transformers' GGUF reader needs it
+        raise ModelLoadError("reading GGUF weights needs accelerate: run `pip install accelerate`")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # The GGUF loader de-quantises to float32 but leaves a quantizer marker that would stop save_pretrained.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
 
 
 def _remove_stale_conversions(cache_root: Path, name: str) -> None:
