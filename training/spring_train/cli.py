@@ -25,6 +25,8 @@ EXAMPLES = f"""\
 examples:
   spring-rag demo                                  answer 3 SQuAD questions with and without the token block
   spring-rag demo --tokens my-tokens/ --k 10       the same with a trained artifact and 10 tokens
+  spring-rag index corpus.jsonl --store store/     embed a {{"id","title","text"}} JSONL corpus into a chromadb store
+  spring-rag search store/ "who founded Harvard?" -k 3
   spring-rag info my-tokens/                       show an artifact's manifest (base model, n, layout, metrics)
   spring-rag import-spring tokens.pt --model {DEFAULT_MODEL} --out my-tokens/
                                                    convert the official SPRING code's .pt file to an artifact
@@ -53,6 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=int, default=3, help="how many questions (default: 3)")
     demo.add_argument("--data", help="a QA JSONL file with passages (default: the bundled SQuAD slice)")
     demo.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: 32)")
+
+    index = commands.add_parser(
+        "index", help="build or extend a retrieval store from a corpus JSONL file",
+        description="Validate CORPUS (one {\"id\", \"title\", \"text\"} object per line; errors name file:line), "
+                    "then add its passages to the store in --store. Ids already in the store are skipped, so "
+                    "re-running after an interruption resumes where it stopped.",
+    )
+    index.add_argument("corpus", help="corpus JSONL file")
+    index.add_argument("--store", required=True, help="store folder (created if missing)")
+    index.add_argument("--backend", choices=["dense", "bm25"], default="dense",
+                       help="dense: sentence-transformers embeddings in chromadb (default); bm25: sparse BM25")
+    index.add_argument("--embedder", help="sentence-transformers model name or folder for --backend dense "
+                                          "(default: all-minilm-l6-v2, bundled, offline)")
+    index.add_argument("--batch-size", type=int, default=64, help="passages embedded per batch (default: 64)")
+
+    search = commands.add_parser("search", help="query a retrieval store",
+                                 description="Print the k best passages for QUERY with their scores.")
+    search.add_argument("store", help="store folder built by `spring-rag index`")
+    search.add_argument("query", help="the question or keywords")
+    search.add_argument("-k", type=int, default=5, help="how many passages (default: 5)")
+    search.add_argument("--embedder", help="must match the store's embedder (default: the one it was built with)")
 
     info = commands.add_parser("info", help="print an artifact's manifest",
                                description="Validate an artifact folder (hashes, shape, values) and print "
@@ -89,6 +112,18 @@ def _run(args: argparse.Namespace) -> int:
 
         run_demo(model=args.model, tokens=args.tokens, k=args.k, count=args.count, data=args.data,
                  max_new_tokens=args.max_new_tokens)
+    elif args.command == "index":
+        from spring_core.retrieval import index_corpus
+
+        store, added = index_corpus(args.corpus, args.store, backend=args.backend, embedder=args.embedder,
+                                    batch_size=args.batch_size)
+        print(f"{args.store}: added {added} passages, {len(store)} in the store ({store.backend})")
+    elif args.command == "search":
+        from spring_core.retrieval import open_store
+
+        for rank, hit in enumerate(open_store(args.store, args.embedder).retrieve(args.query, args.k), start=1):
+            snippet = hit.text if len(hit.text) <= 160 else hit.text[:157] + "..."
+            print(f"{rank}. [{hit.score:.3f}] {hit.id}  {hit.title}\n   {snippet}")
     elif args.command == "info":
         from spring_core.tokens import VirtualTokens
 

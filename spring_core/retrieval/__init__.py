@@ -1,0 +1,81 @@
+"""Retrieval: one ``Retriever`` protocol with a dense (sentence-transformers + chromadb) and a BM25 backend.
+
+Example:
+    >>> from spring_core.retrieval import index_corpus, open_store
+    >>> index_corpus("corpus.jsonl", "store/", backend="dense")        # doctest: +SKIP
+    >>> for hit in open_store("store/").retrieve("Who founded Harvard?", k=3):   # doctest: +SKIP
+    ...     print(hit.score, hit.title)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spring_core.data import read_corpus
+from spring_core.retrieval.base import (
+    BACKENDS,
+    RetrievedPassage,
+    Retriever,
+    StoreError,
+    StoreLockedError,
+    read_store_manifest,
+)
+from spring_core.retrieval.bm25 import BM25Store
+from spring_core.retrieval.dense import DenseStore
+from spring_core.retrieval.embedders import DEFAULT_EMBEDDER
+
+Store = DenseStore | BM25Store
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_EMBEDDER",
+    "BM25Store",
+    "DenseStore",
+    "RetrievedPassage",
+    "Retriever",
+    "Store",
+    "StoreError",
+    "StoreLockedError",
+    "create_store",
+    "index_corpus",
+    "open_store",
+]
+
+
+def open_store(folder: str | Path, embedder: str | None = None) -> Store:
+    """Open an existing store of either backend (``embedder`` must match a dense store's, if given)."""
+    manifest = read_store_manifest(Path(folder))
+    if manifest["backend"] == "bm25":
+        if embedder:
+            raise StoreError(f"{folder} is a BM25 store: it uses no embedder, so drop --embedder {embedder}")
+        return BM25Store.open(folder)
+    return DenseStore.open(folder, embedder)
+
+
+def create_store(folder: str | Path, backend: str = "dense", embedder: str | None = None) -> Store:
+    """Open ``folder``'s store, creating it with ``backend`` if it does not exist yet."""
+    if backend not in BACKENDS:
+        raise StoreError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if (Path(folder) / "store.json").exists():
+        store = open_store(folder, embedder if backend == "dense" else None)
+        if store.backend != backend:
+            raise StoreError(f"{folder} already holds a {store.backend} store; use --backend {store.backend}")
+        return store
+    if backend == "bm25":
+        return BM25Store.create(folder)
+    return DenseStore.create(folder, embedder)
+
+
+def index_corpus(corpus: str | Path, folder: str | Path, *, backend: str = "dense", embedder: str | None = None,
+                 batch_size: int = 64, show_progress: bool = True) -> tuple[Store, int]:
+    """Validate a corpus JSONL file, then add its passages to the store (skipping ids already indexed).
+
+    Returns the store and how many passages were added.
+    """
+    rows = read_corpus(corpus)
+    store = create_store(folder, backend, embedder)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(rows), desc=f"indexing ({backend})", unit="passage", disable=not show_progress) as bar:
+        added = store.add(rows, batch_size=batch_size, progress=bar.update)
+    return store, added

@@ -1,0 +1,148 @@
+"""Sparse retrieval with BM25 (``bm25s``), saved to and loaded from a folder.
+
+The folder keeps every passage in ``passages.jsonl`` and the BM25 index in ``index/``. A BM25 index is static, so
+``add`` and ``delete`` rebuild it over all passages (seconds for tens of thousands) and swap it in atomically.
+
+Example:
+    >>> store = BM25Store.create("bm25-store/")                     # doctest: +SKIP
+    >>> store.add(read_corpus("corpus.jsonl"))                       # doctest: +SKIP
+    >>> BM25Store.open("bm25-store/").retrieve("Harvard founder", k=3)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from spring_core.artifacts import atomic_write_bytes
+from spring_core.data import iter_jsonl
+from spring_core.retrieval.base import (
+    RetrievedPassage,
+    StoreError,
+    check_k,
+    new_ids_in_order,
+    passage_metadata,
+    read_store_manifest,
+    write_lock,
+    write_store_manifest,
+)
+
+PASSAGES_FILE = "passages.jsonl"
+INDEX_DIR = "index"
+
+
+class BM25Store:
+    """Passages ranked by BM25 over lower-cased word tokens with English stop words removed."""
+
+    backend = "bm25"
+    embedder_name = None
+
+    def __init__(self, folder: Path, rows: list[dict[str, Any]], index: Any):
+        self.folder = folder
+        self._rows = rows
+        self._index = index
+
+    @classmethod
+    def create(cls, folder: str | Path) -> BM25Store:
+        """Open the store in ``folder``, creating an empty one if needed."""
+        folder = Path(folder)
+        if (folder / "store.json").exists():
+            return cls.open(folder)
+        with write_lock(folder):
+            write_store_manifest(folder, "bm25", tokenizer="bm25s-en-stopwords")
+            atomic_write_bytes(folder / PASSAGES_FILE, b"")
+        return cls(folder, [], None)
+
+    @classmethod
+    def open(cls, folder: str | Path) -> BM25Store:
+        folder = Path(folder)
+        manifest = read_store_manifest(folder)
+        if manifest["backend"] != "bm25":
+            raise StoreError(f"{folder} is a {manifest['backend']} store, not a bm25 one")
+        rows = [row for _, row in iter_jsonl(folder / PASSAGES_FILE)] if (folder / PASSAGES_FILE).exists() else []
+        store = cls(folder, rows, None)
+        if rows:
+            import bm25s
+
+            index_dir = folder / INDEX_DIR
+            if index_dir.is_dir():
+                store._index = bm25s.BM25.load(str(index_dir))
+            if store._index is None or store._index.scores.get("num_docs") != len(rows):
+                # passages.jsonl is the source of truth: a write cut short between it and the index is repaired.
+                store._rewrite(rows)
+        return store
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, rows: Sequence[dict[str, Any]], *, batch_size: int = 1000,
+            progress: Callable[[int], None] | None = None) -> int:
+        """Add corpus rows whose id is not in the store yet and rebuild the index; returns how many were added."""
+        existing = {str(r["id"]) for r in self._rows}
+        fresh = [{**r, "id": str(r["id"])} for r in new_ids_in_order(rows, existing)]
+        if fresh:
+            self._rewrite(self._rows + [{"id": r["id"], "text": r["text"], **passage_metadata(r)} for r in fresh])
+        if progress is not None:
+            progress(len(rows))
+        return len(fresh)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        doomed = {str(i) for i in ids}
+        self._rewrite([r for r in self._rows if r["id"] not in doomed])
+
+    def retrieve(self, query: str, k: int = 5) -> list[RetrievedPassage]:
+        return self.retrieve_batch([query], k)[0]
+
+    def retrieve_batch(self, queries: Sequence[str], k: int = 5) -> list[list[RetrievedPassage]]:
+        check_k(k)
+        if not queries or self._index is None:
+            return [[] for _ in queries]
+        import bm25s
+
+        tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
+        documents, scores = self._index.retrieve(tokens, k=min(k, len(self._rows)), show_progress=False)
+        return [
+            [self._passage(int(doc), float(score)) for doc, score in zip(docs, row_scores, strict=True)]
+            for docs, row_scores in zip(documents, scores, strict=True)
+        ]
+
+    def get(self, ids: Sequence[str]) -> list[RetrievedPassage]:
+        by_id = {r["id"]: position for position, r in enumerate(self._rows)}
+        missing = [str(i) for i in ids if str(i) not in by_id]
+        if missing:
+            raise StoreError(f"unknown passage id(s): {', '.join(missing[:5])}")
+        return [self._passage(by_id[str(i)], 0.0) for i in ids]
+
+    def _passage(self, position: int, score: float) -> RetrievedPassage:
+        row = dict(self._rows[position])
+        pid, text, title = row.pop("id"), row.pop("text"), str(row.pop("title", "") or "")
+        return RetrievedPassage(id=pid, text=text, title=title, score=score, metadata=row)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        import bm25s
+
+        with write_lock(self.folder):
+            index = None
+            staging = Path(tempfile.mkdtemp(prefix=".index.tmp-", dir=self.folder))
+            try:
+                if rows:
+                    index = bm25s.BM25()
+                    texts = [f"{r.get('title', '')}\n{r['text']}" for r in rows]
+                    index.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+                    index.save(str(staging))
+                # passages.jsonl first: it is the source of truth, and `open` rebuilds an index that lags behind.
+                lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                atomic_write_bytes(self.folder / PASSAGES_FILE, lines.encode())
+                old = self.folder / f".index.old-{os.getpid()}"
+                if (self.folder / INDEX_DIR).exists():
+                    os.replace(self.folder / INDEX_DIR, old)
+                os.replace(staging, self.folder / INDEX_DIR)
+                shutil.rmtree(old, ignore_errors=True)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        self._rows, self._index = rows, index
