@@ -15,7 +15,7 @@ from spring_core.errors import (
     SpringError,
 )
 from spring_core.prompts import DEFAULT_INSTRUCTION, PromptParts, build_prompt, marker_block, parse_prompt
-from spring_core.spring_model import Generation, SpringModel, Usage
+from spring_core.spring_model import Generation, GenerationStream, SpringModel, Usage
 from spring_core.tokens import VirtualTokens
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ArtifactError",
     "DataError",
     "Generation",
+    "GenerationStream",
     "MarkerError",
     "ModelLoadError",
     "ModelMismatchError",

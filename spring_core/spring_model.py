@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,11 +237,15 @@ class SpringModel:
         return results
 
     def stream(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None,
-               **settings: Any) -> Iterator[str]:
-        """Yield the answer as text deltas; joined they equal ``generate(...).text``."""
+               **settings: Any) -> GenerationStream:
+        """Yield the answer as text deltas; joined they equal ``generate(...).text``.
+
+        Once the stream is exhausted its ``result`` is the same ``Generation`` (usage, finish reason) that
+        ``generate`` returns.
+        """
         return self._stream_parts(self.prompt_parts(question, passages, k), _settings(settings))
 
-    def stream_from_prompt(self, prompt: str, **settings: Any) -> Iterator[str]:
+    def stream_from_prompt(self, prompt: str, **settings: Any) -> GenerationStream:
         """Streaming twin of ``generate_from_prompt``."""
         return self._stream_parts(self.parse(prompt), _settings(settings))
 
@@ -308,9 +312,10 @@ class SpringModel:
                 return size
         return len(generated)
 
-    def _stream_parts(self, parts: PromptParts, settings: GenerationSettings) -> Iterator[str]:
+    def _stream_parts(self, parts: PromptParts, settings: GenerationSettings) -> GenerationStream:
+        prompt_ids = self.encode(parts)
         with torch.inference_mode():  # no autograd history for the spliced embeddings
-            inputs = self.model_inputs([self.encode(parts)])
+            inputs = self.model_inputs([prompt_ids])
         streamer = _QueueStreamer()
         cancelled = threading.Event()
         kwargs = self._generation_kwargs(settings)
@@ -325,21 +330,29 @@ class SpringModel:
 
         worker = threading.Thread(target=run, name="spring-rag-stream", daemon=True)
         worker.start()
-        return self._deltas(streamer, worker, cancelled, settings)
+        stream = GenerationStream()
+
+        def finish(raw_ids: list[int]) -> None:
+            stream.result = self._finish(parts, prompt_ids, raw_ids, settings)
+
+        stream._deltas = self._deltas(streamer, worker, cancelled, settings, finish)
+        return stream
 
     def _deltas(self, streamer: _QueueStreamer, worker: threading.Thread, cancelled: threading.Event,
-                settings: GenerationSettings) -> Iterator[str]:
+                settings: GenerationSettings, finish: Callable[[list[int]], None]) -> Iterator[str]:
         eos_ids = self._eos_ids()
         generated: list[int] = []
         emitted = 0
         try:
             for token in streamer:
                 if token in eos_ids:
+                    finish([*generated, token])
                     break
                 generated.append(token)
                 text = self.tokenizer.decode(generated, skip_special_tokens=True)
                 cut, stopped = _cut_at_stop(text, settings.stop)
                 if stopped:
+                    finish(generated)
                     if len(cut) > emitted:
                         yield cut[emitted:]
                     return
@@ -348,12 +361,38 @@ class SpringModel:
                 if safe > emitted:
                     yield text[emitted:safe]
                     emitted = safe
+            else:
+                finish(generated)
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
             if len(text) > emitted:
                 yield text[emitted:]
         finally:
             cancelled.set()
             worker.join()
+
+
+class GenerationStream(Iterator[str]):
+    """Text deltas of one streamed generation.
+
+    Iterate it for the deltas; once it is exhausted, ``result`` holds the full ``Generation`` (text, usage,
+    finish reason), exactly as ``generate`` would have returned it. ``close()`` stops generation early.
+
+    Example:
+        >>> stream = sm.stream("Who founded X?", passages=["..."], k=10)     # doctest: +SKIP
+        >>> text = "".join(stream); stream.result.usage                       # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self.result: Generation | None = None
+        self._deltas: Iterator[str] = iter(())
+
+    def __next__(self) -> str:
+        return next(self._deltas)
+
+    def close(self) -> None:
+        close = getattr(self._deltas, "close", None)
+        if close is not None:
+            close()
 
 
 def _settings(settings: Mapping[str, Any]) -> GenerationSettings:

@@ -167,9 +167,12 @@ def test_batch_size_splits_work_without_changing_results(sm):
 @pytest.mark.parametrize("k", [0, 8])
 def test_stream_joins_to_the_generated_text(sm, k):
     full = sm.generate("Who wrote Hamlet?", PASSAGES, k=k, max_new_tokens=16)
-    deltas = list(sm.stream("Who wrote Hamlet?", PASSAGES, k=k, max_new_tokens=16))
+    stream = sm.stream("Who wrote Hamlet?", PASSAGES, k=k, max_new_tokens=16)
+    assert stream.result is None
+    deltas = list(stream)
     assert len(deltas) > 1
     assert "".join(deltas) == full.text
+    assert stream.result == full  # same usage, finish reason and prompt as the non-streaming call
 
 
 def test_stop_strings_cut_the_text_in_generate_and_stream(sm):
@@ -179,7 +182,9 @@ def test_stop_strings_cut_the_text_in_generate_and_stream(sm):
     cut = sm.generate("Who wrote Hamlet?", PASSAGES, k=8, max_new_tokens=16, stop=[stop])
     assert cut.text == full.text[: full.text.index(stop)]
     assert cut.finish_reason == "stop"
-    assert "".join(sm.stream("Who wrote Hamlet?", PASSAGES, k=8, max_new_tokens=16, stop=stop)) == cut.text
+    stream = sm.stream("Who wrote Hamlet?", PASSAGES, k=8, max_new_tokens=16, stop=stop)
+    assert "".join(stream) == cut.text
+    assert stream.result == cut
 
 
 def test_abandoned_stream_stops_its_worker(sm):
