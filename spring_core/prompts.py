@@ -126,16 +126,34 @@ def build_prompt(
     context = format_passages(passages or [])
     head = context + "\n\n" if context else ""
     if layout == "raw":
-        return PromptParts(head, k, f"Question: {question}\nAnswer:")
+        return PromptParts(head, k, question_tail(question, layout))
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ValueError("layout='chat' needs a tokenizer with a chat template; use layout='raw' for this model")
     sentinel = "\x00SPRING-BLOCK\x00"
-    user_turn = f"{head}{sentinel}Question: {question}"
+    user_turn = head + sentinel + question_tail(question, layout)
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": user_turn}], tokenize=False, add_generation_prompt=True
     )
     before, after = rendered.split(sentinel)
     return PromptParts(before, k, after)
+
+
+def question_tail(question: str, layout: str = "raw") -> str:
+    """What follows the marker block: ``Question: q`` plus, in the raw completion layout, ``\nAnswer:``."""
+    return f"Question: {question}\nAnswer:" if layout == "raw" else f"Question: {question}"
+
+
+def spring_template(k: int, layout: str = "raw", *, context: str = "{context}", question: str = "{question}") -> str:
+    """A template string in the SPRING order (context, ``k`` markers, question) for prompt-template libraries.
+
+    ``context`` and ``question`` are the placeholders to use, e.g. LlamaIndex's ``{context_str}``/``{query_str}``.
+    In the ``chat`` layout the result is the user turn; the chat template is applied around it by the LLM.
+
+    Example:
+        >>> spring_template(2)
+        '{context}\n\n[r1][r2]Question: {question}\nAnswer:'
+    """
+    return f"{context}\n\n{marker_block(k)}{question_tail(question, layout)}"
 
 
 def parse_prompt(prompt: str, n: int, *, strict: bool = True) -> PromptParts:

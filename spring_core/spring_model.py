@@ -141,15 +141,19 @@ class SpringModel:
     def prompt_parts(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None,
                      ) -> PromptParts:
         """The stored layout for a question and its passages, with ``k`` (default: all ``n``) virtual tokens."""
-        k = self.n if k is None else k
-        if not 0 <= k <= self.n:
+        k = self.check_k(self.n if k is None else k)
+        texts = [question] + [p if isinstance(p, str) else str(p.get("text", "")) for p in passages or []]
+        check_user_text(texts, strict=self.strict, what="the question or a passage")
+        return build_prompt(question, passages, k, layout=self.layout, tokenizer=self.tokenizer)
+
+    def check_k(self, k: int) -> int:
+        """Return ``k`` if ``0 <= k <= n``, else raise ``MarkerError`` saying what range is allowed."""
+        if not isinstance(k, int) or not 0 <= k <= self.n:
             raise MarkerError(
                 f"k = {k} is out of range: this model has n = {self.n} virtual tokens, so use 0 <= k <= {self.n}"
                 + ("" if self.n else " (load an artifact with tokens= to use k > 0)")
             )
-        texts = [question] + [p if isinstance(p, str) else str(p.get("text", "")) for p in passages or []]
-        check_user_text(texts, strict=self.strict, what="the question or a passage")
-        return build_prompt(question, passages, k, layout=self.layout, tokenizer=self.tokenizer)
+        return k
 
     def build_prompt(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None) -> str:
         """The prompt as text, marker block included: what ``generate_from_prompt`` accepts."""

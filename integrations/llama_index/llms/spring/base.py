@@ -1,0 +1,250 @@
+"""SpringLLM: a LlamaIndex ``CustomLLM`` over a local Hugging Face model with SPRING virtual tokens.
+
+Prompts that carry the marker block ``[r1]..[rk]`` (the SPRING templates put it between the context and the
+question) get the virtual tokens; prompts without it run the base model exactly as it is, so the same LLM object
+also serves every non-RAG call of an app.
+
+Example:
+    >>> from llama_index.llms.spring import SpringLLM
+    >>> llm = SpringLLM(model_name="smollm2-135m", tokens="my-tokens/", k=10)     # doctest: +SKIP
+    >>> llm.complete("Paris is in France.\\n\\n[r1][r2]Question: Where is Paris?\\nAnswer:").text  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+from llama_index.core.base.llms.generic_utils import (
+    completion_response_to_chat_response,
+    stream_completion_response_to_chat_response,
+)
+from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.llm import default_completion_to_prompt
+
+from spring_core import Generation, PromptParts, SpringModel
+from spring_core.models import DEFAULT_MODEL
+
+_SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed", "stop")
+
+
+class SpringLLM(CustomLLM):
+    """A local causal LM that reads SPRING virtual tokens at the marker block of its prompts.
+
+    Fields follow LlamaIndex's ``HuggingFaceLLM`` (``model_name``, ``context_window``, ``max_new_tokens``,
+    ``generate_kwargs``, ``model=``/``tokenizer=`` injection, ``device``) plus ``tokens`` (an artifact folder or a
+    ``VirtualTokens``) and ``k`` (resize every prompt's marker block to ``k`` tokens; ``None`` keeps the block as
+    written, ``0`` turns the tokens off). Per-call keyword arguments override ``generate_kwargs``: ``max_new_tokens``,
+    ``temperature``, ``top_p``, ``seed``, ``stop`` and ``k``.
+
+    ``prompt_layout="chat"`` wraps completion prompts in the tokenizer's chat template as one user turn (what
+    instruct models such as SmolLM2 expect); by default it is the layout the tokens were trained with.
+    """
+
+    model_name: str = Field(default=DEFAULT_MODEL, description="HF id, local folder, .gguf file or alias.")
+    context_window: int = Field(default=0, description="Context length in tokens; 0 reads it from the model.")
+    max_new_tokens: int = Field(default=256, description="Most tokens to generate per call.")
+    generate_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                            description="Defaults for temperature, top_p, seed, stop.")
+    tokens: Any = Field(default=None, description="Artifact folder or VirtualTokens; None for the plain model.")
+    k: int | None = Field(default=None, description="Virtual tokens per prompt (None: as the prompt's block).")
+    prompt_layout: str | None = Field(default=None, description="'raw' or 'chat'; default: the artifact's.")
+    device: str | None = Field(default=None, description="'cpu', 'cuda', ...; default: CUDA when available.")
+    strict: bool = Field(default=False, description="Raise on stray markers in prompts instead of warning.")
+
+    _spring: SpringModel = PrivateAttr()
+
+    def __init__(self, *, model: Any = None, tokenizer: Any = None, spring_model: SpringModel | None = None,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        if spring_model is None:
+            spring_model = SpringModel.from_pretrained(
+                self.model_name, self.tokens, device=self.device, model=model, tokenizer=tokenizer,
+                layout=self.prompt_layout, strict=self.strict,
+            )
+        self._spring = spring_model
+        self.prompt_layout = self.prompt_layout or spring_model.layout
+        if not self.context_window:
+            self.context_window = int(getattr(spring_model.model.config, "max_position_embeddings", 2048))
+        # partials of module functions, not bound methods: a field holding self would make repr() recurse
+        if self.messages_to_prompt is None or self.messages_to_prompt is generic_messages_to_prompt:
+            self.messages_to_prompt = functools.partial(chat_template_prompt, spring_model.tokenizer)
+        if self.completion_to_prompt in (None, default_completion_to_prompt) and self.prompt_layout == "chat":
+            self.completion_to_prompt = functools.partial(user_turn_prompt, spring_model.tokenizer)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SpringLLM"
+
+    @property
+    def spring_model(self) -> SpringModel:
+        """The underlying ``SpringModel`` (shared model, tokenizer and virtual tokens)."""
+        return self._spring
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(context_window=self.context_window, num_output=self.max_new_tokens,
+                           model_name=self._spring.name, is_chat_model=False)
+
+    # ----- prompt handling -----------------------------------------------------------------------------------
+
+    def _prepare(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The final prompt (block resized to ``k``) and the generation settings for one call."""
+        unknown = sorted(set(kwargs) - {*_SETTINGS, "k"})
+        if unknown:
+            raise TypeError(f"SpringLLM got unknown keyword argument(s) {', '.join(unknown)}; "
+                            f"it accepts {', '.join((*_SETTINGS, 'k'))}")
+        if not formatted:
+            prompt = self.completion_to_prompt(prompt)
+        k = kwargs.pop("k", self.k)
+        if k is not None:
+            self._spring.check_k(k)
+            parts = self._spring.parse(prompt)
+            if parts.k:
+                prompt = PromptParts(parts.before, k, parts.after).render()
+        settings = {"max_new_tokens": self.max_new_tokens, **self.generate_kwargs, **kwargs}
+        return prompt, settings
+
+    # ----- completion ----------------------------------------------------------------------------------------
+
+    def _run(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponse:
+        prompt, settings = self._prepare(prompt, formatted, kwargs)
+        return _response(self._spring.generate_from_prompt(prompt, **settings))
+
+    def _run_stream(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponseGen:
+        prompt, settings = self._prepare(prompt, formatted, kwargs)
+        stream = self._spring.stream_from_prompt(prompt, **settings)
+        text = ""
+        for delta in stream:
+            text += delta
+            yield CompletionResponse(text=text, delta=delta)
+        if stream.result is not None:  # a last, empty delta carries the usage of the whole answer
+            yield _response(stream.result, delta="")
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self._run(prompt, formatted, kwargs)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        return self._run_stream(prompt, formatted, kwargs)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await asyncio.to_thread(self._run, prompt, formatted, kwargs)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        return _in_thread(lambda: self._run_stream(prompt, formatted, kwargs))
+
+    # ----- chat ----------------------------------------------------------------------------------------------
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return completion_response_to_chat_response(self._run(self.messages_to_prompt(messages), True, kwargs))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return stream_completion_response_to_chat_response(
+            self._run_stream(self.messages_to_prompt(messages), True, kwargs)
+        )
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        response = await asyncio.to_thread(self._run, self.messages_to_prompt(messages), True, kwargs)
+        return completion_response_to_chat_response(response)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        prompt = self.messages_to_prompt(messages)
+        return _in_thread(lambda: stream_completion_response_to_chat_response(self._run_stream(prompt, True, kwargs)))
+
+
+def chat_template_prompt(tokenizer: Any, messages: Sequence[ChatMessage]) -> str:
+    """Messages rendered with the tokenizer's chat template (LlamaIndex's generic transcript without one)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return generic_messages_to_prompt(messages)
+    turns = [{"role": m.role.value, "content": m.content or ""} for m in messages]
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+
+def user_turn_prompt(tokenizer: Any, completion: str) -> str:
+    """A completion prompt as the one user turn of a chat, with the assistant turn opened."""
+    return chat_template_prompt(tokenizer, [ChatMessage(role="user", content=completion)])
+
+
+def _response(generation: Generation, delta: str | None = None) -> CompletionResponse:
+    usage = generation.usage
+    counts = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "virtual_tokens": usage.virtual_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    return CompletionResponse(
+        text=generation.text,
+        delta=delta,
+        raw={"usage": counts, "finish_reason": generation.finish_reason},
+        additional_kwargs=counts,
+    )
+
+
+def _in_thread(make_iterator: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Run a blocking iterator in a worker thread and hand its items to the event loop as they come."""
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    cancelled = threading.Event()
+
+    def send(kind: str, value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(items.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop is gone: nobody is listening any more
+            cancelled.set()
+
+    def produce() -> None:
+        iterator = make_iterator()
+        try:
+            for item in iterator:
+                if cancelled.is_set():
+                    break
+                send("item", item)
+            send("done", None)
+        except BaseException as exc:  # re-raised in the consumer
+            send("error", exc)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    async def consume() -> AsyncIterator[Any]:
+        worker = threading.Thread(target=produce, name="spring-rag-astream", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, value = await items.get()
+                if kind == "done":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            cancelled.set()
+
+    return consume()
