@@ -28,8 +28,7 @@ def run_demo(*, model: str = DEFAULT_MODEL, tokens: str | Path | None = None, k:
     started = time.perf_counter()
     sm = SpringModel.from_pretrained(model, tokens=tokens)
     if sm.tokens is None:
-        sm.tokens = VirtualTokens.from_text(sm, n=max(k, 1), layout="chat")
-        sm.layout = "chat"
+        sm = sm.with_tokens(VirtualTokens.from_text(sm, n=max(k, 1), layout="chat"))
         origin = f"untrained, initialised from the instruction sentence ({sm.n} tokens)"
     else:
         origin = f"trained artifact {tokens} ({sm.n} tokens)"

@@ -124,6 +124,10 @@ class SpringModel:
         model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, model=model, tokenizer=tokenizer)
         return cls(model, tokenizer, tokens, layout=layout, strict=strict)
 
+    def with_tokens(self, tokens: VirtualTokens | str | Path | None, *, layout: str | None = None) -> SpringModel:
+        """A SpringModel over the same base model and tokenizer (nothing is copied) with other virtual tokens."""
+        return SpringModel(self.model, self.tokenizer, tokens, layout=layout, strict=self.strict)
+
     @property
     def n(self) -> int:
         """How many virtual tokens are loaded (0 without an artifact)."""
