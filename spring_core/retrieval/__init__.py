@@ -1,4 +1,4 @@
-"""Retrieval: one ``Retriever`` protocol with a dense (sentence-transformers + chromadb) and a BM25 backend.
+"""Retrieval: one ``Retriever`` protocol over dense (sentence-transformers + chromadb), BM25 and hybrid stores.
 
 Example:
     >>> from spring_core.retrieval import index_corpus, open_store
@@ -23,14 +23,16 @@ from spring_core.retrieval.base import (
 from spring_core.retrieval.bm25 import BM25Store
 from spring_core.retrieval.dense import DenseStore
 from spring_core.retrieval.embedders import DEFAULT_EMBEDDER
+from spring_core.retrieval.hybrid import HybridStore
 
-Store = DenseStore | BM25Store
+Store = DenseStore | BM25Store | HybridStore
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_EMBEDDER",
     "BM25Store",
     "DenseStore",
+    "HybridStore",
     "RetrievedPassage",
     "Retriever",
     "Store",
@@ -49,6 +51,8 @@ def open_store(folder: str | Path, embedder: str | None = None) -> Store:
         if embedder:
             raise StoreError(f"{folder} is a BM25 store: it uses no embedder, so drop --embedder {embedder}")
         return BM25Store.open(folder)
+    if manifest["backend"] == "hybrid":
+        return HybridStore.open(folder, embedder)
     return DenseStore.open(folder, embedder)
 
 
@@ -57,12 +61,14 @@ def create_store(folder: str | Path, backend: str = "dense", embedder: str | Non
     if backend not in BACKENDS:
         raise StoreError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if (Path(folder) / "store.json").exists():
-        store = open_store(folder, embedder if backend == "dense" else None)
+        store = open_store(folder, None if backend == "bm25" else embedder)
         if store.backend != backend:
             raise StoreError(f"{folder} already holds a {store.backend} store; use --backend {store.backend}")
         return store
     if backend == "bm25":
         return BM25Store.create(folder)
+    if backend == "hybrid":
+        return HybridStore.create(folder, embedder)
     return DenseStore.create(folder, embedder)
 
 

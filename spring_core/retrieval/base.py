@@ -21,7 +21,7 @@ from spring_core.errors import SpringError
 
 STORE_MANIFEST = "store.json"
 STORE_FORMAT_VERSION = 1
-BACKENDS = ("dense", "bm25")
+BACKENDS = ("dense", "bm25", "hybrid")
 
 
 class StoreError(SpringError):

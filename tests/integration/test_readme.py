@@ -1,4 +1,4 @@
-"""The README's Python quick start runs as written (in a scratch folder, on SmolLM2)."""
+"""Every Python snippet of the README runs as written (each in a scratch folder, on SmolLM2)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,34 @@ pytestmark = pytest.mark.integration
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_quick_start_runs(tmp_path, monkeypatch, capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    assert blocks, "the README has no Python quick start"
+def python_blocks() -> list[tuple[str, str]]:
+    """``(section heading, code)`` for each fenced Python block."""
+    blocks, heading = [], "top"
+    for piece in re.split(r"(^#+ [^\n]*$|```python\n.*?```)", README.read_text(encoding="utf-8"), flags=re.M | re.S):
+        if piece.startswith("#"):
+            heading = piece.lstrip("#").strip()
+        elif piece.startswith("```python"):
+            blocks.append((heading, piece[len("```python\n"):-3]))
+    return blocks
+
+
+BLOCKS = python_blocks()
+
+
+def test_the_readme_has_the_sections_users_look_for():
+    headings = [heading for heading, _ in BLOCKS]
+    assert {"Python quick start", "Use with LlamaIndex", "Use with LangChain"} <= set(headings)
+
+
+@pytest.mark.parametrize(("heading", "code"), BLOCKS, ids=[heading for heading, _ in BLOCKS])
+def test_snippet_runs(heading, code, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(blocks[0], "README.md quick start", "exec"), namespace)  # noqa: S102 - our own documentation
-    assert (tmp_path / "my-tokens" / "spring.json").is_file()
-    out = namespace["out"]
-    assert out.usage.virtual_tokens == 10 and out.text
-    assert "[r1]" in namespace["prompt"] and "[r10]" in namespace["prompt"]
-    assert out.text in capsys.readouterr().out
+    exec(compile(code, f"README.md ({heading})", "exec"), namespace)  # our own documentation
+    printed = capsys.readouterr().out
+    assert printed.strip(), f"the '{heading}' snippet printed nothing"
+    if heading == "Python quick start":
+        assert (tmp_path / "my-tokens" / "spring.json").is_file()
+        out = namespace["out"]
+        assert out.usage.virtual_tokens == 10 and out.text and out.text in printed
+        assert "[r1]" in namespace["prompt"] and "[r10]" in namespace["prompt"]

@@ -170,3 +170,21 @@ def test_cli_index_and_search(corpus_file, tmp_path):
     assert found.returncode == 0 and found.stdout.startswith("1. [") and HARVARD_0 in found.stdout
     missing = cli("search", str(tmp_path / "absent"), "q")
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+
+
+def test_hybrid_store_fuses_dense_and_bm25_ranks(corpus_file, corpus, tmp_path):
+    store, added = index_corpus(corpus_file, tmp_path / "store", backend="hybrid", show_progress=False)
+    assert added == len(corpus) == len(store)
+    dense, sparse = store.dense.retrieve(QUESTION, k=8), store.sparse.retrieve(QUESTION, k=8)
+    fused = store.retrieve(QUESTION, k=3)
+    assert fused[0].id == HARVARD_0
+    expected = {}
+    for ranking in (dense, sparse):
+        for rank, hit in enumerate(ranking, start=1):
+            expected[hit.id] = expected.get(hit.id, 0.0) + 1 / (60 + rank)
+    assert [h.id for h in fused] == sorted(expected, key=lambda i: (-expected[i], i))[:3]
+    assert fused[0].score == pytest.approx(expected[HARVARD_0])
+    reopened = open_store(tmp_path / "store")
+    assert reopened.backend == "hybrid" and [h.id for h in reopened.retrieve(QUESTION, k=3)] == [h.id for h in fused]
+    store.delete([HARVARD_0])
+    assert HARVARD_0 not in {h.id for h in open_store(tmp_path / "store").retrieve(QUESTION, k=3)}

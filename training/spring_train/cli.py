@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument("corpus", help="corpus JSONL file")
     index.add_argument("--store", required=True, help="store folder (created if missing)")
-    index.add_argument("--backend", choices=["dense", "bm25"], default="dense",
-                       help="dense: sentence-transformers embeddings in chromadb (default); bm25: sparse BM25")
+    index.add_argument("--backend", choices=["dense", "bm25", "hybrid"], default="dense",
+                       help="dense: sentence-transformers embeddings in chromadb (default); bm25: sparse BM25; "
+                            "hybrid: both, ranks fused (best recall)")
     index.add_argument("--embedder", help="sentence-transformers model name or folder for --backend dense "
                                           "(default: all-minilm-l6-v2, bundled, offline)")
     index.add_argument("--batch-size", type=int, default=64, help="passages embedded per batch (default: 64)")
