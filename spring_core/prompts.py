@@ -31,6 +31,7 @@ DEFAULT_INSTRUCTION = (
 
 MARKER_TEMPLATE = "[r{i}]"
 LAYOUTS = ("raw", "chat")
+NO_K_LIMIT = 1 << 30  # an n for parsing a block of any size
 _MARKER_RE = re.compile(r"\[r(\d+)\]")
 _RUN_RE = re.compile(r"(?:\[r\d+\])+")
 
@@ -160,8 +161,10 @@ def parse_prompt(prompt: str, n: int, *, strict: bool = True) -> PromptParts:
     """Find the one marker block ``[r1]..[rk]`` in ``prompt`` (``k <= n``) and split the prompt around it.
 
     A prompt without markers gives ``PromptParts(prompt)``. Markers anywhere else, gaps, disorder, two blocks,
-    or ``k > n`` raise ``MarkerError``; with ``strict=False`` they warn instead, the last block that starts at
-    ``[r1]`` and counts up is used (cut to ``n``), and every other marker string stays plain text.
+    or ``k > n`` raise ``MarkerError``; with ``strict=False`` they warn instead, and one block that starts at
+    ``[r1]`` and counts up is used (cut to ``n``): the one right before ``Question:`` where the layout puts it,
+    else the longest, else the last. Every other marker string stays plain text, so a marker quoted inside a
+    question cannot take the block's place.
     """
     runs = [(m.start(), m.end(), [int(x) for x in _MARKER_RE.findall(m.group(0))]) for m in _RUN_RE.finditer(prompt)]
     if not runs:
@@ -174,14 +177,29 @@ def parse_prompt(prompt: str, n: int, *, strict: bool = True) -> PromptParts:
     if strict:
         raise MarkerError(f"{problem} Pass strict=False to use the last well-formed block and read the rest as text.")
 
-    warnings.warn(f"{problem} Using the last well-formed block; other markers are read as text.", stacklevel=2)
-    for start, _end, numbers in reversed(runs):
-        k = _counting_prefix(numbers)
-        if k:
-            k_used = min(k, n)
-            # The run starts with [r1]..[rk_used]; whatever follows it stays in the text, as characters.
-            return PromptParts(prompt[:start], k_used, prompt[start + len(marker_block(k_used)) :])
-    return PromptParts(prompt)
+    warnings.warn(f"{problem} Using one well-formed block; other markers are read as text.", stacklevel=2)
+    candidates = [
+        (prompt[start + len(marker_block(k)):].startswith("Question:"), k, start)
+        for start, _end, numbers in runs
+        if (k := _counting_prefix(numbers))
+    ]
+    if not candidates:
+        return PromptParts(prompt)
+    _, k, start = max(candidates)
+    k_used = min(k, n)
+    # The run starts with [r1]..[rk_used]; whatever follows it stays in the text, as characters.
+    return PromptParts(prompt[:start], k_used, prompt[start + len(marker_block(k_used)):])
+
+
+def resize_block(prompt: str, k: int | None, *, strict: bool) -> str:
+    """The prompt with its marker block rewritten as ``[r1]..[rk]`` (unchanged when ``k`` is None or no block)."""
+    if k is None or not contains_marker(prompt):
+        return prompt
+    # Any size here: SpringModel checks k <= n when it parses the result.
+    parts = parse_prompt(prompt, NO_K_LIMIT, strict=strict)
+    if parts.k == 0:
+        return prompt
+    return PromptParts(parts.before, k, parts.after).render()
 
 
 def _counting_prefix(numbers: list[int]) -> int:

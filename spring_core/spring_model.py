@@ -32,6 +32,7 @@ from transformers.generation.streamers import BaseStreamer
 from spring_core.errors import MarkerError
 from spring_core.models import DEFAULT_MODEL, load_model, model_display_name
 from spring_core.prompts import (
+    NO_K_LIMIT,
     Passage,
     PromptParts,
     build_prompt,
@@ -39,8 +40,6 @@ from spring_core.prompts import (
     parse_prompt,
 )
 from spring_core.tokens import VirtualTokens
-
-_UNLIMITED = 1 << 30
 
 
 @dataclass
@@ -170,7 +169,7 @@ class SpringModel:
         base model and it reads exactly the prompt without markers.
         """
         if self.tokens is None:
-            parts = parse_prompt(prompt, _UNLIMITED, strict=self.strict)
+            parts = parse_prompt(prompt, NO_K_LIMIT, strict=self.strict)
             return PromptParts(parts.plain_text())
         return parse_prompt(prompt, self.n, strict=self.strict)
 

@@ -86,6 +86,16 @@ def test_non_strict_uses_the_last_well_formed_block_and_keeps_the_rest_as_text()
     assert parts == PromptParts("doc says [r1][r2] here\n\n", 3, "Question: x")
 
 
+def test_non_strict_prefers_the_block_before_the_question_over_one_quoted_in_it():
+    prompt = "[1] ctx\n\n[r1][r2][r3]Question: what does [r1] mean?\nAnswer:"
+    with pytest.warns(UserWarning):
+        parts = parse_prompt(prompt, n=50, strict=False)
+    assert parts == PromptParts("[1] ctx\n\n", 3, "Question: what does [r1] mean?\nAnswer:")
+    with pytest.warns(UserWarning):  # no block before a question: the longest wins over a later, shorter one
+        parts = parse_prompt("a [r1][r2] b [r1] c", n=50, strict=False)
+    assert parts == PromptParts("a ", 2, " b [r1] c")
+
+
 def test_non_strict_cuts_k_to_n_and_keeps_surplus_markers_as_text():
     with pytest.warns(UserWarning, match="only n = 2"):
         parts = parse_prompt("ctx [r1][r2][r3] Q", n=2, strict=False)

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.base.llms.generic_utils import (
@@ -38,8 +37,10 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.llm import default_completion_to_prompt
 
-from spring_core import Generation, PromptParts, SpringModel
+from spring_core import Generation, SpringModel
+from spring_core.aio import iterate_in_thread
 from spring_core.models import DEFAULT_MODEL
+from spring_core.prompts import resize_block
 
 _SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed", "stop")
 
@@ -114,10 +115,7 @@ class SpringLLM(CustomLLM):
             prompt = self.completion_to_prompt(prompt)
         k = kwargs.pop("k", self.k)
         if k is not None:
-            self._spring.check_k(k)
-            parts = self._spring.parse(prompt)
-            if parts.k:
-                prompt = PromptParts(parts.before, k, parts.after).render()
+            prompt = resize_block(prompt, self._spring.check_k(k), strict=self.strict)
         settings = {"max_new_tokens": self.max_new_tokens, **self.generate_kwargs, **kwargs}
         return prompt, settings
 
@@ -152,7 +150,7 @@ class SpringLLM(CustomLLM):
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
-        return _in_thread(lambda: self._run_stream(prompt, formatted, kwargs))
+        return iterate_in_thread(lambda: self._run_stream(prompt, formatted, kwargs))
 
     # ----- chat ----------------------------------------------------------------------------------------------
 
@@ -174,7 +172,9 @@ class SpringLLM(CustomLLM):
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         prompt = self.messages_to_prompt(messages)
-        return _in_thread(lambda: stream_completion_response_to_chat_response(self._run_stream(prompt, True, kwargs)))
+        return iterate_in_thread(
+            lambda: stream_completion_response_to_chat_response(self._run_stream(prompt, True, kwargs))
+        )
 
 
 def chat_template_prompt(tokenizer: Any, messages: Sequence[ChatMessage]) -> str:
@@ -204,47 +204,3 @@ def _response(generation: Generation, delta: str | None = None) -> CompletionRes
         raw={"usage": counts, "finish_reason": generation.finish_reason},
         additional_kwargs=counts,
     )
-
-
-def _in_thread(make_iterator: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Run a blocking iterator in a worker thread and hand its items to the event loop as they come."""
-    loop = asyncio.get_running_loop()
-    items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    cancelled = threading.Event()
-
-    def send(kind: str, value: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(items.put_nowait, (kind, value))
-        except RuntimeError:  # the event loop is gone: nobody is listening any more
-            cancelled.set()
-
-    def produce() -> None:
-        iterator = make_iterator()
-        try:
-            for item in iterator:
-                if cancelled.is_set():
-                    break
-                send("item", item)
-            send("done", None)
-        except BaseException as exc:  # re-raised in the consumer
-            send("error", exc)
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-
-    async def consume() -> AsyncIterator[Any]:
-        worker = threading.Thread(target=produce, name="spring-rag-astream", daemon=True)
-        worker.start()
-        try:
-            while True:
-                kind, value = await items.get()
-                if kind == "done":
-                    return
-                if kind == "error":
-                    raise value
-                yield value
-        finally:
-            cancelled.set()
-
-    return consume()

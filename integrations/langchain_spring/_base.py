@@ -1,0 +1,318 @@
+"""What ``ChatSpring`` and ``SpringLLM`` share: fields, model loading, settings, prompt checks, usage, async.
+
+Both classes inherit ``SpringParams`` next to their LangChain base class, so every field, default and helper is
+written once. Models loaded by name are cached per process (base weights are frozen and only read), so several
+instances naming the same model share one copy; pass ``spring_model=`` to share a model you loaded yourself.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from langchain_core.language_models import LangSmithParams
+from langchain_core.messages.ai import UsageMetadata
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from langchain_spring.prompts import PromptLayoutError, SpringLayoutWarning, looks_like_rag_prompt
+from spring_core import Generation, SpringModel, Usage, VirtualTokens
+from spring_core.models import DEFAULT_MODEL, load_model
+from spring_core.prompts import resize_block
+from spring_core.spring_model import GenerationStream
+
+LOAD_KWARGS = ("device", "dtype", "layout", "strict")
+"""Keys ``model_kwargs`` accepts; they go to ``SpringModel.from_pretrained`` when the model is loaded by name."""
+
+CALL_KWARGS = ("max_tokens", "temperature", "top_p", "seed", "k", "model")
+"""Per-call keyword arguments (``invoke(..., max_tokens=8)``, ``bind(k=0)``); ``stop`` is LangChain's own."""
+
+_LOCK = threading.RLock()
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_base_model(name: str, device: str | None, dtype: Any) -> tuple[Any, Any]:
+    return load_model(name, device=device, dtype=dtype)
+
+
+def shared_base_model(name: str, device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for ``name``, loaded once per process (the two most recent models stay cached)."""
+    with _LOCK:
+        return _cached_base_model(name, device, dtype)
+
+
+def merge_stops(*stops: Sequence[str] | None) -> list[str]:
+    """Stop strings from the constructor and the call, in order, without duplicates or empty strings."""
+    return list(dict.fromkeys(s for group in stops for s in (group or ()) if s))
+
+
+def usage_metadata(usage: Usage) -> UsageMetadata:
+    """LangChain usage from spring-rag usage: virtual tokens count as input and are also listed on their own.
+
+    ``input_tokens`` = real prompt tokens + virtual tokens, ``output_tokens`` = generated tokens, and
+    ``input_token_details["virtual"]`` = the virtual tokens (UsageMetadata allows provider-specific detail keys).
+    """
+    details = cast(Any, {"virtual": usage.virtual_tokens})
+    return UsageMetadata(
+        input_tokens=usage.prompt_tokens + usage.virtual_tokens,
+        output_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        input_token_details=details,
+    )
+
+
+def tokens_fingerprint(tokens: str | Path | VirtualTokens | None) -> str | None:
+    """A short, stable name for a token source (used in cache keys and traces)."""
+    if tokens is None:
+        return None
+    if isinstance(tokens, VirtualTokens):
+        digest = hashlib.sha256(tokens.weight.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+        return f"virtual-tokens:n={tokens.n}:{digest}"
+    return str(tokens)
+
+
+@dataclass(frozen=True)
+class SpringRequest:
+    """One prompt ready for the model: the SpringModel, the final prompt text and its generation settings."""
+
+    spring: SpringModel
+    prompt: str
+    settings: Mapping[str, Any]
+
+
+class SpringParams(BaseModel):
+    """Fields and helpers shared by ``ChatSpring`` and ``SpringLLM`` (not meant to be used on its own)."""
+
+    model: str = DEFAULT_MODEL
+    """Base model: an alias (``smollm2-135m``), a local folder, a ``.gguf`` file or a Hugging Face id."""
+    tokens: str | Path | VirtualTokens | None = None
+    """Virtual tokens: an artifact folder, a ``VirtualTokens`` table, or ``None`` for the plain base model."""
+    spring_model: SpringModel | None = Field(default=None, exclude=True)
+    """A ``SpringModel`` you already loaded, shared as it is (``tokens``, if also given, replace its own through
+    ``with_tokens``, which copies nothing). ``model_kwargs`` do not apply to it."""
+    k: int | None = Field(default=None, ge=0)
+    """Virtual tokens to read: the prompt's ``[r1]..`` block is resized to ``[r1]..[rk]`` (``0`` drops it and runs
+    the plain base model). ``None`` reads the block as the prompt wrote it."""
+    temperature: float = Field(default=0.0, ge=0.0)
+    """Sampling temperature; ``0`` is greedy decoding."""
+    max_tokens: int = Field(default=256, ge=1)
+    """Most new tokens per answer."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling (with ``temperature > 0``)."""
+    seed: int | None = None
+    """Seed for reproducible sampling (the global RNG is left alone)."""
+    stop: list[str] | None = None
+    """Stop strings; merged with the ones given per call. The answer is cut before the first one."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds one call may take, checked between generated tokens: past it, generation is stopped and
+    ``TimeoutError`` raised. With a timeout, ``invoke``/``batch`` answer through the token stream (same result)."""
+    max_retries: int = Field(default=0, ge=0)
+    """Accepted for drop-in compatibility; a local model has no transient failures, so nothing is retried."""
+    strict: bool = False
+    """Raise ``PromptLayoutError`` instead of warning when a RAG prompt without a marker block meets loaded
+    virtual tokens (see ``looks_like_rag_prompt``)."""
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Loading options for ``SpringModel.from_pretrained``: ``device``, ``dtype``, ``layout``, ``strict`` (marker
+    guard of spring-rag, default ``True``)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    _spring: SpringModel | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _warn_unknown_arguments(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+            unknown = sorted(str(key) for key in values if key not in known)
+            if unknown:
+                warnings.warn(
+                    f"{cls.__name__} ignores the argument(s) {', '.join(unknown)} (a local model needs no API key "
+                    f"or client settings); its options are {', '.join(sorted(SpringParams.model_fields))}",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        return values
+
+    @model_validator(mode="after")
+    def _check_model_source(self) -> SpringParams:
+        unknown = sorted(set(self.model_kwargs) - set(LOAD_KWARGS))
+        if unknown:
+            raise ValueError(f"model_kwargs accepts {', '.join(LOAD_KWARGS)}; got {', '.join(unknown)}")
+        if self.spring_model is not None:
+            if self.model_kwargs:
+                raise ValueError(
+                    "model_kwargs are loading options, but spring_model= is already loaded: pass them to "
+                    "SpringModel.from_pretrained (or spring_model.with_tokens(tokens, layout=...)) instead"
+                )
+            if "model" not in self.model_fields_set:
+                self.model = self.spring_model.name
+        return self
+
+    # ----- the model -----------------------------------------------------------------------------------------
+
+    @property
+    def spring(self) -> SpringModel:
+        """The ``SpringModel`` in use: ``spring_model`` (with ``tokens``, if given), else the model loaded by name on
+        first use (base weights shared per process)."""
+        if self.spring_model is not None and self.tokens is None:
+            return self.spring_model
+        if self._spring is None:
+            with _LOCK:
+                if self._spring is None:
+                    self._spring = self._load()
+        return self._spring
+
+    def _load(self) -> SpringModel:
+        if self.spring_model is not None:
+            return self.spring_model.with_tokens(self.tokens)
+        options = dict(self.model_kwargs)
+        model, tokenizer = shared_base_model(self.model, options.pop("device", None), options.pop("dtype", None))
+        return SpringModel(model, tokenizer, self.tokens, **options)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` with the model's own tokenizer (LangChain's default would fetch GPT-2's)."""
+        custom = getattr(self, "custom_get_token_ids", None)
+        if custom is not None:
+            return custom(text)
+        return list(self.spring.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def default_k(self) -> int:
+        """The block size prompts should carry for this model: ``k`` if set, else every loaded token (``n``)."""
+        return self.k if self.k is not None else self.spring.n
+
+    # ----- requests ------------------------------------------------------------------------------------------
+
+    def _call_settings(self, stop: Sequence[str] | None,
+                       kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
+        unknown = sorted(set(kwargs) - set(CALL_KWARGS))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unknown call argument(s) {', '.join(unknown)}; "
+                f"it takes stop and {', '.join(CALL_KWARGS)}"
+            )
+        requested = kwargs.get("model")
+        if requested is not None and requested != self.model:
+            raise ValueError(
+                f"{type(self).__name__} runs the local model {self.model!r} and cannot switch to {requested!r} per "
+                f"call; build another {type(self).__name__}(model={requested!r}) instead"
+            )
+        settings = {
+            "max_new_tokens": kwargs.get("max_tokens", self.max_tokens),
+            "temperature": kwargs.get("temperature", self.temperature),
+            "top_p": kwargs.get("top_p", self.top_p),
+            "seed": kwargs.get("seed", self.seed),
+            "stop": merge_stops(self.stop, stop),
+        }
+        return settings, kwargs.get("k", self.k)
+
+    def _request(self, prompt: str, stop: Sequence[str] | None, kwargs: Mapping[str, Any], *,
+                 checked_text: str | None = None) -> SpringRequest:
+        """Settings for one call, the block resized to ``k`` and the layout check (blocking: may load the model).
+
+        ``checked_text`` is what the RAG-layout heuristic reads (the messages' text for chat; the prompt by default).
+        """
+        settings, k = self._call_settings(stop, kwargs)
+        sm = self.spring
+        prompt = resize_block(prompt, k, strict=sm.strict)
+        self._check_layout(sm, checked_text if checked_text is not None else prompt, k)
+        return SpringRequest(sm, prompt, settings)
+
+    def _check_layout(self, sm: SpringModel, text: str, k: int | None) -> None:
+        if sm.n == 0 or k == 0 or not looks_like_rag_prompt(text):
+            return
+        message = (
+            f"this prompt looks like a RAG prompt (retrieved context and a question) but holds no [r1]..[rk] marker "
+            f"block, so the {sm.n} virtual tokens loaded are not used. SPRING's tokens only help between the context "
+            "and the question: use langchain_spring's SPRING_RAG_PROMPT / SPRING_RAG_CHAT_PROMPT (or "
+            "create_spring_rag_chain), or set k=0 to run the plain model on purpose"
+        )
+        if self.strict:
+            raise PromptLayoutError(message)
+        warnings.warn(message, SpringLayoutWarning, stacklevel=3)
+
+    # ----- generation ----------------------------------------------------------------------------------------
+
+    def _complete_all(self, requests: Sequence[SpringRequest]) -> list[Generation]:
+        """Answers for requests that share settings: one left-padded batch, or token streams under a timeout."""
+        if not requests:
+            return []
+        if self.timeout is not None:
+            return [self._complete_streamed(request) for request in requests]
+        first = requests[0]
+        return first.spring.generate_batch([r.prompt for r in requests], **first.settings)
+
+    def _complete_streamed(self, request: SpringRequest) -> Generation:
+        stream = self._open_stream(request)
+        for _ in self._deltas(stream):
+            pass
+        return finished(stream)
+
+    def _open_stream(self, request: SpringRequest) -> GenerationStream:
+        """Start generating (blocking: encodes the prompt); iterate ``_deltas(stream)`` for the text."""
+        return request.spring.stream_from_prompt(request.prompt, **request.settings)
+
+    def _deltas(self, stream: GenerationStream) -> Iterator[str]:
+        """The stream's text deltas, stopped with ``TimeoutError`` once ``timeout`` seconds have passed."""
+        if self.timeout is None:
+            return stream
+        return _until_deadline(stream, self.timeout)
+
+    # ----- LangChain plumbing --------------------------------------------------------------------------------
+
+    def _spring_ls_params(self, model_type: str, stop: list[str] | None, kwargs: Mapping[str, Any]) -> LangSmithParams:
+        requested = kwargs.get("model")
+        params = LangSmithParams(
+            ls_provider="spring",
+            ls_model_name=requested if isinstance(requested, str) else self.model,
+            ls_model_type=cast(Any, model_type),
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
+        stops = merge_stops(self.stop, stop)
+        if stops:
+            params["ls_stop"] = stops
+        return params
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        tokens = self.tokens if self.tokens is not None or self.spring_model is None else self.spring_model.tokens
+        return {
+            "model": self.model,
+            "tokens": tokens_fingerprint(tokens),
+            "k": self.k,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": self.stop,
+            **self.model_kwargs,
+        }
+
+
+def finished(stream: GenerationStream) -> Generation:
+    """The ``Generation`` (text, exact usage, finish reason) of a stream that has been read to its end."""
+    if stream.result is None:
+        raise RuntimeError("the stream ended without a result; read it to its end before asking for usage")
+    return stream.result
+
+
+def _until_deadline(stream: Iterator[str], timeout: float) -> Iterator[str]:
+    deadline = time.monotonic() + timeout
+    try:
+        for delta in stream:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"generation took longer than timeout={timeout} s and was stopped")
+            yield delta
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # cancels generation in SpringModel's worker thread
+
+

@@ -1,0 +1,284 @@
+"""``ChatSpring`` on the tiny random Llama: rendering, usage, streaming, stop strings, k, guards, async."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import warnings
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+
+from langchain_spring import (
+    SPRING_RAG_CHAT_PROMPT,
+    ChatSpring,
+    PromptLayoutError,
+    SpringLayoutWarning,
+    spring_rag_chat_prompt,
+)
+from langchain_spring.chat_models import message_turns, render_messages
+from spring_core import SpringModel, VirtualTokens
+from spring_core.prompts import format_passages
+
+PASSAGES = [{"title": "Hamlet", "text": "Hamlet is a play by William Shakespeare."}]
+QUESTION = "Who wrote Hamlet?"
+# The hub's rlm/rag-prompt layout: question before context, no marker block.
+HUB_STYLE = "Use the following context to answer.\nQuestion: {question}\nContext: {context}\nAnswer:"
+
+
+@pytest.fixture()
+def tokens(tiny):
+    return VirtualTokens.random(tiny[0], n=8, seed=1)
+
+
+@pytest.fixture()
+def sm(tiny, tokens):
+    return SpringModel(*tiny, tokens)
+
+
+@pytest.fixture()
+def chat(sm):
+    return ChatSpring(spring_model=sm, max_tokens=12)
+
+
+def rag_messages(k: int):
+    return spring_rag_chat_prompt(k).format_messages(context=format_passages(PASSAGES), question=QUESTION)
+
+
+def rendered(sm, messages) -> str:
+    return render_messages(message_turns(messages), sm.tokenizer)
+
+
+def stop_inside(text: str, start: int) -> str:
+    """A two-character stop string of word characters whose first occurrence in ``text`` is at or after ``start``."""
+    for i in range(start, len(text) - 1):
+        piece = text[i:i + 2]
+        if piece.isalnum() and text.index(piece) == i:
+            return piece
+    pytest.skip("the random model's answer has no usable stop string")
+
+
+# ----- prompt rendering ------------------------------------------------------------------------------------
+
+
+def test_messages_go_through_the_chat_template(sm):
+    messages = [SystemMessage("Be brief."), HumanMessage("hi"), AIMessage("hello"), HumanMessage("bye")]
+    expected = sm.tokenizer.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+         {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}],
+        tokenize=False, add_generation_prompt=True,
+    )
+    assert rendered(sm, messages) == expected
+    assert expected.endswith("<|im_start|>assistant\n")
+
+
+def test_without_a_chat_template_messages_become_a_transcript(tiny):
+    model, tokenizer = tiny
+    plain_tokenizer = copy.deepcopy(tokenizer)
+    plain_tokenizer.chat_template = None
+    messages = [SystemMessage("Be brief."), HumanMessage("hi"), AIMessage("hello"), HumanMessage("bye")]
+    prompt = render_messages(message_turns(messages), plain_tokenizer)
+    assert prompt == "System: Be brief.\nUser: hi\nAssistant: hello\nUser: bye\nAssistant:"
+    chat = ChatSpring(spring_model=SpringModel(model, plain_tokenizer), max_tokens=4)
+    out = chat.invoke(messages)
+    assert out.usage_metadata["input_tokens"] == len(plain_tokenizer(prompt)["input_ids"])
+
+
+def test_the_marker_block_in_a_message_reaches_the_model_as_virtual_tokens(chat, sm):
+    messages = rag_messages(4)
+    out = chat.invoke(messages)
+    reference = sm.generate_from_prompt(rendered(sm, messages), max_new_tokens=12)
+    assert out.content == reference.text
+    assert out.usage_metadata["input_token_details"] == {"virtual": 4}
+
+
+def test_usage_metadata_equals_the_spring_models_usage(chat, sm):
+    messages = rag_messages(8)
+    out = chat.invoke(messages)
+    usage = sm.generate_from_prompt(rendered(sm, messages), max_new_tokens=12).usage
+    assert usage.virtual_tokens == 8
+    assert out.usage_metadata == {
+        "input_tokens": usage.prompt_tokens + usage.virtual_tokens,
+        "output_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "input_token_details": {"virtual": usage.virtual_tokens},
+    }
+    assert out.response_metadata["model_name"] == sm.name
+    assert out.response_metadata["finish_reason"] in ("stop", "length")
+
+
+# ----- streaming and async ---------------------------------------------------------------------------------
+
+
+def test_stream_yields_deltas_that_join_to_the_invoke_answer(chat):
+    messages = rag_messages(8)
+    answer = chat.invoke(messages)
+    chunks = list(chat.stream(messages))
+    assert len(chunks) > 2
+    assert "".join(c.content for c in chunks) == answer.content
+    last = chunks[-1]
+    assert last.chunk_position == "last"
+    assert last.usage_metadata == answer.usage_metadata  # exact counts, from the stream's own result
+    assert last.response_metadata == answer.response_metadata
+    assert sum(bool(c.usage_metadata) for c in chunks) == 1
+    streamed_invoke = ChatSpring(spring_model=chat.spring, max_tokens=12, streaming=True).invoke(messages)
+    assert (streamed_invoke.content, streamed_invoke.usage_metadata) == (answer.content, answer.usage_metadata)
+
+
+def test_async_calls_match_the_sync_ones(chat):
+    messages = rag_messages(8)
+    answer = chat.invoke(messages)
+
+    async def scenario():
+        first = await chat.ainvoke(messages)
+        chunks = [chunk async for chunk in chat.astream(messages)]
+        return first, chunks
+
+    first, chunks = asyncio.run(scenario())
+    assert first.content == answer.content and first.usage_metadata == answer.usage_metadata
+    assert len(chunks) > 2 and "".join(c.content for c in chunks) == answer.content
+
+
+def test_leaving_an_async_stream_early_is_clean(chat):
+    async def scenario():
+        async for chunk in chat.astream(rag_messages(8)):
+            return chunk.content
+        return None
+
+    assert asyncio.run(scenario()) is not None
+    assert chat.invoke(rag_messages(8)).content  # the model is free again
+
+
+# ----- settings --------------------------------------------------------------------------------------------
+
+
+def test_stop_from_the_constructor_and_per_call_are_merged(sm):
+    full = ChatSpring(spring_model=sm, max_tokens=24).invoke(QUESTION).content
+    late = stop_inside(full, 8)
+    early = stop_inside(full, 2)
+    assert full.index(early) < full.index(late)
+
+    by_constructor = ChatSpring(spring_model=sm, max_tokens=24, stop=[late])
+    assert by_constructor.invoke(QUESTION).content == full[: full.index(late)]
+    assert by_constructor.invoke(QUESTION, stop=[early]).content == full[: full.index(early)]
+    assert "".join(c.content for c in by_constructor.stream(QUESTION, stop=[early])) == full[: full.index(early)]
+    assert by_constructor._get_ls_params(stop=[early])["ls_stop"] == [late, early]
+
+
+def test_per_call_settings_are_honoured_and_unknown_ones_refused(chat):
+    assert chat.invoke(QUESTION, max_tokens=3).usage_metadata["output_tokens"] <= 3
+    sampled = [chat.invoke(QUESTION, temperature=1.0, seed=7).content for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    with pytest.raises(TypeError, match="max_new_tokens"):
+        chat.invoke(QUESTION, max_new_tokens=3)
+    with pytest.raises(ValueError, match="cannot switch"):
+        chat.invoke(QUESTION, model="another-model")
+    assert chat.invoke(QUESTION, model=chat.model, max_tokens=2).content is not None
+
+
+def test_k_resizes_the_block_in_the_constructor_and_per_call(sm):
+    messages = rag_messages(8)
+    chat = ChatSpring(spring_model=sm, max_tokens=6, k=3)
+    assert chat.invoke(messages).usage_metadata["input_token_details"] == {"virtual": 3}
+    plain = chat.invoke(messages, k=0)
+    assert plain.usage_metadata["input_token_details"] == {"virtual": 0}
+    without_block = rendered(sm, rag_messages(0))
+    assert plain.content == sm.generate_from_prompt(without_block, max_new_tokens=6).text
+
+
+def test_timeout_stops_generation_and_a_generous_one_changes_nothing(sm):
+    answer = ChatSpring(spring_model=sm, max_tokens=40).invoke(QUESTION)
+    assert answer.content  # the model says something, so a tiny deadline is hit mid-answer
+    with pytest.raises(TimeoutError, match="timeout"):
+        ChatSpring(spring_model=sm, max_tokens=40, timeout=1e-9).invoke(QUESTION)
+    with pytest.raises(TimeoutError, match="timeout"):
+        list(ChatSpring(spring_model=sm, max_tokens=40, timeout=1e-9).stream(QUESTION))
+    relaxed = ChatSpring(spring_model=sm, max_tokens=40, timeout=600).invoke(QUESTION)
+    assert (relaxed.content, relaxed.usage_metadata) == (answer.content, answer.usage_metadata)
+
+
+# ----- the layout check ------------------------------------------------------------------------------------
+
+
+def hub_style_messages():
+    return [HumanMessage(HUB_STYLE.format(question=QUESTION, context=format_passages(PASSAGES)))]
+
+
+def test_a_rag_prompt_without_markers_warns_when_tokens_are_loaded(chat):
+    with pytest.warns(SpringLayoutWarning, match="SPRING_RAG_CHAT_PROMPT"):
+        chat.invoke(hub_style_messages())
+
+
+def test_strict_raises_on_a_rag_prompt_without_markers(sm):
+    with pytest.raises(PromptLayoutError, match="marker"):
+        ChatSpring(spring_model=sm, strict=True).invoke(hub_style_messages())
+
+
+def test_no_layout_warning_for_our_prompt_plain_chat_k_zero_or_no_tokens(chat, tiny):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpringLayoutWarning)
+        chat.invoke(SPRING_RAG_CHAT_PROMPT.format_messages(context=format_passages(PASSAGES), question=QUESTION),
+                    k=2, max_tokens=2)
+        chat.invoke("Hello, how are you?", max_tokens=2)
+        chat.invoke(hub_style_messages(), k=0, max_tokens=2)
+        ChatSpring(spring_model=SpringModel(*tiny), max_tokens=2, strict=True).invoke(hub_style_messages())
+
+
+# ----- what is not supported, and construction -------------------------------------------------------------
+
+
+def test_tool_calling_is_refused_with_a_clear_message(chat):
+    with pytest.raises(NotImplementedError, match="tool calling"):
+        chat.bind_tools([])
+    with pytest.raises(NotImplementedError, match="tool calling"):
+        chat.invoke([HumanMessage("hi"), ToolMessage("42", tool_call_id="call-1")])
+    with pytest.raises(ValueError, match="text only"):
+        chat.invoke([HumanMessage([{"type": "image", "url": "https://example.invalid/cat.png"}])])
+
+
+def test_models_loaded_by_name_share_weights_and_load_tokens_from_a_folder(tiny_dir, tiny, tmp_path):
+    VirtualTokens.random(tiny[0], n=8, seed=3).save(tmp_path / "tokens")
+    first = ChatSpring(model=str(tiny_dir), tokens=str(tmp_path / "tokens"))
+    second = ChatSpring(model=str(tiny_dir))
+    assert first.spring.model is second.spring.model
+    assert (first.spring.n, second.spring.n) == (8, 0)
+    assert first.default_k() == 8 and ChatSpring(model=str(tiny_dir), k=2).default_k() == 2
+    lenient = ChatSpring(model=str(tiny_dir), model_kwargs={"strict": False, "layout": "chat"}).spring
+    assert (lenient.strict, lenient.layout, lenient.model) == (False, "chat", first.spring.model)
+
+
+def test_tokens_next_to_a_shared_model_replace_its_own_without_copying(tiny, sm):
+    other = VirtualTokens.random(tiny[0], n=4, seed=5)
+    chat = ChatSpring(spring_model=sm, tokens=other, max_tokens=4)
+    assert chat.spring.model is sm.model and chat.spring.tokens is other and sm.n == 8
+    assert chat.invoke(rag_messages(4)).usage_metadata["input_token_details"] == {"virtual": 4}
+    assert chat._identifying_params["tokens"] != ChatSpring(spring_model=sm)._identifying_params["tokens"]
+
+
+def test_token_counting_uses_the_models_own_tokenizer(chat, sm):
+    text = "Who wrote Hamlet?"
+    assert chat.get_token_ids(text) == sm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert chat.get_num_tokens(text) == len(chat.get_token_ids(text))
+    assert chat.get_num_tokens_from_messages([HumanMessage(text)]) > 0
+
+
+def test_construction_guards(sm):
+    with pytest.raises(ValueError, match="already loaded"):
+        ChatSpring(spring_model=sm, model_kwargs={"dtype": "bfloat16"})
+    with pytest.raises(ValueError, match="model_kwargs accepts"):
+        ChatSpring(model_kwargs={"device_map": "auto"})
+    with pytest.warns(UserWarning, match="ignores the argument"):
+        ChatSpring(api_key="unused")
+    assert ChatSpring(spring_model=sm).model == sm.name
+
+
+def test_identifying_params_name_the_model_and_tell_token_tables_apart(tiny, sm):
+    other = SpringModel(*tiny, VirtualTokens.random(tiny[0], n=8, seed=2))
+    first, second = ChatSpring(spring_model=sm), ChatSpring(spring_model=other)
+    assert first._identifying_params["model"] == sm.name
+    assert first._identifying_params["tokens"] != second._identifying_params["tokens"]
+    assert first._llm_type == "spring-chat"
+    assert first._get_ls_params() == {
+        "ls_provider": "spring", "ls_model_name": sm.name, "ls_model_type": "chat", "ls_temperature": 0.0,
+        "ls_max_tokens": 256,
+    }

@@ -1,0 +1,96 @@
+"""``SpringRetriever`` over a real BM25 store, ``ParametricAdapterCompressor``, and ``create_spring_rag_chain``."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.documents import Document
+from langchain_core.messages import HumanMessage
+from langchain_core.runnables import RunnableSequence
+from pydantic import ValidationError
+
+from langchain_spring import (
+    ChatSpring,
+    ParametricAdapterCompressor,
+    SpringLLM,
+    SpringRetriever,
+    create_spring_rag_chain,
+    format_docs,
+)
+from spring_core import MarkerError, SpringModel, VirtualTokens
+from spring_core.data import read_corpus, sample_corpus_path
+from spring_core.prompts import marker_block
+from spring_core.retrieval import create_store, open_store
+
+QUESTION = "What individual is the school named after?"
+
+
+@pytest.fixture(scope="module")
+def store_folder(tmp_path_factory):
+    rows = read_corpus(sample_corpus_path())[:30]
+    folder = tmp_path_factory.mktemp("bm25-store")
+    create_store(folder, "bm25").add(rows)
+    return folder
+
+
+def test_documents_carry_text_id_title_and_score(store_folder):
+    hits = open_store(store_folder).retrieve(QUESTION, k=3)
+    docs = SpringRetriever(store=str(store_folder), k=3).invoke(QUESTION)
+    assert [d.page_content for d in docs] == [h.text for h in hits]
+    for doc, hit in zip(docs, hits, strict=True):
+        assert doc.id == hit.id
+        assert {key: doc.metadata[key] for key in ("id", "title", "score")} == {
+            "id": hit.id, "title": hit.title, "score": hit.score}
+    assert docs[0].metadata["score"] >= docs[-1].metadata["score"]
+
+
+def test_store_object_and_per_call_k(store_folder):
+    retriever = SpringRetriever(store=open_store(store_folder), k=4)
+    assert len(retriever.invoke(QUESTION)) == 4
+    assert len(retriever.invoke(QUESTION, k=1)) == 1
+    by_path = SpringRetriever(store=store_folder, k=4).invoke(QUESTION)
+    assert [d.id for d in by_path] == [d.id for d in retriever.invoke(QUESTION)]
+
+
+def test_bad_store_and_k_are_refused(store_folder):
+    with pytest.raises(ValidationError, match="store must be"):
+        SpringRetriever(store=42)
+    with pytest.raises(ValidationError):
+        SpringRetriever(store=store_folder, k=0)
+
+
+def test_compressor_tags_adapter_ids_without_dropping_or_mutating():
+    docs = [Document(page_content="a", metadata={"id": "p1", "title": "A"}),
+            Document(page_content="b", id="p2"),
+            Document(page_content="c")]
+    tagged = ParametricAdapterCompressor().compress_documents(docs, QUESTION)
+    assert [d.page_content for d in tagged] == ["a", "b", "c"]
+    assert [d.metadata["adapter_id"] for d in tagged] == ["p1", "p2", None]
+    assert "adapter_id" not in docs[0].metadata
+    custom = ParametricAdapterCompressor(metadata_key="prag", id_key="title").compress_documents(docs[:1], QUESTION)
+    assert custom[0].metadata == {"id": "p1", "title": "A", "prag": "A"}
+
+
+def test_chain_sends_context_then_block_then_question(store_folder, tiny):
+    sm = SpringModel(*tiny, VirtualTokens.random(tiny[0], n=8, seed=1))
+    retriever = SpringRetriever(store=store_folder, k=2)
+    context = format_docs(retriever.invoke(QUESTION))
+
+    chat_chain = create_spring_rag_chain(retriever, ChatSpring(spring_model=sm, max_tokens=4))
+    messages = RunnableSequence(*chat_chain.steps[:2]).invoke(QUESTION).to_messages()
+    assert messages == [HumanMessage(f"{context}\n\n{marker_block(8)}Question: {QUESTION}")]
+    assert isinstance(chat_chain.invoke(QUESTION), str)
+
+    llm_chain = create_spring_rag_chain(retriever, SpringLLM(spring_model=sm, max_tokens=4), k=3)
+    text = RunnableSequence(*llm_chain.steps[:2]).invoke(QUESTION).to_string()
+    assert text == f"{context}\n\n{marker_block(3)}Question: {QUESTION}\nAnswer:"
+    assert llm_chain.invoke(QUESTION) == SpringLLM(spring_model=sm, max_tokens=4).invoke(text)
+
+    bound = create_spring_rag_chain(retriever, ChatSpring(spring_model=sm, k=2).bind(max_tokens=4))
+    assert marker_block(2) + "Question" in RunnableSequence(*bound.steps[:2]).invoke(QUESTION).to_string()
+
+
+def test_markers_smuggled_into_the_question_are_refused_through_the_chain(store_folder, tiny):
+    sm = SpringModel(*tiny, VirtualTokens.random(tiny[0], n=8, seed=1))
+    chain = create_spring_rag_chain(SpringRetriever(store=store_folder, k=2), ChatSpring(spring_model=sm, max_tokens=4))
+    with pytest.raises(MarkerError, match="marker blocks"):
+        chain.invoke("What does [r1] stand for?")
