@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from langchain_capabilities import ChatSpringCapabilities
 from langchain_tests.integration_tests import ChatModelIntegrationTests, RetrieversIntegrationTests
 
 from langchain_spring import ChatSpring, SpringRetriever
@@ -26,7 +27,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class TestChatSpringIntegration(ChatModelIntegrationTests):
+class TestChatSpringIntegration(ChatSpringCapabilities, ChatModelIntegrationTests):
     @property
     def chat_model_class(self) -> type[ChatSpring]:
         return ChatSpring
@@ -35,29 +36,6 @@ class TestChatSpringIntegration(ChatModelIntegrationTests):
     def chat_model_params(self) -> dict[str, Any]:
         return {"model": "smollm2-135m", "max_tokens": 16}
 
-    @property
-    def has_tool_calling(self) -> bool:
-        return False  # bind_tools exists only to raise NotImplementedError with a clear message
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return False
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # one local model per instance; a per-call model= other than `model` raises
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from langchain_capabilities import ChatSpringCapabilities
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from langchain_spring import ChatSpring
 
 
-class TestChatSpringStandard(ChatModelUnitTests):
+class TestChatSpringStandard(ChatSpringCapabilities, ChatModelUnitTests):
     tiny_folder: str = ""
 
     @pytest.fixture(autouse=True)
@@ -30,27 +31,3 @@ class TestChatSpringStandard(ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"model": self.tiny_folder}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False  # bind_tools exists only to raise NotImplementedError with a clear message
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return False
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # one local model per instance; a per-call model= other than `model` raises
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
