@@ -103,3 +103,16 @@ def smollm2():
     from spring_core.models import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture()
+def recorder():
+    """Records the prompt of every LlamaIndex LLM call made during the test (LlamaIndex instrumentation)."""
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index_recorder import PromptRecorder
+
+    dispatcher = get_dispatcher()
+    handler = PromptRecorder(prompts=[])
+    dispatcher.add_event_handler(handler)
+    yield handler
+    dispatcher.event_handlers.remove(handler)

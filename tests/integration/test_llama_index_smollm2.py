@@ -8,9 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler
-from llama_index.core.instrumentation.events.llm import LLMCompletionStartEvent
 from llama_index.llms.spring import SpringLLM, spring_query_engine
 from llama_index.retrievers.spring import SpringRetriever
 
@@ -24,19 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 QUESTION = "Which Florida city has the biggest population?"
 
 
-class PromptRecorder(BaseEventHandler):
-    prompts: list[str] = []
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "PromptRecorder"
-
-    def handle(self, event, **kwargs) -> None:
-        if isinstance(event, LLMCompletionStartEvent):
-            self.prompts.append(event.prompt)
-
-
-def test_query_engine_over_a_chromadb_store_answers_with_the_block(smollm2, tmp_path):
+def test_query_engine_over_a_chromadb_store_answers_with_the_block(smollm2, tmp_path, recorder):
     rows = read_corpus(sample_corpus_path())
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows[::4] + rows[1::40]))  # ~60 passages
@@ -44,12 +29,7 @@ def test_query_engine_over_a_chromadb_store_answers_with_the_block(smollm2, tmp_
     model = SpringModel(*smollm2)
     model = model.with_tokens(VirtualTokens.from_text(model, n=50, layout="chat"))
     llm = SpringLLM(spring_model=model, max_new_tokens=24)
-    recorder = PromptRecorder(prompts=[])
-    get_dispatcher().add_event_handler(recorder)
-    try:
-        response = spring_query_engine(retriever, llm, k=20).query(QUESTION)
-    finally:
-        get_dispatcher().event_handlers.remove(recorder)
+    response = spring_query_engine(retriever, llm, k=20).query(QUESTION)
     assert response.source_nodes[0].node.metadata["title"] == "Jacksonville, Florida"
     assert str(response).strip()
     assert len(recorder.prompts) == 1

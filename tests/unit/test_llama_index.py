@@ -11,9 +11,6 @@ import json
 import pytest
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.llms.types import ChatMessage
-from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler
-from llama_index.core.instrumentation.events.llm import LLMCompletionStartEvent
 from llama_index.llms.spring import (
     SpringLLM,
     spring_query_engine,
@@ -176,29 +173,6 @@ def test_templates_put_context_then_markers_then_question():
     refine = spring_refine_template(2).format(context_msg="NEW", query_str="Q?", existing_answer="OLD")
     assert refine.index("NEW") < refine.index("OLD") < refine.index("[r1][r2]Question: Q?")
     assert spring_summary_template(1, "chat").format(context_str="S", query_str="Q?") == "S\n\n[r1]Question: Q?"
-
-
-class PromptRecorder(BaseEventHandler):
-    """A LlamaIndex instrumentation handler that keeps the prompt of every LLM completion call."""
-
-    prompts: list[str] = []
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "PromptRecorder"
-
-    def handle(self, event, **kwargs) -> None:
-        if isinstance(event, LLMCompletionStartEvent):
-            self.prompts.append(event.prompt)
-
-
-@pytest.fixture()
-def recorder():
-    dispatcher = get_dispatcher()
-    handler = PromptRecorder(prompts=[])
-    dispatcher.add_event_handler(handler)
-    yield handler
-    dispatcher.event_handlers.remove(handler)
 
 
 def sent_prompts(recorder):
