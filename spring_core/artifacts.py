@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from spring_core.errors import ArtifactError, ModelMismatchError
+from spring_core.errors import ArtifactError, ModelMismatchError, SpringError
 
 MANIFEST_NAME = "spring.json"
 FORMAT_VERSION = 1
@@ -127,6 +127,17 @@ def write_artifact(folder: Path | str, manifest: dict[str, Any], files: dict[str
     return folder
 
 
+def read_json_object(path: Path, error: type[SpringError], remedy: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; anything else raises ``error`` naming the file and ``remedy``."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON ({exc}); {remedy}") from exc
+    if not isinstance(value, dict):
+        raise error(f"{path} must hold a JSON object, not {type(value).__name__}; {remedy}")
+    return value
+
+
 def read_manifest(folder: Path | str, kind: str) -> dict[str, Any]:
     """Read and check ``spring.json``: valid JSON, known format version, the expected kind, required fields."""
     folder = Path(folder)
@@ -135,12 +146,7 @@ def read_manifest(folder: Path | str, kind: str) -> dict[str, Any]:
         raise ArtifactError(f"artifact folder {folder} does not exist")
     if not path.is_file():
         raise ArtifactError(f"{folder} holds no {MANIFEST_NAME}; it is not a spring-rag artifact folder")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc}); restore it from the original artifact") from exc
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{path} must hold a JSON object, not {type(manifest).__name__}")
+    manifest = read_json_object(path, ArtifactError, "restore it from the original artifact")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ArtifactError(

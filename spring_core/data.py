@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -74,15 +74,16 @@ def validate_qa_row(row: dict[str, Any], where: str) -> dict[str, Any]:
     return row
 
 
-def read_qa(path: str | Path) -> list[dict[str, Any]]:
-    """Read and validate a QA JSONL file; duplicate ids are an error."""
+def _read_rows(path: str | Path, validate: Callable[[dict[str, Any], str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validate every row (``validate(row, "file:line")`` returns the row to keep); ids must be unique."""
     rows: list[dict[str, Any]] = []
     first_seen: dict[Any, int] = {}
     for number, row in iter_jsonl(path):
         where = f"{path}:{number}"
-        validate_qa_row(row, where)
+        row = validate(row, where)
         if row["id"] in first_seen:
-            raise DataError(f"{where}: id {row['id']!r} already used on line {first_seen[row['id']]}")
+            earlier = first_seen[row["id"]]
+            raise DataError(f"{where}: id {row['id']!r} already used on line {earlier}; ids must be unique")
         first_seen[row["id"]] = number
         rows.append(row)
     if not rows:
@@ -90,23 +91,22 @@ def read_qa(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_qa(path: str | Path) -> list[dict[str, Any]]:
+    """Read and validate a QA JSONL file; duplicate ids are an error."""
+    return _read_rows(path, validate_qa_row)
+
+
+def validate_corpus_row(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check one corpus row; returns it with its id as a string."""
+    passage_id = row.get("id")
+    if not isinstance(passage_id, (str, int)) or isinstance(passage_id, bool) or str(passage_id) == "":
+        raise DataError(f"{where}: field 'id' must be a non-empty string or integer, got {passage_id!r}")
+    _require_text(row, "text", where)
+    if row.get("title") is not None and not isinstance(row["title"], str):
+        raise DataError(f"{where}: field 'title' must be a string, got {type(row['title']).__name__}")
+    return {**row, "id": str(passage_id)}
+
+
 def read_corpus(path: str | Path) -> list[dict[str, Any]]:
     """Read and validate a corpus JSONL file: a unique string ``id`` and a non-empty ``text`` on every line."""
-    rows: list[dict[str, Any]] = []
-    first_seen: dict[str, int] = {}
-    for number, row in iter_jsonl(path):
-        where = f"{path}:{number}"
-        passage_id = row.get("id")
-        if not isinstance(passage_id, (str, int)) or isinstance(passage_id, bool) or str(passage_id) == "":
-            raise DataError(f"{where}: field 'id' must be a non-empty string or integer, got {passage_id!r}")
-        _require_text(row, "text", where)
-        if row.get("title") is not None and not isinstance(row["title"], str):
-            raise DataError(f"{where}: field 'title' must be a string, got {type(row['title']).__name__}")
-        key = str(passage_id)
-        if key in first_seen:
-            raise DataError(f"{where}: id {key!r} already used on line {first_seen[key]}; ids must be unique")
-        first_seen[key] = number
-        rows.append({**row, "id": key})
-    if not rows:
-        raise DataError(f"{path} holds no rows")
-    return rows
+    return _read_rows(path, validate_corpus_row)

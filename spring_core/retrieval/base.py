@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from spring_core.artifacts import atomic_write_bytes
+from spring_core.artifacts import atomic_write_bytes, read_json_object
 from spring_core.errors import SpringError
 
 STORE_MANIFEST = "store.json"
@@ -94,11 +94,8 @@ def read_store_manifest(folder: Path) -> dict[str, Any]:
         )
     if not path.is_file():
         raise StoreError(f"{folder} holds no {STORE_MANIFEST}; it is not a spring-rag retrieval store")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{path} is not valid JSON ({exc}); rebuild the store") from exc
-    if not isinstance(manifest, dict) or manifest.get("backend") not in BACKENDS:
+    manifest = read_json_object(path, StoreError, "rebuild the store")
+    if manifest.get("backend") not in BACKENDS:
         raise StoreError(f"{path} names no known backend ({', '.join(BACKENDS)}); rebuild the store")
     if manifest.get("format_version") != STORE_FORMAT_VERSION:
         raise StoreError(f"{path} has format_version {manifest.get('format_version')!r}; rebuild the store")

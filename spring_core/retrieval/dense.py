@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -172,8 +173,6 @@ class DenseStore:
 
     def _locked(self):
         if self.folder is None:  # a chroma server serialises writes itself
-            import contextlib
-
             return contextlib.nullcontext()
         return write_lock(self.folder)
 
