@@ -26,7 +26,7 @@ from spring_core.errors import ArtifactError, ModelMismatchError, SpringError
 
 MANIFEST_NAME = "spring.json"
 FORMAT_VERSION = 1
-KINDS = ("virtual-tokens", "document-adapters", "poly-experts")
+KINDS = ("virtual-tokens", "lora-adapter", "prefix-adapter", "document-adapters", "poly-experts")
 _FINGERPRINT_ROWS = 64
 
 
@@ -63,7 +63,7 @@ def check_fingerprint(manifest: dict[str, Any], model: Any, where: Path | str, m
 
 def library_versions() -> dict[str, str]:
     versions = {}
-    for name in ("spring-rag", "torch", "transformers", "safetensors"):
+    for name in ("spring-rag", "torch", "transformers", "safetensors", "accelerate", "peft"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

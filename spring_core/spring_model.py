@@ -29,7 +29,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from spring_core.errors import MarkerError
+from spring_core.errors import MarkerError, ModelMismatchError
 from spring_core.models import DEFAULT_MODEL, load_model, model_display_name
 from spring_core.prompts import (
     NO_K_LIMIT,
@@ -107,6 +107,7 @@ class SpringModel:
             tokens = VirtualTokens.load(tokens, model=model)
         elif tokens is not None:
             tokens.check_compatible(model)
+        _check_adapter(tokens, model)
         self.tokens: VirtualTokens | None = tokens
         self.layout = layout or (tokens.layout if tokens is not None else "raw")
         self.strict = strict
@@ -400,6 +401,16 @@ class GenerationStream(Iterator[str]):
         close = getattr(self._deltas, "close", None)
         if close is not None:
             close()
+
+
+def _check_adapter(tokens: VirtualTokens | None, model: Any) -> None:
+    """SPRING+ tokens were trained on a LoRA-adapted model: refuse them on a model without that LoRA merged."""
+    adapter = tokens.manifest.get("adapter") if tokens is not None else None
+    if adapter and getattr(model, "spring_rag_adapter", None) != adapter.get("sha256"):
+        raise ModelMismatchError(
+            "these virtual tokens were trained on top of a LoRA (SPRING+), which this model does not carry; load "
+            "them with spring_train.adapters.load_trained(model_name, artifact_folder), which merges the LoRA"
+        )
 
 
 def _settings(settings: Mapping[str, Any]) -> GenerationSettings:

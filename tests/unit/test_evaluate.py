@@ -1,0 +1,107 @@
+"""The evaluation harness on the tiny Llama: method prompts, resumable predictions, reports, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from spring_core import SpringModel, VirtualTokens
+from spring_core.metrics import aggregate
+from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt
+from spring_train.evaluate import EvalError, EvalPlan, Method, evaluate, parse_methods, prompt_for, write_report
+
+ROWS = [
+    {"id": "a", "question": "What is the capital of Japan?", "answers": ["Tokyo"],
+     "passages": [{"title": "Japan", "text": "The capital of Japan is Tokyo."}]},
+    {"id": "b", "question": "Who wrote Hamlet?", "answers": ["Shakespeare", "William Shakespeare"],
+     "passages": ["Hamlet is a play by William Shakespeare."]},
+    {"id": "c", "question": "Where is the Eiffel Tower?", "answers": ["Paris"],
+     "passages": ["The Eiffel Tower is in Paris, France.", "Rivers and mountains."]},
+]
+
+
+def test_methods_parse_with_clear_errors():
+    methods = parse_methods("concat, spring,lora:closed-book")
+    assert methods == [Method("concat"), Method("spring"), Method("lora", closed_book=True)]
+    assert methods[2].label == "LoRA (no retrieval)"
+    with pytest.raises(EvalError, match="unknown method 'rag'"):
+        parse_methods("rag")
+    with pytest.raises(EvalError, match="trained methods"):
+        parse_methods("concat:closed-book")
+    with pytest.raises(EvalError, match="--tokens"):
+        EvalPlan(model="m", methods=parse_methods("spring"))
+    with pytest.raises(EvalError, match="at least 1"):
+        EvalPlan(model="m", methods=parse_methods("concat"), ks=[0])
+
+
+def test_each_method_builds_the_prompt_it_promises(tiny):
+    sm = SpringModel(*tiny)
+    row = ROWS[0]
+    concat = prompt_for(Method("concat"), sm, row, None)
+    assert concat == build_prompt(row["question"], row["passages"], 0).render()
+    assert prompt_for(Method("closed-book"), sm, row, None) == "Question: What is the capital of Japan?\nAnswer:"
+    prompt = prompt_for(Method("prompt"), sm, row, None)
+    assert prompt.index("Tokyo") < prompt.index(DEFAULT_INSTRUCTION) < prompt.index("Question:")
+    chat = prompt_for(Method("prompt-chat"), sm, row, None)
+    assert chat.startswith("<|im_start|>user\n") and chat.endswith("<|im_start|>assistant\n")
+    assert prompt_for(Method("spring"), sm, row, 5) == {"question": row["question"], "passages": row["passages"],
+                                                          "k": 5}
+    assert prompt_for(Method("lora", closed_book=True), sm, row, None).startswith("Question:")
+
+
+def test_evaluate_scores_resumes_and_reports(tiny, tmp_path):
+    sm = SpringModel(tiny[0], tiny[1], VirtualTokens.random(tiny[0], 4, tokenizer=tiny[1]))
+    plan = EvalPlan(model="tiny", methods=parse_methods("concat,spring"), ks=[1, 4], tokens="unused",
+                    max_new_tokens=4, batch_size=2)
+    loads = []
+
+    def load(artifact):
+        loads.append(artifact)
+        return sm
+
+    results = evaluate(plan, {"toy/dev": ROWS}, tmp_path, load=load, progress=lambda _: None)
+    assert [(r["method"], r["k"]) for r in results] == [("Concat", None), ("SPRING", 1), ("SPRING", 4)]
+    assert loads == [None, "unused"]
+    lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 9
+    spring_4 = [p for p in lines if p["k"] == 4]
+    assert results[2]["em"] == aggregate([p["scores"] for p in spring_4])["em"]
+    assert results[2]["count"] == 3 and results[2]["seconds_per_question"] > 0
+    single = sm.generate(ROWS[1]["question"], ROWS[1]["passages"], k=4, max_new_tokens=4).text
+    assert next(p for p in spring_4 if p["id"] == "b")["prediction"] == single
+
+    # A killed run leaves a half-written last line: it is dropped and only that prediction is recomputed.
+    text = (tmp_path / "predictions.jsonl").read_text()
+    (tmp_path / "predictions.jsonl").write_text(text[:-20])
+    again = evaluate(plan, {"toy/dev": ROWS}, tmp_path, load=load, progress=lambda _: None)
+    drop_time = [{key: value for key, value in r.items() if key != "seconds_per_question"} for r in results]
+    assert [{key: value for key, value in r.items() if key != "seconds_per_question"} for r in again] == drop_time
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 9
+
+    paths = write_report(results, tmp_path, config={"limit": 3})
+    assert "SPRING k=4" in paths["markdown"].read_text()
+    assert paths["plot"].read_bytes().startswith(b"\x89PNG")
+    assert json.loads(paths["json"].read_text())["results"] == results
+
+
+def test_cli_eval_end_to_end(tiny_dir, tiny, tmp_path):
+    VirtualTokens.random(tiny[0], 3, tokenizer=tiny[1]).save(tmp_path / "tokens")
+    data = tmp_path / "toy" / "dev.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    command = [sys.executable, "-m", "spring_train.cli", "eval", "--model", str(tiny_dir), "--data", str(data),
+               "--methods", "closed-book,prompt,spring", "--tokens", str(tmp_path / "tokens"), "--k", "1,3",
+               "--max-new-tokens", "3", "--out", str(tmp_path / "eval")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "toy/dev EM" in result.stdout and "SPRING k=3" in result.stdout
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert report["config"]["tokens"] == "tokens" and len(report["results"]) == 4
+    assert (tmp_path / "eval" / "em_f1_vs_k.png").is_file()
+
+    too_many = subprocess.run(command[:-2] + ["--k", "9", "--out", str(tmp_path / "e2")], capture_output=True,
+                              text=True)
+    assert too_many.returncode == 2 and "k = 9 is out of range" in too_many.stderr

@@ -1,0 +1,93 @@
+"""Training examples and batches: prompt ids from ``SpringModel.encode`` plus answer ids, left-padded.
+
+The prompt goes through exactly the code inference uses (text split at the marker block, virtual ids spliced in),
+so the tokens are trained on the same ids they will see. Batches are left-padded: every answer then ends at the
+last position, and the loss needs logits only for the last ``L + 1`` positions (``L`` = longest answer).
+
+Example:
+    >>> example = build_example(sm, question="Who?", passages=["..."], answer="Y", k=10)   # doctest: +SKIP
+    >>> batch = collate([example], pad_id=0)                                              # doctest: +SKIP
+    >>> batch.labels.shape     # [batch, longest answer]                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from spring_core.spring_model import SpringModel
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence: prompt ids (virtual ids included) followed by the answer ids."""
+
+    input_ids: list[int]
+    answer_length: int
+
+
+@dataclass
+class Batch:
+    """Left-padded ids and mask, and labels for the last ``labels.shape[1]`` positions (``IGNORE`` elsewhere)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def answer_tokens(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+
+def answer_ids(tokenizer: Any, answer: str, layout: str, max_tokens: int) -> list[int]:
+    """The target: the answer (after a space in the raw layout, which ends with ``Answer:``) and end-of-sequence."""
+    text = f" {answer.strip()}" if layout == "raw" else answer.strip()
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])[:max_tokens]
+    return ids + [tokenizer.eos_token_id]
+
+
+def build_example(sm: SpringModel, *, question: str, passages: Sequence[Any], answer: str, k: int,
+                  max_answer_tokens: int = 32) -> Example:
+    """Encode ``passages + [r1..rk] + question`` in ``sm``'s layout, then the answer."""
+    prompt = sm.encode(sm.prompt_parts(question, passages, k))
+    target = answer_ids(sm.tokenizer, answer, sm.layout, max_answer_tokens)
+    return Example(prompt + target, len(target))
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> Batch:
+    """Left-pad to the longest sequence; labels cover the last ``max answer length`` positions."""
+    width = max(len(e.input_ids) for e in examples)
+    answer_width = max(e.answer_length for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), answer_width), IGNORE, dtype=torch.long)
+    for row, example in enumerate(examples):
+        ids = torch.tensor(example.input_ids, dtype=torch.long)
+        input_ids[row, width - len(ids):] = ids
+        attention_mask[row, width - len(ids):] = 1
+        labels[row, answer_width - example.answer_length:] = ids[len(ids) - example.answer_length:]
+    return Batch(input_ids, attention_mask, labels)
+
+
+def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of the answer tokens.
+
+    ``logits`` are the model's last ``L + 1`` positions; position ``t`` predicts token ``t + 1``, so the first
+    ``L`` of them predict the last ``L`` tokens, which ``labels`` hold.
+    """
+    predicting = logits[:, :-1, :].float()
+    return torch.nn.functional.cross_entropy(
+        predicting.reshape(-1, predicting.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )

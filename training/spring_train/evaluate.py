@@ -1,0 +1,248 @@
+"""The evaluation harness behind ``spring-rag eval``: the paper's baselines and SPRING at any k, EM / F1 / Acc.
+
+Methods (``--methods``; ``:closed-book`` after a trained method drops the passages, the paper's non-RAG setting):
+
+=================  ==========================================================================================
+``closed-book``    the base model, question only (``Question: q\\nAnswer:``)
+``concat``         the base model, passages then question (the SPRING layout with no tokens)
+``prompt``         ``concat`` with the paper's instruction between passages and question
+``prompt-chat``    the same instruction in the model's chat template (a fair chance for instruct models)
+``spring``         trained virtual tokens, once per ``k``
+``lora``           a LoRA artifact merged into the model, ``concat`` prompt (its training layout)
+``prefix``         a prefix-tuning artifact, ``concat`` prompt
+``spring+``        virtual tokens trained on top of a LoRA, once per ``k``
+=================  ==========================================================================================
+
+Predictions are appended to ``predictions.jsonl`` as each batch finishes, so an interrupted run resumes where it
+stopped. EM, F1 and Acc use the SQuAD normalisation on the whole prediction (no truncation); the ``*_line``
+variants score only its first line.
+
+Example:
+    >>> plan = EvalPlan(model="smollm2-135m", methods=parse_methods("concat,spring"), ks=[1, 50],
+    ...                 tokens="my-tokens")                                               # doctest: +SKIP
+    >>> rows = evaluate(plan, {"squad/dev": read_qa("dev.jsonl")[:300]}, out="eval/")      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spring_core.errors import DataError, SpringError
+from spring_core.metrics import aggregate, first_line, score
+from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt, format_passages
+from spring_core.spring_model import SpringModel
+
+METHODS = ("closed-book", "concat", "prompt", "prompt-chat", "spring", "lora", "prefix", "spring+")
+LABELS = {"closed-book": "Closed-book", "concat": "Concat", "prompt": "Prompt", "prompt-chat": "Prompt-chat",
+          "spring": "SPRING", "lora": "LoRA", "prefix": "Prefix", "spring+": "SPRING+"}
+TRAINED = {"spring": "tokens", "lora": "lora", "prefix": "prefix", "spring+": "spring_plus"}
+PREDICTIONS = "predictions.jsonl"
+
+
+class EvalError(SpringError):
+    """An evaluation setting is missing or inconsistent (e.g. ``spring`` without ``--tokens``)."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method to evaluate; ``closed_book`` drops the passages (only meaningful for trained methods)."""
+
+    key: str
+    closed_book: bool = False
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.key] + (" (no retrieval)" if self.closed_book else "")
+
+
+def parse_methods(text: str) -> list[Method]:
+    """``"concat,spring,lora:closed-book"`` -> methods; unknown names raise ``EvalError`` listing the known ones."""
+    methods = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        key, _, suffix = item.partition(":")
+        if key not in METHODS:
+            raise EvalError(f"unknown method {key!r}; choose from {', '.join(METHODS)}")
+        if suffix not in ("", "closed-book"):
+            raise EvalError(f"unknown method suffix {suffix!r} in {item!r}; the only suffix is ':closed-book'")
+        if suffix and key not in TRAINED:
+            raise EvalError(f"{item!r}: ':closed-book' applies to trained methods; use the method 'closed-book'")
+        methods.append(Method(key, bool(suffix)))
+    if not methods:
+        raise EvalError("no methods to evaluate")
+    return methods
+
+
+@dataclass
+class EvalPlan:
+    """What to evaluate: the base model, methods, k values and the artifacts the trained methods need."""
+
+    model: str
+    methods: list[Method]
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 25, 50])
+    tokens: str | None = None
+    lora: str | None = None
+    prefix: str | None = None
+    spring_plus: str | None = None
+    max_new_tokens: int = 16
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        for method in self.methods:
+            option = TRAINED.get(method.key)
+            if option and not getattr(self, option):
+                flag = "--" + option.replace("_", "-")
+                raise EvalError(f"method {method.key!r} needs its artifact: pass {flag} FOLDER")
+        if any(k < 1 for k in self.ks):
+            raise EvalError(f"every k must be at least 1, got {self.ks}")
+
+
+def dataset_name(path: str | Path) -> str:
+    """``.../squad/dev.jsonl`` -> ``squad/dev``: the folder names the dataset, the file its split."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+
+
+def load_datasets(files: Sequence[str], *, limit: int | None, passages: int, corpus: str | None = None,
+                  store: str | None = None, retriever: str = "bm25", cache_dir: Path) -> dict[str, list[dict]]:
+    """The first ``limit`` rows of each file with ``passages`` passages: retrieved when a corpus or store is given,
+    else the rows' own (gold) passages, cut to ``passages``."""
+    from spring_train.data import attach_retrieved, load_sources, open_retriever
+
+    sources = load_sources(files)
+    for source in sources:
+        source.rows = source.rows[:limit] if limit else source.rows
+    found = open_retriever(corpus=corpus, store=store, backend=retriever, cache_dir=cache_dir)
+    if found is not None:
+        attach_retrieved(sources, found, passages)
+    for source in sources:
+        for row in source.rows:
+            row["passages"] = list(row.get("passages") or [])[:passages]
+    return {dataset_name(source.path): source.rows for source in sources}
+
+
+def prompt_for(method: Method, sm: SpringModel, row: dict[str, Any], k: int | None) -> str | dict[str, Any]:
+    """The prompt (text, or a ``generate_batch`` item for SPRING methods) a method gives the model for ``row``."""
+    passages = [] if method.closed_book or method.key == "closed-book" else list(row.get("passages") or [])
+    question = row["question"]
+    if method.key in ("spring", "spring+"):
+        return {"question": question, "passages": passages, "k": k}
+    if method.key == "prompt":
+        head = format_passages(passages) + "\n\n" if passages else ""
+        return f"{head}{DEFAULT_INSTRUCTION}\nQuestion: {question}\nAnswer:"
+    if method.key == "prompt-chat":
+        head = format_passages(passages) + "\n\n" if passages else ""
+        user = f"{head}{DEFAULT_INSTRUCTION}\nQuestion: {question}"
+        return sm.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                                add_generation_prompt=True)
+    return build_prompt(question, passages, 0, layout="raw").render()
+
+
+def evaluate(plan: EvalPlan, datasets: dict[str, list[dict[str, Any]]], out: str | Path, *,
+             load: Callable[[str | None], SpringModel] | None = None,
+             progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run every method (and k) on every dataset; returns one result row per (dataset, method, k).
+
+    ``load(artifact)`` returns a SpringModel for an artifact folder (``None``: the base model); by default
+    ``spring_train.adapters.load_trained`` on a fresh copy of ``plan.model``.
+    """
+    from spring_train.adapters import load_trained
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = _PredictionStore(out / PREDICTIONS)
+    load = load or (lambda artifact: load_trained(plan.model, artifact))
+    results = []
+    for method, artifact in _grouped(plan):
+        sm = load(artifact)
+        ks = plan.ks if method.key in ("spring", "spring+") else [None]
+        for k in ks:
+            if k is not None:
+                sm.check_k(k)
+            for name, rows in datasets.items():
+                results.append(_run_one(plan, sm, method, k, name, rows, store, progress))
+    return results
+
+
+def _grouped(plan: EvalPlan) -> Iterator[tuple[Method, str | None]]:
+    """Methods with the artifact each loads (base-model methods first, so one load serves them)."""
+    for method in sorted(plan.methods, key=lambda m: m.key in TRAINED):
+        option = TRAINED.get(method.key)
+        yield method, getattr(plan, option) if option else None
+
+
+def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, dataset: str,
+             rows: list[dict[str, Any]], store: _PredictionStore, progress: Callable[[str], None]) -> dict[str, Any]:
+    key = (dataset, method.label, k)
+    todo = [row for row in rows if (*key, str(row["id"])) not in store.done]
+    prompts = [prompt_for(method, sm, row, k) for row in todo]
+    # Similar prompt lengths share a batch (less padding); results do not depend on the order.
+    order = sorted(range(len(todo)), key=lambda i: len(json.dumps(prompts[i])))
+    for start in range(0, len(order), plan.batch_size):
+        chosen = order[start:start + plan.batch_size]
+        began = time.perf_counter()
+        outputs = sm.generate_batch([prompts[i] for i in chosen], batch_size=plan.batch_size,
+                                    max_new_tokens=plan.max_new_tokens)
+        seconds = (time.perf_counter() - began) / len(chosen)
+        store.add([_prediction(key, todo[i], out.text, seconds) for i, out in zip(chosen, outputs, strict=True)])
+    predictions = [store.done[(*key, str(row["id"]))] for row in rows]
+    result = {"dataset": dataset, "method": method.label, "k": k, "retrieval": not method.closed_book
+              and method.key != "closed-book"}
+    result.update({m: v for m, v in aggregate([p["scores"] for p in predictions]).items()})
+    lines = aggregate([p["scores_line"] for p in predictions])
+    result.update({f"{m}_line": v for m, v in lines.items() if m != "count"})
+    result["seconds_per_question"] = round(sum(p["seconds"] for p in predictions) / len(predictions), 4)
+    progress(f"{dataset:<28} {method.label + (f' k={k}' if k else ''):<28} EM {result['em']:5.1f}  "
+             f"F1 {result['f1']:5.1f}  Acc {result['acc']:5.1f}  (first line: EM {result['em_line']:5.1f})")
+    return result
+
+
+def _prediction(key: tuple[str, str, int | None], row: dict[str, Any], text: str, seconds: float) -> dict[str, Any]:
+    return {"dataset": key[0], "method": key[1], "k": key[2], "id": str(row["id"]), "prediction": text,
+            "answers": row["answers"], "scores": score(text, row["answers"]),
+            "scores_line": score(first_line(text), row["answers"]), "seconds": round(seconds, 4)}
+
+
+class _PredictionStore:
+    """``predictions.jsonl``: one line per (dataset, method, k, row id); read back to resume."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: dict[tuple[str, str, int | None, str], dict[str, Any]] = {}
+        if path.exists():
+            text = path.read_text(encoding="utf-8")
+            if text and not text.endswith("\n"):  # a run killed mid-write: that last prediction is recomputed
+                text = text[: text.rfind("\n") + 1]
+                path.write_text(text, encoding="utf-8")
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                    self.done[(item["dataset"], item["method"], item["k"], item["id"])] = item
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise DataError(f"{path}:{number}: not a prediction line ({exc}); delete the line or the file "
+                                    "to recompute it") from exc
+
+    def add(self, items: Sequence[dict[str, Any]]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            for item in items:
+                handle.write(json.dumps(item) + "\n")
+                self.done[(item["dataset"], item["method"], item["k"], item["id"])] = item
+
+
+def write_report(results: list[dict[str, Any]], out: str | Path, *, config: dict[str, Any]) -> dict[str, Path]:
+    """``results.json``, ``results.md`` and (when some method has several k) ``em_f1_vs_k.png`` in ``out``."""
+    from spring_train.report import markdown_tables, plot_vs_k
+
+    out = Path(out)
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    paths["json"].write_text(json.dumps({"config": config, "results": results}, indent=2) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(markdown_tables(results) + "\n", encoding="utf-8")
+    if any(r["k"] is not None for r in results):
+        paths["plot"] = plot_vs_k(results, out / "em_f1_vs_k.png")
+    return paths

@@ -1,0 +1,319 @@
+"""The training loop behind ``spring-rag train``: one readable loop on Hugging Face Accelerate.
+
+The same code runs on a CPU, on one GPU and under ``accelerate launch`` on many. Each optimizer step reads a
+global batch from the seeded epoch plan, draws ``k`` (scalable training), splits the batch into micro-batches
+(gradient accumulation), and logs loss, tokens/s and the learning rate. Checkpoints hold only the trained
+parameters plus optimizer, scheduler and RNG state; they are written atomically, and ``resume=True`` continues
+exactly where the last one stopped. Ctrl-C saves a checkpoint and stops cleanly.
+
+Example:
+    >>> from spring_train.config import TrainConfig
+    >>> from spring_train.trainer import train
+    >>> train(TrainConfig(data=["squad/train.jsonl"], corpus="corpus.jsonl", out="my-tokens", lr=1e-3))
+    ...                                                                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spring_core.artifacts import MANIFEST_NAME
+from spring_core.errors import SpringError
+from spring_core.models import load_model
+from spring_core.spring_model import SpringModel
+from spring_train.batching import Batch, Example, build_example, collate
+from spring_train.config import ConfigError, TrainConfig
+from spring_train.data import (
+    EpochPlan,
+    attach_retrieved,
+    load_sources,
+    open_retriever,
+    require_passages,
+    sample_passages,
+)
+from spring_train.methods import TrainTarget, build_target
+
+CHECKPOINTS = "checkpoints"
+CACHE = "cache"  # the retrieval store built from --corpus
+LOG_FILE = "train_log.jsonl"
+STATE_FILE = "trainer_state.pt"
+
+
+class TrainingInterrupted(SpringError):
+    """Training stopped on Ctrl-C after saving a checkpoint; ``--resume`` continues it."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    artifact: Path
+    steps: int
+    seconds: float
+    final_loss: float
+    trainable_parameters: int
+
+
+def choose_precision(precision: str) -> str:
+    """``auto``: bf16 autocast on GPUs that support it, else fp32."""
+    if precision != "auto":
+        return precision
+    # On CPUs, bf16 autocast measured slower than fp32 for SmolLM2 forward+backward (torch 2.13, AVX512-BF16
+    # without AMX), so "auto" keeps fp32 there; pass --precision bf16 to use it anyway.
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = True,
+          on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train ``config.method`` and write the artifact folder ``config.out``; see the module docstring."""
+    from accelerate import Accelerator
+
+    out = Path(config.out)
+    _check_output_folder(out, resume)
+    mixed = choose_precision(config.precision)
+    # Autocast is applied here rather than through Accelerator(mixed_precision=...), whose process-wide state
+    # cannot change between two runs in one process.
+    accelerator = Accelerator()
+    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=mixed == "bf16")
+    _seed_everything(config.seed)
+
+    sources = load_sources(config.data)
+    retriever = open_retriever(corpus=config.corpus, store=config.store, backend=config.retriever,
+                               cache_dir=out / CACHE)
+    if retriever is not None:
+        attach_retrieved(sources, retriever, config.max_passages)
+    require_passages(sources)
+    plan = EpochPlan(sources, config.seed)
+
+    model, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=torch.float32)
+    target = build_target(config, model, tokenizer)
+    encoder = SpringModel(target.model if not config.trains_tokens else target.spring.model, tokenizer,
+                          target.tokens if config.trains_tokens else None, layout=config.layout)
+    steps_per_epoch = math.ceil(plan.size / config.batch_size)
+    total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+    trainable = [p for p in target.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear(config.warmup_ratio, total_steps))
+
+    start_step = _restore(out, config, target, optimizer, scheduler) if resume else 0
+    module, optimizer = accelerator.prepare(target, optimizer)
+    log = _TrainLog(out / LOG_FILE, keep_until=start_step)
+    progress = _progress(total_steps, start_step, show_progress and accelerator.is_local_main_process)
+    accelerator.print(f"training {config.method}: {target.trainable_count():,} trainable parameters, "
+                      f"{plan.size:,} examples per epoch, {total_steps:,} steps of {config.batch_size}, "
+                      f"precision {mixed}")
+    started, last_loss, step = time.perf_counter(), float("nan"), start_step
+    try:
+        for step in range(start_step, total_steps):
+            step_started = time.perf_counter()
+            k = _draw_k(config, step)
+            batch = _global_batch(plan, encoder, config, step, steps_per_epoch, k)
+            # Similar lengths share a micro-batch, so less padding is computed; the summed loss is order-free.
+            mine = sorted(batch[accelerator.process_index::accelerator.num_processes], key=lambda e: len(e.input_ids))
+            micro = config.micro_batch_size
+            chunks = [collate(mine[i:i + micro], encoder.pad_token_id) for i in range(0, len(mine), micro)]
+            answer_tokens = max(sum(c.answer_tokens for c in chunks), 1)
+            loss_total = 0.0
+            for index, chunk in enumerate(chunks):
+                sync = index == len(chunks) - 1
+                with (contextlib.nullcontext() if sync else accelerator.no_sync(module)), autocast:
+                    chunk = chunk.to(accelerator.device)
+                    loss = module(chunk.input_ids, chunk.attention_mask, chunk.labels) / answer_tokens
+                accelerator.backward(loss)
+                loss_total += float(loss.detach())
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            last_loss = loss_total
+            seconds = time.perf_counter() - step_started
+            record = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "loss": round(last_loss, 5),
+                      "k": k if config.trains_tokens else None, "lr": scheduler.get_last_lr()[0],
+                      "tokens": _real_tokens(chunks), "tokens_per_s": round(_real_tokens(chunks) / seconds, 1),
+                      "seconds": round(seconds, 3)}
+            if accelerator.is_main_process:
+                log.write(record)
+            progress.update(1)
+            progress.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", k=k)
+            if (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
+                _save_checkpoint(out, config, target, optimizer, scheduler, step + 1, accelerator)
+            if on_step is not None:
+                on_step(record)
+    except KeyboardInterrupt:
+        done = step if "record" not in locals() or record["step"] != step + 1 else step + 1
+        _save_checkpoint(out, config, target, optimizer, scheduler, done, accelerator)
+        progress.close()
+        raise TrainingInterrupted(
+            f"interrupted after step {done} of {total_steps}; a checkpoint is saved in {out / CHECKPOINTS}. "
+            "Run the same command with --resume to continue."
+        ) from None
+    progress.close()
+    seconds = time.perf_counter() - started
+    summary = {"steps": total_steps, "seconds": round(seconds, 1), "final_loss": round(last_loss, 5),
+               "trainable_parameters": target.trainable_count(), "precision": mixed,
+               "processes": accelerator.num_processes}
+    artifact = out
+    if accelerator.is_main_process:
+        target.export(out, training={**config.record(), **summary},
+                      data_sources=[s.describe() for s in sources] + _corpus_source(config))
+        if not config.keep_checkpoints:
+            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+            shutil.rmtree(out / CACHE, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return TrainResult(artifact, total_steps, seconds, last_loss, target.trainable_count())
+
+
+def _check_output_folder(out: Path, resume: bool) -> None:
+    has_checkpoints = (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).glob("step-*"))
+    if resume and not has_checkpoints:
+        raise ConfigError(f"--resume: {out / CHECKPOINTS} holds no checkpoint to continue from")
+    if not resume and has_checkpoints:
+        raise ConfigError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it, "
+                          "or choose another --out")
+    if not resume and (out / MANIFEST_NAME).exists():
+        raise ConfigError(f"{out} already holds a finished artifact; choose another --out (nothing was overwritten)")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _warmup_then_linear(warmup_ratio: float, total_steps: int) -> Callable[[int], float]:
+    warmup = max(1, round(warmup_ratio * total_steps)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def _draw_k(config: TrainConfig, step: int) -> int:
+    """Scalable training: the step's ``k``, a pure function of (seed, step) so resuming redraws it."""
+    return sample_k(config, np.random.default_rng([config.seed, step, 1]))
+
+
+def sample_k(config: TrainConfig, rng: np.random.Generator) -> int:
+    """``k`` in [1, n]: uniform (the paper), or log-uniform, which trains small blocks (k = 1, 2, ..) more often."""
+    if config.k_distribution == "uniform":
+        return int(rng.integers(1, config.n + 1))
+    return min(config.n, int(math.exp(rng.uniform(0.0, math.log(config.n + 1)))))
+
+
+def _global_batch(plan: EpochPlan, encoder: SpringModel, config: TrainConfig, step: int, steps_per_epoch: int,
+                  k: int) -> list[Example]:
+    epoch, position = divmod(step, steps_per_epoch)
+    order = plan.epoch(epoch)
+    chosen = order[position * config.batch_size:(position + 1) * config.batch_size]
+    examples = []
+    for offset, pair in enumerate(chosen):
+        row = plan.row(pair)
+        rng = np.random.default_rng([config.seed, epoch, position * config.batch_size + offset])
+        passages = sample_passages(row["passages"], min_count=config.min_passages, max_count=config.max_passages,
+                                   rng=rng)
+        row_k = 0 if not config.trains_tokens else (
+            sample_k(config, rng) if config.k_sampling == "sample" else k)
+        examples.append(build_example(encoder, question=row["question"], passages=passages,
+                                      answer=row["answers"][0], k=row_k, max_answer_tokens=config.max_answer_tokens))
+    return examples
+
+
+def _real_tokens(chunks: list[Batch]) -> int:
+    return sum(c.real_tokens for c in chunks)
+
+
+def _corpus_source(config: TrainConfig) -> list[dict[str, Any]]:
+    if config.corpus:
+        return [{"corpus": Path(config.corpus).name, "retriever": config.retriever, "passages": config.max_passages}]
+    if config.store:
+        return [{"store": Path(config.store).name, "passages": config.max_passages}]
+    return []
+
+
+# ----- checkpoints --------------------------------------------------------------------------------------------
+
+
+def _save_checkpoint(out: Path, config: TrainConfig, target: TrainTarget, optimizer: Any, scheduler: Any,
+                     step: int, accelerator: Any) -> None:
+    if not accelerator.is_main_process:
+        return
+    folder = out / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:07d}"
+    scratch = folder / f".tmp-step-{step:07d}-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    state = {
+        "step": step,
+        "config": config.to_dict(),
+        "trainable": target.trainable_state(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+    }
+    torch.save(state, scratch / STATE_FILE)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(scratch, final)  # a checkpoint folder exists complete or not at all
+    for old in sorted(folder.glob("step-*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore(out: Path, config: TrainConfig, target: TrainTarget, optimizer: Any, scheduler: Any) -> int:
+    latest = sorted((out / CHECKPOINTS).glob("step-*"))[-1]
+    try:
+        state = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a damaged pickle raises several unrelated types
+        raise ConfigError(f"{latest / STATE_FILE} cannot be read ({exc}); delete {latest} to resume from the "
+                          "checkpoint before it") from exc
+    mismatches = config.resume_mismatches(state["config"])
+    if mismatches:
+        raise ConfigError(f"--resume with settings that differ from the checkpoint in {latest}: "
+                          + "; ".join(mismatches) + ". Resume with the original settings.")
+    target.load_trainable_state(state["trainable"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return int(state["step"])
+
+
+class _TrainLog:
+    """``train_log.jsonl``: one line per step; on resume, lines past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, keep_until: int):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    if json.loads(line).get("step", 0) <= keep_until:
+                        kept.append(line)
+        path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
