@@ -34,6 +34,9 @@ from spring_core.errors import SpringError
 from spring_core.prompts import Passage
 from spring_core.spring_model import SpringModel, Usage
 
+MODES = ("concat", "rag-token", "rag-sequence", "rag-sequence-fast")
+"""``SpringModel.generate(mode=...)``: one prompt with every passage, or marginal decoding over passages."""
+
 
 class DecodingError(SpringError):
     """Marginal decoding got inputs it cannot use (no passages, bad scores, bad settings)."""

@@ -16,16 +16,19 @@ from typing import TextIO
 from spring_core.data import demo_qa_path, read_qa
 from spring_core.models import DEFAULT_MODEL
 from spring_core.spring_model import SpringModel
-from spring_core.tokens import VirtualTokens
+from spring_core.tokens import BUNDLED, VirtualTokens
 
 
 def run_demo(*, model: str = DEFAULT_MODEL, tokens: str | Path | None = None, k: int = 50, count: int = 3,
              data: str | Path | None = None, max_new_tokens: int = 32, out: TextIO = sys.stdout) -> list[dict]:
     """Answer ``count`` questions from ``data`` (default: the bundled SQuAD slice) with k = 0 and with k tokens.
 
-    Without ``tokens`` the block is *untrained*: initialised from the paper's instruction sentence.
+    Without ``tokens`` the default model uses its bundled trained artifact (``smollm2-135m-squad``); any other
+    model gets an *untrained* block, initialised from the paper's instruction sentence.
     """
     started = time.perf_counter()
+    if tokens is None and model == DEFAULT_MODEL:
+        tokens = BUNDLED[0]
     sm = SpringModel.from_pretrained(model, tokens=tokens)
     if sm.tokens is None:
         sm = sm.with_tokens(VirtualTokens.from_text(sm, n=max(k, 1), layout="chat"))

@@ -218,13 +218,42 @@ class SpringModel:
 
     # ----- generation ----------------------------------------------------------------------------------------
 
-    def generate(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None,
+    def generate(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None, *,
+                 mode: str = "concat", scores: Sequence[float] | None = None, weight_temperature: float = 1.0,
                  **settings: Any) -> Generation:
         """Answer ``question`` from ``passages`` with ``k`` virtual tokens (default all ``n``) in the stored layout.
 
+        ``mode``: ``concat`` (all passages in one prompt, the default), or marginal decoding over the passages
+        read one by one (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``; see ``spring_core.decoding``),
+        weighted by ``softmax(scores / weight_temperature)`` (uniform without ``scores``).
         Settings: ``max_new_tokens`` (64), ``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop`` (strings).
         """
-        return self._generate_parts([self.prompt_parts(question, passages, k)], _settings(settings))[0]
+        if mode == "concat":
+            return self._generate_parts([self.prompt_parts(question, passages, k)], _settings(settings))[0]
+        return self._generate_marginal(question, passages, k, mode, scores, weight_temperature, settings)
+
+    def _generate_marginal(self, question: str, passages: Sequence[Passage] | None, k: int | None, mode: str,
+                           scores: Sequence[float] | None, weight_temperature: float,
+                           settings: Mapping[str, Any]) -> Generation:
+        from spring_core.decoding import MODES, rag_sequence, rag_token  # decoding imports this module
+
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        parsed = _settings(settings)
+        if parsed.top_p < 1 or (mode != "rag-token" and parsed.temperature > 0):
+            raise ValueError(f"mode {mode!r} does not support top_p, and only rag-token samples (temperature > 0)")
+        passages = list(passages or [])
+        scores = [0.0] * len(passages) if scores is None else scores
+        k = self.n if k is None else k
+        if mode == "rag-token":
+            out = rag_token(self, question, passages, scores, k=k, max_new_tokens=parsed.max_new_tokens,
+                            temperature=parsed.temperature, seed=parsed.seed, weight_temperature=weight_temperature)
+        else:
+            out = rag_sequence(self, question, passages, scores, k=k, max_new_tokens=parsed.max_new_tokens,
+                               fast=mode == "rag-sequence-fast", weight_temperature=weight_temperature)
+        text, stopped = _cut_at_stop(out.text, parsed.stop)
+        return Generation(text=text, usage=out.usage, finish_reason="stop" if stopped else out.finish_reason,
+                          prompt=self.build_prompt(question, passages[:1], k))
 
     def generate_from_prompt(self, prompt: str, **settings: Any) -> Generation:
         """Generate from a finished prompt that may hold one marker block ``[r1]..[rk]`` (what integrations call)."""

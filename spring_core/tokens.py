@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,15 @@ from spring_core.prompts import DEFAULT_INSTRUCTION, LAYOUTS, MARKER_TEMPLATE
 
 TOKENS_FILE = "tokens.safetensors"
 KIND = "virtual-tokens"
+BUNDLED = ("smollm2-135m-squad",)
+"""Trained artifacts shipped inside the package; ``VirtualTokens.load`` accepts their names as well as folders."""
+
+
+def bundled_tokens_path(name: str = BUNDLED[0]) -> Path:
+    """The folder of a bundled artifact, e.g. the 50 SPRING tokens trained for SmolLM2-135M-Instruct on SQuAD."""
+    if name not in BUNDLED:
+        raise ArtifactError(f"no bundled artifact named {name!r}; bundled: {', '.join(BUNDLED)}")
+    return Path(str(resources.files("spring_core") / "resources" / "tokens" / name))
 
 
 class VirtualTokens(torch.nn.Module):
@@ -184,7 +194,10 @@ class VirtualTokens(torch.nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, model: Any = None) -> VirtualTokens:
-        """Load an artifact folder, checking hashes, shape and values; with ``model``, also the fingerprint."""
+        """Load an artifact folder (or a bundled artifact's name), checking hashes, shape and values; with
+        ``model``, also the fingerprint."""
+        if str(folder) in BUNDLED and not Path(folder).exists():
+            folder = bundled_tokens_path(str(folder))
         folder = Path(folder)
         manifest = read_manifest(folder, KIND)
         path = verified_file(folder, manifest, TOKENS_FILE)

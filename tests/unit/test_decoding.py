@@ -293,3 +293,19 @@ def test_seeded_sampling_is_reproducible_and_leaves_the_global_rng_alone(sm_k):
     unseeded = rag_token(sm, QUESTION, PASSAGES, [1.0, 0.0, 0.5], k=k, max_new_tokens=8, temperature=1.5)
     assert len(unseeded.token_ids) == unseeded.usage.completion_tokens
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_generate_mode_dispatches_to_marginal_decoding(tiny):
+    sm = SpringModel(tiny[0], tiny[1], VirtualTokens.random(tiny[0], 4, tokenizer=tiny[1]))
+    question, passage = "Who wrote Hamlet?", "Hamlet is a play by William Shakespeare."
+    plain = sm.generate(question, [passage], k=2, max_new_tokens=6)
+    for mode in ("rag-token", "rag-sequence", "rag-sequence-fast"):
+        out = sm.generate(question, [passage], k=2, max_new_tokens=6, mode=mode)
+        assert out.text == plain.text and out.usage.virtual_tokens == 2
+    two = sm.generate(question, [passage, "Rivers and mountains."], k=2, max_new_tokens=6, mode="rag-token",
+                      scores=[1.0, 0.0])
+    assert two.usage.virtual_tokens == 4  # each passage's sequence reads the block
+    with pytest.raises(ValueError, match="unknown mode"):
+        sm.generate(question, [passage], mode="rag-everything")
+    with pytest.raises(ValueError, match="only rag-token samples"):
+        sm.generate(question, [passage], mode="rag-sequence", temperature=0.7)

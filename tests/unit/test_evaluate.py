@@ -87,6 +87,22 @@ def test_evaluate_scores_resumes_and_reports(tiny, tmp_path):
     assert json.loads(paths["json"].read_text())["results"] == results
 
 
+def test_marginal_modes_run_next_to_concat_where_they_apply(tiny, tmp_path):
+    sm = SpringModel(tiny[0], tiny[1], VirtualTokens.random(tiny[0], 2, tokenizer=tiny[1]))
+    rows = [dict(ROWS[2], passage_scores=[3.0, 1.0])]
+    plan = EvalPlan(model="tiny", methods=parse_methods("prompt,spring"), ks=[2], tokens="unused",
+                    max_new_tokens=3, modes=["concat", "rag-token"])
+    results = evaluate(plan, {"toy/dev": rows}, tmp_path, load=lambda _: sm, progress=lambda _: None)
+    assert [(r["method"], r["mode"]) for r in results] == [("Prompt", "concat"), ("SPRING", "concat"),
+                                                           ("SPRING [rag-token]", "rag-token")]
+    predicted = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()][-1]
+    expected = sm.generate(rows[0]["question"], rows[0]["passages"], 2, mode="rag-token", scores=[3.0, 1.0],
+                           max_new_tokens=3)
+    assert predicted["prediction"] == expected.text
+    with pytest.raises(EvalError, match="decoding mode"):
+        EvalPlan(model="tiny", methods=parse_methods("concat"), modes=["beam"])
+
+
 def test_cli_eval_end_to_end(tiny_dir, tiny, tmp_path):
     VirtualTokens.random(tiny[0], 3, tokenizer=tiny[1]).save(tmp_path / "tokens")
     data = tmp_path / "toy" / "dev.jsonl"

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "with k = 0 (exactly the base model) and with the block [r1]..[rk].",
     )
     demo.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL})")
-    demo.add_argument("--tokens", help="artifact folder with trained tokens (default: an untrained block "
+    demo.add_argument("--tokens", help="artifact folder with trained tokens (default for smollm2-135m: the "
+                                       "bundled smollm2-135m-squad tokens; other models: an untrained block "
                                        "initialised from the paper's instruction sentence)")
     demo.add_argument("--k", type=int, default=50, help="how many virtual tokens to use (default: 50)")
     demo.add_argument("--count", type=int, default=3, help="how many questions (default: 3)")
@@ -218,6 +219,9 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--store", help="retrieve the passages from this store (from `spring-rag index`)")
     ev.add_argument("--retriever", choices=["bm25", "dense", "hybrid"], default="bm25",
                     help="store backend built from --corpus (default: bm25)")
+    ev.add_argument("--mode", default="concat",
+                    help="comma-separated decoding modes: concat (default; all passages in one prompt), rag-token, "
+                         "rag-sequence, rag-sequence-fast (passages read one by one, weighted by retriever scores)")
     ev.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default: 16)")
     ev.add_argument("--batch-size", type=int, default=16, help="questions per generate call (default: 16)")
 
@@ -235,7 +239,8 @@ def _run_eval(args: argparse.Namespace) -> None:
         raise EvalError("--passages and --limit must be at least 1")
     plan = EvalPlan(model=args.model, methods=parse_methods(args.methods), ks=ks, tokens=args.tokens,
                     lora=args.lora, prefix=args.prefix, spring_plus=args.spring_plus,
-                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                    modes=[m.strip() for m in args.mode.split(",") if m.strip()])
     out = Path(args.out)
     datasets = load_datasets(args.data, limit=args.limit, passages=args.passages, corpus=args.corpus,
                              store=args.store, retriever=args.retriever, cache_dir=out / "cache")

@@ -13,6 +13,9 @@ Methods (``--methods``; ``:closed-book`` after a trained method drops the passag
 ``spring+``        virtual tokens trained on top of a LoRA, once per ``k``
 =================  ==========================================================================================
 
+``modes`` adds RAG-Token / RAG-Sequence decoding (passages read one by one, weighted by their retriever scores)
+next to the default ``concat`` for the methods in the SPRING layout (concat, spring, spring+, lora, prefix).
+
 Predictions are appended to ``predictions.jsonl`` as each batch finishes, so an interrupted run resumes where it
 stopped. EM, F1 and Acc use the SQuAD normalisation on the whole prediction (no truncation); the ``*_line``
 variants score only its first line.
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spring_core.decoding import MODES
 from spring_core.errors import DataError, SpringError
 from spring_core.metrics import aggregate, first_line, score
 from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt, format_passages
@@ -54,6 +58,11 @@ class Method:
 
     key: str
     closed_book: bool = False
+
+    @property
+    def marginal(self) -> bool:
+        """Whether RAG-Token/RAG-Sequence decoding applies: a method in the SPRING layout that reads passages."""
+        return self.key in ("concat", "spring", "spring+", "lora", "prefix") and not self.closed_book
 
     @property
     def label(self) -> str:
@@ -90,8 +99,12 @@ class EvalPlan:
     spring_plus: str | None = None
     max_new_tokens: int = 16
     batch_size: int = 16
+    modes: list[str] = field(default_factory=lambda: ["concat"])
 
     def __post_init__(self) -> None:
+        unknown = [mode for mode in self.modes if mode not in MODES]
+        if unknown or not self.modes:
+            raise EvalError(f"unknown decoding mode(s) {unknown}; choose from {', '.join(MODES)}")
         for method in self.methods:
             option = TRAINED.get(method.key)
             if option and not getattr(self, option):
@@ -122,6 +135,8 @@ def load_datasets(files: Sequence[str], *, limit: int | None, passages: int, cor
     for source in sources:
         for row in source.rows:
             row["passages"] = list(row.get("passages") or [])[:passages]
+            if "passage_scores" in row:
+                row["passage_scores"] = row["passage_scores"][:passages]
     return {dataset_name(source.path): source.rows for source in sources}
 
 
@@ -163,8 +178,11 @@ def evaluate(plan: EvalPlan, datasets: dict[str, list[dict[str, Any]]], out: str
         for k in ks:
             if k is not None:
                 sm.check_k(k)
-            for name, rows in datasets.items():
-                results.append(_run_one(plan, sm, method, k, name, rows, store, progress))
+            for mode in plan.modes:
+                if mode != "concat" and not method.marginal:
+                    continue  # marginal decoding reads passages one by one in the SPRING layout
+                for name, rows in datasets.items():
+                    results.append(_run_one(plan, sm, method, k, mode, name, rows, store, progress))
     return results
 
 
@@ -175,10 +193,34 @@ def _grouped(plan: EvalPlan) -> Iterator[tuple[Method, str | None]]:
         yield method, getattr(plan, option) if option else None
 
 
-def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, dataset: str,
+def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, mode: str, dataset: str,
              rows: list[dict[str, Any]], store: _PredictionStore, progress: Callable[[str], None]) -> dict[str, Any]:
-    key = (dataset, method.label, k)
+    label = method.label if mode == "concat" else f"{method.label} [{mode}]"
+    key = (dataset, label, k)
     todo = [row for row in rows if (*key, str(row["id"])) not in store.done]
+    if mode == "concat":
+        _generate_batched(plan, sm, method, k, key, todo, store)
+    else:
+        for row in todo:
+            began = time.perf_counter()
+            passages = [] if method.closed_book else row.get("passages")
+            out = sm.generate(row["question"], passages, k or 0, mode=mode, scores=row.get("passage_scores"),
+                              max_new_tokens=plan.max_new_tokens)
+            store.add([_prediction(key, row, out.text, time.perf_counter() - began)])
+    predictions = [store.done[(*key, str(row["id"]))] for row in rows]
+    result = {"dataset": dataset, "method": label, "k": k, "mode": mode,
+              "retrieval": not method.closed_book and method.key != "closed-book"}
+    result.update({m: v for m, v in aggregate([p["scores"] for p in predictions]).items()})
+    lines = aggregate([p["scores_line"] for p in predictions])
+    result.update({f"{m}_line": v for m, v in lines.items() if m != "count"})
+    result["seconds_per_question"] = round(sum(p["seconds"] for p in predictions) / len(predictions), 4)
+    progress(f"{dataset:<28} {method.label + (f' k={k}' if k else ''):<28} EM {result['em']:5.1f}  "
+             f"F1 {result['f1']:5.1f}  Acc {result['acc']:5.1f}  (first line: EM {result['em_line']:5.1f})")
+    return result
+
+
+def _generate_batched(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None,
+                      key: tuple[str, str, int | None], todo: list[dict[str, Any]], store: _PredictionStore) -> None:
     prompts = [prompt_for(method, sm, row, k) for row in todo]
     # Similar prompt lengths share a batch (less padding); results do not depend on the order.
     order = sorted(range(len(todo)), key=lambda i: len(json.dumps(prompts[i])))
@@ -189,16 +231,6 @@ def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, dat
                                     max_new_tokens=plan.max_new_tokens)
         seconds = (time.perf_counter() - began) / len(chosen)
         store.add([_prediction(key, todo[i], out.text, seconds) for i, out in zip(chosen, outputs, strict=True)])
-    predictions = [store.done[(*key, str(row["id"]))] for row in rows]
-    result = {"dataset": dataset, "method": method.label, "k": k, "retrieval": not method.closed_book
-              and method.key != "closed-book"}
-    result.update({m: v for m, v in aggregate([p["scores"] for p in predictions]).items()})
-    lines = aggregate([p["scores_line"] for p in predictions])
-    result.update({f"{m}_line": v for m, v in lines.items() if m != "count"})
-    result["seconds_per_question"] = round(sum(p["seconds"] for p in predictions) / len(predictions), 4)
-    progress(f"{dataset:<28} {method.label + (f' k={k}' if k else ''):<28} EM {result['em']:5.1f}  "
-             f"F1 {result['f1']:5.1f}  Acc {result['acc']:5.1f}  (first line: EM {result['em_line']:5.1f})")
-    return result
 
 
 def _prediction(key: tuple[str, str, int | None], row: dict[str, Any], text: str, seconds: float) -> dict[str, Any]:
