@@ -111,8 +111,10 @@ def test_cli_eval_end_to_end(tiny_dir, tiny, tmp_path):
     command = [sys.executable, "-m", "spring_train.cli", "eval", "--model", str(tiny_dir), "--data", str(data),
                "--methods", "closed-book,prompt,spring", "--tokens", str(tmp_path / "tokens"), "--k", "1,3",
                "--max-new-tokens", "3", "--out", str(tmp_path / "eval")]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command + ["--record-metrics"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    recorded = VirtualTokens.load(tmp_path / "tokens").manifest["metrics"]
+    assert set(recorded["eval"]) == {"toy/dev k=1", "toy/dev k=3"} and recorded["settings"]["limit"] is None
     assert "toy/dev EM" in result.stdout and "SPRING k=3" in result.stdout
     report = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert report["config"]["tokens"] == "tokens" and len(report["results"]) == 4

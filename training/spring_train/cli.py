@@ -224,12 +224,22 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
                          "rag-sequence, rag-sequence-fast (passages read one by one, weighted by retriever scores)")
     ev.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default: 16)")
     ev.add_argument("--batch-size", type=int, default=16, help="questions per generate call (default: 16)")
+    ev.add_argument("--record-metrics", action="store_true",
+                    help="write the SPRING scores into the --tokens artifact's manifest (its metrics field)")
 
 
 def _run_eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from spring_train.evaluate import EvalError, EvalPlan, evaluate, load_datasets, parse_methods, write_report
+    from spring_train.evaluate import (
+        EvalError,
+        EvalPlan,
+        evaluate,
+        load_datasets,
+        parse_methods,
+        record_metrics,
+        write_report,
+    )
 
     try:
         ks = [int(k) for k in args.k.split(",") if k.strip()]
@@ -251,6 +261,10 @@ def _run_eval(args: argparse.Namespace) -> None:
         value = config[key]
         config[key] = [Path(p).name for p in value] if isinstance(value, list) else value and Path(value).name
     paths = write_report(results, out, config=config)
+    if args.record_metrics:
+        if not args.tokens:
+            raise EvalError("--record-metrics writes into the --tokens artifact; pass --tokens")
+        record_metrics(args.tokens, results, config=config)
     print(paths["markdown"].read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 

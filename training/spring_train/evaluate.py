@@ -278,3 +278,18 @@ def write_report(results: list[dict[str, Any]], out: str | Path, *, config: dict
     if any(r["k"] is not None for r in results):
         paths["plot"] = plot_vs_k(results, out / "em_f1_vs_k.png")
     return paths
+
+
+def record_metrics(artifact: str | Path, results: list[dict[str, Any]], *, method: str = "SPRING",
+                   config: dict[str, Any] | None = None) -> Path:
+    """Write ``method``'s result rows (per dataset and k) into a virtual-tokens artifact's ``metrics``."""
+    from spring_core.tokens import VirtualTokens
+
+    tokens = VirtualTokens.load(artifact)
+    rows = [r for r in results if r["method"] == method]
+    if not rows:
+        raise EvalError(f"no {method} results to record; evaluate the 'spring' method with --tokens {artifact}")
+    metrics = {f"{r['dataset']} k={r['k']}": {m: r[m] for m in ("em", "f1", "acc", "em_line", "count")}
+               for r in rows}
+    return tokens.save(artifact, metrics={"eval": metrics, "settings": config or {}})
+
