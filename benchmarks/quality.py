@@ -1,10 +1,10 @@
 """Answer quality of SmolLM2-135M-Instruct: the paper's baselines, SPRING at k = 1..50, LoRA and SPRING+ in one run.
 
 What is measured: the first 300 rows of SQuAD ``dev.jsonl`` and the 100-question HotpotQA distractor sample, each
-question with the 3 passages BM25 retrieves from ``corpus/combined.jsonl`` (3,520 passages: every SQuAD paragraph,
+question with the 2 passages BM25 retrieves from ``corpus/combined.jsonl`` (3,520 passages: every SQuAD paragraph,
 the HotpotQA sample's paragraphs and 1,000 Wikipedia distractors). Greedy decoding, 16 new tokens. Methods:
 closed-book, Concat, Prompt, Prompt-chat, SPRING at k = 1, 5, 10, 25, 50, LoRA, LoRA without retrieval, SPRING+ at
-the same k. EM / F1 / Acc on the whole prediction, and the same on its first line.
+k = 50. EM / F1 / Acc on the whole prediction, and the same on its first line.
 
 It is ``spring-rag eval`` with these settings; predictions are kept in ``--out`` so an interrupted run resumes.
 
@@ -34,6 +34,8 @@ def main() -> int:
     parser.add_argument("--spring-plus", help="SPRING+ artifact")
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--k", default="1,5,10,25,50")
+    parser.add_argument("--plus-k", default="50", help="k values for SPRING+ (default: 50, the paper's)")
+    parser.add_argument("--passages", default="2", help="retrieved passages per question (default: 2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
 
@@ -50,7 +52,8 @@ def main() -> int:
         "--data", str(args.data_dir / "squad" / "dev.jsonl"),
         "--data", str(args.data_dir / "hotpotqa" / "dev_distractor_sample100.jsonl"),
         "--limit", str(args.limit), "--corpus", str(args.data_dir / "corpus" / "combined.jsonl"),
-        "--passages", "3", "--methods", ",".join(methods), "--tokens", args.tokens, "--k", args.k,
+        "--passages", args.passages, "--methods", ",".join(methods), "--tokens", args.tokens, "--k", args.k,
+        "--plus-k", args.plus_k,
         "--out", str(args.out), *extra,
     ])
 

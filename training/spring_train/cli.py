@@ -209,6 +209,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
                     help="comma-separated methods (default: closed-book,concat,prompt,prompt-chat,spring)")
     ev.add_argument("--k", default="1,5,10,25,50", help="virtual-token counts for spring/spring+ (default: "
                                                         "1,5,10,25,50)")
+    ev.add_argument("--plus-k", help="virtual-token counts for spring+ (default: as --k)")
     ev.add_argument("--tokens", help="virtual-token artifact for spring")
     ev.add_argument("--lora", help="LoRA artifact for lora")
     ev.add_argument("--prefix", help="prefix-tuning artifact for prefix")
@@ -228,6 +229,15 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
                     help="write the SPRING scores into the --tokens artifact's manifest (its metrics field)")
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    from spring_train.evaluate import EvalError
+
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError as exc:
+        raise EvalError(f"{flag} must be comma-separated integers, got {text!r}") from exc
+
+
 def _run_eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -241,13 +251,11 @@ def _run_eval(args: argparse.Namespace) -> None:
         write_report,
     )
 
-    try:
-        ks = [int(k) for k in args.k.split(",") if k.strip()]
-    except ValueError as exc:
-        raise EvalError(f"--k must be comma-separated integers, got {args.k!r}") from exc
+    ks = _int_list(args.k, "--k")
+    plus_ks = _int_list(args.plus_k, "--plus-k") if args.plus_k else None
     if args.passages < 1 or (args.limit is not None and args.limit < 1):
         raise EvalError("--passages and --limit must be at least 1")
-    plan = EvalPlan(model=args.model, methods=parse_methods(args.methods), ks=ks, tokens=args.tokens,
+    plan = EvalPlan(model=args.model, methods=parse_methods(args.methods), ks=ks, plus_ks=plus_ks, tokens=args.tokens,
                     lora=args.lora, prefix=args.prefix, spring_plus=args.spring_plus,
                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                     modes=[m.strip() for m in args.mode.split(",") if m.strip()])

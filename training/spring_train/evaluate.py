@@ -93,6 +93,7 @@ class EvalPlan:
     model: str
     methods: list[Method]
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 25, 50])
+    plus_ks: list[int] | None = None  # k values for spring+ (default: ks)
     tokens: str | None = None
     lora: str | None = None
     prefix: str | None = None
@@ -110,8 +111,8 @@ class EvalPlan:
             if option and not getattr(self, option):
                 flag = "--" + option.replace("_", "-")
                 raise EvalError(f"method {method.key!r} needs its artifact: pass {flag} FOLDER")
-        if any(k < 1 for k in self.ks):
-            raise EvalError(f"every k must be at least 1, got {self.ks}")
+        if any(k < 1 for k in self.ks + (self.plus_ks or [])):
+            raise EvalError(f"every k must be at least 1, got {self.ks} {self.plus_ks or ''}")
 
 
 def dataset_name(path: str | Path) -> str:
@@ -174,7 +175,7 @@ def evaluate(plan: EvalPlan, datasets: dict[str, list[dict[str, Any]]], out: str
     results = []
     for method, artifact in _grouped(plan):
         sm = load(artifact)
-        ks = plan.ks if method.key in ("spring", "spring+") else [None]
+        ks = {"spring": plan.ks, "spring+": plan.plus_ks or plan.ks}.get(method.key, [None])
         for k in ks:
             if k is not None:
                 sm.check_k(k)
