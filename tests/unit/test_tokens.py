@@ -180,3 +180,17 @@ def test_official_pt_with_wrong_hidden_size_or_garbage(tiny, tmp_path):
         VirtualTokens.from_official_pt(tmp_path / "junk.pt", model)
     with pytest.raises(ArtifactError, match="does not exist"):
         VirtualTokens.from_official_pt(tmp_path / "absent.pt", model)
+
+
+def test_the_bundled_artifact_loads_by_name_and_says_how_it_was_made():
+    from spring_core.tokens import BUNDLED, bundled_tokens_path
+
+    tokens = VirtualTokens.load(BUNDLED[0])
+    assert (tokens.n, tokens.hidden_size) == (50, 576)
+    assert tokens.base_model_name.startswith("SmolLM2-135M")
+    training = tokens.manifest["training"]
+    assert training["method"] == "spring" and training["out"] is None
+    assert {"squad_train.jsonl", "train.jsonl"} & {source.get("file") for source in tokens.manifest["data_sources"]}
+    assert tokens.manifest["metrics"]["eval"], "the quality run's scores are recorded in the manifest"
+    with pytest.raises(ArtifactError, match="no bundled artifact"):
+        bundled_tokens_path("gpt-7")

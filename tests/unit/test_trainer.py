@@ -235,3 +235,17 @@ def test_cli_train_and_its_errors(tiny_dir, qa, tmp_path):
     bad = run("train", "--model", str(tiny_dir), "--data", str(tmp_path / "missing.jsonl"), "--out",
               str(tmp_path / "x"))
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+def test_warm_start_from_an_artifact(tiny, tiny_dir, qa, tmp_path):
+    train(config(tiny_dir, qa, tmp_path / "first", max_steps=2), show_progress=False)
+    first = VirtualTokens.load(tmp_path / "first")
+    model, tokenizer = load_model(str(tiny_dir))
+    target = build_target(config(tiny_dir, qa, tmp_path / "x", init_tokens=str(tmp_path / "first")), model, tokenizer)
+    assert torch.equal(target.tokens.weight.detach(), first.weight)
+    assert target.tokens.manifest["init"] == {"method": "artifact", "source": "first"}
+    with pytest.raises(ConfigError, match="--n 6"):
+        build_target(config(tiny_dir, qa, tmp_path / "y", n=3, init_tokens=str(tmp_path / "first")), model,
+                     tokenizer)
+    with pytest.raises(ConfigError, match="spring or spring\\+"):
+        config(tiny_dir, qa, tmp_path / "z", method="lora", init_tokens=str(tmp_path / "first"))

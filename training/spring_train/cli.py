@@ -154,6 +154,8 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--layout", choices=["raw", "chat"], default="raw",
                        help="prompt layout, stored in the artifact (default: raw, the paper's)")
     train.add_argument("--init-text", help="sentence to initialise the tokens from (default: the paper's)")
+    train.add_argument("--init-tokens", help="start from the tokens of this artifact instead (a warm start, e.g. "
+                                             "SPRING+ from trained SPRING tokens)")
     for name, kind, text in (
         ("lr", float, "peak learning rate"), ("warmup_ratio", float, "share of steps with linear warm-up"),
         ("epochs", float, "passes over the data (fractions allowed)"), ("batch_size", int, "examples per step"),

@@ -23,8 +23,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # Settings that change what a step computes: a resumed run must match the checkpoint on all of them.
 RESUME_KEYS = (
     "method", "model", "data", "corpus", "store", "retriever", "n", "k_sampling", "k_distribution", "min_passages",
-    "max_passages", "layout", "init_text", "lr", "warmup_ratio", "epochs", "max_steps", "batch_size", "grad_accum",
-    "seed", "lora_rank", "lora_alpha", "lora_targets", "prefix_tokens", "base_lora", "max_answer_tokens",
+    "max_passages", "layout", "init_text", "init_tokens", "lr", "warmup_ratio", "epochs", "max_steps", "batch_size",
+    "grad_accum", "seed", "lora_rank", "lora_alpha", "lora_targets", "prefix_tokens", "base_lora", "max_answer_tokens",
 )
 
 
@@ -55,6 +55,7 @@ class TrainConfig:
     max_passages: int = 5
     layout: str = "raw"
     init_text: str | None = None
+    init_tokens: str | None = None
     lr: float = 1e-4
     warmup_ratio: float = 0.1
     epochs: float = 3.0
@@ -109,6 +110,10 @@ class TrainConfig:
             raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.method == "spring+" and not self.base_lora:
             raise ConfigError("--method spring+ trains tokens on top of a LoRA: pass --base-lora LORA_ARTIFACT")
+        if self.init_tokens and not self.trains_tokens:
+            raise ConfigError("--init-tokens starts virtual tokens from an artifact; use it with spring or spring+")
+        if self.init_tokens and self.init_text:
+            raise ConfigError("pass either --init-text or --init-tokens, not both")
         if self.method != "spring+" and self.base_lora:
             raise ConfigError("--base-lora is only used by --method spring+")
 
@@ -132,7 +137,7 @@ class TrainConfig:
 
         record = self.to_dict()
         record.update(data=[f"{name(p)}" for p in self.data], out=None, corpus=name(self.corpus),
-                      store=name(self.store), base_lora=name(self.base_lora))
+                      store=name(self.store), base_lora=name(self.base_lora), init_tokens=name(self.init_tokens))
         return record
 
     def resume_mismatches(self, saved: dict[str, Any]) -> list[str]:

@@ -106,6 +106,21 @@ def freeze(model: Any) -> None:
         raise AssertionError(f"base parameters still trainable: {trainable[:5]}")
 
 
+def _initial_tokens(config: TrainConfig, model: Any, tokenizer: Any) -> VirtualTokens:
+    """The paper's prompt-based init (``--init-text`` or its instruction), or a warm start from an artifact."""
+    if config.init_tokens:
+        start = VirtualTokens.load(config.init_tokens, model=model)
+        if (start.n, start.layout) != (config.n, config.layout):
+            raise ConfigError(f"--init-tokens {config.init_tokens} holds n = {start.n} tokens in the {start.layout!r} "
+                              f"layout; pass --n {start.n} --layout {start.layout}")
+        return VirtualTokens(start.weight, {**start.manifest, "init": {"method": "artifact",
+                                                                      "source": Path(config.init_tokens).name}})
+    init = {"n": config.n, "tokenizer": tokenizer, "layout": config.layout}
+    if config.init_text:
+        return VirtualTokens.from_text(model, text=config.init_text, **init)
+    return VirtualTokens.from_text(model, **init)
+
+
 def build_target(config: TrainConfig, model: Any, tokenizer: Any) -> TrainTarget:
     """The ``TrainTarget`` for ``config.method`` over ``model`` (a copy the trainer owns)."""
     if config.trains_tokens:
@@ -113,10 +128,7 @@ def build_target(config: TrainConfig, model: Any, tokenizer: Any) -> TrainTarget
         if config.method == "spring+":
             base_lora = Path(config.base_lora or "")
             model = apply_peft_artifact(model, base_lora, merge=True)
-        init = {"n": config.n, "tokenizer": tokenizer, "layout": config.layout}
-        tokens = (VirtualTokens.from_text(model, text=config.init_text, **init) if config.init_text
-                  else VirtualTokens.from_text(model, **init))
-        return SpringTarget(model, tokenizer, tokens, base_lora)
+        return SpringTarget(model, tokenizer, _initial_tokens(config, model, tokenizer), base_lora)
 
     from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 
