@@ -72,7 +72,6 @@ class TrainConfig:
     base_lora: str | None = None
     checkpoint_every: int = 50
     keep_checkpoints: bool = False
-    log_every: int = 1
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -93,7 +92,7 @@ class TrainConfig:
         if self.corpus and self.store:
             raise ConfigError("pass either --corpus (a store is built from it) or --store (an existing one), not both")
         for name in ("n", "batch_size", "grad_accum", "min_passages", "max_passages", "max_answer_tokens",
-                     "lora_rank", "lora_alpha", "prefix_tokens", "checkpoint_every", "log_every"):
+                     "lora_rank", "lora_alpha", "prefix_tokens", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.min_passages > self.max_passages:
