@@ -40,6 +40,13 @@ BUNDLED = ("smollm2-135m-squad",)
 """Trained artifacts shipped inside the package; ``VirtualTokens.load`` accepts their names as well as folders."""
 
 
+def resolve_artifact(folder: str | Path) -> Path:
+    """``folder`` itself, or the bundled artifact of that name when no such folder exists."""
+    if str(folder) in BUNDLED and not Path(folder).exists():
+        return bundled_tokens_path(str(folder))
+    return Path(folder)
+
+
 def bundled_tokens_path(name: str = BUNDLED[0]) -> Path:
     """The folder of a bundled artifact, e.g. the 50 SPRING tokens trained for SmolLM2-135M-Instruct on SQuAD."""
     if name not in BUNDLED:
@@ -196,9 +203,7 @@ class VirtualTokens(torch.nn.Module):
     def load(cls, folder: str | Path, model: Any = None) -> VirtualTokens:
         """Load an artifact folder (or a bundled artifact's name), checking hashes, shape and values; with
         ``model``, also the fingerprint."""
-        if str(folder) in BUNDLED and not Path(folder).exists():
-            folder = bundled_tokens_path(str(folder))
-        folder = Path(folder)
+        folder = resolve_artifact(folder)
         manifest = read_manifest(folder, KIND)
         path = verified_file(folder, manifest, TOKENS_FILE)
         try:

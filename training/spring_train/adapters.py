@@ -28,7 +28,7 @@ from spring_core.artifacts import (
 from spring_core.errors import ArtifactError
 from spring_core.models import load_model, model_display_name
 from spring_core.spring_model import SpringModel
-from spring_core.tokens import VirtualTokens
+from spring_core.tokens import VirtualTokens, resolve_artifact
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_KINDS = {"lora": "lora-adapter", "prefix": "prefix-adapter"}
@@ -91,7 +91,7 @@ def load_trained(model_name: str, artifact: str | Path | None = None, *, device:
     model, tokenizer = load_model(model_name, device=device, dtype=dtype)
     if artifact is None:
         return SpringModel(model, tokenizer)
-    folder = Path(artifact)
+    folder = resolve_artifact(artifact)
     kind = _artifact_kind(folder)
     if kind == "virtual-tokens":
         tokens = VirtualTokens.load(folder)

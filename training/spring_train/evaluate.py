@@ -284,8 +284,9 @@ def write_report(results: list[dict[str, Any]], out: str | Path, *, config: dict
 def record_metrics(artifact: str | Path, results: list[dict[str, Any]], *, method: str = "SPRING",
                    config: dict[str, Any] | None = None) -> Path:
     """Write ``method``'s result rows (per dataset and k) into a virtual-tokens artifact's ``metrics``."""
-    from spring_core.tokens import VirtualTokens
+    from spring_core.tokens import VirtualTokens, resolve_artifact
 
+    artifact = resolve_artifact(artifact)
     tokens = VirtualTokens.load(artifact)
     rows = [r for r in results if r["method"] == method]
     if not rows:
