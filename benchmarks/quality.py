@@ -54,7 +54,7 @@ def main() -> int:
         "--limit", str(args.limit), "--corpus", str(args.data_dir / "corpus" / "combined.jsonl"),
         "--passages", args.passages, "--methods", ",".join(methods), "--tokens", args.tokens, "--k", args.k,
         "--plus-k", args.plus_k,
-        "--out", str(args.out), *extra,
+        "--out", str(args.out), "--record-metrics", *extra,
     ])
 
 

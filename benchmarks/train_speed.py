@@ -72,7 +72,7 @@ def spring_step(model: Any, tokenizer: Any, autocast: Any) -> Callable[[Batch], 
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -92,7 +92,7 @@ def peft_step(model: Any, autocast: Any) -> Callable[[Batch], float]:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
