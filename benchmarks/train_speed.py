@@ -36,6 +36,7 @@ import torch
 
 from spring_core.data import demo_qa_path, read_qa
 from spring_core.models import load_model
+from spring_core.spring_model import SpringModel
 from spring_core.tokens import VirtualTokens
 from spring_train.batching import IGNORE, Batch, build_example, collate
 from spring_train.methods import SpringTarget
@@ -48,17 +49,16 @@ def batches(model_name: str, data: str | None, batch_size: int, count: int) -> t
                                                                                       list[Batch]]:
     """The same examples as SPRING batches (block before the question) and plain batches (no block)."""
     model, tokenizer = load_model(model_name, dtype=torch.float32)
-    tokens = VirtualTokens.from_text(model, n=VIRTUAL, tokenizer=tokenizer)
-    target = SpringTarget(model, tokenizer, tokens)
+    encoder = SpringModel(model, tokenizer, VirtualTokens.from_text(model, n=VIRTUAL, tokenizer=tokenizer))
     rows = read_qa(data or demo_qa_path())
     rows = (rows * (batch_size * count // len(rows) + 1))[: batch_size * count]
     spring, plain = [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         for k, out in ((VIRTUAL, spring), (0, plain)):
-            examples = [build_example(target.spring, question=r["question"], passages=r["passages"][:1],
+            examples = [build_example(encoder, question=r["question"], passages=r["passages"][:1],
                                       answer=r["answers"][0], k=k) for r in chunk]
-            out.append(collate(examples, target.spring.pad_token_id))
+            out.append(collate(examples, encoder.pad_token_id))
     return model, tokenizer, spring, plain
 
 

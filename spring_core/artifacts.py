@@ -145,8 +145,9 @@ def read_json_object(path: Path, error: type[SpringError], remedy: str) -> dict[
     return value
 
 
-def read_manifest(folder: Path | str, kind: str) -> dict[str, Any]:
-    """Read and check ``spring.json``: valid JSON, known format version, the expected kind, required fields."""
+def read_manifest(folder: Path | str, kind: str | None = None) -> dict[str, Any]:
+    """Read and check ``spring.json``: valid JSON, known format version, the expected kind (any known kind when
+    ``kind`` is None), required fields."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not folder.is_dir():
@@ -160,8 +161,10 @@ def read_manifest(folder: Path | str, kind: str) -> dict[str, Any]:
             f"{path} has format_version {version!r}; this spring-rag reads version {FORMAT_VERSION}. "
             "Upgrade spring-rag or re-export the artifact."
         )
-    if manifest.get("kind") != kind:
+    if kind is not None and manifest.get("kind") != kind:
         raise ArtifactError(f"{path} describes a {manifest.get('kind')!r} artifact, but a {kind!r} one is needed")
+    if manifest.get("kind") not in KINDS:
+        raise ArtifactError(f"{path} describes a {manifest.get('kind')!r} artifact; known kinds: {', '.join(KINDS)}")
     missing = [key for key in ("base_model", "files") if not isinstance(manifest.get(key), dict)]
     base = manifest.get("base_model") or {}
     if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), dict):

@@ -16,15 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from spring_core.artifacts import (
-    MANIFEST_NAME,
-    check_fingerprint,
-    new_manifest,
-    read_json_object,
-    read_manifest,
-    verified_file,
-    write_artifact,
-)
+from spring_core.artifacts import check_fingerprint, new_manifest, read_manifest, verified_file, write_artifact
 from spring_core.errors import ArtifactError
 from spring_core.models import load_model, model_display_name
 from spring_core.spring_model import SpringModel
@@ -47,11 +39,9 @@ def save_peft_artifact(peft_model: Any, folder: str | Path, *, method: str, **fi
 
 def read_peft_artifact(folder: str | Path, model: Any) -> dict[str, Any]:
     """Check a LoRA/prefix artifact (manifest, hashes, fingerprint against ``model``) and return its manifest."""
-    folder = Path(folder)
-    kind = _artifact_kind(folder)
-    if kind not in ADAPTER_KINDS.values():
-        raise ArtifactError(f"{folder} holds a {kind!r} artifact; expected a LoRA or prefix adapter")
-    manifest = read_manifest(folder, kind)
+    manifest = read_manifest(folder)
+    if manifest["kind"] not in ADAPTER_KINDS.values():
+        raise ArtifactError(f"{folder} holds a {manifest['kind']!r} artifact; expected a LoRA or prefix adapter")
     for name in ADAPTER_FILES:
         verified_file(folder, manifest, name)
     check_fingerprint(manifest, model, folder, model_display_name(model))
@@ -71,15 +61,14 @@ def apply_peft_artifact(model: Any, folder: str | Path, *, merge: bool, trainabl
         if manifest["kind"] != "lora-adapter":
             raise ArtifactError(f"{folder} is a {manifest['kind']}; only a LoRA can be merged into the weights")
         merged = peft_model.merge_and_unload()
-        merged.spring_rag_adapter = manifest["files"]["adapter_model.safetensors"]["sha256"]
+        merged.spring_rag_adapter = _adapter_hash(manifest)
         return merged
     return peft_model
 
 
 def adapter_sha256(folder: str | Path) -> str:
     """The hash that ties SPRING+ tokens to the LoRA they were trained on."""
-    manifest = read_manifest(folder, "lora-adapter")
-    return str(manifest["files"]["adapter_model.safetensors"]["sha256"])
+    return _adapter_hash(read_manifest(folder, "lora-adapter"))
 
 
 def load_trained(model_name: str, artifact: str | Path | None = None, *, device: str | None = None,
@@ -92,7 +81,7 @@ def load_trained(model_name: str, artifact: str | Path | None = None, *, device:
     if artifact is None:
         return SpringModel(model, tokenizer)
     folder = resolve_artifact(artifact)
-    kind = _artifact_kind(folder)
+    kind = read_manifest(folder)["kind"]
     if kind == "virtual-tokens":
         tokens = VirtualTokens.load(folder)
         if tokens.manifest.get("adapter"):
@@ -105,8 +94,5 @@ def load_trained(model_name: str, artifact: str | Path | None = None, *, device:
     raise ArtifactError(f"{folder} holds a {kind!r} artifact, which this command cannot load")
 
 
-def _artifact_kind(folder: Path) -> str:
-    path = folder / MANIFEST_NAME
-    if not path.is_file():
-        raise ArtifactError(f"{folder} holds no {MANIFEST_NAME}; it is not a spring-rag artifact folder")
-    return str(read_json_object(path, ArtifactError, "restore it from the original artifact").get("kind"))
+def _adapter_hash(manifest: dict[str, Any]) -> str:
+    return str(manifest["files"]["adapter_model.safetensors"]["sha256"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from spring_core.errors import SpringError
@@ -129,13 +130,11 @@ class TrainConfig:
 
     def record(self) -> dict[str, Any]:
         """The settings as the manifest records them: file names only, so no machine's paths travel along."""
-        from pathlib import Path
-
         def name(path: str | None) -> str | None:
             return Path(path).name if path else path
 
         record = self.to_dict()
-        record.update(data=[f"{name(p)}" for p in self.data], out=None, corpus=name(self.corpus),
+        record.update(data=[name(p) for p in self.data], out=None, corpus=name(self.corpus),
                       store=name(self.store), base_lora=name(self.base_lora), init_tokens=name(self.init_tokens))
         return record
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from spring_core.data import read_qa
 from spring_core.errors import DataError
-from spring_core.retrieval import Store, create_store, index_corpus, open_store
+from spring_core.retrieval import Store, index_corpus, open_store
 
 
 @dataclass
@@ -67,11 +67,9 @@ def open_retriever(*, corpus: str | None, store: str | None, backend: str, cache
     if store:
         return open_store(store)
     if corpus:
-        folder = cache_dir / f"retrieval-{backend}"
-        created = create_store(folder, backend)
-        if len(created) == 0:
-            created, _ = index_corpus(corpus, folder, backend=backend, show_progress=False)
-        return created
+        # index_corpus skips ids already indexed, so a store cut short by a killed run is completed here.
+        store_found, _ = index_corpus(corpus, cache_dir / f"retrieval-{backend}", backend=backend, show_progress=False)
+        return store_found
     return None
 
 
@@ -107,9 +105,16 @@ class EpochPlan:
         self.size = sum(math.floor(s.weight) * len(s.rows) + round((s.weight % 1) * len(s.rows)) for s in sources)
         if self.size == 0:
             raise DataError("the data weights select no rows; raise a weight")
+        self._cached: tuple[int, list[tuple[int, int]]] | None = None
 
     def epoch(self, epoch: int) -> list[tuple[int, int]]:
-        """``(source index, row index)`` pairs in the order epoch ``epoch`` reads them."""
+        """``(source index, row index)`` pairs in the order epoch ``epoch`` reads them (the last one is cached,
+        since every step of an epoch asks for it)."""
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, self._order(epoch))
+        return self._cached[1]
+
+    def _order(self, epoch: int) -> list[tuple[int, int]]:
         rng = np.random.default_rng([self.seed, epoch])
         order: list[tuple[int, int]] = []
         for index, source in enumerate(self.sources):

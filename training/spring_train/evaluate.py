@@ -147,11 +147,10 @@ def prompt_for(method: Method, sm: SpringModel, row: dict[str, Any], k: int | No
     question = row["question"]
     if method.key in ("spring", "spring+"):
         return {"question": question, "passages": passages, "k": k}
+    head = format_passages(passages) + "\n\n" if passages else ""
     if method.key == "prompt":
-        head = format_passages(passages) + "\n\n" if passages else ""
         return f"{head}{DEFAULT_INSTRUCTION}\nQuestion: {question}\nAnswer:"
     if method.key == "prompt-chat":
-        head = format_passages(passages) + "\n\n" if passages else ""
         user = f"{head}{DEFAULT_INSTRUCTION}\nQuestion: {question}"
         return sm.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
                                                 add_generation_prompt=True)
@@ -211,7 +210,7 @@ def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, mod
     predictions = [store.done[(*key, str(row["id"]))] for row in rows]
     result = {"dataset": dataset, "method": label, "k": k, "mode": mode,
               "retrieval": not method.closed_book and method.key != "closed-book"}
-    result.update({m: v for m, v in aggregate([p["scores"] for p in predictions]).items()})
+    result.update(aggregate([p["scores"] for p in predictions]))
     lines = aggregate([p["scores_line"] for p in predictions])
     result.update({f"{m}_line": v for m, v in lines.items() if m != "count"})
     result["seconds_per_question"] = round(sum(p["seconds"] for p in predictions) / len(predictions), 4)
@@ -240,6 +239,10 @@ def _prediction(key: tuple[str, str, int | None], row: dict[str, Any], text: str
             "scores_line": score(first_line(text), row["answers"]), "seconds": round(seconds, 4)}
 
 
+def _key(prediction: dict[str, Any]) -> tuple[str, str, int | None, str]:
+    return prediction["dataset"], prediction["method"], prediction["k"], prediction["id"]
+
+
 class _PredictionStore:
     """``predictions.jsonl``: one line per (dataset, method, k, row id); read back to resume."""
 
@@ -256,7 +259,7 @@ class _PredictionStore:
                     continue
                 try:
                     item = json.loads(line)
-                    self.done[(item["dataset"], item["method"], item["k"], item["id"])] = item
+                    self.done[_key(item)] = item
                 except (json.JSONDecodeError, KeyError, TypeError) as exc:
                     raise DataError(f"{path}:{number}: not a prediction line ({exc}); delete the line or the file "
                                     "to recompute it") from exc
@@ -265,7 +268,7 @@ class _PredictionStore:
         with self.path.open("a", encoding="utf-8") as handle:
             for item in items:
                 handle.write(json.dumps(item) + "\n")
-                self.done[(item["dataset"], item["method"], item["k"], item["id"])] = item
+                self.done[_key(item)] = item
 
 
 def write_report(results: list[dict[str, Any]], out: str | Path, *, config: dict[str, Any]) -> dict[str, Path]:

@@ -34,7 +34,7 @@ from spring_core.artifacts import MANIFEST_NAME
 from spring_core.errors import SpringError
 from spring_core.models import load_model
 from spring_core.spring_model import SpringModel
-from spring_train.batching import Batch, Example, build_example, collate
+from spring_train.batching import Example, build_example, collate
 from spring_train.config import ConfigError, TrainConfig
 from spring_train.data import (
     EpochPlan,
@@ -100,8 +100,8 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
 
     model, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=torch.float32)
     target = build_target(config, model, tokenizer)
-    encoder = SpringModel(target.model if not config.trains_tokens else target.spring.model, tokenizer,
-                          target.tokens if config.trains_tokens else None, layout=config.layout)
+    # What turns rows into ids: for SPRING the target's own SpringModel, which reads its trainable table.
+    encoder = target.spring if config.trains_tokens else SpringModel(target.model, tokenizer, layout=config.layout)
     steps_per_epoch = math.ceil(plan.size / config.batch_size)
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
     trainable = [p for p in target.parameters() if p.requires_grad]
@@ -115,7 +115,7 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
     accelerator.print(f"training {config.method}: {target.trainable_count():,} trainable parameters, "
                       f"{plan.size:,} examples per epoch, {total_steps:,} steps of {config.batch_size}, "
                       f"precision {mixed}")
-    started, last_loss, step = time.perf_counter(), float("nan"), start_step
+    started, last_loss, completed = time.perf_counter(), float("nan"), start_step
     try:
         for step in range(start_step, total_steps):
             step_started = time.perf_counter()
@@ -137,26 +137,25 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            last_loss = loss_total
+            last_loss, completed = loss_total, step + 1
             seconds = time.perf_counter() - step_started
-            record = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "loss": round(last_loss, 5),
+            tokens = sum(c.real_tokens for c in chunks)
+            record = {"step": completed, "epoch": round(completed / steps_per_epoch, 4), "loss": round(last_loss, 5),
                       "k": k if config.trains_tokens else None, "lr": scheduler.get_last_lr()[0],
-                      "tokens": _real_tokens(chunks), "tokens_per_s": round(_real_tokens(chunks) / seconds, 1),
-                      "seconds": round(seconds, 3)}
+                      "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 3)}
             if accelerator.is_main_process:
                 log.write(record)
             progress.update(1)
             progress.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", k=k)
-            if (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
-                _save_checkpoint(out, config, target, optimizer, scheduler, step + 1, accelerator)
+            if completed % config.checkpoint_every == 0 and completed < total_steps:
+                _save_checkpoint(out, config, target, optimizer, scheduler, completed, accelerator)
             if on_step is not None:
                 on_step(record)
     except KeyboardInterrupt:
-        done = step if "record" not in locals() or record["step"] != step + 1 else step + 1
-        _save_checkpoint(out, config, target, optimizer, scheduler, done, accelerator)
+        _save_checkpoint(out, config, target, optimizer, scheduler, completed, accelerator)
         progress.close()
         raise TrainingInterrupted(
-            f"interrupted after step {done} of {total_steps}; a checkpoint is saved in {out / CHECKPOINTS}. "
+            f"interrupted after step {completed} of {total_steps}; a checkpoint is saved in {out / CHECKPOINTS}. "
             "Run the same command with --resume to continue."
         ) from None
     progress.close()
@@ -164,7 +163,6 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
     summary = {"steps": total_steps, "seconds": round(seconds, 1), "final_loss": round(last_loss, 5),
                "trainable_parameters": target.trainable_count(), "precision": mixed,
                "processes": accelerator.num_processes}
-    artifact = out
     if accelerator.is_main_process:
         target.export(out, training={**config.record(), **summary},
                       data_sources=[s.describe() for s in sources] + _corpus_source(config))
@@ -172,7 +170,7 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
             shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
             shutil.rmtree(out / CACHE, ignore_errors=True)
     accelerator.wait_for_everyone()
-    return TrainResult(artifact, total_steps, seconds, last_loss, target.trainable_count())
+    return TrainResult(out, total_steps, seconds, last_loss, target.trainable_count())
 
 
 def _check_output_folder(out: Path, resume: bool) -> None:
@@ -218,7 +216,7 @@ def sample_k(config: TrainConfig, rng: np.random.Generator) -> int:
 def _global_batch(plan: EpochPlan, encoder: SpringModel, config: TrainConfig, step: int, steps_per_epoch: int,
                   k: int) -> list[Example]:
     epoch, position = divmod(step, steps_per_epoch)
-    order = plan.epoch(epoch)
+    order = plan.epoch(epoch)  # cached: computed once per epoch
     chosen = order[position * config.batch_size:(position + 1) * config.batch_size]
     examples = []
     for offset, pair in enumerate(chosen):
@@ -231,10 +229,6 @@ def _global_batch(plan: EpochPlan, encoder: SpringModel, config: TrainConfig, st
         examples.append(build_example(encoder, question=row["question"], passages=passages,
                                       answer=row["answers"][0], k=row_k, max_answer_tokens=config.max_answer_tokens))
     return examples
-
-
-def _real_tokens(chunks: list[Batch]) -> int:
-    return sum(c.real_tokens for c in chunks)
 
 
 def _corpus_source(config: TrainConfig) -> list[dict[str, Any]]:
