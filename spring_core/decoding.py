@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -69,6 +70,28 @@ def passage_weights(scores: Sequence[float], temperature: float = 1.0) -> torch.
     return _log_weights(scores, temperature).exp().float()
 
 
+def optional_scores(scores: Sequence[float | None]) -> list[float] | None:
+    """Retriever scores as passage weights: all given -> the list; none given -> ``None`` (equal weights).
+
+    A mix of scored and unscored passages (e.g. nodes from two retrievers, one without scores) raises
+    ``DecodingError``: weighing only some of them would be a guess.
+
+    Example:
+        >>> optional_scores([0.8, 0.3]), optional_scores([None, None])
+        ([0.8, 0.3], None)
+    """
+    given = [score is not None for score in scores]
+    if all(given) and given:
+        return [float(score) for score in scores]  # type: ignore[arg-type]
+    if not any(given):
+        return None
+    missing = given.index(False)
+    raise DecodingError(
+        f"passage {missing} has no retriever score while others have one; give every passage a score, or none "
+        "(equal weights)"
+    )
+
+
 @torch.inference_mode()
 def rag_token(sm: SpringModel, question: str, passages: Sequence[Passage], scores: Sequence[float], *, k: int = 0,
               max_new_tokens: int = 64, temperature: float = 0.0, seed: int | None = None,
@@ -93,7 +116,7 @@ def rag_token(sm: SpringModel, question: str, passages: Sequence[Passage], score
             token = torch.multinomial(mixture.exp(), 1, generator=generator)[0]
         return token.expand(logits.shape[0])
 
-    rows, _ = _decode(sm, prompts, max_new_tokens, choose)
+    rows, _ = _decode(_CachedBatch(sm, prompts), max_new_tokens, choose)
     return _result(sm, rows[0], log_w, prompts, k)
 
 
@@ -109,7 +132,8 @@ def rag_sequence(sm: SpringModel, question: str, passages: Sequence[Passage], sc
     """
     _check_settings(max_new_tokens, 0.0)
     prompts, log_w = _passage_prompts(sm, question, passages, scores, k, weight_temperature)
-    outputs, own_log_p = _decode(sm, prompts, max_new_tokens, lambda logits: logits.argmax(-1))
+    stepper = _CachedBatch(sm, prompts, keep_prompt_cache=not fast)
+    outputs, own_log_p = _decode(stepper, max_new_tokens, lambda logits: logits.argmax(-1))
     producers: dict[tuple[int, ...], list[int]] = {}
     for z, ids in enumerate(outputs):
         producers.setdefault(tuple(ids), []).append(z)
@@ -119,7 +143,7 @@ def rag_sequence(sm: SpringModel, question: str, passages: Sequence[Passage], sc
         for z in zs:
             log_p[c, z] = own_log_p[z]
     if not fast:
-        _score_others(sm, prompts, candidates, list(producers.values()), log_p)
+        _score_others(stepper, candidates, list(producers.values()), log_p)
     marginal = torch.logsumexp(log_w.unsqueeze(0) + log_p, dim=1)
     order = sorted(range(len(candidates)), key=lambda c: -float(marginal[c]))  # stable: earlier passage wins ties
     result = _result(sm, candidates[order[0]], log_w, prompts, k)
@@ -200,18 +224,18 @@ def _passage_prompts(sm: SpringModel, question: str, passages: Sequence[Passage]
     return [sm.encode(sm.prompt_parts(question, [passage], k)) for passage in passages], log_w
 
 
-def _decode(sm: SpringModel, prompts: list[list[int]], max_new_tokens: int,
+def _decode(stepper: _CachedBatch, max_new_tokens: int,
             choose: Callable[[torch.Tensor], torch.Tensor]) -> tuple[list[list[int]], list[float]]:
-    """Decode all prompts in one cached batch; ``choose`` maps next-token logits ``[B, V]`` to tokens ``[B]``.
+    """Decode the stepper's prompts; ``choose`` maps next-token logits ``[B, V]`` to tokens ``[B]``.
 
     Returns each row's new ids (up to and including its end-of-sequence id) and their summed log-probability.
     """
+    sm = stepper.sm
     eos_ids = sm._eos_ids()
-    stepper = _CachedBatch(sm, prompts)
     logits = stepper.start()
-    rows: list[list[int]] = [[] for _ in prompts]
-    log_p = [0.0] * len(prompts)
-    done = [False] * len(prompts)
+    rows: list[list[int]] = [[] for _ in range(stepper.batch_size)]
+    log_p = [0.0] * stepper.batch_size
+    done = [False] * stepper.batch_size
     for step in range(max_new_tokens):
         tokens = choose(logits)
         chosen = logits.log_softmax(-1).gather(1, tokens.view(-1, 1)).view(-1).tolist()
@@ -232,16 +256,41 @@ class _CachedBatch:
 
     The first step feeds ``input_ids`` or (with virtual tokens) ``inputs_embeds``; later steps feed the chosen
     ids. Position ids follow the attention mask, as Hugging Face ``generate`` does under left padding.
+
+    With ``keep_prompt_cache``, ``start`` also keeps a copy of the prompts' cache, mask and first next-token
+    log-probabilities, so that ``score`` can teacher-force other continuations without reading the prompts again.
     """
 
-    def __init__(self, sm: SpringModel, prompts: list[list[int]]):
+    def __init__(self, sm: SpringModel, prompts: list[list[int]], *, keep_prompt_cache: bool = False):
         self.sm = sm
+        self.batch_size = len(prompts)
         self.inputs = sm.model_inputs(prompts)
         self.mask = self.inputs.pop("attention_mask")
         self.cache: Any = None
+        self.keep_prompt_cache = keep_prompt_cache
+        self.prompt: tuple[Any, torch.Tensor, torch.Tensor] | None = None
 
     def start(self) -> torch.Tensor:
-        return self._next_logits(self.inputs)
+        logits = self._next_logits(self.inputs)
+        if self.keep_prompt_cache:
+            self.prompt = (copy.deepcopy(self.cache), self.mask, logits.double().log_softmax(-1))
+        return logits
+
+    def score(self, continuation: list[int]) -> torch.Tensor:
+        """``log p(continuation | prompt)`` for every prompt ``[B]`` (float64, on the model's device)."""
+        if self.prompt is None:
+            raise RuntimeError("score() needs keep_prompt_cache=True and a start() call")
+        cache, mask, first = self.prompt
+        log_p = first[:, continuation[0]].clone()
+        rest = continuation[1:]
+        if rest:  # feed every token but the last; the logits at token j give token j + 1
+            ids = torch.tensor(continuation[:-1], device=mask.device).expand(self.batch_size, -1)
+            mask = torch.cat([mask, mask.new_ones((self.batch_size, len(rest)))], dim=1)
+            logits, _ = _forward(self.sm, {"input_ids": ids}, mask, keep=len(rest), cache=copy.deepcopy(cache),
+                                 use_cache=True)
+            targets = torch.tensor(rest, device=logits.device).view(1, -1, 1).expand(self.batch_size, -1, 1)
+            log_p += logits.double().log_softmax(-1).gather(2, targets).view(self.batch_size, -1).sum(1)
+        return log_p
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
@@ -316,15 +365,18 @@ def _gather_index(continuations: list[list[int]], keep: int) -> tuple[torch.Tens
     return rows, positions, tokens, valid
 
 
-def _score_others(sm: SpringModel, prompts: list[list[int]], candidates: list[list[int]],
-                  producers: list[list[int]], log_p: torch.Tensor) -> None:
-    """Fill ``log_p[c, z]`` for every passage ``z`` that did not produce candidate ``c`` (teacher-forced, one batch)."""
-    pairs = [(c, z) for c in range(len(candidates)) for z in range(len(prompts)) if z not in producers[c]]
-    if not pairs:
-        return
-    scored = sequence_log_probs(sm, [prompts[z] for _, z in pairs], [candidates[c] for c, _ in pairs])
-    for (c, z), value in zip(pairs, scored.tolist(), strict=True):
-        log_p[c, z] = value
+def _score_others(stepper: _CachedBatch, candidates: list[list[int]], producers: list[list[int]],
+                  log_p: torch.Tensor) -> None:
+    """Fill ``log_p[c, z]`` for every passage ``z`` that did not produce candidate ``c``.
+
+    Each candidate is teacher-forced under all passages at once on a copy of the prompts' KV cache, so thorough
+    decoding reads only the candidates' tokens again, never the passages.
+    """
+    for c, ids in enumerate(candidates):
+        others = [z for z in range(stepper.batch_size) if z not in producers[c]]
+        if others:
+            scored = stepper.score(ids).cpu()
+            log_p[c, others] = scored[others]
 
 
 def _text(sm: SpringModel, ids: list[int]) -> str:
