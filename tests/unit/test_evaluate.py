@@ -11,7 +11,16 @@ import pytest
 from spring_core import SpringModel, VirtualTokens
 from spring_core.metrics import aggregate
 from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt
-from spring_train.evaluate import EvalError, EvalPlan, Method, evaluate, parse_methods, prompt_for, write_report
+from spring_train.evaluate import (
+    EvalError,
+    EvalPlan,
+    Method,
+    evaluate,
+    load_datasets,
+    parse_methods,
+    prompt_for,
+    write_report,
+)
 
 ROWS = [
     {"id": "a", "question": "What is the capital of Japan?", "answers": ["Tokyo"],
@@ -101,6 +110,28 @@ def test_marginal_modes_run_next_to_concat_where_they_apply(tiny, tmp_path):
     assert predicted["prediction"] == expected.text
     with pytest.raises(EvalError, match="decoding mode"):
         EvalPlan(model="tiny", methods=parse_methods("concat"), modes=["beam"])
+
+
+def test_own_passages_files_keep_theirs_while_the_others_are_retrieved(tmp_path):
+    own, retrieved = tmp_path / "hotpot" / "dev.jsonl", tmp_path / "squad" / "dev.jsonl"
+    for path in (own, retrieved):
+        path.parent.mkdir()
+        path.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": str(i), "title": "", "text": text}) + "\n" for i, text in enumerate(
+        ["Tokyo is the capital of Japan.", "Shakespeare wrote Hamlet.", "Paris has the Eiffel Tower."])))
+    datasets = load_datasets([str(own), str(retrieved)], limit=None, passages=1, corpus=str(corpus),
+                             cache_dir=tmp_path / "cache", own_passages=[str(own)])
+    assert [row["passages"] for row in datasets["hotpot/dev"]] == [row["passages"] for row in ROWS]
+    assert "passage_scores" not in datasets["hotpot/dev"][0]
+    squad = datasets["squad/dev"]
+    assert [row["passages"][0]["text"] for row in squad] == ["Tokyo is the capital of Japan.",
+                                                              "Shakespeare wrote Hamlet.",
+                                                              "Paris has the Eiffel Tower."]
+    assert all(len(row["passage_scores"]) == 1 for row in squad)
+    with pytest.raises(EvalError, match="not --data files"):
+        load_datasets([str(retrieved)], limit=None, passages=1, corpus=str(corpus), cache_dir=tmp_path / "cache",
+                      own_passages=[str(own)])
 
 
 def test_cli_eval_end_to_end(tiny_dir, tiny, tmp_path):

@@ -220,6 +220,9 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--passages", type=int, default=3, help="passages per question (default: 3)")
     ev.add_argument("--corpus", help="retrieve the passages from this corpus JSONL (else the rows' own passages)")
     ev.add_argument("--store", help="retrieve the passages from this store (from `spring-rag index`)")
+    ev.add_argument("--own-passages", action="append", default=[], metavar="FILE",
+                    help="a --data file whose rows keep all their own passages even with --corpus/--store "
+                         "(e.g. HotpotQA's gold + distractor paragraphs); repeatable")
     ev.add_argument("--retriever", choices=["bm25", "dense", "hybrid"], default="bm25",
                     help="store backend built from --corpus (default: bm25)")
     ev.add_argument("--mode", default="concat",
@@ -263,10 +266,11 @@ def _run_eval(args: argparse.Namespace) -> None:
                     modes=[m.strip() for m in args.mode.split(",") if m.strip()])
     out = Path(args.out)
     datasets = load_datasets(args.data, limit=args.limit, passages=args.passages, corpus=args.corpus,
-                             store=args.store, retriever=args.retriever, cache_dir=out / "cache")
+                             store=args.store, retriever=args.retriever, cache_dir=out / "cache",
+                             own_passages=args.own_passages)
     results = evaluate(plan, datasets, out)
     config = {key: value for key, value in vars(args).items() if key != "command"}
-    for key in ("data", "out", "corpus", "store", "tokens", "lora", "prefix", "spring_plus"):
+    for key in ("data", "out", "corpus", "store", "own_passages", "tokens", "lora", "prefix", "spring_plus"):
         # File names only: reports get committed, and machine paths must not travel with them.
         value = config[key]
         config[key] = [Path(p).name for p in value] if isinstance(value, list) else value and Path(value).name

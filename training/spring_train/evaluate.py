@@ -122,18 +122,28 @@ def dataset_name(path: str | Path) -> str:
 
 
 def load_datasets(files: Sequence[str], *, limit: int | None, passages: int, corpus: str | None = None,
-                  store: str | None = None, retriever: str = "bm25", cache_dir: Path) -> dict[str, list[dict]]:
+                  store: str | None = None, retriever: str = "bm25", cache_dir: Path,
+                  own_passages: Sequence[str] = ()) -> dict[str, list[dict]]:
     """The first ``limit`` rows of each file with ``passages`` passages: retrieved when a corpus or store is given,
-    else the rows' own (gold) passages, cut to ``passages``."""
+    else the rows' own (gold) passages, cut to ``passages``.
+
+    Files in ``own_passages`` keep all of their rows' own passages even when the others are retrieved (e.g.
+    HotpotQA's gold paragraphs with their distractors next to SQuAD questions answered from a corpus).
+    """
     from spring_train.data import attach_retrieved, load_sources, open_retriever
 
+    keep = {Path(path).resolve() for path in own_passages}
+    unknown = keep - {Path(path).resolve() for path in files}
+    if unknown:
+        raise EvalError(f"--own-passages names files that are not --data files: {sorted(map(str, unknown))}")
     sources = load_sources(files)
     for source in sources:
         source.rows = source.rows[:limit] if limit else source.rows
+    retrieved = [source for source in sources if Path(source.path).resolve() not in keep]
     found = open_retriever(corpus=corpus, store=store, backend=retriever, cache_dir=cache_dir)
     if found is not None:
-        attach_retrieved(sources, found, passages)
-    for source in sources:
+        attach_retrieved(retrieved, found, passages)
+    for source in retrieved:
         for row in source.rows:
             row["passages"] = list(row.get("passages") or [])[:passages]
             if "passage_scores" in row:
