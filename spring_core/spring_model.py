@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -273,14 +274,22 @@ class SpringModel:
             results.extend(self._generate_parts(parts[start:start + batch_size], parsed))
         return results
 
-    def stream(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None,
+    def stream(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None, *,
+               mode: str = "concat", scores: Sequence[float] | None = None, weight_temperature: float = 1.0,
                **settings: Any) -> GenerationStream:
         """Yield the answer as text deltas; joined they equal ``generate(...).text``.
 
         Once the stream is exhausted its ``result`` is the same ``Generation`` (usage, finish reason) that
-        ``generate`` returns.
+        ``generate`` returns. The marginal modes settle the answer only at the end (RAG-Sequence compares whole
+        candidates), so they yield it as one delta.
         """
-        return self._stream_parts(self.prompt_parts(question, passages, k), _settings(settings))
+        if mode == "concat":
+            return self._stream_parts(self.prompt_parts(question, passages, k), _settings(settings))
+        generation = self._generate_marginal(question, passages, k, mode, scores, weight_temperature, settings)
+        stream = GenerationStream()
+        stream._deltas = iter([generation.text] if generation.text else [])
+        stream.result = generation
+        return stream
 
     def stream_from_prompt(self, prompt: str, **settings: Any) -> GenerationStream:
         """Streaming twin of ``generate_from_prompt``."""
@@ -365,7 +374,9 @@ class SpringModel:
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 streamer.fail(exc)
 
-        worker = threading.Thread(target=run, name="spring-rag-stream", daemon=True)
+        # The worker runs in a copy of the caller's context, so per-call state (active document adapters) follows.
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), name="spring-rag-stream",
+                                  daemon=True)
         worker.start()
         stream = GenerationStream()
 

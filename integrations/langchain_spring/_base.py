@@ -17,21 +17,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from langchain_core.documents import Document
 from langchain_core.language_models import LangSmithParams
 from langchain_core.messages.ai import UsageMetadata
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from langchain_spring.prompts import PromptLayoutError, SpringLayoutWarning, looks_like_rag_prompt
 from spring_core import Generation, SpringModel, Usage, VirtualTokens
+from spring_core.decoding import MODES, optional_scores
 from spring_core.models import DEFAULT_MODEL, load_model
-from spring_core.prompts import resize_block
+from spring_core.prompts import Passage, resize_block
 from spring_core.spring_model import GenerationStream
 
 LOAD_KWARGS = ("device", "dtype", "layout", "strict")
 """Keys ``model_kwargs`` accepts; they go to ``SpringModel.from_pretrained`` when the model is loaded by name."""
 
-CALL_KWARGS = ("max_tokens", "temperature", "top_p", "seed", "k", "model")
-"""Per-call keyword arguments (``invoke(..., max_tokens=8)``, ``bind(k=0)``); ``stop`` is LangChain's own."""
+CALL_KWARGS = ("max_tokens", "temperature", "top_p", "seed", "k", "model", "documents", "mode")
+"""Per-call keyword arguments (``invoke(..., max_tokens=8)``, ``bind(k=0)``); ``stop`` is LangChain's own.
+``documents`` (retrieved ``Document`` objects) makes the input the bare question, answered from those passages
+read with ``mode``."""
 
 _LOCK = threading.RLock()
 
@@ -67,6 +71,18 @@ def usage_metadata(usage: Usage) -> UsageMetadata:
     )
 
 
+def document_passage(document: Document) -> dict[str, str]:
+    """A ``Document`` as a SPRING passage: its ``title`` metadata and its text."""
+    return {"title": str(document.metadata.get("title") or ""), "text": document.page_content}
+
+
+def document_score(document: Document) -> float | None:
+    """The retriever's score of a ``Document`` (higher is better): ``metadata["score"]`` as ``SpringRetriever``
+    writes it, else ``metadata["relevance_score"]`` as LangChain's rerankers do; ``None`` without either."""
+    value = document.metadata.get("score", document.metadata.get("relevance_score"))
+    return None if value is None else float(value)
+
+
 def tokens_fingerprint(tokens: str | Path | VirtualTokens | None) -> str | None:
     """A short, stable name for a token source (used in cache keys and traces)."""
     if tokens is None:
@@ -79,11 +95,24 @@ def tokens_fingerprint(tokens: str | Path | VirtualTokens | None) -> str | None:
 
 @dataclass(frozen=True)
 class SpringRequest:
-    """One prompt ready for the model: the SpringModel, the final prompt text and its generation settings."""
+    """One prompt ready for the model: the SpringModel, the final prompt text and its generation settings.
+
+    With ``passages`` (from ``documents=``), ``prompt`` is the bare question, answered from the passages with
+    ``mode`` and ``k`` (``SpringModel.generate``).
+    """
 
     spring: SpringModel
     prompt: str
     settings: Mapping[str, Any]
+    passages: list[Passage] | None = None
+    scores: list[float] | None = None
+    mode: str = "concat"
+    k: int | None = None
+    weight_temperature: float = 1.0
+
+    def passage_kwargs(self) -> dict[str, Any]:
+        return {"mode": self.mode, "scores": self.scores, "weight_temperature": self.weight_temperature,
+                **self.settings}
 
 
 class SpringParams(BaseModel):
@@ -117,6 +146,13 @@ class SpringParams(BaseModel):
     strict: bool = False
     """Raise ``PromptLayoutError`` instead of warning when a RAG prompt without a marker block meets loaded
     virtual tokens (see ``looks_like_rag_prompt``)."""
+    mode: str = "concat"
+    """How a call with ``documents=`` reads them: ``concat`` (one prompt) or marginal decoding over the documents
+    one by one (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``). Prompts without ``documents=`` (e.g.
+    from ``SPRING_RAG_PROMPT``, which joins the documents into one context) always run as written."""
+    weight_temperature: float = Field(default=1.0, gt=0)
+    """Passage weights for the marginal modes: ``softmax(score / weight_temperature)`` over the documents'
+    ``metadata["score"]`` (equal weights when they have none)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Loading options for ``SpringModel.from_pretrained``: ``device``, ``dtype``, ``layout``, ``strict`` (marker
     guard of spring-rag, default ``True``)."""
@@ -145,6 +181,8 @@ class SpringParams(BaseModel):
         unknown = sorted(set(self.model_kwargs) - set(LOAD_KWARGS))
         if unknown:
             raise ValueError(f"model_kwargs accepts {', '.join(LOAD_KWARGS)}; got {', '.join(unknown)}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.spring_model is not None:
             if self.model_kwargs:
                 raise ValueError(
@@ -220,6 +258,14 @@ class SpringParams(BaseModel):
         """
         settings, k = self._call_settings(stop, kwargs)
         sm = self.spring
+        documents = kwargs.get("documents")
+        if documents is not None:
+            mode = kwargs.get("mode", self.mode)
+            if mode not in MODES:
+                raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+            return SpringRequest(sm, prompt, settings, passages=[document_passage(d) for d in documents],
+                                 scores=optional_scores([document_score(d) for d in documents]), mode=mode, k=k,
+                                 weight_temperature=self.weight_temperature)
         prompt = resize_block(prompt, k, strict=sm.strict)
         self._check_layout(sm, checked_text if checked_text is not None else prompt, k)
         return SpringRequest(sm, prompt, settings)
@@ -245,6 +291,8 @@ class SpringParams(BaseModel):
             return []
         if self.timeout is not None:
             return [self._complete_streamed(request) for request in requests]
+        if any(request.passages is not None for request in requests):
+            return [r.spring.generate(r.prompt, r.passages, r.k, **r.passage_kwargs()) for r in requests]
         first = requests[0]
         return first.spring.generate_batch([r.prompt for r in requests], **first.settings)
 
@@ -256,6 +304,8 @@ class SpringParams(BaseModel):
 
     def _open_stream(self, request: SpringRequest) -> GenerationStream:
         """Start generating (blocking: encodes the prompt); iterate ``_deltas(stream)`` for the text."""
+        if request.passages is not None:
+            return request.spring.stream(request.prompt, request.passages, request.k, **request.passage_kwargs())
         return request.spring.stream_from_prompt(request.prompt, **request.settings)
 
     def _deltas(self, stream: GenerationStream) -> Iterator[str]:
@@ -287,6 +337,7 @@ class SpringParams(BaseModel):
             "model": self.model,
             "tokens": tokens_fingerprint(tokens),
             "k": self.k,
+            "mode": self.mode,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "top_p": self.top_p,

@@ -21,16 +21,16 @@ from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel, BaseLanguageModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.retrievers import RetrieverLike
-from langchain_core.runnables import Runnable, RunnableBinding, RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableLambda, RunnablePassthrough
 
-from langchain_spring._base import SpringParams
+from langchain_spring._base import SpringParams, document_passage
 from langchain_spring.prompts import spring_rag_chat_prompt, spring_rag_prompt
 from spring_core.prompts import format_passages
 
 
 def format_docs(docs: Sequence[Document]) -> str:
     """Documents numbered as SPRING reads them: ``[1] (Title: t) text`` per line (like ``format_passages``)."""
-    return format_passages([{"title": str(d.metadata.get("title") or ""), "text": d.page_content} for d in docs])
+    return format_passages([document_passage(d) for d in docs])
 
 
 def _unwrap(llm: Any) -> Any:
@@ -43,6 +43,10 @@ def create_spring_rag_chain(retriever: RetrieverLike, llm: BaseLanguageModel | R
                             k: int | None = None) -> Runnable[str, str]:
     """A question-in, answer-out chain: retrieve, format the passages, SPRING prompt, model, string.
 
+    For a ``ChatSpring``/``SpringLLM`` whose ``mode`` is marginal (``rag-token``, ``rag-sequence``,
+    ``rag-sequence-fast``) the documents are not joined into a prompt: the model gets the question with
+    ``documents=`` and reads each one on its own, weighted by its retriever score.
+
     Args:
         retriever: any LangChain retriever (e.g. ``SpringRetriever``).
         llm: ``ChatSpring`` (gets the chat prompt) or ``SpringLLM`` (the completion prompt); other LangChain
@@ -53,6 +57,12 @@ def create_spring_rag_chain(retriever: RetrieverLike, llm: BaseLanguageModel | R
     model = _unwrap(llm)
     if k is None:
         k = model.default_k() if isinstance(model, SpringParams) else 0
+    if isinstance(model, SpringParams) and model.mode != "concat":
+        def answer(inputs: dict[str, Any], config: RunnableConfig) -> Any:
+            return llm.invoke(inputs["question"], config, documents=inputs["documents"], k=k)
+
+        documents = {"documents": retriever, "question": RunnablePassthrough()}
+        return documents | RunnableLambda(answer, name="spring_passages") | StrOutputParser()
     prompt = spring_rag_chat_prompt(k) if isinstance(model, BaseChatModel) else spring_rag_prompt(k)
     context = retriever | format_docs
     return {"context": context, "question": RunnablePassthrough()} | prompt | llm | StrOutputParser()

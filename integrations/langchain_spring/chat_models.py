@@ -81,6 +81,11 @@ class ChatSpring(SpringParams, BaseChatModel):
     the virtual tokens, which are also given as ``input_token_details["virtual"]``. Tool calling and structured
     output are not supported.
 
+    ``invoke(question, documents=docs)`` answers from retrieved documents read as separate passages, with the
+    field ``mode`` (``concat``, ``rag-token``, ``rag-sequence``, ``rag-sequence-fast``; per call: ``mode=``) and
+    each document's ``metadata["score"]`` as its retriever score; ``create_spring_rag_chain`` does this for a
+    marginal ``mode``.
+
     Example:
         >>> from langchain_spring import ChatSpring
         >>> chat = ChatSpring(model="smollm2-135m", tokens="my-tokens/", max_tokens=32)   # doctest: +SKIP
@@ -116,6 +121,13 @@ class ChatSpring(SpringParams, BaseChatModel):
     def _chat_request(self, messages: Sequence[BaseMessage], stop: list[str] | None,
                       kwargs: dict[str, Any]) -> SpringRequest:
         turns = message_turns(messages)
+        if kwargs.get("documents") is not None:
+            if [turn["role"] for turn in turns] != ["user"]:
+                raise ValueError(
+                    "with documents=, ChatSpring builds the SPRING prompt itself: pass the question alone (a string "
+                    f"or one human message), not {len(turns)} message(s) with roles {[t['role'] for t in turns]}"
+                )
+            return self._request(turns[0]["content"], stop, kwargs)
         prompt = render_messages(turns, self.spring.tokenizer)
         return self._request(prompt, stop, kwargs, checked_text="\n".join(t["content"] for t in turns))
 

@@ -34,7 +34,9 @@ class SpringLLM(SpringParams, LLM):
     Same fields as ``ChatSpring`` (``model``, ``tokens``, ``k``, ``temperature``, ``max_tokens``, ``stop``,
     ``timeout``, ``max_retries``, ``model_kwargs``, ``spring_model``). Each generation's ``generation_info`` holds
     ``finish_reason`` and ``usage_metadata`` (virtual tokens in ``input_token_details["virtual"]``);
-    ``llm_output["token_usage"]`` sums prompt, virtual and completion tokens over the batch.
+    ``llm_output["token_usage"]`` sums prompt, virtual and completion tokens over the batch. With
+    ``invoke(question, documents=docs)`` the prompt is the bare question, answered from the documents read with
+    ``mode`` (as ``ChatSpring`` does).
 
     Example:
         >>> from langchain_spring import SpringLLM

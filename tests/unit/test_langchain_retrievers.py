@@ -94,3 +94,59 @@ def test_markers_smuggled_into_the_question_are_refused_through_the_chain(store_
     chain = create_spring_rag_chain(SpringRetriever(store=store_folder, k=2), ChatSpring(spring_model=sm, max_tokens=4))
     with pytest.raises(MarkerError, match="marker blocks"):
         chain.invoke("What does [r1] stand for?")
+
+
+# ----- decoding modes: documents read one by one -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["rag-token", "rag-sequence", "rag-sequence-fast"])
+def test_chain_with_a_marginal_mode_hands_each_document_and_its_score_to_the_model(mode, store_folder, tiny):
+    sm = SpringModel(*tiny, VirtualTokens.random(tiny[0], n=8, seed=1))
+    retriever = SpringRetriever(store=store_folder, k=3)
+    documents = retriever.invoke(QUESTION)
+    passages = [{"title": d.metadata["title"], "text": d.page_content} for d in documents]
+    expected = sm.generate(QUESTION, passages, 2, mode=mode, scores=[d.metadata["score"] for d in documents],
+                           max_new_tokens=4).text
+    chat_chain = create_spring_rag_chain(retriever, ChatSpring(spring_model=sm, max_tokens=4, mode=mode), k=2)
+    assert chat_chain.invoke(QUESTION) == expected
+    llm_chain = create_spring_rag_chain(retriever, SpringLLM(spring_model=sm, mode=mode).bind(max_tokens=4), k=2)
+    assert llm_chain.invoke(QUESTION) == expected
+
+
+def test_documents_per_call_for_every_mode_sync_async_and_streamed(store_folder, tiny):
+    import asyncio
+
+    sm = SpringModel(*tiny, VirtualTokens.random(tiny[0], n=8, seed=1))
+    documents = SpringRetriever(store=store_folder, k=2).invoke(QUESTION)
+    passages = [{"title": d.metadata["title"], "text": d.page_content} for d in documents]
+    scores = [d.metadata["score"] for d in documents]
+    chat = ChatSpring(spring_model=sm, max_tokens=5, k=3)
+    for mode in ("concat", "rag-token", "rag-sequence"):
+        expected = sm.generate(QUESTION, passages, 3, mode=mode, scores=scores, max_new_tokens=5)
+        answer = chat.invoke(QUESTION, documents=documents, mode=mode)
+        assert answer.content == expected.text
+        assert answer.usage_metadata["input_token_details"]["virtual"] == expected.usage.virtual_tokens
+        assert "".join(c.content for c in chat.stream(QUESTION, documents=documents, mode=mode)) == expected.text
+        assert asyncio.run(chat.ainvoke(QUESTION, documents=documents, mode=mode)).content == expected.text
+
+
+def test_documents_need_a_bare_question_a_known_mode_and_consistent_scores(store_folder, tiny):
+    from langchain_core.messages import SystemMessage
+
+    from spring_core.decoding import DecodingError
+
+    sm = SpringModel(*tiny)
+    chat = ChatSpring(spring_model=sm, max_tokens=3)
+    documents = [Document("Harvard is named after John Harvard.", metadata={"score": 2.0}),
+                 Document("Doctor Who is a programme.")]
+    with pytest.raises(ValueError, match="pass the question alone"):
+        chat.invoke([SystemMessage("Be brief."), HumanMessage(QUESTION)], documents=documents)
+    with pytest.raises(DecodingError, match="passage 1 has no retriever score"):
+        chat.invoke(QUESTION, documents=documents, mode="rag-token")
+    with pytest.raises(ValueError, match="unknown mode 'beam'"):
+        chat.invoke(QUESTION, documents=documents[:1], mode="beam")
+    with pytest.raises(ValidationError, match="unknown mode"):
+        ChatSpring(spring_model=sm, mode="beam")
+    reranked = [Document("A.", metadata={"relevance_score": 0.9}), Document("B.", metadata={"relevance_score": 0.1})]
+    expected = sm.generate(QUESTION, ["A.", "B."], mode="rag-token", scores=[0.9, 0.1], max_new_tokens=3).text
+    assert chat.invoke(QUESTION, documents=reranked, mode="rag-token").content == expected

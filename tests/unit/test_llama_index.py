@@ -276,3 +276,65 @@ def test_adapter_postprocessor_in_a_query_engine_keeps_tags_out_of_the_prompt(ll
     response = engine.query(QUESTION)
     assert adapter_ids(response.source_nodes) == [n.node.node_id for n in response.source_nodes]
     assert all("adapter_id" not in p and "passage_id" not in p for p in sent_prompts(recorder))
+
+
+# ----- decoding modes: separate nodes, read one by one ---------------------------------------------------------
+
+PASSAGES = ["Harvard is named after John Harvard.", "Doctor Who is a television programme."]
+
+
+@pytest.mark.parametrize("mode", ["concat", "rag-token", "rag-sequence", "rag-sequence-fast"])
+def test_answer_reads_the_passages_with_the_llms_mode(mode, tiny, tokens):
+    llm = SpringLLM(spring_model=SpringModel(*tiny, tokens), max_new_tokens=5, mode=mode, k=3)
+    response = llm.answer(QUESTION, PASSAGES, [2.0, 0.5])
+    expected = llm.spring_model.generate(QUESTION, PASSAGES, 3, mode=mode, scores=[2.0, 0.5], max_new_tokens=5)
+    assert response.text == expected.text
+    assert response.raw["usage"]["virtual_tokens"] == (3 if mode == "concat" else 6)  # k per passage prompt
+    per_call = llm.answer(QUESTION, PASSAGES, [2.0, 0.5], mode="concat", k=1)
+    assert per_call.raw["usage"]["virtual_tokens"] == 1
+
+
+def test_answer_refuses_unknown_modes_and_a_mix_of_scored_and_unscored_passages(tiny, tokens, llm):
+    from spring_core.decoding import DecodingError
+
+    with pytest.raises(ValueError, match="unknown mode 'beam'"):
+        SpringLLM(spring_model=SpringModel(*tiny, tokens), mode="beam")
+    with pytest.raises(DecodingError, match="passage 1 has no retriever score"):
+        llm.answer(QUESTION, PASSAGES, [1.0, None], mode="rag-token")
+    with pytest.raises(TypeError, match="unknown keyword argument"):
+        llm.answer(QUESTION, PASSAGES, beams=2)
+    unscored = llm.answer(QUESTION, PASSAGES, [None, None], mode="rag-token", k=2).text
+    assert unscored == llm.spring_model.generate(QUESTION, PASSAGES, 2, mode="rag-token", max_new_tokens=6).text
+
+
+@pytest.mark.parametrize("mode", ["rag-token", "rag-sequence"])
+def test_query_engine_with_a_marginal_mode_hands_over_each_node_and_its_score(mode, tiny, tokens, corpus_file,
+                                                                               tmp_path, recorder):
+    llm = SpringLLM(spring_model=SpringModel(*tiny, tokens), max_new_tokens=5, mode=mode)
+    retriever = SpringRetriever.from_corpus(corpus_file, tmp_path / "bm25", backend="bm25", similarity_top_k=3)
+    engine = spring_query_engine(retriever, llm, k=4)
+    response = engine.query(QUESTION)
+    nodes = response.source_nodes
+    texts = [n.node.get_content(metadata_mode="llm") for n in nodes]
+    expected = llm.spring_model.generate(QUESTION, texts, 4, mode=mode, scores=[n.score for n in nodes],
+                                         max_new_tokens=5)
+    assert len(nodes) == 3 and response.response == expected.text
+    assert recorder.prompts == [QUESTION]  # one call with the question, no packed prompt
+    streamed = spring_query_engine(retriever, llm, k=4, streaming=True).query(QUESTION)
+    assert "".join(streamed.response_gen) == expected.text
+    answered = asyncio.run(engine.aquery(QUESTION))
+    assert answered.response == expected.text
+    with pytest.raises(ValueError, match="packs the nodes into one prompt"):
+        spring_query_engine(retriever, llm, response_mode="compact")
+
+
+def test_a_packed_prompt_runs_as_concat_and_says_so_once(tiny, tokens):
+    llm = SpringLLM(spring_model=SpringModel(*tiny, tokens), max_new_tokens=4, mode="rag-token")
+    with pytest.warns(UserWarning, match="runs as 'concat'"):
+        first = llm.complete(BLOCK_PROMPT)
+    assert first.text == llm.spring_model.generate_from_prompt(BLOCK_PROMPT, max_new_tokens=4).text
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        llm.complete(BLOCK_PROMPT)

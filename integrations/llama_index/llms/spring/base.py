@@ -8,12 +8,18 @@ Example:
     >>> from llama_index.llms.spring import SpringLLM
     >>> llm = SpringLLM(model_name="smollm2-135m", tokens="my-tokens/", k=10)     # doctest: +SKIP
     >>> llm.complete("Paris is in France.\\n\\n[r1][r2]Question: Where is Paris?\\nAnswer:").text  # doctest: +SKIP
+
+``mode`` (``concat``, ``rag-token``, ``rag-sequence``, ``rag-sequence-fast``) applies where the LLM receives the
+retrieved passages one by one: ``SpringLLM.answer`` and the ``SpringSynthesizer`` that ``spring_query_engine``
+uses for a marginal mode. LlamaIndex's own synthesizers (``compact``, ``refine``, ``tree_summarize``) repack the
+nodes into one context string before the LLM sees them, so their prompts always run as ``concat``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,8 +45,9 @@ from llama_index.core.llms.llm import default_completion_to_prompt
 
 from spring_core import Generation, SpringModel
 from spring_core.aio import iterate_in_thread
+from spring_core.decoding import MODES, optional_scores
 from spring_core.models import DEFAULT_MODEL
-from spring_core.prompts import resize_block
+from spring_core.prompts import Passage, resize_block
 
 _SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed", "stop")
 
@@ -56,6 +63,10 @@ class SpringLLM(CustomLLM):
 
     ``prompt_layout="chat"`` wraps completion prompts in the tokenizer's chat template as one user turn (what
     instruct models such as SmolLM2 expect); by default it is the layout the tokens were trained with.
+
+    ``mode`` picks how ``answer`` reads separate passages: ``concat`` (one prompt) or RAG-Token / RAG-Sequence
+    marginal decoding, each passage weighted by ``softmax(score / weight_temperature)``. Prompts that arrive
+    already packed (``complete``, ``chat``) always run as written.
     """
 
     model_name: str = Field(default=DEFAULT_MODEL, description="HF id, local folder, .gguf file or alias.")
@@ -68,12 +79,17 @@ class SpringLLM(CustomLLM):
     prompt_layout: str | None = Field(default=None, description="'raw' or 'chat'; default: the artifact's.")
     device: str | None = Field(default=None, description="'cpu', 'cuda', ...; default: CUDA when available.")
     strict: bool = Field(default=False, description="Raise on stray markers in prompts instead of warning.")
+    mode: str = Field(default="concat", description="How answer() reads separate passages: " + ", ".join(MODES))
+    weight_temperature: float = Field(default=1.0, gt=0, description="Passage weights: softmax(scores / this).")
 
     _spring: SpringModel = PrivateAttr()
+    _warned_packed: bool = PrivateAttr(default=False)
 
     def __init__(self, *, model: Any = None, tokenizer: Any = None, spring_model: SpringModel | None = None,
                  **kwargs: Any):
         super().__init__(**kwargs)
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if spring_model is None:
             spring_model = SpringModel.from_pretrained(
                 self.model_name, self.tokens, device=self.device, model=model, tokenizer=tokenizer,
@@ -105,27 +121,76 @@ class SpringLLM(CustomLLM):
 
     # ----- prompt handling -----------------------------------------------------------------------------------
 
-    def _prepare(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """The final prompt (block resized to ``k``) and the generation settings for one call."""
-        unknown = sorted(set(kwargs) - {*_SETTINGS, "k"})
+    def _settings(self, kwargs: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Generation settings for one call: ``generate_kwargs`` overridden by the call's keyword arguments."""
+        unknown = sorted(set(kwargs) - {*_SETTINGS, "k", *extra})
         if unknown:
             raise TypeError(f"SpringLLM got unknown keyword argument(s) {', '.join(unknown)}; "
-                            f"it accepts {', '.join((*_SETTINGS, 'k'))}")
+                            f"it accepts {', '.join((*_SETTINGS, 'k', *extra))}")
+        settings = {"max_new_tokens": self.max_new_tokens, **self.generate_kwargs, **kwargs}
+        for key in ("k", *extra):
+            settings.pop(key, None)
+        return settings
+
+    def _prepare(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The final prompt (block resized to ``k``) and the generation settings for one call."""
+        settings = self._settings(kwargs)
         if not formatted:
             prompt = self.completion_to_prompt(prompt)
-        k = kwargs.pop("k", self.k)
+        k = kwargs.get("k", self.k)
         if k is not None:
             prompt = resize_block(prompt, self._spring.check_k(k), strict=self.strict)
-        settings = {"max_new_tokens": self.max_new_tokens, **self.generate_kwargs, **kwargs}
         return prompt, settings
+
+    def _warn_if_packed(self) -> None:
+        if self.mode != "concat" and not self._warned_packed:
+            self._warned_packed = True
+            warnings.warn(
+                f"SpringLLM(mode={self.mode!r}) got one finished prompt (e.g. from a compact, refine or "
+                "tree_summarize synthesizer, which pack every node into one context), so it runs as 'concat'. "
+                "To read the nodes one by one, build the engine with spring_query_engine(...) or pass "
+                "SpringSynthesizer(llm=...) as its response_synthesizer",
+                UserWarning,
+                stacklevel=4,
+            )
+
+    # ----- separate passages ---------------------------------------------------------------------------------
+
+    @llm_completion_callback()
+    def answer(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None = None,
+               **kwargs: Any) -> CompletionResponse:
+        """Answer ``query`` from ``passages`` read as separate passages with ``mode`` (per call: ``mode=``).
+
+        LlamaIndex's instrumentation sees the call as a completion whose prompt is ``query``. ``scores`` are the
+        retriever's (higher is better, e.g. ``NodeWithScore.score``); ``None`` or all-``None`` weighs the passages
+        equally. Other keyword arguments: ``k`` and the generation settings of ``complete``.
+
+        Example:
+            >>> llm = SpringLLM(tokens="my-tokens/", mode="rag-token", k=10)                 # doctest: +SKIP
+            >>> llm.answer("Who founded X?", ["X was founded by Y.", "Z is in W."], [0.8, 0.3]).text  # doctest: +SKIP
+            'Y'
+        """
+        settings = self._settings(kwargs, extra=("mode",))
+        mode, k = kwargs.get("mode", self.mode), kwargs.get("k", self.k)
+        weights = optional_scores(scores) if scores is not None else None
+        generation = self._spring.generate(query, list(passages), k, mode=mode, scores=weights,
+                                           weight_temperature=self.weight_temperature, **settings)
+        return _response(generation)
+
+    async def aanswer(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None = None,
+                      **kwargs: Any) -> CompletionResponse:
+        """``answer`` in a worker thread, so the event loop keeps going."""
+        return await asyncio.to_thread(self.answer, query, passages, scores, **kwargs)
 
     # ----- completion ----------------------------------------------------------------------------------------
 
     def _run(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponse:
+        self._warn_if_packed()
         prompt, settings = self._prepare(prompt, formatted, kwargs)
         return _response(self._spring.generate_from_prompt(prompt, **settings))
 
     def _run_stream(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponseGen:
+        self._warn_if_packed()
         prompt, settings = self._prepare(prompt, formatted, kwargs)
         stream = self._spring.stream_from_prompt(prompt, **settings)
         text = ""

@@ -17,6 +17,7 @@ from llama_index.core.indices.base import BaseIndex
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.llms.spring.base import SpringLLM
 from llama_index.llms.spring.prompts import spring_refine_template, spring_summary_template, spring_text_qa_template
+from llama_index.llms.spring.synthesizer import SpringSynthesizer
 
 
 def spring_prompt_kwargs(llm: SpringLLM, k: int | None = None) -> dict[str, Any]:
@@ -32,14 +33,26 @@ def spring_prompt_kwargs(llm: SpringLLM, k: int | None = None) -> dict[str, Any]
 
 
 def spring_query_engine(index_or_retriever: BaseIndex | BaseRetriever, llm: SpringLLM, k: int | None = None,
-                        response_mode: str = "compact", **kwargs: Any) -> RetrieverQueryEngine:
-    """A query engine over an index or a retriever with the three SPRING templates set.
+                        response_mode: str | None = None, **kwargs: Any) -> RetrieverQueryEngine:
+    """A query engine over an index or a retriever that gives ``llm`` the SPRING layout.
 
-    ``response_mode`` is any of LlamaIndex's (``compact``, ``refine``, ``tree_summarize``, ...); ``kwargs`` go to
-    ``as_query_engine`` / ``RetrieverQueryEngine.from_args`` (e.g. ``similarity_top_k``, ``node_postprocessors``).
+    With ``llm.mode == "concat"`` (the default) it is LlamaIndex's own synthesizer with the three SPRING templates
+    set; ``response_mode`` is any of LlamaIndex's (``compact`` by default, ``refine``, ``tree_summarize``, ...).
+    With a marginal mode (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``) the nodes must reach the LLM one
+    by one, so the engine uses ``SpringSynthesizer`` and a ``response_mode`` (which would repack them) is refused.
+    ``kwargs`` go to ``as_query_engine`` / ``RetrieverQueryEngine.from_args`` (e.g. ``similarity_top_k``,
+    ``node_postprocessors``, ``streaming``).
     """
-    prompts = spring_prompt_kwargs(llm, k)
+    if llm.mode != "concat":
+        if response_mode is not None:
+            raise ValueError(
+                f"SpringLLM(mode={llm.mode!r}) reads every retrieved node on its own, but response_mode="
+                f"{response_mode!r} packs the nodes into one prompt; drop response_mode, or use mode='concat'"
+            )
+        synthesizer = SpringSynthesizer(llm=llm, k=k, streaming=kwargs.pop("streaming", False))
+        options: dict[str, Any] = {"response_synthesizer": synthesizer}
+    else:
+        options = {"response_mode": response_mode or "compact", **spring_prompt_kwargs(llm, k)}
     if isinstance(index_or_retriever, BaseIndex):
-        return index_or_retriever.as_query_engine(llm=llm, response_mode=response_mode, **prompts, **kwargs)
-    return RetrieverQueryEngine.from_args(index_or_retriever, llm=llm, response_mode=response_mode, **prompts,
-                                         **kwargs)
+        return index_or_retriever.as_query_engine(llm=llm, **options, **kwargs)
+    return RetrieverQueryEngine.from_args(index_or_retriever, llm=llm, **options, **kwargs)

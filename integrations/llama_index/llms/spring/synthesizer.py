@@ -1,0 +1,87 @@
+"""``SpringSynthesizer``: a LlamaIndex response synthesizer that hands the retrieved nodes to ``SpringLLM`` one by
+one, with their scores, so RAG-Token / RAG-Sequence decoding can weigh each passage.
+
+LlamaIndex's built-in synthesizers join the nodes into one ``context_str`` (``compact`` even repacks them to fill
+the context window), after which no LLM can tell the passages apart. This one never joins them: each node's text
+(as ``MetadataMode.LLM`` renders it, the same text the other synthesizers put in their prompts) becomes a passage,
+and ``NodeWithScore.score`` its retriever score.
+
+Example:
+    >>> from llama_index.core.query_engine import RetrieverQueryEngine
+    >>> from llama_index.llms.spring import SpringLLM, SpringSynthesizer
+    >>> llm = SpringLLM(tokens="my-tokens/", mode="rag-sequence", k=10)                 # doctest: +SKIP
+    >>> engine = RetrieverQueryEngine(retriever, response_synthesizer=SpringSynthesizer(llm=llm))  # doctest: +SKIP
+    >>> engine.query("Who founded Harvard?").response                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Generator, Sequence
+from typing import Any
+
+from llama_index.core.prompts.mixin import PromptDictType
+from llama_index.core.response_synthesizers.base import BaseSynthesizer
+from llama_index.core.schema import NodeWithScore, QueryType
+from llama_index.core.types import RESPONSE_TEXT_TYPE
+from llama_index.llms.spring.base import SpringLLM
+
+
+class SpringSynthesizer(BaseSynthesizer):
+    """Answer from the retrieved nodes as separate passages with ``SpringLLM.answer`` (the LLM's ``mode``).
+
+    Args:
+        llm: the ``SpringLLM`` that answers.
+        k: virtual tokens per passage (default: the LLM's ``k``, else all of its tokens).
+        streaming: yield the answer as a stream; the marginal modes settle it at the end, so it comes as one piece.
+        **kwargs: the other ``BaseSynthesizer`` options (``callback_manager``, ``empty_response``, ...).
+    """
+
+    def __init__(self, llm: SpringLLM, k: int | None = None, streaming: bool = False, **kwargs: Any) -> None:
+        if not isinstance(llm, SpringLLM):
+            raise TypeError(f"SpringSynthesizer needs a SpringLLM, got {type(llm).__name__}")
+        super().__init__(llm=llm, streaming=streaming, **kwargs)
+        self._k = k
+
+    def _get_prompts(self) -> PromptDictType:
+        return {}  # the prompt is SPRING's layout, built per passage by SpringModel
+
+    def _update_prompts(self, prompts: PromptDictType) -> None:
+        pass
+
+    def synthesize(self, query: QueryType, nodes: list[NodeWithScore],
+                   additional_source_nodes: Sequence[NodeWithScore] | None = None, **response_kwargs: Any) -> Any:
+        # get_response only sees the nodes' texts, so the scores travel beside them.
+        response_kwargs.setdefault("scores", [node.score for node in nodes])
+        return super().synthesize(query, nodes, additional_source_nodes, **response_kwargs)
+
+    async def asynthesize(self, query: QueryType, nodes: list[NodeWithScore],
+                          additional_source_nodes: Sequence[NodeWithScore] | None = None,
+                          **response_kwargs: Any) -> Any:
+        response_kwargs.setdefault("scores", [node.score for node in nodes])
+        return await super().asynthesize(query, nodes, additional_source_nodes, **response_kwargs)
+
+    def get_response(self, query_str: str, text_chunks: Sequence[str], scores: Sequence[float | None] | None = None,
+                     **response_kwargs: Any) -> RESPONSE_TEXT_TYPE:
+        text = self._answer_text(query_str, text_chunks, scores, response_kwargs)
+        return _once(text) if self._streaming else text
+
+    async def aget_response(self, query_str: str, text_chunks: Sequence[str],
+                            scores: Sequence[float | None] | None = None, **response_kwargs: Any) -> RESPONSE_TEXT_TYPE:
+        text = await asyncio.to_thread(self._answer_text, query_str, text_chunks, scores, response_kwargs)
+        return _aonce(text) if self._streaming else text
+
+    def _answer_text(self, query_str: str, text_chunks: Sequence[str], scores: Sequence[float | None] | None,
+                     response_kwargs: dict[str, Any]) -> str:
+        llm: SpringLLM = self._llm  # type: ignore[assignment]
+        if self._k is not None:
+            response_kwargs.setdefault("k", self._k)
+        return llm.answer(query_str, list(text_chunks), scores, **response_kwargs).text
+
+
+def _once(text: str) -> Generator[str, None, None]:
+    yield text
+
+
+async def _aonce(text: str) -> AsyncGenerator[str, None]:
+    yield text
