@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
@@ -50,7 +51,9 @@ async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncIt
             return
         hand_over(_DONE)
 
-    threading.Thread(target=produce, name="spring-rag-async", daemon=True).start()
+    # A copy of the caller's context travels with the work (per-call state such as active document adapters).
+    threading.Thread(target=contextvars.copy_context().run, args=(produce,), name="spring-rag-async",
+                     daemon=True).start()
     try:
         while True:
             item, error = await queue.get()

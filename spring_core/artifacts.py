@@ -174,6 +174,13 @@ def read_manifest(folder: Path | str, kind: str | None = None) -> dict[str, Any]
     return manifest
 
 
+def artifact_bytes(folder: Path | str) -> int:
+    """Bytes on disk of an artifact: every data file its manifest lists, plus the manifest."""
+    folder = Path(folder)
+    listed = read_manifest(folder)["files"].values()
+    return sum(int(entry["bytes"]) for entry in listed) + (folder / MANIFEST_NAME).stat().st_size
+
+
 def verified_file(folder: Path | str, manifest: dict[str, Any], name: str) -> Path:
     """The path of data file ``name`` after checking it exists and matches the hash in the manifest."""
     path = Path(folder) / name

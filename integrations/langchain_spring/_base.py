@@ -26,13 +26,20 @@ from langchain_spring.prompts import PromptLayoutError, SpringLayoutWarning, loo
 from spring_core import Generation, SpringModel, Usage, VirtualTokens
 from spring_core.decoding import MODES, optional_scores
 from spring_core.models import DEFAULT_MODEL, load_model
+from spring_core.parametric.online import (
+    ParametricDocument,
+    activated,
+    check_parametric_mode,
+    open_adapters,
+    plan_call,
+)
 from spring_core.prompts import Passage, resize_block
 from spring_core.spring_model import GenerationStream
 
 LOAD_KWARGS = ("device", "dtype", "layout", "strict")
 """Keys ``model_kwargs`` accepts; they go to ``SpringModel.from_pretrained`` when the model is loaded by name."""
 
-CALL_KWARGS = ("max_tokens", "temperature", "top_p", "seed", "k", "model", "documents", "mode")
+CALL_KWARGS = ("max_tokens", "temperature", "top_p", "seed", "k", "model", "documents", "mode", "parametric_mode")
 """Per-call keyword arguments (``invoke(..., max_tokens=8)``, ``bind(k=0)``); ``stop`` is LangChain's own.
 ``documents`` (retrieved ``Document`` objects) makes the input the bare question, answered from those passages
 read with ``mode``."""
@@ -109,6 +116,7 @@ class SpringRequest:
     mode: str = "concat"
     k: int | None = None
     weight_temperature: float = 1.0
+    adapter_ids: list[str] | None = None
 
     def passage_kwargs(self) -> dict[str, Any]:
         return {"mode": self.mode, "scores": self.scores, "weight_temperature": self.weight_temperature,
@@ -153,6 +161,17 @@ class SpringParams(BaseModel):
     weight_temperature: float = Field(default=1.0, gt=0)
     """Passage weights for the marginal modes: ``softmax(score / weight_temperature)`` over the documents'
     ``metadata["score"]`` (equal weights when they have none)."""
+    adapters: Any = None
+    """Parametric RAG: a folder from ``spring-rag parametrize`` (PRAG adapter store or Poly-PRAG experts), or
+    adapters already loaded (``spring_core.parametric.open_adapters``)."""
+    parametric_mode: str = "icl"
+    """How a call with ``documents=`` uses them: ``icl`` (their text in the prompt), ``prag`` (their adapters
+    only), ``combine`` (both; with tokens loaded, combine + SPRING). Adapters are active for that call only."""
+    missing_adapter: str = "error"
+    """A document without an adapter in ``prag``/``combine``: ``error``, or ``icl`` (its text goes into the prompt
+    instead, and a warning is logged)."""
+    adapter_key: str = "adapter_id"
+    """The document metadata that names its adapter (``ParametricAdapterCompressor`` writes it)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Loading options for ``SpringModel.from_pretrained``: ``device``, ``dtype``, ``layout``, ``strict`` (marker
     guard of spring-rag, default ``True``)."""
@@ -160,6 +179,7 @@ class SpringParams(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
 
     _spring: SpringModel | None = PrivateAttr(default=None)
+    _adapters: Any = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -183,6 +203,9 @@ class SpringParams(BaseModel):
             raise ValueError(f"model_kwargs accepts {', '.join(LOAD_KWARGS)}; got {', '.join(unknown)}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        check_parametric_mode(self.parametric_mode, self.adapters)
+        if self.missing_adapter not in ("error", "icl"):
+            raise ValueError(f"missing_adapter must be 'error' or 'icl', got {self.missing_adapter!r}")
         if self.spring_model is not None:
             if self.model_kwargs:
                 raise ValueError(
@@ -213,6 +236,17 @@ class SpringParams(BaseModel):
         options = dict(self.model_kwargs)
         model, tokenizer = shared_base_model(self.model, options.pop("device", None), options.pop("dtype", None))
         return SpringModel(model, tokenizer, self.tokens, **options)
+
+    @property
+    def parametric_adapters(self) -> Any:
+        """The document adapters in use (opened from ``adapters`` on first use, for the loaded model)."""
+        if self.adapters is None or not isinstance(self.adapters, (str, Path)):
+            return self.adapters
+        if self._adapters is None:
+            with _LOCK:
+                if self._adapters is None:
+                    self._adapters = open_adapters(self.adapters, self.spring.model, model_name=self.model)
+        return self._adapters
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` with the model's own tokenizer (LangChain's default would fetch GPT-2's)."""
@@ -263,9 +297,13 @@ class SpringParams(BaseModel):
             mode = kwargs.get("mode", self.mode)
             if mode not in MODES:
                 raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-            return SpringRequest(sm, prompt, settings, passages=[document_passage(d) for d in documents],
-                                 scores=optional_scores([document_score(d) for d in documents]), mode=mode, k=k,
-                                 weight_temperature=self.weight_temperature)
+            parametric = [ParametricDocument(d.metadata.get(self.adapter_key), document_passage(d), document_score(d))
+                          for d in documents]
+            call = plan_call(self.parametric_adapters, parametric, k=k, missing=self.missing_adapter,
+                             mode=kwargs.get("parametric_mode", self.parametric_mode))
+            return SpringRequest(sm, prompt, settings, passages=call.passages,
+                                 scores=optional_scores(call.scores) if call.passages else None, mode=mode, k=call.k,
+                                 weight_temperature=self.weight_temperature, adapter_ids=call.adapter_ids)
         prompt = resize_block(prompt, k, strict=sm.strict)
         self._check_layout(sm, checked_text if checked_text is not None else prompt, k)
         return SpringRequest(sm, prompt, settings)
@@ -292,7 +330,7 @@ class SpringParams(BaseModel):
         if self.timeout is not None:
             return [self._complete_streamed(request) for request in requests]
         if any(request.passages is not None for request in requests):
-            return [r.spring.generate(r.prompt, r.passages, r.k, **r.passage_kwargs()) for r in requests]
+            return [self._generate_from_documents(r) for r in requests]
         first = requests[0]
         return first.spring.generate_batch([r.prompt for r in requests], **first.settings)
 
@@ -305,8 +343,14 @@ class SpringParams(BaseModel):
     def _open_stream(self, request: SpringRequest) -> GenerationStream:
         """Start generating (blocking: encodes the prompt); iterate ``_deltas(stream)`` for the text."""
         if request.passages is not None:
-            return request.spring.stream(request.prompt, request.passages, request.k, **request.passage_kwargs())
+            # the stream's worker thread starts inside the block, so it keeps the adapters of this call
+            with activated(self.parametric_adapters, request.adapter_ids or []):
+                return request.spring.stream(request.prompt, request.passages, request.k, **request.passage_kwargs())
         return request.spring.stream_from_prompt(request.prompt, **request.settings)
+
+    def _generate_from_documents(self, request: SpringRequest) -> Generation:
+        with activated(self.parametric_adapters, request.adapter_ids or []):
+            return request.spring.generate(request.prompt, request.passages, request.k, **request.passage_kwargs())
 
     def _deltas(self, stream: GenerationStream) -> Iterator[str]:
         """The stream's text deltas, stopped with ``TimeoutError`` once ``timeout`` seconds have passed."""
@@ -338,6 +382,7 @@ class SpringParams(BaseModel):
             "tokens": tokens_fingerprint(tokens),
             "k": self.k,
             "mode": self.mode,
+            "parametric_mode": self.parametric_mode,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "top_p": self.top_p,

@@ -44,8 +44,9 @@ def create_spring_rag_chain(retriever: RetrieverLike, llm: BaseLanguageModel | R
     """A question-in, answer-out chain: retrieve, format the passages, SPRING prompt, model, string.
 
     For a ``ChatSpring``/``SpringLLM`` whose ``mode`` is marginal (``rag-token``, ``rag-sequence``,
-    ``rag-sequence-fast``) the documents are not joined into a prompt: the model gets the question with
-    ``documents=`` and reads each one on its own, weighted by its retriever score.
+    ``rag-sequence-fast``) or whose ``parametric_mode`` is ``prag``/``combine``, the documents are not joined into
+    a prompt: the model gets the question with ``documents=`` and reads each one on its own (weighted by its
+    retriever score) or activates its adapter (put ``ParametricAdapterCompressor`` behind the retriever).
 
     Args:
         retriever: any LangChain retriever (e.g. ``SpringRetriever``).
@@ -57,7 +58,7 @@ def create_spring_rag_chain(retriever: RetrieverLike, llm: BaseLanguageModel | R
     model = _unwrap(llm)
     if k is None:
         k = model.default_k() if isinstance(model, SpringParams) else 0
-    if isinstance(model, SpringParams) and model.mode != "concat":
+    if isinstance(model, SpringParams) and (model.mode != "concat" or model.parametric_mode != "icl"):
         def answer(inputs: dict[str, Any], config: RunnableConfig) -> Any:
             return llm.invoke(inputs["question"], config, documents=inputs["documents"], k=k)
 

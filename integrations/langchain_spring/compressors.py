@@ -1,9 +1,10 @@
 """``ParametricAdapterCompressor``: tags retrieved documents with the id of their parametric adapter.
 
-This is the contract the parametric-RAG work (PRAG: one small adapter per document, merged at query time) will
-fill in. Today it only writes ``metadata[metadata_key]`` (default ``"adapter_id"``) from the document's id, so a
-chain can already carry adapter ids from the retriever to the model; it never drops, reorders or rewrites a
-document. A document without an id gets ``None`` (no adapter: the model reads it in context, as usual).
+In parametric RAG each document has a trained adapter (``spring-rag parametrize``); ``ChatSpring`` /
+``SpringLLM`` with ``adapters=`` and ``parametric_mode="prag"`` or ``"combine"`` activate the adapters named in
+``metadata[metadata_key]`` (default ``"adapter_id"``) for that call only. This compressor writes that id from the
+document's id; it never drops, reorders or rewrites a document. A document without an id gets ``None`` (no
+adapter: an error, or its text in the prompt with ``missing_adapter="icl"``).
 
 Example:
     >>> from langchain_core.documents import Document

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from spring_core.errors import SpringError
 from spring_core.models import DEFAULT_MODEL
+from spring_train.parametric_cli import add_parametric_parsers, run_augment, run_parametrize
 
 DESCRIPTION = """\
 spring-rag: scalable, pluggable virtual tokens (SPRING) for local Hugging Face LLMs.
@@ -30,6 +31,8 @@ examples:
   spring-rag train --data qa.jsonl --corpus corpus.jsonl --out my-tokens --lr 1e-3
                                                    train virtual tokens (see spring-rag train --help)
   spring-rag info my-tokens/                       show an artifact's manifest (base model, n, layout, metrics)
+  spring-rag augment corpus.jsonl --out aug.jsonl  PRAG: rewrites and QA pairs for every document
+  spring-rag parametrize aug.jsonl --out adapters/ PRAG: one LoRA per document (--method poly: shared experts)
   spring-rag import-spring tokens.pt --model {DEFAULT_MODEL} --out my-tokens/
                                                    convert the official SPRING code's .pt file to an artifact
 
@@ -97,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, help="artifact folder to write")
     add_train_parser(commands)
     add_eval_parser(commands)
+    add_parametric_parsers(commands)
     return parser
 
 
@@ -283,6 +287,24 @@ def _run_eval(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def _checked_manifest(artifact: str) -> dict:
+    """Load an artifact of any kind with its checks (every file's SHA-256; token values) and return its manifest."""
+    from spring_core.artifacts import read_manifest, verified_file
+    from spring_core.tokens import VirtualTokens, resolve_artifact
+
+    folder = resolve_artifact(artifact)
+    manifest = read_manifest(folder)
+    if manifest["kind"] == "virtual-tokens":
+        return VirtualTokens.load(folder).manifest
+    if manifest["kind"] == "document-adapters":
+        from spring_core.parametric import AdapterStore
+
+        return AdapterStore.open(folder).manifest
+    for name in manifest["files"]:
+        verified_file(folder, manifest, name)
+    return manifest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -314,10 +336,7 @@ def _run(args: argparse.Namespace) -> int:
             snippet = hit.text if len(hit.text) <= 160 else hit.text[:157] + "..."
             print(f"{rank}. [{hit.score:.3f}] {hit.id}  {hit.title}\n   {snippet}")
     elif args.command == "info":
-        from spring_core.tokens import VirtualTokens
-
-        tokens = VirtualTokens.load(args.artifact)
-        print(json.dumps(tokens.manifest, indent=2))
+        print(json.dumps(_checked_manifest(args.artifact), indent=2))
     elif args.command == "train":
         from spring_train.config import TrainConfig
         from spring_train.trainer import train
@@ -329,6 +348,10 @@ def _run(args: argparse.Namespace) -> int:
               f"{result.final_loss:.4f}, {result.trainable_parameters:,} trained parameters")
     elif args.command == "eval":
         _run_eval(args)
+    elif args.command == "augment":
+        run_augment(args)
+    elif args.command == "parametrize":
+        run_parametrize(args)
     elif args.command == "import-spring":
         from spring_core.tokens import VirtualTokens
 

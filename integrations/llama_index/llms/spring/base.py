@@ -21,6 +21,7 @@ import asyncio
 import functools
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from llama_index.core.base.llms.generic_utils import (
@@ -47,6 +48,14 @@ from spring_core import Generation, SpringModel
 from spring_core.aio import iterate_in_thread
 from spring_core.decoding import MODES, optional_scores
 from spring_core.models import DEFAULT_MODEL
+from spring_core.parametric.online import (
+    PARAMETRIC_MODES,
+    ParametricDocument,
+    activated,
+    check_parametric_mode,
+    open_adapters,
+    plan_call,
+)
 from spring_core.prompts import Passage, resize_block
 
 _SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed", "stop")
@@ -81,8 +90,15 @@ class SpringLLM(CustomLLM):
     strict: bool = Field(default=False, description="Raise on stray markers in prompts instead of warning.")
     mode: str = Field(default="concat", description="How answer() reads separate passages: " + ", ".join(MODES))
     weight_temperature: float = Field(default=1.0, gt=0, description="Passage weights: softmax(scores / this).")
+    adapters: Any = Field(default=None, description="Parametric RAG: a folder from `spring-rag parametrize` "
+                                                    "(PRAG store or Poly-PRAG experts), or loaded adapters.")
+    parametric_mode: str = Field(default="icl", description="How answer() uses retrieved documents: "
+                                                            + ", ".join(PARAMETRIC_MODES))
+    missing_adapter: str = Field(default="error", description="A document without adapter: 'error' or 'icl' "
+                                                              "(read its text instead, logged).")
 
     _spring: SpringModel = PrivateAttr()
+    _adapters: Any = PrivateAttr(default=None)
     _warned_packed: bool = PrivateAttr(default=False)
 
     def __init__(self, *, model: Any = None, tokenizer: Any = None, spring_model: SpringModel | None = None,
@@ -96,6 +112,11 @@ class SpringLLM(CustomLLM):
                 layout=self.prompt_layout, strict=self.strict,
             )
         self._spring = spring_model
+        if isinstance(self.adapters, (str, Path)):
+            self._adapters = open_adapters(self.adapters, spring_model.model, model_name=self.model_name)
+        else:
+            self._adapters = self.adapters
+        check_parametric_mode(self.parametric_mode, self._adapters)
         self.prompt_layout = self.prompt_layout or spring_model.layout
         if not self.context_window:
             self.context_window = int(getattr(spring_model.model.config, "max_position_embeddings", 2048))
@@ -158,23 +179,34 @@ class SpringLLM(CustomLLM):
 
     @llm_completion_callback()
     def answer(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None = None,
-               **kwargs: Any) -> CompletionResponse:
+               adapter_ids: Sequence[str | None] | None = None, **kwargs: Any) -> CompletionResponse:
         """Answer ``query`` from ``passages`` read as separate passages with ``mode`` (per call: ``mode=``).
 
         LlamaIndex's instrumentation sees the call as a completion whose prompt is ``query``. ``scores`` are the
         retriever's (higher is better, e.g. ``NodeWithScore.score``); ``None`` or all-``None`` weighs the passages
-        equally. Other keyword arguments: ``k`` and the generation settings of ``complete``.
+        equally. ``adapter_ids`` name each passage's document adapter for ``parametric_mode`` ``prag`` /
+        ``combine`` (per call: ``parametric_mode=``); they are active for this call only. Other keyword arguments:
+        ``k`` and the generation settings of ``complete``.
 
         Example:
             >>> llm = SpringLLM(tokens="my-tokens/", mode="rag-token", k=10)                 # doctest: +SKIP
             >>> llm.answer("Who founded X?", ["X was founded by Y.", "Z is in W."], [0.8, 0.3]).text  # doctest: +SKIP
             'Y'
         """
-        settings = self._settings(kwargs, extra=("mode",))
+        settings = self._settings(kwargs, extra=("mode", "parametric_mode"))
         mode, k = kwargs.get("mode", self.mode), kwargs.get("k", self.k)
-        weights = optional_scores(scores) if scores is not None else None
-        generation = self._spring.generate(query, list(passages), k, mode=mode, scores=weights,
-                                           weight_temperature=self.weight_temperature, **settings)
+        parametric_mode = kwargs.get("parametric_mode", self.parametric_mode)
+        scores = list(scores) if scores is not None else [None] * len(passages)
+        ids = list(adapter_ids) if adapter_ids is not None else [None] * len(passages)
+        if not len(scores) == len(ids) == len(passages):
+            raise ValueError(f"got {len(passages)} passages, {len(scores)} scores and {len(ids)} adapter ids; "
+                             "give one of each per passage")
+        documents = [ParametricDocument(i, p, s) for i, p, s in zip(ids, passages, scores, strict=True)]
+        call = plan_call(self._adapters, documents, mode=parametric_mode, k=k, missing=self.missing_adapter)
+        weights = optional_scores(call.scores) if call.passages else None
+        with activated(self._adapters, call.adapter_ids):
+            generation = self._spring.generate(query, call.passages, call.k, mode=mode, scores=weights,
+                                               weight_temperature=self.weight_temperature, **settings)
         return _response(generation)
 
     async def aanswer(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None = None,

@@ -38,16 +38,19 @@ def spring_query_engine(index_or_retriever: BaseIndex | BaseRetriever, llm: Spri
 
     With ``llm.mode == "concat"`` (the default) it is LlamaIndex's own synthesizer with the three SPRING templates
     set; ``response_mode`` is any of LlamaIndex's (``compact`` by default, ``refine``, ``tree_summarize``, ...).
-    With a marginal mode (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``) the nodes must reach the LLM one
-    by one, so the engine uses ``SpringSynthesizer`` and a ``response_mode`` (which would repack them) is refused.
+    With a marginal mode (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``) or a parametric mode (``prag``,
+    ``combine``) the nodes must reach the LLM one by one, with their adapter ids (add
+    ``ParametricAdapterPostprocessor`` to ``node_postprocessors``), so the engine uses ``SpringSynthesizer`` and a
+    ``response_mode`` (which would repack them) is refused.
     ``kwargs`` go to ``as_query_engine`` / ``RetrieverQueryEngine.from_args`` (e.g. ``similarity_top_k``,
     ``node_postprocessors``, ``streaming``).
     """
-    if llm.mode != "concat":
+    if llm.mode != "concat" or llm.parametric_mode != "icl":
         if response_mode is not None:
             raise ValueError(
-                f"SpringLLM(mode={llm.mode!r}) reads every retrieved node on its own, but response_mode="
-                f"{response_mode!r} packs the nodes into one prompt; drop response_mode, or use mode='concat'"
+                f"SpringLLM(mode={llm.mode!r}, parametric_mode={llm.parametric_mode!r}) reads every retrieved node "
+                f"on its own, but response_mode={response_mode!r} packs the nodes into one prompt; drop "
+                "response_mode, or use mode='concat' and parametric_mode='icl'"
             )
         synthesizer = SpringSynthesizer(llm=llm, k=k, streaming=kwargs.pop("streaming", False))
         options: dict[str, Any] = {"response_synthesizer": synthesizer}

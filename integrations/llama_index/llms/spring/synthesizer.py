@@ -1,5 +1,6 @@
 """``SpringSynthesizer``: a LlamaIndex response synthesizer that hands the retrieved nodes to ``SpringLLM`` one by
-one, with their scores, so RAG-Token / RAG-Sequence decoding can weigh each passage.
+one, with their scores and adapter ids, so RAG-Token / RAG-Sequence decoding can weigh each passage and parametric
+RAG can activate each document's adapter.
 
 LlamaIndex's built-in synthesizers join the nodes into one ``context_str`` (``compact`` even repacks them to fill
 the context window), after which no LLM can tell the passages apart. This one never joins them: each node's text
@@ -34,14 +35,18 @@ class SpringSynthesizer(BaseSynthesizer):
         llm: the ``SpringLLM`` that answers.
         k: virtual tokens per passage (default: the LLM's ``k``, else all of its tokens).
         streaming: yield the answer as a stream; the marginal modes settle it at the end, so it comes as one piece.
+        adapter_key: node metadata that names the document adapter (``ParametricAdapterPostprocessor`` writes it),
+            for the LLM's ``parametric_mode``.
         **kwargs: the other ``BaseSynthesizer`` options (``callback_manager``, ``empty_response``, ...).
     """
 
-    def __init__(self, llm: SpringLLM, k: int | None = None, streaming: bool = False, **kwargs: Any) -> None:
+    def __init__(self, llm: SpringLLM, k: int | None = None, streaming: bool = False, adapter_key: str = "adapter_id",
+                 **kwargs: Any) -> None:
         if not isinstance(llm, SpringLLM):
             raise TypeError(f"SpringSynthesizer needs a SpringLLM, got {type(llm).__name__}")
         super().__init__(llm=llm, streaming=streaming, **kwargs)
         self._k = k
+        self._adapter_key = adapter_key
 
     def _get_prompts(self) -> PromptDictType:
         return {}  # the prompt is SPRING's layout, built per passage by SpringModel
@@ -51,14 +56,16 @@ class SpringSynthesizer(BaseSynthesizer):
 
     def synthesize(self, query: QueryType, nodes: list[NodeWithScore],
                    additional_source_nodes: Sequence[NodeWithScore] | None = None, **response_kwargs: Any) -> Any:
-        # get_response only sees the nodes' texts, so the scores travel beside them.
+        # get_response only sees the nodes' texts, so their scores and adapter ids travel beside them.
         response_kwargs.setdefault("scores", [node.score for node in nodes])
+        response_kwargs.setdefault("adapter_ids", _adapter_ids(nodes, self._adapter_key))
         return super().synthesize(query, nodes, additional_source_nodes, **response_kwargs)
 
     async def asynthesize(self, query: QueryType, nodes: list[NodeWithScore],
                           additional_source_nodes: Sequence[NodeWithScore] | None = None,
                           **response_kwargs: Any) -> Any:
         response_kwargs.setdefault("scores", [node.score for node in nodes])
+        response_kwargs.setdefault("adapter_ids", _adapter_ids(nodes, self._adapter_key))
         return await super().asynthesize(query, nodes, additional_source_nodes, **response_kwargs)
 
     def get_response(self, query_str: str, text_chunks: Sequence[str], scores: Sequence[float | None] | None = None,
@@ -77,6 +84,10 @@ class SpringSynthesizer(BaseSynthesizer):
         if self._k is not None:
             response_kwargs.setdefault("k", self._k)
         return llm.answer(query_str, list(text_chunks), scores, **response_kwargs).text
+
+
+def _adapter_ids(nodes: Sequence[NodeWithScore], key: str) -> list[str | None]:
+    return [node.node.metadata.get(key) for node in nodes]
 
 
 def _once(text: str) -> Generator[str, None, None]:

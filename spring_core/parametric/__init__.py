@@ -1,0 +1,35 @@
+"""Parametric RAG: documents as LoRA adapters in an indexed store, applied per call without touching the base.
+
+- ``AdapterStore`` / ``LoraSpec``: sharded safetensors of per-document adapters, integrity-checked on open
+- ``DocumentAdapters`` / ``LoraUpdate``: the summed update of retrieved documents, active for one call only
+- ``PolyAdapters`` (``spring_core.parametric.poly``): Poly-PRAG's latent experts and per-document routing
+- ``answer_with_adapters`` / ``plan_call``: the modes ``icl``, ``prag``, ``combine`` (+ SPRING tokens)
+- ``spring_core.parametric.augment``: the LLM's rewrites and QA pairs per document (``spring-rag augment``)
+"""
+
+from spring_core.parametric.lora import DocumentAdapters, LoraUpdate, active_update, install_hooks
+from spring_core.parametric.online import (
+    PARAMETRIC_MODES,
+    ParametricDocument,
+    activated,
+    answer_with_adapters,
+    open_adapters,
+    plan_call,
+)
+from spring_core.parametric.store import AdapterStore, LoraSpec, UnknownDocumentError
+
+__all__ = [
+    "PARAMETRIC_MODES",
+    "AdapterStore",
+    "DocumentAdapters",
+    "LoraSpec",
+    "LoraUpdate",
+    "ParametricDocument",
+    "UnknownDocumentError",
+    "activated",
+    "active_update",
+    "answer_with_adapters",
+    "install_hooks",
+    "open_adapters",
+    "plan_call",
+]

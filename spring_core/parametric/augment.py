@@ -1,0 +1,221 @@
+"""PRAG document augmentation: the LLM writes a rewrite and question-answer pairs for every corpus document.
+
+Each document gets one output line in the augmented JSONL::
+
+    {"id", "title", "text", "status": "ok" | "failed", "rewrite", "qa": [{"question", "answer"}, ...],
+     "attempts", "error", "prompt_version", "augmenter"}
+
+The QA answer must be a JSON list; output that does not parse, or holds fewer than ``min_pairs`` usable pairs, is
+retried up to ``max_attempts`` times (the first attempt greedy, retries sampled with a seed derived from ``seed``,
+the document id and the attempt), then the document is written as ``failed`` with the reason: counted and
+reported, never dropped. Lines are appended as documents finish, so an interrupted run resumes: ids already in
+the output are skipped (``retry_failed=True`` tries the failed ones again; the newest line of an id wins).
+
+Example:
+    >>> report = augment_corpus(sm, read_corpus("corpus.jsonl"), "aug.jsonl", seed=0)     # doctest: +SKIP
+    >>> report.ok, report.failed                                                           # doctest: +SKIP
+    (48, 2)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spring_core.data import iter_jsonl
+from spring_core.errors import DataError, MarkerError, SpringError
+from spring_core.parametric.prompts import PROMPT_VERSION, qa_prompt, rewrite_prompt
+from spring_core.spring_model import SpringModel
+
+_OBJECT = re.compile(r"\{[^{}]*\}")
+
+
+@dataclass
+class AugmentReport:
+    """What one ``augment_corpus`` call did."""
+
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seconds_per_document(self) -> float:
+        done = self.ok + self.failed
+        return self.seconds / done if done else 0.0
+
+
+def parse_qa(text: str, *, count: int = 3, min_pairs: int = 1) -> list[dict[str, str]]:
+    """The first ``count`` distinct ``{"question", "answer"}`` pairs in the model's JSON answer.
+
+    Reads the outermost ``[...]`` list, else any flat ``{...}`` objects in the text (small models often break the
+    list but keep the objects). Raises ``ValueError`` saying what was wrong when fewer than ``min_pairs`` remain.
+
+    Example:
+        >>> parse_qa('Sure! [{"question": "Who?", "answer": "Ada"}]')
+        [{'question': 'Who?', 'answer': 'Ada'}]
+    """
+    items: list[Any] = []
+    start, end = text.find("["), text.rfind("]")
+    if 0 <= start < end:
+        try:
+            parsed = json.loads(text[start:end + 1])
+            items = parsed if isinstance(parsed, list) else []
+        except json.JSONDecodeError:
+            items = []
+    if not items:
+        for match in _OBJECT.finditer(text):
+            try:
+                items.append(json.loads(match.group(0)))
+            except json.JSONDecodeError:
+                continue
+    pairs: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        question, answer = item.get("question"), item.get("answer")
+        if not isinstance(question, str) or not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+            continue
+        question, answer = question.strip(), str(answer).strip()
+        if question and answer and question.lower() not in seen:
+            seen.add(question.lower())
+            pairs.append({"question": question, "answer": answer})
+    if len(pairs) < min_pairs:
+        found = "no JSON list or object" if not items else f"{len(pairs)} usable question/answer pair(s)"
+        raise ValueError(f"{found} in the model's answer (need {min_pairs})")
+    return pairs[:count]
+
+
+def read_augmented(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The newest line per document id of an augmented JSONL (a half-written last line is dropped)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):  # a run killed mid-write: that document is augmented again
+        path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
+    rows: dict[str, dict[str, Any]] = {}
+    for number, row in iter_jsonl(path):
+        if not isinstance(row.get("id"), str) or row.get("status") not in ("ok", "failed"):
+            raise DataError(f"{path}:{number}: not an augmented document (needs a string 'id' and 'status' ok/failed)")
+        if row["status"] == "ok" and (not isinstance(row.get("rewrite"), str) or not isinstance(row.get("qa"), list)):
+            raise DataError(f"{path}:{number}: an 'ok' document needs 'rewrite' (text) and 'qa' (a list)")
+        rows[row["id"]] = row
+    return rows
+
+
+def augment_corpus(sm: SpringModel, corpus: Sequence[dict[str, Any]], out: str | Path, *, seed: int = 0,
+                   pairs: int = 3, min_pairs: int = 1, max_attempts: int = 3, batch_size: int = 8,
+                   max_new_tokens: int = 256, retry_failed: bool = False,
+                   show_progress: bool = True) -> AugmentReport:
+    """Augment every document of ``corpus`` not yet in ``out`` (see the module docstring); returns the counts."""
+    if max_attempts < 1 or pairs < 1 or not 1 <= min_pairs <= pairs:
+        raise SpringError(f"need max_attempts >= 1 and 1 <= min_pairs <= pairs, got {max_attempts}, {min_pairs}, "
+                          f"{pairs}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = read_augmented(out)
+    report = AugmentReport()
+    todo = []
+    for row in corpus:
+        previous = done.get(row["id"])
+        if previous is not None and not (retry_failed and previous["status"] == "failed"):
+            report.skipped += 1
+        else:
+            todo.append(row)
+    began = time.perf_counter()
+    progress = _progress(len(todo), show_progress)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        settings = {"seed": seed, "pairs": pairs, "min_pairs": min_pairs, "max_attempts": max_attempts,
+                    "max_new_tokens": max_new_tokens}
+        try:
+            results = _augment_chunk(sm, chunk, **settings)
+        except MarkerError:  # a document holds marker-like text such as "[r1]": find it, keep the others
+            results = [_augment_alone(sm, row, settings) for row in chunk]
+        with out.open("a", encoding="utf-8") as handle:
+            for result in results:
+                handle.write(json.dumps(result, ensure_ascii=False) + "\n")
+        for result in results:
+            if result["status"] == "ok":
+                report.ok += 1
+            else:
+                report.failed += 1
+                report.failures[result["id"]] = result["error"]
+        progress.update(len(chunk))
+        progress.set_postfix(ok=report.ok, failed=report.failed)
+    progress.close()
+    report.seconds = time.perf_counter() - began
+    return report
+
+
+def _augment_chunk(sm: SpringModel, rows: Sequence[dict[str, Any]], *, seed: int, pairs: int, min_pairs: int,
+                   max_attempts: int, max_new_tokens: int) -> list[dict[str, Any]]:
+    passages = [_passage_text(row) for row in rows]
+    greedy = {"max_new_tokens": max_new_tokens}
+    rewrites = sm.generate_batch([_user_turn(sm, rewrite_prompt(p)) for p in passages], batch_size=len(rows),
+                                 **greedy)
+    first_qa = sm.generate_batch([_user_turn(sm, qa_prompt(p, pairs)) for p in passages], batch_size=len(rows),
+                                 **greedy)
+    results = []
+    for row, passage, rewrite, answer in zip(rows, passages, rewrites, first_qa, strict=True):
+        result = {"id": row["id"], "title": row.get("title", ""), "text": row["text"], "status": "failed",
+                  "rewrite": rewrite.text.strip() or None, "qa": [], "attempts": 0, "error": None,
+                  "prompt_version": PROMPT_VERSION, "augmenter": sm.name}
+        text = answer.text
+        for attempt in range(1, max_attempts + 1):
+            result["attempts"] = attempt
+            if attempt > 1:  # retries sample, with a seed of their own
+                text = sm.generate_from_prompt(_user_turn(sm, qa_prompt(passage, pairs)), temperature=0.8,
+                                               seed=_seed(seed, row["id"], attempt), **greedy).text
+            try:
+                result["qa"] = parse_qa(text, count=pairs, min_pairs=min_pairs)
+                break
+            except ValueError as exc:
+                result["error"] = str(exc)
+        if result["qa"] and result["rewrite"]:
+            result["status"], result["error"] = "ok", None
+        elif not result["rewrite"]:
+            result["error"] = "the model wrote an empty rewrite"
+        results.append(result)
+    return results
+
+
+def _augment_alone(sm: SpringModel, row: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return _augment_chunk(sm, [row], **settings)[0]
+    except MarkerError as exc:
+        return {"id": row["id"], "title": row.get("title", ""), "text": row["text"], "status": "failed",
+                "rewrite": None, "qa": [], "attempts": 0, "error": f"refused: {exc}",
+                "prompt_version": PROMPT_VERSION, "augmenter": sm.name}
+
+
+def _passage_text(row: dict[str, Any]) -> str:
+    title = str(row.get("title") or "").strip()
+    return f"{title}\n{row['text']}" if title else str(row["text"])
+
+
+def _user_turn(sm: SpringModel, text: str) -> str:
+    """``text`` as one user turn of the model's chat template (instruct models expect it), else as it is."""
+    if getattr(sm.tokenizer, "chat_template", None):
+        return sm.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                add_generation_prompt=True)
+    return text
+
+
+def _seed(seed: int, doc_id: str, attempt: int) -> int:
+    return zlib.crc32(f"{seed}:{doc_id}:{attempt}".encode())
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="augment", unit="doc", disable=not enabled)

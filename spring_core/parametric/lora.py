@@ -1,0 +1,165 @@
+"""Apply the summed LoRA update of retrieved documents to a frozen model for one call, never writing its weights.
+
+PRAG answers with ``W + sum_i (alpha / r) B_i A_i`` on each target module, for the retrieved documents ``i``. Here
+that update is never merged: forward hooks on the target modules add ``x @ A^T @ B^T`` to their output, where
+``A`` and ``B`` are the documents' factors stacked along the rank (``[sum r, in]``, ``[out, sum r]``, the scale
+folded into ``B``), which is exactly the sum of the per-document updates.
+
+Which update a forward pass sees is held in a ``contextvars.ContextVar``: every thread and every asyncio task has
+its own, so concurrent requests with different documents never see each other's adapters, and a pass with no
+active update runs the untouched modules (the hooks return ``None``), bit for bit the base model.
+
+Example:
+    >>> adapters = DocumentAdapters(AdapterStore.open("adapters/", model=model), model)   # doctest: +SKIP
+    >>> with adapters.activate(["doc-1", "doc-7", "doc-9"]):                             # doctest: +SKIP
+    ...     answer = sm.generate(question, passages=None)                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from spring_core.parametric.store import AdapterStore, LoraSpec
+
+
+class Update(Protocol):
+    """Anything a hooked module can ask for its extra output: ``LoraUpdate``, or a per-row update in training."""
+
+    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor | None: ...
+
+
+_ACTIVE: ContextVar[Update | None] = ContextVar("spring_rag_active_lora_update", default=None)
+_INSTALL_LOCK = threading.Lock()
+_HOOKED = "_spring_rag_lora_hooks"
+
+
+@dataclass(frozen=True)
+class LoraUpdate:
+    """The summed update of some documents: per module name, ``(A [R, in], B [out, R])`` with the scale in ``B``.
+
+    Example:
+        >>> update = LoraUpdate.sum(spec, [store.get("doc-1"), store.get("doc-2")], model)   # doctest: +SKIP
+        >>> sorted(update.factors)[0], update.factors["model.layers.0.mlp.up_proj"][0].shape  # doctest: +SKIP
+        ('model.layers.0.mlp.down_proj', torch.Size([4, 576]))
+    """
+
+    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+
+    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        """What module ``name`` adds to its output for input ``x`` (``None``: nothing)."""
+        factors = self.factors.get(name)
+        if factors is None:
+            return None
+        a, b = factors
+        return x.to(a.dtype) @ a.T @ b.T
+
+    @classmethod
+    def sum(cls, spec: LoraSpec, adapters: Sequence[Mapping[str, torch.Tensor]], model: Any,
+            weights: Sequence[float] | None = None) -> LoraUpdate:
+        """``sum_i w_i (alpha / r) B_i A_i`` (``w_i = 1`` by default) as stacked factors on ``model``'s modules'
+        device and dtype."""
+        if weights is not None and len(weights) != len(adapters):
+            raise ValueError(f"got {len(adapters)} adapters but {len(weights)} weights")
+        modules = dict(model.named_modules())
+        factors = {}
+        for name in spec.modules:
+            weight = modules[name].weight
+            a = torch.cat([adapter[f"{name}.lora_A"] for adapter in adapters], dim=0)
+            b = torch.cat([adapter[f"{name}.lora_B"] * (spec.scale * (1.0 if weights is None else weights[i]))
+                           for i, adapter in enumerate(adapters)], dim=1)
+            factors[name] = (a.to(weight.device, weight.dtype), b.to(weight.device, weight.dtype))
+        return cls(factors)
+
+
+def install_hooks(model: Any, module_names: Sequence[str]) -> None:
+    """Hook ``module_names`` of ``model`` once (idempotent); a hook adds the active update of the calling context."""
+    with _INSTALL_LOCK:
+        hooked: set[str] = getattr(model, _HOOKED, None) or set()
+        modules = dict(model.named_modules())
+        for name in module_names:
+            if name in hooked:
+                continue
+            if name not in modules:
+                raise KeyError(f"the model has no module {name!r}; the adapters were made for another architecture")
+            modules[name].register_forward_hook(_make_hook(name))
+            hooked.add(name)
+        setattr(model, _HOOKED, hooked)
+
+
+def _make_hook(name: str) -> Any:
+    def add_active_update(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
+        update = _ACTIVE.get()
+        delta = None if update is None else update.delta(name, args[0])
+        if delta is None:
+            return None  # the module's own output, untouched
+        return output + delta.to(output.dtype)
+
+    return add_active_update
+
+
+@contextmanager
+def active_update(update: Update | None) -> Iterator[None]:
+    """Make ``update`` the one forward passes in this context (thread / asyncio task) see, until the block ends."""
+    token = _ACTIVE.set(update)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+class DocumentAdapters:
+    """A store's adapters on one model: the summed update of any set of documents, cached, activated per call.
+
+    Args:
+        store: the ``AdapterStore`` (its fingerprint is checked against ``model`` on open).
+        model: the frozen base model; its weights are only read.
+        cache_size: how many recent document combinations keep their stacked factors in memory.
+
+    Example:
+        >>> adapters = DocumentAdapters(store, model)                                     # doctest: +SKIP
+        >>> with adapters.activate(["doc-1", "doc-2"]):                                   # doctest: +SKIP
+        ...     logits = model(input_ids).logits                                          # doctest: +SKIP
+    """
+
+    def __init__(self, store: AdapterStore, model: Any, *, cache_size: int = 32):
+        self.store = store
+        self.model = model
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, ...], LoraUpdate] = OrderedDict()
+        self._lock = threading.Lock()
+        install_hooks(model, list(store.spec.modules))
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self.store
+
+    def update_for(self, doc_ids: Sequence[str]) -> LoraUpdate | None:
+        """The summed update of ``doc_ids`` (``None`` for no documents); unknown ids raise
+        ``UnknownDocumentError``."""
+        key = tuple(doc_ids)
+        if not key:
+            return None
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        update = LoraUpdate.sum(self.store.spec, [self.store.get(doc_id) for doc_id in key], self.model)
+        with self._lock:
+            self._cache[key] = update
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return update
+
+    @contextmanager
+    def activate(self, doc_ids: Sequence[str]) -> Iterator[LoraUpdate | None]:
+        """Forward passes in this block (this thread / task only) run with the documents' summed update."""
+        update = self.update_for(doc_ids)
+        with active_update(update):
+            yield update

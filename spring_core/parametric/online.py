@@ -1,0 +1,127 @@
+"""Answering with parametric knowledge: the retrieved documents' adapters, their text, or both, for one call.
+
+Modes (the Parametric RAG paper's):
+
+=============  ================================================================================================
+``icl``        the passages in the prompt only (standard RAG; no adapter is touched)
+``prag``       the documents' adapters only; the prompt holds just the question
+``combine``    both; with SPRING tokens loaded and ``k > 0`` this is combine + SPRING
+=============  ================================================================================================
+
+A document without an adapter raises ``UnknownDocumentError`` unless ``missing="icl"``: then its passage goes into
+the prompt instead (in every mode) and a warning is logged, so the fallback is never silent.
+
+Example:
+    >>> adapters = open_adapters("adapters/", sm.model)                                     # doctest: +SKIP
+    >>> docs = [ParametricDocument("doc-3", passage, 12.1), ParametricDocument("doc-9", other, 8.0)]  # doctest: +SKIP
+    >>> answer_with_adapters(sm, adapters, "Who founded X?", docs, mode="combine", k=10).text  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spring_core.artifacts import read_manifest
+from spring_core.errors import SpringError
+from spring_core.parametric.lora import DocumentAdapters
+from spring_core.parametric.store import AdapterStore, UnknownDocumentError
+from spring_core.prompts import Passage
+from spring_core.spring_model import Generation, SpringModel
+
+PARAMETRIC_MODES = ("icl", "prag", "combine")
+MISSING = ("error", "icl")
+logger = logging.getLogger("spring_rag.parametric")
+
+
+@dataclass(frozen=True)
+class ParametricDocument:
+    """A retrieved document: its adapter id (``None``: it has none), its passage and its retriever score."""
+
+    adapter_id: str | None
+    passage: Passage
+    score: float | None = None
+
+
+def open_adapters(folder: str | Path, model: Any, *, model_name: str = "this model") -> Any:
+    """The adapters in ``folder`` for ``model``: a PRAG store (``DocumentAdapters``) or Poly-PRAG experts."""
+    kind = read_manifest(folder)["kind"]
+    if kind == "document-adapters":
+        return DocumentAdapters(AdapterStore.open(folder, model=model, model_name=model_name), model)
+    if kind == "poly-experts":
+        from spring_core.parametric.poly import PolyAdapters
+
+        return PolyAdapters.open(folder, model, model_name=model_name)
+    raise SpringError(f"{folder} holds a {kind!r} artifact, not document adapters (PRAG) or experts (Poly-PRAG)")
+
+
+def check_parametric_mode(mode: str, adapters: Any) -> None:
+    """Raise ``ValueError`` for an unknown mode, or for ``prag``/``combine`` without adapters."""
+    if mode not in PARAMETRIC_MODES:
+        raise ValueError(f"unknown parametric mode {mode!r}; choose one of {', '.join(PARAMETRIC_MODES)}")
+    if mode != "icl" and adapters is None:
+        raise ValueError(f"parametric mode {mode!r} needs adapters: pass adapters= (a folder from "
+                         "`spring-rag parametrize`)")
+
+
+@dataclass(frozen=True)
+class ParametricCall:
+    """What one call reads: the passages (and scores) for the prompt, ``k``, and the adapters to activate."""
+
+    passages: list[Passage]
+    scores: list[float | None]
+    k: int | None
+    adapter_ids: list[str]
+
+
+def plan_call(adapters: Any, documents: Sequence[ParametricDocument], *, mode: str, k: int | None,
+              missing: str = "error") -> ParametricCall:
+    """Split the documents between prompt and adapters as ``mode`` says (see the module docstring).
+
+    ``k`` defaults to 0 in ``prag`` (no passages for the tokens to follow) and to ``None`` (all tokens) otherwise.
+    """
+    check_parametric_mode(mode, adapters)
+    if missing not in MISSING:
+        raise ValueError(f"missing must be one of {', '.join(MISSING)}, got {missing!r}")
+    with_adapter = [d for d in documents if mode != "icl" and d.adapter_id is not None and d.adapter_id in adapters]
+    without = [d for d in documents if d not in with_adapter]
+    if mode != "icl" and without:
+        unknown = [d.adapter_id for d in without]
+        if missing == "error":
+            raise UnknownDocumentError(f"no adapter for document(s) {unknown}; encode them with `spring-rag "
+                                       "parametrize`, or pass missing='icl' to read their text instead")
+        logger.warning("no adapter for document(s) %s: their passages go into the prompt instead (missing='icl')",
+                       unknown)
+    in_prompt = list(documents) if mode in ("icl", "combine") else without
+    if k is None and mode == "prag":
+        k = 0
+    return ParametricCall([d.passage for d in in_prompt], [d.score for d in in_prompt], k,
+                          [str(d.adapter_id) for d in with_adapter])
+
+
+@contextmanager
+def activated(adapters: Any, adapter_ids: Sequence[str]) -> Iterator[None]:
+    """``adapters.activate(adapter_ids)`` when there is anything to activate, else nothing at all."""
+    if adapters is None or not adapter_ids:
+        yield
+        return
+    with adapters.activate(list(adapter_ids)):
+        yield
+
+
+def answer_with_adapters(sm: SpringModel, adapters: Any, question: str, documents: Sequence[ParametricDocument], *,
+                         mode: str = "combine", k: int | None = None, decoding: str = "concat",
+                         missing: str = "error", weight_temperature: float = 1.0, **settings: Any) -> Generation:
+    """Answer ``question`` with the documents' knowledge as ``mode`` says; ``decoding`` is ``SpringModel.generate``'s
+    ``mode`` for the passages in the prompt, ``settings`` its generation settings."""
+    call = plan_call(adapters, documents, mode=mode, k=k, missing=missing)
+    generate_kwargs: dict[str, Any] = dict(settings)
+    if decoding != "concat":
+        scores = None if any(s is None for s in call.scores) else call.scores
+        generate_kwargs.update(mode=decoding, weight_temperature=weight_temperature, scores=scores)
+    with activated(adapters, call.adapter_ids):
+        return sm.generate(question, call.passages, call.k, **generate_kwargs)

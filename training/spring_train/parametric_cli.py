@@ -1,0 +1,150 @@
+"""``spring-rag augment`` and ``spring-rag parametrize``: the offline half of Parametric RAG on the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spring_core.errors import SpringError
+from spring_core.models import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from spring_core.spring_model import SpringModel
+    from spring_train.parametrize import ParametrizeReport
+
+AUGMENT_EPILOG = """\
+output: one JSON line per document, {"id", "title", "text", "status": "ok"|"failed", "rewrite", "qa":
+[{"question", "answer"}, ...], "attempts", "error", "prompt_version", "augmenter"}. A document whose QA answer is
+not usable JSON after --max-attempts is written as failed, with the reason, and counted in the summary.
+Re-running skips the ids already in --out (add --retry-failed to try the failed ones again).
+
+example:
+  spring-rag augment corpus.jsonl --out aug.jsonl --limit 100
+"""
+
+PARAMETRIZE_EPILOG = """\
+methods:
+  prag   one LoRA per document (rank 2, alpha 32, gate/up/down projections, lr 3e-4, one shared initialisation),
+         trained on each QA pair with the passage, with the rewrite and alone; written to an indexed adapter
+         store (sharded safetensors). Re-running skips the documents already in the store.
+  poly   Poly-PRAG: --experts latent LoRA experts shared by all documents plus one routing vector per document,
+         trained jointly. With --add, an existing --out keeps its experts frozen and only the new documents get
+         routing vectors.
+
+examples:
+  spring-rag parametrize aug.jsonl --method prag --out adapters/
+  spring-rag parametrize aug.jsonl --method poly --experts 16 --out poly/
+  spring-rag parametrize more-aug.jsonl --method poly --out poly/ --add
+"""
+
+
+def add_parametric_parsers(commands: argparse._SubParsersAction) -> None:
+    augment = commands.add_parser(
+        "augment", help="PRAG step 1: the LLM writes a rewrite and QA pairs for every corpus document",
+        description="For each document of a {\"id\",\"title\",\"text\"} corpus JSONL, the model writes one rewrite "
+                    "(keeping entities, names and numbers) and QA pairs as JSON, for `spring-rag parametrize`.",
+        epilog=AUGMENT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    augment.add_argument("corpus", help="corpus JSONL file")
+    augment.add_argument("--out", required=True, help="augmented JSONL to write (appended; a rerun resumes)")
+    augment.add_argument("--model", default=DEFAULT_MODEL, help=f"the LLM that writes (default: {DEFAULT_MODEL})")
+    augment.add_argument("--limit", type=int, help="augment only the first N documents")
+    augment.add_argument("--pairs", type=int, default=3, help="QA pairs per document (default: 3)")
+    augment.add_argument("--max-attempts", type=int, default=3, help="tries for usable QA JSON (default: 3)")
+    augment.add_argument("--seed", type=int, default=0, help="seed of the sampled retries (default: 0)")
+    augment.add_argument("--batch-size", type=int, default=8, help="documents per generate call (default: 8)")
+    augment.add_argument("--retry-failed", action="store_true", help="try the documents that failed before again")
+    augment.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    encode = commands.add_parser(
+        "parametrize", help="PRAG step 2: encode augmented documents as LoRA adapters (prag) or routed experts (poly)",
+        description="Train parametric knowledge from `spring-rag augment` output; the result is used by SpringLLM / "
+                    "ChatSpring (adapters=...) and spring_core.parametric.",
+        epilog=PARAMETRIZE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    encode.add_argument("augmented", help="augmented JSONL from `spring-rag augment`")
+    encode.add_argument("--out", required=True, help="adapter store (prag) or expert artifact (poly) folder")
+    encode.add_argument("--method", choices=["prag", "poly"], default="prag", help="default: prag")
+    encode.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL})")
+    encode.add_argument("--rank", type=int, default=2, help="LoRA rank (default: 2)")
+    encode.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha (default: 32)")
+    encode.add_argument("--lr", type=float, default=3e-4, help="learning rate (default: 3e-4)")
+    encode.add_argument("--epochs", type=int, help="passes over each document's examples (default: prag 1, poly 2)")
+    encode.add_argument("--docs-per-batch", type=int, default=8,
+                        help="prag: documents trained side by side, same result as one by one (default: 8)")
+    encode.add_argument("--half", action="store_true", help="store the adapters in float16 (half the disk)")
+    encode.add_argument("--experts", type=int, default=16, help="poly: latent experts (default: 16)")
+    encode.add_argument("--top-experts", type=int, default=4, help="poly: experts a query's mix keeps (default: 4)")
+    encode.add_argument("--routing-lr", type=float, default=1e-2, help="poly: routing learning rate (default: 1e-2)")
+    encode.add_argument("--batch-size", type=int, default=8, help="poly: examples per step (default: 8)")
+    encode.add_argument("--add", action="store_true", help="poly: add new documents to the experts in --out")
+    encode.add_argument("--seed", type=int, default=0, help="seed of the initialisation and order (default: 0)")
+    encode.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_augment(args: argparse.Namespace) -> None:
+    from spring_core.data import read_corpus
+    from spring_core.parametric.augment import augment_corpus
+    from spring_core.spring_model import SpringModel
+
+    if args.limit is not None and args.limit < 1:
+        raise SpringError("--limit must be at least 1")
+    corpus = read_corpus(args.corpus)[: args.limit]
+    sm = SpringModel.from_pretrained(args.model)
+    report = augment_corpus(sm, corpus, args.out, seed=args.seed, pairs=args.pairs, max_attempts=args.max_attempts,
+                            batch_size=args.batch_size, retry_failed=args.retry_failed, show_progress=not args.quiet)
+    print(f"{args.out}: {report.ok} augmented, {report.failed} failed, {report.skipped} already done "
+          f"({report.seconds_per_document:.1f} s/document)")
+    for doc_id, reason in list(report.failures.items())[:10]:
+        print(f"  failed {doc_id}: {reason}")
+
+
+def run_parametrize(args: argparse.Namespace) -> None:
+    from spring_core.parametric.augment import read_augmented
+    from spring_core.spring_model import SpringModel
+    from spring_train import parametrize as encoders
+
+    augmented = read_augmented(args.augmented)
+    if not augmented:
+        raise SpringError(f"{args.augmented} holds no augmented documents; run `spring-rag augment` first")
+    sm = SpringModel.from_pretrained(args.model)
+    dtype = "float16" if args.half else "float32"
+    if args.method == "prag":
+        settings = encoders.PragSettings(rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs or 1,
+                                         docs_per_batch=args.docs_per_batch, seed=args.seed, storage_dtype=dtype)
+        report = encoders.parametrize(sm, augmented, args.out, settings, model_name=args.model,
+                                      show_progress=not args.quiet)
+    else:
+        report = _run_poly(args, sm, augmented, dtype)
+    print(f"{args.out}: {report.encoded} documents encoded ({report.seconds_per_document:.1f} s/document), "
+          f"{report.skipped} already there, {len(report.not_augmented)} without usable augmentation")
+
+
+def _run_poly(args: argparse.Namespace, sm: SpringModel, augmented: dict[str, dict[str, Any]],
+              dtype: str) -> ParametrizeReport:
+    from dataclasses import asdict
+
+    from spring_core.parametric.poly import PolyAdapters
+    from spring_train import parametrize as encoders
+
+    settings = encoders.PolySettings(experts=args.experts, top_experts=args.top_experts, rank=args.rank,
+                                     alpha=args.alpha, lr=args.lr, routing_lr=args.routing_lr,
+                                     epochs=args.epochs or 2, batch_size=args.batch_size, seed=args.seed,
+                                     storage_dtype=dtype)
+    out = Path(args.out)
+    exists = (out / "spring.json").exists()
+    if args.add:
+        if not exists:
+            raise SpringError(f"--add needs an existing expert folder in --out; {out} has none (drop --add)")
+        poly = PolyAdapters.open(out, sm.model, model_name=args.model)
+        report = encoders.add_poly_documents(sm, poly, augmented, settings, show_progress=not args.quiet)
+        manifest = poly.manifest
+    else:
+        if exists:
+            raise SpringError(f"{out} already holds experts; pass --add to route new documents through them, or "
+                              "pick a new --out")
+        poly, report = encoders.train_poly(sm, augmented, settings, show_progress=not args.quiet)
+        manifest = {"encoding": {"method": "poly", "settings": {**asdict(settings), "targets": list(settings.targets)}}}
+    poly.save(out, base_model_name=args.model, encoding=manifest.get("encoding"))
+    return report
