@@ -115,7 +115,49 @@ def active_update(update: Update | None) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
-class DocumentAdapters:
+class CachedAdapters:
+    """What both kinds of parametric knowledge share: a cache of the updates of recent document combinations, and
+    ``activate``, which makes one of them the update of the calling context for a block.
+
+    Subclasses say which documents they know (``__contains__``) and how an update is made (``_compute``).
+    """
+
+    def __init__(self, cache_size: int = 32):
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, ...], LoraUpdate] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, doc_id: object) -> bool:
+        raise NotImplementedError
+
+    def _compute(self, doc_ids: tuple[str, ...]) -> LoraUpdate:
+        raise NotImplementedError
+
+    def update_for(self, doc_ids: Sequence[str]) -> LoraUpdate | None:
+        """The update for ``doc_ids`` (``None`` for no documents); unknown ids raise ``UnknownDocumentError``."""
+        key = tuple(doc_ids)
+        if not key:
+            return None
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        update = self._compute(key)
+        with self._lock:
+            self._cache[key] = update
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return update
+
+    @contextmanager
+    def activate(self, doc_ids: Sequence[str]) -> Iterator[LoraUpdate | None]:
+        """Forward passes in this block (this thread / task only) run with the documents' update."""
+        update = self.update_for(doc_ids)
+        with active_update(update):
+            yield update
+
+
+class DocumentAdapters(CachedAdapters):
     """A store's adapters on one model: the summed update of any set of documents, cached, activated per call.
 
     Args:
@@ -130,36 +172,13 @@ class DocumentAdapters:
     """
 
     def __init__(self, store: AdapterStore, model: Any, *, cache_size: int = 32):
+        super().__init__(cache_size)
         self.store = store
         self.model = model
-        self.cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, ...], LoraUpdate] = OrderedDict()
-        self._lock = threading.Lock()
         install_hooks(model, list(store.spec.modules))
 
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self.store
 
-    def update_for(self, doc_ids: Sequence[str]) -> LoraUpdate | None:
-        """The summed update of ``doc_ids`` (``None`` for no documents); unknown ids raise
-        ``UnknownDocumentError``."""
-        key = tuple(doc_ids)
-        if not key:
-            return None
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        update = LoraUpdate.sum(self.store.spec, [self.store.get(doc_id) for doc_id in key], self.model)
-        with self._lock:
-            self._cache[key] = update
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return update
-
-    @contextmanager
-    def activate(self, doc_ids: Sequence[str]) -> Iterator[LoraUpdate | None]:
-        """Forward passes in this block (this thread / task only) run with the documents' summed update."""
-        update = self.update_for(doc_ids)
-        with active_update(update):
-            yield update
+    def _compute(self, doc_ids: tuple[str, ...]) -> LoraUpdate:
+        return LoraUpdate.sum(self.store.spec, [self.store.get(doc_id) for doc_id in doc_ids], self.model)

@@ -18,10 +18,7 @@ Example:
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,7 @@ from safetensors.torch import load, save
 
 from spring_core.artifacts import check_fingerprint, new_manifest, read_manifest, verified_file, write_artifact
 from spring_core.errors import ArtifactError
-from spring_core.parametric.lora import LoraUpdate, active_update, install_hooks
+from spring_core.parametric.lora import CachedAdapters, LoraUpdate, install_hooks
 from spring_core.parametric.store import LoraSpec, UnknownDocumentError
 
 KIND = "poly-experts"
@@ -54,7 +51,7 @@ def sparse_routing(logits: torch.Tensor, top_experts: int) -> torch.Tensor:
     return weights / weights.sum()
 
 
-class PolyAdapters:
+class PolyAdapters(CachedAdapters):
     """Latent experts and per-document routing on one model; ``activate`` applies the retrieved documents' mix.
 
     Args:
@@ -70,15 +67,13 @@ class PolyAdapters:
                  cache_size: int = 32):
         if routing.shape[0] != len(doc_ids):
             raise ArtifactError(f"routing has {routing.shape[0]} rows for {len(doc_ids)} documents")
+        super().__init__(cache_size)
         self.spec, self.experts, self.model = spec, dict(experts), model
         self.routing = routing.float()
         self.doc_ids = list(doc_ids)
         self.rows = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
         self.top_experts = top_experts
         self.manifest = manifest or {}
-        self._cache: OrderedDict[tuple[str, ...], LoraUpdate] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
         if model is not None:
             install_hooks(model, list(spec.modules))
 
@@ -92,33 +87,13 @@ class PolyAdapters:
     def __len__(self) -> int:
         return len(self.doc_ids)
 
-    def update_for(self, doc_ids: Sequence[str]) -> LoraUpdate | None:
-        """The sparse expert mix for ``doc_ids`` as one LoRA update (``None`` for no documents)."""
-        key = tuple(doc_ids)
-        if not key:
-            return None
-        unknown = [d for d in key if d not in self.rows]
+    def _compute(self, doc_ids: tuple[str, ...]) -> LoraUpdate:
+        unknown = [d for d in doc_ids if d not in self.rows]
         if unknown:
             raise UnknownDocumentError(f"no routing vector for document(s) {unknown}; add them with "
                                        "`spring-rag parametrize --method poly --add`, or answer from their text")
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        weights = sparse_routing(self.routing[[self.rows[d] for d in key]], self.top_experts)
-        update = LoraUpdate.sum(self.spec, [mix_experts(self.experts, weights)], self.model)
-        with self._lock:
-            self._cache[key] = update
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return update
-
-    @contextmanager
-    def activate(self, doc_ids: Sequence[str]) -> Iterator[LoraUpdate | None]:
-        """Forward passes in this block (this thread / task only) run with the documents' expert mix."""
-        update = self.update_for(doc_ids)
-        with active_update(update):
-            yield update
+        weights = sparse_routing(self.routing[[self.rows[d] for d in doc_ids]], self.top_experts)
+        return LoraUpdate.sum(self.spec, [mix_experts(self.experts, weights)], self.model)
 
     # ----- files ---------------------------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def python_blocks() -> list[tuple[str, str]]:
     """``(section heading, code)`` for each fenced Python block."""
     blocks, heading = [], "top"
-    for piece in re.split(r"(^#+ [^\n]*$|```python\n.*?```)", README.read_text(encoding="utf-8"), flags=re.M | re.S):
+    # Every fenced block is one piece, so a comment line inside a bash block is never taken for a heading.
+    for piece in re.split(r"(^#+ [^\n]*$|^```\w*\n.*?^```)", README.read_text(encoding="utf-8"), flags=re.M | re.S):
         if piece.startswith("#"):
             heading = piece.lstrip("#").strip()
         elif piece.startswith("```python"):

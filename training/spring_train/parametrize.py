@@ -73,7 +73,12 @@ class RowwiseLora:
         a, b = self.a.get(name), self.b.get(name)
         if a is None or b is None:
             return None
-        return torch.bmm(torch.bmm(x.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2)) * self.scale
+        return rowwise_delta(x, a, b, self.scale)
+
+
+def rowwise_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * x_i @ A_i^T @ B_i^T`` for every row ``i``: ``x [B, T, in]``, ``a [B, r, in]``, ``b [B, out, r]``."""
+    return torch.bmm(torch.bmm(x.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2)) * scale
 
 
 def shared_initialisation(spec: LoraSpec, seed: int) -> dict[str, torch.Tensor]:
@@ -194,10 +199,10 @@ def _recorded(settings: PragSettings) -> dict[str, Any]:
     return recorded
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, *, desc: str = "parametrize", unit: str = "doc") -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="parametrize", unit="doc", disable=not enabled)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled)
 
 
 # ----- Poly-PRAG -------------------------------------------------------------------------------------------------
@@ -232,7 +237,7 @@ class _RoutedRows:
             return None
         a = torch.tensordot(self.weights, self.experts[f"{name}.lora_A"], dims=([1], [0]))
         b = torch.tensordot(self.weights, self.experts[f"{name}.lora_B"], dims=([1], [0]))
-        return torch.bmm(torch.bmm(x.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2)) * self.spec.scale
+        return rowwise_delta(x, a, b, self.spec.scale)
 
 
 def train_poly(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], settings: PolySettings, *,
@@ -313,7 +318,7 @@ def _train_routed(sm: SpringModel, spec: LoraSpec, experts: Mapping[str, torch.T
     rng = random.Random(settings.seed)
     device = model.get_input_embeddings().weight.device
     steps = settings.epochs * math.ceil(len(items) / settings.batch_size)
-    progress = _progress(steps, show_progress)
+    progress = _progress(steps, show_progress, desc="poly", unit="step")
     for _ in range(settings.epochs):
         order = list(range(len(items)))
         rng.shuffle(order)
