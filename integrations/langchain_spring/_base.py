@@ -27,6 +27,7 @@ from spring_core import Generation, SpringModel, Usage, VirtualTokens
 from spring_core.decoding import MODES, optional_scores
 from spring_core.models import DEFAULT_MODEL, load_model
 from spring_core.parametric.online import (
+    MISSING,
     ParametricDocument,
     activated,
     check_parametric_mode,
@@ -204,8 +205,8 @@ class SpringParams(BaseModel):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         check_parametric_mode(self.parametric_mode, self.adapters)
-        if self.missing_adapter not in ("error", "icl"):
-            raise ValueError(f"missing_adapter must be 'error' or 'icl', got {self.missing_adapter!r}")
+        if self.missing_adapter not in MISSING:
+            raise ValueError(f"missing_adapter must be one of {', '.join(MISSING)}, got {self.missing_adapter!r}")
         if self.spring_model is not None:
             if self.model_kwargs:
                 raise ValueError(
@@ -383,6 +384,9 @@ class SpringParams(BaseModel):
             "k": self.k,
             "mode": self.mode,
             "parametric_mode": self.parametric_mode,
+            # a folder names its adapters; loaded ones only match themselves (no false cache hits)
+            "adapters": self.adapters if self.adapters is None or isinstance(self.adapters, (str, Path))
+            else f"{type(self.adapters).__name__}@{id(self.adapters):x}",
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "top_p": self.top_p,

@@ -76,6 +76,10 @@ class SpringLLM(CustomLLM):
     ``mode`` picks how ``answer`` reads separate passages: ``concat`` (one prompt) or RAG-Token / RAG-Sequence
     marginal decoding, each passage weighted by ``softmax(score / weight_temperature)``. Prompts that arrive
     already packed (``complete``, ``chat``) always run as written.
+
+    ``adapters`` (a folder from ``spring-rag parametrize``) with ``parametric_mode`` ``prag`` or ``combine`` makes
+    ``answer`` activate the documents' adapters for that call only (``spring_query_engine`` with
+    ``ParametricAdapterPostprocessor`` passes their ids); ``icl`` (the default) reads the passages as text.
     """
 
     model_name: str = Field(default=DEFAULT_MODEL, description="HF id, local folder, .gguf file or alias.")
@@ -210,9 +214,9 @@ class SpringLLM(CustomLLM):
         return _response(generation)
 
     async def aanswer(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None = None,
-                      **kwargs: Any) -> CompletionResponse:
-        """``answer`` in a worker thread, so the event loop keeps going."""
-        return await asyncio.to_thread(self.answer, query, passages, scores, **kwargs)
+                      adapter_ids: Sequence[str | None] | None = None, **kwargs: Any) -> CompletionResponse:
+        """``answer`` in a worker thread (which keeps this task's context), so the event loop keeps going."""
+        return await asyncio.to_thread(self.answer, query, passages, scores, adapter_ids, **kwargs)
 
     # ----- completion ----------------------------------------------------------------------------------------
 
