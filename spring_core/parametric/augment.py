@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 import zlib
@@ -30,10 +31,15 @@ from typing import Any
 
 from spring_core.data import iter_jsonl
 from spring_core.errors import DataError, MarkerError, SpringError
-from spring_core.parametric.prompts import PROMPT_VERSION, qa_prompt, rewrite_prompt
+from spring_core.parametric.prompts import EXAMPLE_QUESTION, PROMPT_VERSION, qa_prompt, rewrite_prompt
 from spring_core.spring_model import SpringModel
 
 _OBJECT = re.compile(r"\{[^{}]*\}")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_NUMBER = re.compile(r"\b\d[\d,.]*\d\b|\b\d\b")
+_NAME = re.compile(r"\b[A-Z][\w'-]+(?:\s+(?:of\s+|the\s+|de\s+)?[A-Z][\w'-]+)*")
+AUGMENTERS = ("llm", "cloze")
+CLOZE_VERSION = "cloze-v1"
 
 
 @dataclass
@@ -56,7 +62,8 @@ def parse_qa(text: str, *, count: int = 3, min_pairs: int = 1) -> list[dict[str,
     """The first ``count`` distinct ``{"question", "answer"}`` pairs in the model's JSON answer.
 
     Reads the outermost ``[...]`` list, else any flat ``{...}`` objects in the text (small models often break the
-    list but keep the objects). Raises ``ValueError`` saying what was wrong when fewer than ``min_pairs`` remain.
+    list but keep the objects); the prompt's own example question is skipped. Raises ``ValueError`` saying what was
+    wrong when fewer than ``min_pairs`` remain.
 
     Example:
         >>> parse_qa('Sure! [{"question": "Who?", "answer": "Ada"}]')
@@ -85,6 +92,8 @@ def parse_qa(text: str, *, count: int = 3, min_pairs: int = 1) -> list[dict[str,
         if not isinstance(question, str) or not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
             continue
         question, answer = question.strip(), str(answer).strip()
+        if question.lower() == EXAMPLE_QUESTION.lower():
+            continue  # the prompt's own example, copied
         if question and answer and question.lower() not in seen:
             seen.add(question.lower())
             pairs.append({"question": question, "answer": answer})
@@ -106,17 +115,55 @@ def read_augmented(path: str | Path) -> dict[str, dict[str, Any]]:
     for number, row in iter_jsonl(path):
         if not isinstance(row.get("id"), str) or row.get("status") not in ("ok", "failed"):
             raise DataError(f"{path}:{number}: not an augmented document (needs a string 'id' and 'status' ok/failed)")
-        if row["status"] == "ok" and (not isinstance(row.get("rewrite"), str) or not isinstance(row.get("qa"), list)):
-            raise DataError(f"{path}:{number}: an 'ok' document needs 'rewrite' (text) and 'qa' (a list)")
+        if row["status"] == "ok" and (not isinstance(row.get("rewrite"), (str, type(None)))
+                                      or not isinstance(row.get("qa"), list) or not row["qa"]):
+            raise DataError(f"{path}:{number}: an 'ok' document needs 'qa' (a non-empty list) and 'rewrite' (text or "
+                            "null)")
         rows[row["id"]] = row
     return rows
 
 
-def augment_corpus(sm: SpringModel, corpus: Sequence[dict[str, Any]], out: str | Path, *, seed: int = 0,
+def cloze_pairs(doc_id: str, text: str, *, count: int = 3, seed: int = 0) -> list[dict[str, str]]:
+    """Fill-in-the-blank pairs without an LLM: a sentence with one number or name blanked out, and that span.
+
+    The sentences and spans are drawn with a seed of ``(seed, doc_id)``, preferring different sentences.
+
+    Example:
+        >>> pair = cloze_pairs("d", "The Act was passed in 1996 by Congress.", count=1)[0]
+        >>> pair["answer"] in ("1996", "Congress") and "____" in pair["question"]
+        True
+    """
+    candidates: list[tuple[int, str, re.Match[str]]] = []
+    for index, sentence in enumerate(_SENTENCE_END.split(text.strip())):
+        spans = list(_NUMBER.finditer(sentence)) + [m for m in _NAME.finditer(sentence) if m.start() > 0]
+        candidates.extend((index, sentence, match) for match in spans)
+    rng = random.Random(f"{seed}:{doc_id}")
+    rng.shuffle(candidates)
+    chosen, used = [], set()
+    for index, sentence, match in candidates:
+        if index in used:
+            continue
+        used.add(index)
+        blanked = f"{sentence[:match.start()]}____{sentence[match.end():]}".strip()
+        chosen.append({"question": f"Fill in the blank: {blanked}", "answer": match.group(0)})
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def augment_corpus(sm: SpringModel | None, corpus: Sequence[dict[str, Any]], out: str | Path, *, seed: int = 0,
                    pairs: int = 3, min_pairs: int = 1, max_attempts: int = 3, batch_size: int = 8,
-                   max_new_tokens: int = 256, retry_failed: bool = False,
+                   max_new_tokens: int = 256, retry_failed: bool = False, augmenter: str = "llm",
                    show_progress: bool = True) -> AugmentReport:
-    """Augment every document of ``corpus`` not yet in ``out`` (see the module docstring); returns the counts."""
+    """Augment every document of ``corpus`` not yet in ``out`` (see the module docstring); returns the counts.
+
+    ``augmenter="cloze"`` needs no model (``sm`` may be ``None``): fill-in-the-blank pairs from each document's own
+    numbers and names (``cloze_pairs``) and no rewrite, for models too small to follow the QA instruction.
+    """
+    if augmenter not in AUGMENTERS:
+        raise SpringError(f"unknown augmenter {augmenter!r}; choose one of {', '.join(AUGMENTERS)}")
+    if augmenter == "llm" and sm is None:
+        raise SpringError("the 'llm' augmenter needs a model")
     if max_attempts < 1 or pairs < 1 or not 1 <= min_pairs <= pairs:
         raise SpringError(f"need max_attempts >= 1 and 1 <= min_pairs <= pairs, got {max_attempts}, {min_pairs}, "
                           f"{pairs}")
@@ -137,10 +184,13 @@ def augment_corpus(sm: SpringModel, corpus: Sequence[dict[str, Any]], out: str |
         chunk = todo[start:start + batch_size]
         settings = {"seed": seed, "pairs": pairs, "min_pairs": min_pairs, "max_attempts": max_attempts,
                     "max_new_tokens": max_new_tokens}
-        try:
-            results = _augment_chunk(sm, chunk, **settings)
-        except MarkerError:  # a document holds marker-like text such as "[r1]": find it, keep the others
-            results = [_augment_alone(sm, row, settings) for row in chunk]
+        if augmenter == "cloze":
+            results = [_cloze_row(row, seed=seed, pairs=pairs, min_pairs=min_pairs) for row in chunk]
+        else:
+            try:
+                results = _augment_chunk(sm, chunk, **settings)
+            except MarkerError:  # a document holds marker-like text such as "[r1]": find it, keep the others
+                results = [_augment_alone(sm, row, settings) for row in chunk]
         with out.open("a", encoding="utf-8") as handle:
             for result in results:
                 handle.write(json.dumps(result, ensure_ascii=False) + "\n")
@@ -187,6 +237,15 @@ def _augment_chunk(sm: SpringModel, rows: Sequence[dict[str, Any]], *, seed: int
             result["error"] = "the model wrote an empty rewrite"
         results.append(result)
     return results
+
+
+def _cloze_row(row: dict[str, Any], *, seed: int, pairs: int, min_pairs: int) -> dict[str, Any]:
+    qa = cloze_pairs(row["id"], row["text"], count=pairs, seed=seed)
+    ok = len(qa) >= min_pairs
+    return {"id": row["id"], "title": row.get("title", ""), "text": row["text"], "status": "ok" if ok else "failed",
+            "rewrite": None, "qa": qa, "attempts": 1,
+            "error": None if ok else f"only {len(qa)} number(s) or name(s) to blank out (need {min_pairs})",
+            "prompt_version": CLOZE_VERSION, "augmenter": "cloze"}
 
 
 def _augment_alone(sm: SpringModel, row: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:

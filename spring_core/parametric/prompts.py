@@ -7,7 +7,7 @@ record it, so encodings made from different prompts are never mixed up silently.
 
 from __future__ import annotations
 
-PROMPT_VERSION = "prag-augment-v1"
+PROMPT_VERSION = "prag-augment-v1"  # the wording sent to the model; the example-copy filter is in parse_qa
 
 REWRITE = (
     "Rewrite the following passage. Keep every entity, proper noun, name, number, date and key term exactly as it "
@@ -15,10 +15,13 @@ REWRITE = (
     "Passage:\n{passage}"
 )
 
+EXAMPLE_QUESTION = "What is the capital of France?"
+"""The example in ``QA``; small models copy it, so a pair that repeats it is not counted."""
+
 QA = (
     "Read the passage and write {count} different questions that the passage answers, each with a short answer "
     "taken from the passage. Output only a JSON list in exactly this format:\n"
-    '[{{"question": "What is the capital of France?", "answer": "Paris"}}, ...]\n\n'
+    '[{{"question": "{example}", "answer": "Paris"}}, ...]\n\n'
     "Passage:\n{passage}"
 )
 
@@ -28,4 +31,4 @@ def rewrite_prompt(passage: str) -> str:
 
 
 def qa_prompt(passage: str, count: int = 3) -> str:
-    return QA.format(passage=passage, count=count)
+    return QA.format(passage=passage, count=count, example=EXAMPLE_QUESTION)

@@ -116,7 +116,7 @@ def test_a_half_written_last_line_is_redone_and_a_bad_line_is_named(tmp_path):
     out.write_text(good + "\n" + '{"id": "b", "sta')
     assert list(read_augmented(out)) == ["a"] and out.read_text() == good + "\n"
     out.write_text(good + "\n" + json.dumps({"id": "b", "status": "ok", "qa": []}) + "\n")
-    with pytest.raises(DataError, match=r"aug.jsonl:2: an 'ok' document needs 'rewrite'"):
+    with pytest.raises(DataError, match=r"aug.jsonl:2: an 'ok' document needs 'qa' \(a non-empty list\)"):
         read_augmented(out)
 
 
@@ -279,3 +279,26 @@ def test_cli_augment_parametrize_and_info_end_to_end(tiny_dir, tmp_path, capsys)
     aug.write_text(json.dumps(augmented_rows()["harvard"]) + "\n{not json\n")
     code, _, err = cli("parametrize", str(aug), "--out", str(tmp_path / "s2"), "--model", str(tiny_dir))
     assert code == 2 and "aug.jsonl:2" in err
+
+
+def test_cloze_augmentation_needs_no_model_and_blanks_numbers_and_names(tmp_path):
+    from spring_core.parametric.augment import cloze_pairs
+
+    pairs = cloze_pairs("mit", "MIT was founded in 1861 in Boston. It moved to Cambridge in 1916.", count=3)
+    assert len(pairs) == 2  # one pair per sentence
+    for pair in pairs:
+        assert pair["question"].startswith("Fill in the blank: ") and "____" in pair["question"]
+        assert pair["answer"] in ("1861", "Boston", "1916", "Cambridge")
+    assert cloze_pairs("mit", CORPUS[2]["text"], seed=1) == cloze_pairs("mit", CORPUS[2]["text"], seed=1)
+    report = augment_corpus(None, CORPUS + [{"id": "bare", "title": "", "text": "nothing to ask here."}],
+                            tmp_path / "cloze.jsonl", augmenter="cloze", show_progress=False)
+    rows = read_augmented(tmp_path / "cloze.jsonl")
+    assert (report.ok, report.failed) == (3, 1) and "need 1" in rows["bare"]["error"]
+    assert rows["mit"]["rewrite"] is None and rows["mit"]["prompt_version"] == "cloze-v1"
+    with pytest.raises(SpringError, match="needs a model"):
+        augment_corpus(None, CORPUS, tmp_path / "x.jsonl")
+
+
+def test_the_prompts_own_example_is_not_taken_for_a_pair():
+    with pytest.raises(ValueError, match="0 usable"):
+        parse_qa('[{"question": "What is the capital of France?", "answer": "Paris"}]')

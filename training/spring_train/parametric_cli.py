@@ -19,8 +19,9 @@ output: one JSON line per document, {"id", "title", "text", "status": "ok"|"fail
 not usable JSON after --max-attempts is written as failed, with the reason, and counted in the summary.
 Re-running skips the ids already in --out (add --retry-failed to try the failed ones again).
 
-example:
+examples:
   spring-rag augment corpus.jsonl --out aug.jsonl --limit 100
+  spring-rag augment corpus.jsonl --out cloze.jsonl --augmenter cloze     no LLM: fill-in-the-blank pairs
 """
 
 PARAMETRIZE_EPILOG = """\
@@ -49,6 +50,10 @@ def add_parametric_parsers(commands: argparse._SubParsersAction) -> None:
     augment.add_argument("corpus", help="corpus JSONL file")
     augment.add_argument("--out", required=True, help="augmented JSONL to write (appended; a rerun resumes)")
     augment.add_argument("--model", default=DEFAULT_MODEL, help=f"the LLM that writes (default: {DEFAULT_MODEL})")
+    augment.add_argument("--augmenter", choices=["llm", "cloze"], default="llm",
+                         help="llm: the model writes a rewrite and QA pairs (the paper's); cloze: fill-in-the-blank "
+                              "pairs from each document's numbers and names, no model and no rewrite (for models "
+                              "too small to follow the QA instruction, e.g. 135M). Default: llm")
     augment.add_argument("--limit", type=int, help="augment only the first N documents")
     augment.add_argument("--pairs", type=int, default=3, help="QA pairs per document (default: 3)")
     augment.add_argument("--max-attempts", type=int, default=3, help="tries for usable QA JSON (default: 3)")
@@ -91,9 +96,10 @@ def run_augment(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 1:
         raise SpringError("--limit must be at least 1")
     corpus = read_corpus(args.corpus)[: args.limit]
-    sm = SpringModel.from_pretrained(args.model)
+    sm = SpringModel.from_pretrained(args.model) if args.augmenter == "llm" else None
     report = augment_corpus(sm, corpus, args.out, seed=args.seed, pairs=args.pairs, max_attempts=args.max_attempts,
-                            batch_size=args.batch_size, retry_failed=args.retry_failed, show_progress=not args.quiet)
+                            batch_size=args.batch_size, retry_failed=args.retry_failed, augmenter=args.augmenter,
+                            show_progress=not args.quiet)
     print(f"{args.out}: {report.ok} augmented, {report.failed} failed, {report.skipped} already done "
           f"({report.seconds_per_document:.1f} s/document)")
     for doc_id, reason in list(report.failures.items())[:10]:

@@ -1,9 +1,10 @@
 """PRAG encoding: one LoRA per augmented document, trained on its QA pairs, written to an ``AdapterStore``.
 
 Every document starts from the same fixed initialisation (``A`` Kaiming-uniform from ``seed``, ``B`` zero, as
-peft initialises a LoRA) and trains on each of its QA pairs three ways: with the passage, with the rewrite, and
-with neither (the Parametric RAG paper's recipe), one example per step, ``epochs`` times, AdamW without weight
-decay. The defaults are the paper code's: rank 2, alpha 32, ``gate_proj`` / ``up_proj`` / ``down_proj``, lr 3e-4.
+peft initialises a LoRA) and trains on each of its QA pairs three ways: with the passage, with the rewrite (if
+the augmentation wrote one), and with neither (the Parametric RAG paper's recipe), one example per step,
+``epochs`` times, AdamW without weight decay. The defaults are the paper code's: rank 2, alpha 32, ``gate_proj`` /
+``up_proj`` / ``down_proj``, lr 3e-4.
 
 Several documents train in one batch: each row carries its own document's factors (a batched matmul in the hooked
 modules), the loss is the sum of the documents' own mean losses, and AdamW updates every element on its own
@@ -93,13 +94,17 @@ def shared_initialisation(spec: LoraSpec, seed: int) -> dict[str, torch.Tensor]:
 
 
 def document_examples(sm: SpringModel, row: Mapping[str, Any], max_answer_tokens: int) -> list[Example]:
-    """Each QA pair with the passage, with the rewrite, and alone, in ``sm``'s layout (no virtual tokens)."""
-    passage = {"title": str(row.get("title") or ""), "text": row["text"]}
-    rewrite = {"title": str(row.get("title") or ""), "text": row["rewrite"]}
+    """Each QA pair with the passage, with the rewrite (when there is one), and alone, in ``sm``'s layout (no
+    virtual tokens)."""
+    title = str(row.get("title") or "")
+    contexts: list[list[dict[str, str]]] = [[{"title": title, "text": row["text"]}]]
+    if row.get("rewrite"):
+        contexts.append([{"title": title, "text": row["rewrite"]}])
+    contexts.append([])
     examples = []
     for pair in row["qa"]:
         target = answer_ids(sm.tokenizer, pair["answer"], sm.layout, max_answer_tokens)
-        for passages in ([passage], [rewrite], []):
+        for passages in contexts:
             prompt = sm.encode(sm.prompt_parts(pair["question"], passages, 0))
             examples.append(Example(prompt + target, len(target)))
     return examples
