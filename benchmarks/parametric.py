@@ -11,8 +11,9 @@ What is measured, in one run:
 * quality: token F1 / EM of each mode on the questions, with the 3 documents BM25 retrieves from the slice
   (greedy, 16 new tokens): ``icl`` (passages only), ``prag`` (adapters only), ``combine`` (both), ``poly``
   (Poly-PRAG's expert mix only), ``combine+SPRING`` (both plus the bundled tokens, k = 50);
-* online latency: building and activating the top-3 documents' update, and a 16-token answer with and without it,
-  against the plain 16-token answer (medians of ``--repeats``).
+* online latency: building and activating the top-3 documents' update against a plain 16-token answer, and one
+  forward pass over the answer's prompt with and without that update (the hooks' cost); medians of ``--repeats``,
+  the variants run in turns.
 
 Run (from the repository root, with the shared data folder beside the repository)::
 
@@ -30,11 +31,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from spring_core import SpringModel
 from spring_core.artifacts import artifact_bytes
 from spring_core.data import read_qa
 from spring_core.metrics import aggregate, score
-from spring_core.parametric import AdapterStore, DocumentAdapters, ParametricDocument, answer_with_adapters
+from spring_core.parametric import (
+    AdapterStore,
+    DocumentAdapters,
+    ParametricDocument,
+    activated,
+    answer_with_adapters,
+)
 from spring_core.parametric.augment import augment_corpus, read_augmented
 from spring_core.parametric.poly import PolyAdapters
 from spring_core.retrieval import create_store
@@ -181,20 +190,24 @@ def latency(sm: SpringModel, store: DocumentAdapters, questions: list[dict], ret
         with store.activate(ids):
             pass
 
-    def answer(with_adapters: bool) -> None:
-        if with_adapters:
-            with store.activate(ids):
-                plain.generate(row["question"], passages, 0, max_new_tokens=16)
-        else:
-            plain.generate(row["question"], passages, 0, max_new_tokens=16)
+    prompt_ids = plain.model_inputs([plain.encode(plain.prompt_parts(row["question"], passages, 0))])
+
+    def forward(with_adapters: bool) -> None:
+        with torch.inference_mode(), activated(store if with_adapters else None, ids):
+            plain.model(**prompt_ids)
+
+    def answer() -> None:
+        plain.generate(row["question"], passages, 0, max_new_tokens=16)
 
     tokens = plain.generate(row["question"], passages, 0, max_new_tokens=16).usage.completion_tokens  # warm-up
-    answer_plain, activation, answer_adapted = timed(lambda: answer(False), activate_cold, lambda: answer(True))
-    return {"adapters_activated": len(ids), "answer_tokens": tokens, "plain_answer_s": round(answer_plain, 4),
-            "activate_top3_s": round(activation, 4),
-            "answer_with_top3_s": round(answer_adapted, 4),
+    answer_plain, activation, forward_plain, forward_adapted = timed(
+        answer, activate_cold, lambda: forward(False), lambda: forward(True))
+    return {"adapters_activated": len(ids), "answer_tokens": tokens,
+            "prompt_tokens": int(prompt_ids["input_ids"].shape[1]),
+            "plain_answer_s": round(answer_plain, 4), "activate_top3_s": round(activation, 4),
             "activation_vs_answer": round(activation / answer_plain, 4),
-            "adapted_answer_overhead": round(answer_adapted / answer_plain - 1, 4)}
+            "prompt_forward_s": round(forward_plain, 4), "prompt_forward_with_top3_s": round(forward_adapted, 4),
+            "forward_overhead_with_top3": round(forward_adapted / forward_plain - 1, 4)}
 
 
 def print_tables(report: dict[str, Any]) -> None:
