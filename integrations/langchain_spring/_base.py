@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from langchain_spring.prompts import PromptLayoutError, SpringLayoutWarning, looks_like_rag_prompt
 from spring_core import Generation, SpringModel, Usage, VirtualTokens
-from spring_core.decoding import MODES, optional_scores
+from spring_core.decoding import MODES
 from spring_core.models import DEFAULT_MODEL, load_model
 from spring_core.parametric.online import (
     MISSING,
@@ -302,8 +302,7 @@ class SpringParams(BaseModel):
                           for d in documents]
             call = plan_call(self.parametric_adapters, parametric, k=k, missing=self.missing_adapter,
                              mode=kwargs.get("parametric_mode", self.parametric_mode))
-            return SpringRequest(sm, prompt, settings, passages=call.passages,
-                                 scores=optional_scores(call.scores) if call.passages else None, mode=mode, k=call.k,
+            return SpringRequest(sm, prompt, settings, passages=call.passages, scores=call.weights, mode=mode, k=call.k,
                                  weight_temperature=self.weight_temperature, adapter_ids=call.adapter_ids)
         prompt = resize_block(prompt, k, strict=sm.strict)
         self._check_layout(sm, checked_text if checked_text is not None else prompt, k)

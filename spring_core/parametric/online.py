@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from spring_core.artifacts import read_manifest
+from spring_core.decoding import optional_scores
 from spring_core.errors import SpringError
 from spring_core.parametric.lora import DocumentAdapters
 from spring_core.parametric.store import AdapterStore, UnknownDocumentError
@@ -76,6 +77,11 @@ class ParametricCall:
     scores: list[float | None]
     k: int | None
     adapter_ids: list[str]
+
+    @property
+    def weights(self) -> list[float] | None:
+        """The prompt passages' retriever scores for marginal decoding (``optional_scores``: all or none)."""
+        return optional_scores(self.scores) if self.passages else None
 
 
 def plan_call(adapters: Any, documents: Sequence[ParametricDocument], *, mode: str, k: int | None,

@@ -82,15 +82,31 @@ def rowwise_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: floa
     return torch.bmm(torch.bmm(x.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2)) * scale
 
 
+def kaiming_a(*shape: int, generator: torch.Generator) -> torch.Tensor:
+    """A LoRA ``A`` factor as peft initialises it (``kaiming_uniform_(a=sqrt(5))``: uniform in +-1/sqrt(in),
+    ``in`` = the last dimension), drawn from ``generator``."""
+    return (torch.rand(*shape, generator=generator) * 2 - 1) * (1.0 / math.sqrt(shape[-1]))
+
+
 def shared_initialisation(spec: LoraSpec, seed: int) -> dict[str, torch.Tensor]:
     """The one starting point of every document: peft's LoRA init (``A`` Kaiming-uniform, ``B`` zero), seeded."""
     generator = torch.Generator().manual_seed(seed)
     init = {}
     for name, (out_features, in_features) in spec.modules.items():
-        bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform_(a=sqrt(5)) on [rank, in]
-        init[f"{name}.lora_A"] = (torch.rand(spec.rank, in_features, generator=generator) * 2 - 1) * bound
+        init[f"{name}.lora_A"] = kaiming_a(spec.rank, in_features, generator=generator)
         init[f"{name}.lora_B"] = torch.zeros(out_features, spec.rank)
     return init
+
+
+def answer_losses(model: Any, batch: Any, update: Any, answer_lengths: Sequence[int]) -> torch.Tensor:
+    """Each row's mean answer loss ``[rows]``, with ``update`` added by the hooked modules (left padding: position
+    ids follow the mask, so a row's loss does not depend on its batch mates)."""
+    with active_update(update):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
+                       logits_to_keep=batch.labels.shape[1] + 1).logits
+    return torch.stack([answer_loss_sum(logits[i:i + 1], batch.labels[i:i + 1]) / length
+                        for i, length in enumerate(answer_lengths)])
 
 
 def document_examples(sm: SpringModel, row: Mapping[str, Any], max_answer_tokens: int) -> list[Example]:
@@ -120,21 +136,16 @@ def parametrize(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], sto
     store_folder = Path(store_folder)
     if (store_folder / "spring.json").exists():
         store = AdapterStore.open(store_folder, model=model, model_name=model_name)
-        if store.spec != spec or store.manifest.get("encoding", {}).get("settings") != _recorded(settings):
-            raise SpringError(f"{store_folder} was encoded with other settings "
-                              f"({store.manifest.get('encoding', {}).get('settings')}); use a new --out folder")
+        recorded = store.manifest.get("encoding", {}).get("settings")
+        if store.spec != spec or recorded != _recorded(settings):
+            raise SpringError(f"{store_folder} was encoded with other settings ({recorded}); use a new --out folder")
     else:
         store = AdapterStore.create(store_folder, model, spec, base_model_name=model_name,
                                     encoding={"method": "prag", "settings": _recorded(settings)})
-    report = ParametrizeReport()
-    todo = []
-    for doc_id, row in augmented.items():
-        if row.get("status") != "ok":
-            report.not_augmented.append(doc_id)
-        elif doc_id in store:
-            report.skipped += 1
-        else:
-            todo.append((doc_id, document_examples(sm, row, settings.max_answer_tokens)))
+    docs, report = _usable(augmented)
+    todo = [(doc_id, document_examples(sm, row, settings.max_answer_tokens)) for doc_id, row in docs
+            if doc_id not in store]
+    report.skipped = len(docs) - len(todo)
     install_hooks(model, list(spec.modules))
     init = shared_initialisation(spec, settings.seed)
     began = time.perf_counter()
@@ -164,15 +175,9 @@ def train_group(model: Any, spec: LoraSpec, init: Mapping[str, torch.Tensor],
     orders = [_order(doc_id, count, settings) for doc_id, _ in group]
     for step in range(count * settings.epochs):
         rows = [examples[order[step]] for (_, examples), order in zip(group, orders, strict=True)]
-        batch = collate(rows, pad_id).to(device)
-        with active_update(update):
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
-                           logits_to_keep=batch.labels.shape[1] + 1).logits
-        per_row = [answer_loss_sum(logits[i:i + 1], batch.labels[i:i + 1]) / rows[i].answer_length
-                   for i in range(len(rows))]
+        losses = answer_losses(model, collate(rows, pad_id).to(device), update, [r.answer_length for r in rows])
         optimizer.zero_grad(set_to_none=True)
-        torch.stack(per_row).sum().backward()
+        losses.sum().backward()
         optimizer.step()
     return {doc_id: {**{f"{n}.lora_A": a[n][i].detach().cpu() for n in spec.modules},
                      **{f"{n}.lora_B": b[n][i].detach().cpu() for n in spec.modules}}
@@ -262,12 +267,11 @@ def train_poly(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], sett
     generator = torch.Generator().manual_seed(settings.seed)
     experts = {}
     for name, (out_features, in_features) in spec.modules.items():
-        bound = 1.0 / math.sqrt(in_features)
-        experts[f"{name}.lora_A"] = ((torch.rand(settings.experts, spec.rank, in_features, generator=generator) * 2
-                                      - 1) * bound).to(device).requires_grad_()
+        experts[f"{name}.lora_A"] = kaiming_a(settings.experts, spec.rank, in_features,
+                                              generator=generator).to(device).requires_grad_()
         experts[f"{name}.lora_B"] = torch.zeros(settings.experts, out_features, spec.rank, device=device,
                                                 requires_grad=True)
-    routing = (torch.randn(len(docs), settings.experts, generator=generator) * 0.01).to(device).requires_grad_()
+    routing = _initial_routing(len(docs), settings.experts, generator, device)
     groups = [{"params": list(experts.values()), "lr": settings.lr}, {"params": [routing], "lr": settings.routing_lr}]
     began = time.perf_counter()
     _train_routed(sm, spec, experts, routing, docs, settings, torch.optim.AdamW(groups, weight_decay=0.0),
@@ -288,7 +292,7 @@ def add_poly_documents(sm: SpringModel, poly: Any, augmented: Mapping[str, Mappi
         return report
     device = sm.model.get_input_embeddings().weight.device
     generator = torch.Generator().manual_seed(settings.seed + len(poly))
-    routing = (torch.randn(len(docs), poly.num_experts, generator=generator) * 0.01).to(device).requires_grad_()
+    routing = _initial_routing(len(docs), poly.num_experts, generator, device)
     experts = {k: v.detach().to(device) for k, v in poly.experts.items()}
     began = time.perf_counter()
     optimizer = torch.optim.AdamW([routing], lr=settings.routing_lr, weight_decay=0.0)
@@ -298,6 +302,11 @@ def add_poly_documents(sm: SpringModel, poly: Any, augmented: Mapping[str, Mappi
     poly.rows = {doc_id: i for i, doc_id in enumerate(poly.doc_ids)}
     report.encoded, report.seconds = len(docs), time.perf_counter() - began
     return report
+
+
+def _initial_routing(documents: int, experts: int, generator: torch.Generator, device: Any) -> torch.Tensor:
+    """Routing logits near zero (almost uniform over the experts), small random values to break the tie."""
+    return (torch.randn(documents, experts, generator=generator) * 0.01).to(device).requires_grad_()
 
 
 def _usable(augmented: Mapping[str, Mapping[str, Any]]) -> tuple[list[tuple[str, Mapping[str, Any]]],
@@ -331,14 +340,10 @@ def _train_routed(sm: SpringModel, spec: LoraSpec, experts: Mapping[str, torch.T
             chosen = [items[i] for i in order[start:start + settings.batch_size]]
             batch = collate([example for _, example in chosen], sm.pad_token_id).to(device)
             weights = torch.softmax(routing[[doc for doc, _ in chosen]], dim=-1)
-            with active_update(_RoutedRows(experts, weights, spec)):
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
-                               logits_to_keep=batch.labels.shape[1] + 1).logits
-            per_row = [answer_loss_sum(logits[i:i + 1], batch.labels[i:i + 1]) / example.answer_length
-                       for i, (_, example) in enumerate(chosen)]
+            losses = answer_losses(model, batch, _RoutedRows(experts, weights, spec),
+                                   [example.answer_length for _, example in chosen])
             optimizer.zero_grad(set_to_none=True)
-            torch.stack(per_row).mean().backward()
+            losses.mean().backward()
             optimizer.step()
             progress.update(1)
     progress.close()

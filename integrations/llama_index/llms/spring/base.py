@@ -46,7 +46,7 @@ from llama_index.core.llms.llm import default_completion_to_prompt
 
 from spring_core import Generation, SpringModel
 from spring_core.aio import iterate_in_thread
-from spring_core.decoding import MODES, optional_scores
+from spring_core.decoding import MODES
 from spring_core.models import DEFAULT_MODEL
 from spring_core.parametric.online import (
     PARAMETRIC_MODES,
@@ -207,9 +207,8 @@ class SpringLLM(CustomLLM):
                              "give one of each per passage")
         documents = [ParametricDocument(i, p, s) for i, p, s in zip(ids, passages, scores, strict=True)]
         call = plan_call(self._adapters, documents, mode=parametric_mode, k=k, missing=self.missing_adapter)
-        weights = optional_scores(call.scores) if call.passages else None
         with activated(self._adapters, call.adapter_ids):
-            generation = self._spring.generate(query, call.passages, call.k, mode=mode, scores=weights,
+            generation = self._spring.generate(query, call.passages, call.k, mode=mode, scores=call.weights,
                                                weight_temperature=self.weight_temperature, **settings)
         return _response(generation)
 
