@@ -19,6 +19,7 @@ from spring_train.evaluate import (
     load_datasets,
     parse_methods,
     prompt_for,
+    record_metrics,
     write_report,
 )
 
@@ -94,6 +95,38 @@ def test_evaluate_scores_resumes_and_reports(tiny, tmp_path):
     assert "SPRING k=4" in paths["markdown"].read_text()
     assert paths["plot"].read_bytes().startswith(b"\x89PNG")
     assert json.loads(paths["json"].read_text())["results"] == results
+
+
+def test_a_rerun_recomputes_exactly_what_a_new_artifact_or_new_passages_change(tiny, tmp_path):
+    folder = tmp_path / "tokens"
+    VirtualTokens.random(tiny[0], 4, seed=1, tokenizer=tiny[1]).save(folder)
+
+    def load(artifact):
+        return SpringModel(*tiny, VirtualTokens.load(artifact) if artifact else None)
+
+    plan = EvalPlan(model="tiny", methods=parse_methods("concat,spring"), ks=[4], tokens=str(folder),
+                    max_new_tokens=4, batch_size=2)
+    predictions = tmp_path / "out" / "predictions.jsonl"
+
+    def run(rows):
+        evaluate(plan, {"toy/dev": rows}, tmp_path / "out", load=load, progress=lambda _: None)
+        return [json.loads(line) for line in predictions.read_text().splitlines()]
+
+    assert len(run(ROWS)) == 6
+    results = evaluate(plan, {"toy/dev": ROWS}, tmp_path / "out", load=load, progress=lambda _: None)
+    record_metrics(folder, results)  # new metrics in the manifest do not change a prediction
+    assert len(run(ROWS)) == 6
+
+    retrained = VirtualTokens.random(tiny[0], 4, seed=2, tokenizer=tiny[1])
+    retrained.save(folder)
+    lines = run(ROWS)
+    assert sorted((p["method"], p["id"]) for p in lines[6:]) == [("SPRING", "a"), ("SPRING", "b"), ("SPRING", "c")]
+    fresh = SpringModel(*tiny, retrained).generate(ROWS[1]["question"], ROWS[1]["passages"], k=4, max_new_tokens=4)
+    assert next(p for p in lines[6:] if p["id"] == "b")["prediction"] == fresh.text
+
+    moved = [ROWS[0], ROWS[1], dict(ROWS[2], passages=ROWS[2]["passages"][:1])]
+    lines = run(moved)
+    assert sorted((p["method"], p["id"]) for p in lines[9:]) == [("Concat", "c"), ("SPRING", "c")]
 
 
 def test_marginal_modes_run_next_to_concat_where_they_apply(tiny, tmp_path):

@@ -17,8 +17,12 @@ Methods (``--methods``; ``:closed-book`` after a trained method drops the passag
 next to the default ``concat`` for the methods in the SPRING layout (concat, spring, spring+, lora, prefix).
 
 Predictions are appended to ``predictions.jsonl`` as each batch finishes, so an interrupted run resumes where it
-stopped. EM, F1 and Acc use the SQuAD normalisation on the whole prediction (no truncation); the ``*_line``
-variants score only its first line.
+stopped. Each line carries a digest of what produced it (model, artifact files, generation length, the question
+and its passages), so a rerun after retraining an artifact or changing the retrieval recomputes exactly the
+predictions it changed; the stale lines stay in the file and are ignored.
+
+EM, F1 and Acc use the SQuAD normalisation on the whole prediction (no truncation); the ``*_line`` variants score
+only its first line.
 
 Example:
     >>> plan = EvalPlan(model="smollm2-135m", methods=parse_methods("concat,spring"), ks=[1, 50],
@@ -28,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,11 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spring_core.artifacts import MANIFEST_NAME, sha256_file
 from spring_core.decoding import MODES
 from spring_core.errors import DataError, SpringError
 from spring_core.metrics import aggregate, first_line, score
 from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt, format_passages
 from spring_core.spring_model import SpringModel
+from spring_core.tokens import resolve_artifact
 
 METHODS = ("closed-book", "concat", "prompt", "prompt-chat", "spring", "lora", "prefix", "spring+")
 LABELS = {"closed-book": "Closed-book", "concat": "Concat", "prompt": "Prompt", "prompt-chat": "Prompt-chat",
@@ -151,9 +158,14 @@ def load_datasets(files: Sequence[str], *, limit: int | None, passages: int, cor
     return {dataset_name(source.path): source.rows for source in sources}
 
 
+def _passages(method: Method, row: dict[str, Any]) -> list[Any]:
+    """The passages ``method`` shows the model for ``row`` (none for the closed-book settings)."""
+    return [] if method.closed_book or method.key == "closed-book" else list(row.get("passages") or [])
+
+
 def prompt_for(method: Method, sm: SpringModel, row: dict[str, Any], k: int | None) -> str | dict[str, Any]:
     """The prompt (text, or a ``generate_batch`` item for SPRING methods) a method gives the model for ``row``."""
-    passages = [] if method.closed_book or method.key == "closed-book" else list(row.get("passages") or [])
+    passages = _passages(method, row)
     question = row["question"]
     if method.key in ("spring", "spring+"):
         return {"question": question, "passages": passages, "k": k}
@@ -184,6 +196,7 @@ def evaluate(plan: EvalPlan, datasets: dict[str, list[dict[str, Any]]], out: str
     results = []
     for method, artifact in _grouped(plan):
         sm = load(artifact)
+        setup = _setup_digest(plan, artifact)
         ks = {"spring": plan.ks, "spring+": plan.plus_ks or plan.ks}.get(method.key, [None])
         for k in ks:
             if k is not None:
@@ -192,7 +205,7 @@ def evaluate(plan: EvalPlan, datasets: dict[str, list[dict[str, Any]]], out: str
                 if mode != "concat" and not method.marginal:
                     continue  # marginal decoding reads passages one by one in the SPRING layout
                 for name, rows in datasets.items():
-                    results.append(_run_one(plan, sm, method, k, mode, name, rows, store, progress))
+                    results.append(_run_one(plan, sm, method, k, mode, name, rows, store, progress, setup))
     return results
 
 
@@ -203,21 +216,57 @@ def _grouped(plan: EvalPlan) -> Iterator[tuple[Method, str | None]]:
         yield method, getattr(plan, option) if option else None
 
 
+def _setup_digest(plan: EvalPlan, artifact: str | None) -> str:
+    """What every prediction of one loaded model shares: the base model, the artifact's files, the length."""
+    return _digest({"model": plan.model, "max_new_tokens": plan.max_new_tokens,
+                    "artifact": _artifact_files(artifact)})
+
+
+def _artifact_files(artifact: str | None) -> Any:
+    """An artifact folder's weights and settings as ``{relative path: SHA-256 or manifest}``, or the name as given
+    when it is not a folder. Manifests count without their recorded metrics and creation time, which
+    ``--record-metrics`` and re-saving change without changing a prediction."""
+    if artifact is None:
+        return None
+    folder = resolve_artifact(artifact)
+    if not folder.is_dir():
+        return str(artifact)
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        name = str(path.relative_to(folder))
+        if path.name == MANIFEST_NAME:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            files[name] = {key: value for key, value in manifest.items() if key not in ("metrics", "created")}
+        elif path.is_file() and path.suffix in (".safetensors", ".json"):
+            files[name] = sha256_file(path)
+    return files
+
+
+def _input_digest(setup: str, row: dict[str, Any], passages: Sequence[Any]) -> str:
+    return _digest({"setup": setup, "question": row["question"], "passages": list(passages),
+                    "scores": row.get("passage_scores")})
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, mode: str, dataset: str,
-             rows: list[dict[str, Any]], store: _PredictionStore, progress: Callable[[str], None]) -> dict[str, Any]:
+             rows: list[dict[str, Any]], store: _PredictionStore, progress: Callable[[str], None],
+             setup: str) -> dict[str, Any]:
     label = method.label if mode == "concat" else f"{method.label} [{mode}]"
     key = (dataset, label, k)
-    todo = [row for row in rows if (*key, str(row["id"])) not in store.done]
+    inputs = {str(row["id"]): _input_digest(setup, row, _passages(method, row)) for row in rows}
+    todo = [row for row in rows if (*key, str(row["id"]), inputs[str(row["id"])]) not in store.done]
     if mode == "concat":
-        _generate_batched(plan, sm, method, k, key, todo, store)
+        _generate_batched(plan, sm, method, k, key, todo, store, inputs)
     else:
         for row in todo:
             began = time.perf_counter()
-            passages = [] if method.closed_book else row.get("passages")
-            out = sm.generate(row["question"], passages, k or 0, mode=mode, scores=row.get("passage_scores"),
-                              max_new_tokens=plan.max_new_tokens)
-            store.add([_prediction(key, row, out.text, time.perf_counter() - began)])
-    predictions = [store.done[(*key, str(row["id"]))] for row in rows]
+            out = sm.generate(row["question"], _passages(method, row), k or 0, mode=mode,
+                              scores=row.get("passage_scores"), max_new_tokens=plan.max_new_tokens)
+            store.add([_prediction(key, row, out.text, time.perf_counter() - began, inputs)])
+    predictions = [store.done[(*key, str(row["id"]), inputs[str(row["id"])])] for row in rows]
     result = {"dataset": dataset, "method": label, "k": k, "mode": mode,
               "retrieval": not method.closed_book and method.key != "closed-book"}
     result.update(aggregate([p["scores"] for p in predictions]))
@@ -230,7 +279,8 @@ def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, mod
 
 
 def _generate_batched(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None,
-                      key: tuple[str, str, int | None], todo: list[dict[str, Any]], store: _PredictionStore) -> None:
+                      key: tuple[str, str, int | None], todo: list[dict[str, Any]], store: _PredictionStore,
+                      inputs: dict[str, str]) -> None:
     prompts = [prompt_for(method, sm, row, k) for row in todo]
     # Similar prompt lengths share a batch (less padding); results do not depend on the order.
     order = sorted(range(len(todo)), key=lambda i: len(json.dumps(prompts[i])))
@@ -240,25 +290,28 @@ def _generate_batched(plan: EvalPlan, sm: SpringModel, method: Method, k: int | 
         outputs = sm.generate_batch([prompts[i] for i in chosen], batch_size=plan.batch_size,
                                     max_new_tokens=plan.max_new_tokens)
         seconds = (time.perf_counter() - began) / len(chosen)
-        store.add([_prediction(key, todo[i], out.text, seconds) for i, out in zip(chosen, outputs, strict=True)])
+        store.add([_prediction(key, todo[i], out.text, seconds, inputs)
+                   for i, out in zip(chosen, outputs, strict=True)])
 
 
-def _prediction(key: tuple[str, str, int | None], row: dict[str, Any], text: str, seconds: float) -> dict[str, Any]:
-    return {"dataset": key[0], "method": key[1], "k": key[2], "id": str(row["id"]), "prediction": text,
+def _prediction(key: tuple[str, str, int | None], row: dict[str, Any], text: str, seconds: float,
+                inputs: dict[str, str]) -> dict[str, Any]:
+    return {"dataset": key[0], "method": key[1], "k": key[2], "id": str(row["id"]),
+            "input": inputs[str(row["id"])], "prediction": text,
             "answers": row["answers"], "scores": score(text, row["answers"]),
             "scores_line": score(first_line(text), row["answers"]), "seconds": round(seconds, 4)}
 
 
-def _key(prediction: dict[str, Any]) -> tuple[str, str, int | None, str]:
-    return prediction["dataset"], prediction["method"], prediction["k"], prediction["id"]
+def _key(prediction: dict[str, Any]) -> tuple[str, str, int | None, str, str | None]:
+    return prediction["dataset"], prediction["method"], prediction["k"], prediction["id"], prediction.get("input")
 
 
 class _PredictionStore:
-    """``predictions.jsonl``: one line per (dataset, method, k, row id); read back to resume."""
+    """``predictions.jsonl``: one line per (dataset, method, k, row id, input digest); read back to resume."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.done: dict[tuple[str, str, int | None, str], dict[str, Any]] = {}
+        self.done: dict[tuple[str, str, int | None, str, str | None], dict[str, Any]] = {}
         if path.exists():
             text = path.read_text(encoding="utf-8")
             if text and not text.endswith("\n"):  # a run killed mid-write: that last prediction is recomputed
