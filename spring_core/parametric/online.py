@@ -123,11 +123,14 @@ def answer_with_adapters(sm: SpringModel, adapters: Any, question: str, document
                          mode: str = "combine", k: int | None = None, decoding: str = "concat",
                          missing: str = "error", weight_temperature: float = 1.0, **settings: Any) -> Generation:
     """Answer ``question`` with the documents' knowledge as ``mode`` says; ``decoding`` is ``SpringModel.generate``'s
-    ``mode`` for the passages in the prompt, ``settings`` its generation settings."""
+    ``mode`` for the passages in the prompt, ``settings`` its generation settings.
+
+    With a marginal ``decoding``, the prompt passages are weighted by their documents' scores: all scored, or none
+    (equal weights); a mix raises ``DecodingError``, as in the integrations.
+    """
     call = plan_call(adapters, documents, mode=mode, k=k, missing=missing)
     generate_kwargs: dict[str, Any] = dict(settings)
     if decoding != "concat":
-        scores = None if any(s is None for s in call.scores) else call.scores
-        generate_kwargs.update(mode=decoding, weight_temperature=weight_temperature, scores=scores)
+        generate_kwargs.update(mode=decoding, weight_temperature=weight_temperature, scores=call.weights)
     with activated(adapters, call.adapter_ids):
         return sm.generate(question, call.passages, call.k, **generate_kwargs)

@@ -272,6 +272,23 @@ def test_icl_prag_and_combine_put_knowledge_where_they_promise(store, model, tin
     assert sm.generate(question, PASSAGES, 0, **settings).text == icl.text  # nothing stays active
 
 
+def test_marginal_decoding_weighs_the_prompt_passages_by_their_documents_scores(store, model, tiny):
+    from spring_core.decoding import DecodingError
+    from spring_core.parametric import ParametricDocument, answer_with_adapters
+
+    sm = SpringModel(model, tiny[1])
+    adapters = DocumentAdapters(store, model)
+    scored = [ParametricDocument("doc-0", PASSAGES[0], 3.0), ParametricDocument("doc-1", PASSAGES[1], 0.5)]
+    out = answer_with_adapters(sm, adapters, "Who?", scored, mode="combine", decoding="rag-token",
+                               max_new_tokens=3)
+    with adapters.activate(["doc-0", "doc-1"]):
+        expected = sm.generate("Who?", PASSAGES, 0, mode="rag-token", scores=[3.0, 0.5], max_new_tokens=3)
+    assert out.text == expected.text
+    half_scored = [scored[0], ParametricDocument("doc-1", PASSAGES[1])]
+    with pytest.raises(DecodingError, match="passage 1 has no retriever score"):
+        answer_with_adapters(sm, adapters, "Who?", half_scored, mode="combine", decoding="rag-token")
+
+
 def test_documents_without_adapters_raise_or_fall_back_to_icl_with_a_log_line(store, model, tiny, caplog):
     from spring_core.parametric import ParametricDocument, answer_with_adapters
 
