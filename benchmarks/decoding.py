@@ -11,6 +11,10 @@ each answered by Concat (no tokens) and by the bundled SPRING tokens at k = 50, 
 F1 / Acc and seconds per question go to ``benchmarks/results/decoding/results.{json,md}``.
 
 It is ``spring-rag eval`` with these settings; predictions are kept in ``--out`` so an interrupted run resumes.
+The full run takes about two and a half hours on a 2-core CPU, because the marginal modes answer one question at
+a time. Seconds per question only mean something when nothing else runs on the machine: the README's speed
+column comes from a separate quiet run over the first 20 questions of each dataset, in
+``benchmarks/results/decoding-quiet/`` (``--limit 20 --out benchmarks/results/decoding-quiet``).
 
 Run (from the repository root, with the shared data folder beside the repository, or pass ``--data-dir``)::
 

@@ -95,6 +95,9 @@ def test_evaluate_scores_resumes_and_reports(tiny, tmp_path):
     assert "SPRING k=4" in paths["markdown"].read_text()
     assert paths["plot"].read_bytes().startswith(b"\x89PNG")
     assert json.loads(paths["json"].read_text())["results"] == results
+    (tmp_path / "single").mkdir()
+    single_k = write_report([r for r in results if r["k"] != 1], tmp_path / "single", config={})
+    assert "plot" not in single_k  # one k per method: nothing to plot against k
 
 
 def test_a_rerun_recomputes_exactly_what_a_new_artifact_or_new_passages_change(tiny, tmp_path):

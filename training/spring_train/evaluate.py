@@ -342,7 +342,11 @@ def write_report(results: list[dict[str, Any]], out: str | Path, *, config: dict
     paths = {"json": out / "results.json", "markdown": out / "results.md"}
     paths["json"].write_text(json.dumps({"config": config, "results": results}, indent=2) + "\n", encoding="utf-8")
     paths["markdown"].write_text(markdown_tables(results) + "\n", encoding="utf-8")
-    if any(r["k"] is not None for r in results):
+    ks_per_method: dict[str, set[int]] = {}
+    for r in results:
+        if r["k"] is not None:
+            ks_per_method.setdefault(r["method"], set()).add(r["k"])
+    if any(len(ks) > 1 for ks in ks_per_method.values()):
         paths["plot"] = plot_vs_k(results, out / "em_f1_vs_k.png")
     return paths
 
