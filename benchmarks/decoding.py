@@ -8,7 +8,8 @@ What is measured: SmolLM2-135M-Instruct, greedy, 16 new tokens, on
   (their BM25 scores give the passage weights ``p(z|x)``),
 
 each answered by Concat (no tokens) and by the bundled SPRING tokens at k = 50, in the four ``--mode`` values. EM /
-F1 / Acc and seconds per question go to ``benchmarks/results/decoding/results.{json,md}``.
+F1 / Acc and seconds per question go to ``benchmarks/results/decoding/results.{json,md}``. The committed results
+were measured with the bundled tokens' 200-step first stage (its ``REPRODUCE.md`` gives that version's SHA-256).
 
 It is ``spring-rag eval`` with these settings; predictions are kept in ``--out`` so an interrupted run resumes.
 The full run takes about two and a half hours on a 2-core CPU, because the marginal modes answer one question at

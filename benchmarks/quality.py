@@ -8,8 +8,8 @@ k = 50. EM / F1 / Acc on the whole prediction, and the same on its first line.
 
 It is ``spring-rag eval`` with these settings; predictions are kept in ``--out`` so an interrupted run resumes.
 The committed ``benchmarks/results/quality/`` holds the full sweep (k = 1, 5, 10, 25, 50): about 5 minutes per
-method and k for the 400 questions on a 2-core CPU. k = 5 and 25 were added by a later rerun of the same command,
-which took every other answer from the saved predictions (same model, artifacts and passages).
+method and k for the 400 questions on a 2-core CPU. It was filled by several runs of this command: each run takes
+from the saved predictions every answer whose model, artifact files and passages are unchanged.
 
 Run (from the repository root, with the shared data folder beside the repository, or pass ``--data-dir``)::
 
