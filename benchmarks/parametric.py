@@ -130,8 +130,8 @@ def offline(sm: SpringModel, docs: list[dict], work: Path, llm_docs: int) -> dic
 
 def storage(work: Path, documents: int, poly: PolyAdapters) -> dict[str, Any]:
     prag_bytes, poly_bytes = artifact_bytes(work / "prag"), artifact_bytes(work / "poly")
-    expert_bytes = 4 * poly.num_experts * poly.spec.rank * sum(o + i for o, i in poly.spec.modules.values())
-    per_doc_prag = 4 * poly.spec.rank * sum(o + i for o, i in poly.spec.modules.values())
+    per_doc_prag = 4 * poly.spec.rank * sum(o + i for o, i in poly.spec.modules.values())  # float32 A and B
+    expert_bytes = poly.num_experts * per_doc_prag  # each expert is one rank-r LoRA
     per_doc_poly = 4 * poly.num_experts  # one float32 routing logit per expert
     # documents at which Poly-PRAG's total is 50x smaller than PRAG's: D * P >= 50 * (E + D * r)
     crossing = None if per_doc_prag <= 50 * per_doc_poly else 50 * expert_bytes / (per_doc_prag - 50 * per_doc_poly)
@@ -148,17 +148,16 @@ def retrieved(retrieval: Any, question: str) -> list[ParametricDocument]:
 def quality(sm: SpringModel, store: DocumentAdapters, poly: PolyAdapters, questions: list[dict],
             retrieval: Any) -> dict[str, Any]:
     plain = sm.with_tokens(None)
+    setups = {"icl": (plain, store, "icl", 0), "prag": (plain, store, "prag", 0),
+              "combine": (plain, store, "combine", 0), "poly": (plain, poly, "prag", 0),
+              "combine+SPRING": (sm, store, "combine", 50)}
     results: dict[str, Any] = {}
     for mode in MODES:
+        model, adapters, parametric, k = setups[mode]
         scores: dict[str, list[dict[str, float]]] = {"squad/dev": [], "hotpotqa": []}
         began = time.perf_counter()
         for row in questions:
             docs = retrieved(retrieval, row["question"])  # a document without adapter is read as text (logged)
-            model, adapters, parametric, k = {
-                "icl": (plain, store, "icl", 0), "prag": (plain, store, "prag", 0),
-                "combine": (plain, store, "combine", 0), "poly": (plain, poly, "prag", 0),
-                "combine+SPRING": (sm, store, "combine", 50),
-            }[mode]
             out = answer_with_adapters(model, adapters, row["question"], docs, mode=parametric, k=k,
                                        missing="icl", max_new_tokens=16)
             scores[row["dataset"]].append(score(out.text, row["answers"]))
