@@ -116,6 +116,19 @@ class VirtualTokens(torch.nn.Module):
         return cls._new(weight, model, layout, {"method": "random", "seed": seed})
 
     @classmethod
+    def from_artifact(cls, folder: str | Path, model: Any, *, tokenizer: Any = None) -> VirtualTokens:
+        """Init from a trained artifact's table (a warm start): same rows and layout, but a fresh manifest, so
+        the new tokens do not inherit the old ones' training record or scores.
+
+        Example::
+
+            tokens = VirtualTokens.from_artifact("smollm2-135m-squad", "smollm2-135m")
+        """
+        model, _ = _model_and_tokenizer(model, tokenizer)
+        start = cls.load(folder, model=model)
+        return cls._new(start.weight, model, start.layout, {"method": "artifact", "source": Path(folder).name})
+
+    @classmethod
     def from_official_pt(cls, path: str | Path, model: Any, *, tokenizer: Any = None,
                          layout: str = "raw") -> VirtualTokens:
         """Import a ``.pt`` file of the official SPRING code (an ``[n, d]`` tensor for tokens ``[ref1]..``)."""

@@ -240,10 +240,14 @@ def test_cli_train_and_its_errors(tiny_dir, qa, tmp_path):
 def test_warm_start_from_an_artifact(tiny, tiny_dir, qa, tmp_path):
     train(config(tiny_dir, qa, tmp_path / "first", max_steps=2), show_progress=False)
     first = VirtualTokens.load(tmp_path / "first")
+    first.save(tmp_path / "first", metrics={"eval": {"squad k=1": {"em": 50.0}}})
     model, tokenizer = load_model(str(tiny_dir))
     target = build_target(config(tiny_dir, qa, tmp_path / "x", init_tokens=str(tmp_path / "first")), model, tokenizer)
     assert torch.equal(target.tokens.weight.detach(), first.weight)
-    assert target.tokens.manifest["init"] == {"method": "artifact", "source": "first"}
+    manifest = target.tokens.manifest
+    assert manifest["init"] == {"method": "artifact", "source": "first"}
+    # the old tokens' scores and training record describe other tokens: a warm start starts a fresh record
+    assert manifest["metrics"] == {} and manifest["training"] == {} and manifest["data_sources"] == []
     with pytest.raises(ConfigError, match="--n 6"):
         build_target(config(tiny_dir, qa, tmp_path / "y", n=3, init_tokens=str(tmp_path / "first")), model,
                      tokenizer)

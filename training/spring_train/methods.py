@@ -109,12 +109,11 @@ def freeze(model: Any) -> None:
 def _initial_tokens(config: TrainConfig, model: Any, tokenizer: Any) -> VirtualTokens:
     """The paper's prompt-based init (``--init-text`` or its instruction), or a warm start from an artifact."""
     if config.init_tokens:
-        start = VirtualTokens.load(config.init_tokens, model=model)
+        start = VirtualTokens.from_artifact(config.init_tokens, model, tokenizer=tokenizer)
         if (start.n, start.layout) != (config.n, config.layout):
             raise ConfigError(f"--init-tokens {config.init_tokens} holds n = {start.n} tokens in the {start.layout!r} "
                               f"layout; pass --n {start.n} --layout {start.layout}")
-        return VirtualTokens(start.weight, {**start.manifest, "init": {"method": "artifact",
-                                                                      "source": Path(config.init_tokens).name}})
+        return start
     init = {"n": config.n, "tokenizer": tokenizer, "layout": config.layout}
     if config.init_text:
         return VirtualTokens.from_text(model, text=config.init_text, **init)
