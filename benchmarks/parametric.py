@@ -15,9 +15,6 @@ What is measured, in one run:
   forward pass over the answer's prompt with and without that update (the hooks' cost); medians of ``--repeats``,
   the variants run in turns.
 
-The committed ``parametric.json`` used the bundled tokens' 200-step first stage (its ``REPRODUCE.md`` gives that
-version's SHA-256).
-
 Run (from the repository root, with the shared data folder beside the repository)::
 
     python benchmarks/parametric.py                   # writes benchmarks/results/parametric.json
