@@ -60,7 +60,8 @@ class VirtualTokens(torch.nn.Module):
     Args:
         weight: the ``[n, hidden_size]`` table (copied to float32).
         manifest: the artifact manifest (base model, fingerprint, prompt layout, training config, metrics);
-            build new tables with ``from_text``, ``from_vocab`` or ``random`` rather than by hand.
+            build new tables with ``from_text``, ``from_vocab``, ``random`` or ``from_artifact`` rather than by
+            hand.
     """
 
     def __init__(self, weight: torch.Tensor, manifest: dict[str, Any]):
