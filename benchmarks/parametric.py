@@ -36,13 +36,13 @@ import torch
 from spring_core import SpringModel
 from spring_core.artifacts import artifact_bytes
 from spring_core.data import read_qa
+from spring_core.engine import answer_with_adapters
 from spring_core.metrics import aggregate, score
 from spring_core.parametric import (
     AdapterStore,
     DocumentAdapters,
     ParametricDocument,
     activated,
-    answer_with_adapters,
 )
 from spring_core.parametric.augment import augment_corpus, read_augmented
 from spring_core.parametric.poly import PolyAdapters

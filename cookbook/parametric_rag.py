@@ -22,7 +22,8 @@ from pathlib import Path
 
 from spring_core import SpringModel
 from spring_core.data import demo_qa_path, read_corpus, read_qa, sample_corpus_path
-from spring_core.parametric import ParametricDocument, answer_with_adapters, open_adapters
+from spring_core.engine import answer_with_adapters
+from spring_core.parametric import ParametricDocument, open_adapters
 from spring_core.parametric.augment import augment_corpus, read_augmented
 from spring_core.retrieval import create_store
 from spring_train.parametrize import PragSettings, parametrize

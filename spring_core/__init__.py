@@ -14,7 +14,7 @@ from spring_core.errors import (
     ModelMismatchError,
     SpringError,
 )
-from spring_core.prompts import DEFAULT_INSTRUCTION, PromptParts, build_prompt, marker_block, parse_prompt
+from spring_core.prompts import DEFAULT_INSTRUCTION, PromptParts, build_prompt, marker_block
 from spring_core.spring_model import Generation, GenerationStream, SpringModel, Usage
 from spring_core.tokens import VirtualTokens
 
@@ -34,5 +34,4 @@ __all__ = [
     "VirtualTokens",
     "build_prompt",
     "marker_block",
-    "parse_prompt",
 ]

@@ -28,8 +28,12 @@ class ModelMismatchError(ArtifactError):
     """An artifact was made for a different base model than the one it is being loaded into."""
 
 
-class MarkerError(SpringError, ValueError):
-    """A prompt's virtual-token marker block is malformed, too long, or smuggled in through user text."""
+class MarkerError(SpringError):
+    """A virtual-token block asks for more tokens than are loaded (``k`` outside ``0..n``).
+
+    Deliberately not a ``ValueError``: LlamaIndex's refine synthesizer catches ``ValueError`` and would turn the
+    error into an empty answer.
+    """
 
 
 class DataError(SpringError):

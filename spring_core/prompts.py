@@ -1,27 +1,28 @@
-"""Prompt layouts and the virtual-token marker block.
+"""Prompt layouts, and where the virtual-token block goes.
 
-A SPRING prompt is three parts: the retrieved passages, a block of ``k`` virtual tokens written as the markers
-``[r1][r2]..[rk]``, and the question. ``PromptParts`` holds them as *text before the block*, ``k`` and *text after
-the block*; the block itself never travels through the tokenizer, so marker-looking text inside a question or a
-document can never become a virtual token.
+A SPRING prompt is three parts: the retrieved passages, a block of ``k`` virtual tokens, and the question.
+``PromptParts`` holds them as *text before the block*, ``k`` and *text after the block*. The block is structure,
+never text: it exists only as the ``k`` of a ``PromptParts`` that spring-rag (or the calling code) built, so a
+question, passage, document or chat message that contains ``[r1]`` or any other marker-like string is read as
+plain characters. ``render()`` writes the block as ``[r1]..[rk]`` for display and logs only; nothing parses it
+back.
 
 Example:
     >>> parts = build_prompt("Who wrote Hamlet?", ["Hamlet is a play by Shakespeare."], k=2)
     >>> parts.render()
     '[1] Hamlet is a play by Shakespeare.\\n\\n[r1][r2]Question: Who wrote Hamlet?\\nAnswer:'
-    >>> parse_prompt(parts.render(), n=50) == parts
-    True
+    >>> parts.plain_text()
+    '[1] Hamlet is a play by Shakespeare.\\n\\nQuestion: Who wrote Hamlet?\\nAnswer:'
 """
 
 from __future__ import annotations
 
-import re
-import warnings
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spring_core.errors import MarkerError
+from spring_core.errors import SpringError
 
 DEFAULT_INSTRUCTION = (
     "According to the previous relevant passages, please answer the following question. "
@@ -31,46 +32,57 @@ DEFAULT_INSTRUCTION = (
 
 MARKER_TEMPLATE = "[r{i}]"
 LAYOUTS = ("raw", "chat")
-NO_K_LIMIT = 1 << 30  # an n for parsing a block of any size
-_MARKER_RE = re.compile(r"\[r(\d+)\]")
-_RUN_RE = re.compile(r"(?:\[r\d+\])+")
 
 Passage = str | Mapping[str, Any]
 
 
+class LayoutError(SpringError):
+    """A prompt layout cannot be used with this model (e.g. ``chat`` without a chat template)."""
+
+
 def marker(i: int) -> str:
-    """The marker string of virtual token ``i`` (1-based): ``marker(3) == "[r3]"``."""
+    """The display string of virtual token ``i`` (1-based): ``marker(3) == "[r3]"``."""
     return MARKER_TEMPLATE.format(i=i)
 
 
 def marker_block(k: int) -> str:
-    """The block ``[r1][r2]..[rk]``; the empty string for ``k == 0``."""
+    """The display string ``[r1][r2]..[rk]``; the empty string for ``k == 0``."""
     return "".join(marker(i) for i in range(1, k + 1))
-
-
-def contains_marker(text: str) -> bool:
-    """True if ``text`` holds anything that looks like a virtual-token marker."""
-    return _MARKER_RE.search(text) is not None
 
 
 @dataclass(frozen=True)
 class PromptParts:
-    """A prompt split around its marker block: ``before + [r1..rk] + after``.
+    """A prompt split around its virtual-token block: ``before + [r1..rk] + after``.
 
     ``k == 0`` means no virtual tokens: the prompt is ``before + after`` and is fed to the base model unchanged.
+    ``special_tokens=False`` marks text rendered by a chat template, which already holds the template's BOS: it is
+    tokenized without adding the tokenizer's special tokens again (as ``apply_chat_template(tokenize=True)`` does).
     """
 
     before: str
     k: int = 0
     after: str = ""
+    special_tokens: bool = True
 
     def render(self) -> str:
-        """The prompt as text, with the marker block written out."""
+        """The prompt for display, with the block written as ``[r1]..[rk]`` (never parsed back)."""
         return self.before + marker_block(self.k) + self.after
 
     def plain_text(self) -> str:
-        """The prompt without its marker block: what the base model alone would read."""
+        """The prompt without its block: what the base model alone would read."""
         return self.before + self.after
+
+    def with_k(self, k: int) -> PromptParts:
+        """The same prompt with a block of ``k`` tokens at the same place."""
+        return PromptParts(self.before, k, self.after, self.special_tokens)
+
+
+@dataclass(frozen=True)
+class BlockAt:
+    """Where a block goes in a list of texts (chat turns, or one prompt): text ``message``, character ``offset``."""
+
+    message: int
+    offset: int
 
 
 def format_passage(passage: Passage) -> str:
@@ -89,24 +101,9 @@ def format_passages(passages: Sequence[Passage]) -> str:
     return "\n".join(f"[{i}] {format_passage(p)}" for i, p in enumerate(passages, start=1))
 
 
-def check_user_text(texts: Sequence[str], *, strict: bool, what: str = "user text") -> None:
-    """Refuse (``strict``) or warn about marker strings inside text the user or a document supplied.
-
-    With ``strict=False`` the text is kept and read as ordinary characters: only the block spliced in by
-    spring-rag ever becomes virtual tokens.
-    """
-    for text in texts:
-        found = _MARKER_RE.search(text)
-        if found is None:
-            continue
-        message = (
-            f"{what} contains the virtual-token marker {found.group(0)!r}; markers are reserved for the block "
-            "spring-rag inserts between the passages and the question. Remove it from the text, or pass "
-            "strict=False to read it as plain characters."
-        )
-        if strict:
-            raise MarkerError(message)
-        warnings.warn(message, stacklevel=3)
+def question_tail(question: str, layout: str = "raw") -> str:
+    """What follows the block: ``Question: q`` plus, in the raw completion layout, ``\\nAnswer:``."""
+    return f"Question: {question}\nAnswer:" if layout == "raw" else f"Question: {question}"
 
 
 def build_prompt(
@@ -120,107 +117,68 @@ def build_prompt(
     """Build the SPRING layout: passages, then ``k`` virtual tokens, then the question.
 
     ``layout="raw"`` is the paper's completion prompt; ``layout="chat"`` puts the same text in one user turn of
-    the tokenizer's chat template (markers right before the question) and opens the assistant turn.
+    the tokenizer's chat template (block right before the question) and opens the assistant turn.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown prompt layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        raise LayoutError(f"unknown prompt layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     context = format_passages(passages or [])
     head = context + "\n\n" if context else ""
     if layout == "raw":
         return PromptParts(head, k, question_tail(question, layout))
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("layout='chat' needs a tokenizer with a chat template; use layout='raw' for this model")
-    sentinel = "\x00SPRING-BLOCK\x00"
-    user_turn = head + sentinel + question_tail(question, layout)
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_turn}], tokenize=False, add_generation_prompt=True
-    )
-    before, after = rendered.split(sentinel)
-    return PromptParts(before, k, after)
+    turn = {"role": "user", "content": head + question_tail(question, layout)}
+    return render_chat(tokenizer, [turn], BlockAt(0, len(head)), k)
 
 
-def question_tail(question: str, layout: str = "raw") -> str:
-    """What follows the marker block: ``Question: q`` plus, in the raw completion layout, ``\nAnswer:``."""
-    return f"Question: {question}\nAnswer:" if layout == "raw" else f"Question: {question}"
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` carries a chat template."""
+    return bool(getattr(tokenizer, "chat_template", None))
 
 
-def spring_template(k: int, layout: str = "raw", *, context: str = "{context}", question: str = "{question}") -> str:
-    """A template string in the SPRING order (context, ``k`` markers, question) for prompt-template libraries.
+def render_chat(tokenizer: Any, turns: Sequence[Mapping[str, str]], block: BlockAt | None = None,
+                k: int = 0) -> PromptParts:
+    """Turns ``[{"role", "content"}]`` rendered with the chat template, assistant turn opened, with a ``k``-token
+    block at ``block`` (a turn and a character offset in its content).
 
-    ``context`` and ``question`` are the placeholders to use, e.g. LlamaIndex's ``{context_str}``/``{query_str}``.
-    In the ``chat`` layout the result is the user turn; the chat template is applied around it by the LLM.
+    The block's place is marked with a random sentinel that no content holds, so the split is exact whatever the
+    turns contain. Without a chat template this raises ``LayoutError``.
+    """
+    if not has_chat_template(tokenizer):
+        raise LayoutError("this model's tokenizer has no chat template, so the 'chat' layout cannot be used; use "
+                          "the 'raw' layout (layout='raw' / prompt_layout='raw')")
+    turns = [{"role": str(t["role"]), "content": str(t["content"])} for t in turns]
+    if block is None or k == 0:
+        rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        return PromptParts(rendered, 0, "", special_tokens=False)
+    sentinel = unique_sentinel(t["content"] for t in turns)
+    content = turns[block.message]["content"]
+    turns[block.message] = {**turns[block.message],
+                            "content": content[:block.offset] + sentinel + content[block.offset:]}
+    rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    before, found, after = rendered.partition(sentinel)
+    if not found or sentinel in after:
+        raise LayoutError("the chat template did not render its content verbatim, so the virtual-token block "
+                          "cannot be placed; use the 'raw' layout with this model")
+    return PromptParts(before, k, after, special_tokens=False)
+
+
+def unique_sentinel(texts: Any = ()) -> str:
+    """A fresh marker string that occurs in none of ``texts`` (private-use characters around 64 random bits)."""
+    texts = list(texts)
+    while True:
+        sentinel = f"\ue000{secrets.token_hex(8)}\ue001"
+        if not any(sentinel in text for text in texts):
+            return sentinel
+
+
+def spring_template(layout: str = "raw", *, context: str = "{context}", question: str = "{question}") -> str:
+    """A template string in the SPRING order (context, then the question) for prompt-template libraries.
+
+    It holds no markers: spring-rag's LLM components place the block between the context and the question
+    themselves. ``context`` and ``question`` are the placeholders, e.g. LlamaIndex's ``{context_str}`` and
+    ``{query_str}``. In the ``chat`` layout the result is the user turn.
 
     Example:
-        >>> spring_template(2)
-        '{context}\n\n[r1][r2]Question: {question}\nAnswer:'
+        >>> spring_template()
+        '{context}\\n\\nQuestion: {question}\\nAnswer:'
     """
-    return f"{context}\n\n{marker_block(k)}{question_tail(question, layout)}"
-
-
-def parse_prompt(prompt: str, n: int, *, strict: bool = True) -> PromptParts:
-    """Find the one marker block ``[r1]..[rk]`` in ``prompt`` (``k <= n``) and split the prompt around it.
-
-    A prompt without markers gives ``PromptParts(prompt)``. Markers anywhere else, gaps, disorder, two blocks,
-    or ``k > n`` raise ``MarkerError``; with ``strict=False`` they warn instead, and one block that starts at
-    ``[r1]`` and counts up is used (cut to ``n``): the one right before ``Question:`` where the layout puts it,
-    else the longest, else the last. Every other marker string stays plain text, so a marker quoted inside a
-    question cannot take the block's place.
-    """
-    runs = [(m.start(), m.end(), [int(x) for x in _MARKER_RE.findall(m.group(0))]) for m in _RUN_RE.finditer(prompt)]
-    if not runs:
-        return PromptParts(prompt)
-
-    problem = _describe_problem(runs, n)
-    if problem is None:
-        start, end, numbers = runs[0]
-        return PromptParts(prompt[:start], len(numbers), prompt[end:])
-    if strict:
-        raise MarkerError(f"{problem} Pass strict=False to use the last well-formed block and read the rest as text.")
-
-    warnings.warn(f"{problem} Using one well-formed block; other markers are read as text.", stacklevel=2)
-    candidates = [
-        (prompt[start + len(marker_block(k)):].startswith("Question:"), k, start)
-        for start, _end, numbers in runs
-        if (k := _counting_prefix(numbers))
-    ]
-    if not candidates:
-        return PromptParts(prompt)
-    _, k, start = max(candidates)
-    k_used = min(k, n)
-    # The run starts with [r1]..[rk_used]; whatever follows it stays in the text, as characters.
-    return PromptParts(prompt[:start], k_used, prompt[start + len(marker_block(k_used)):])
-
-
-def resize_block(prompt: str, k: int | None, *, strict: bool) -> str:
-    """The prompt with its marker block rewritten as ``[r1]..[rk]`` (unchanged when ``k`` is None or no block)."""
-    if k is None or not contains_marker(prompt):
-        return prompt
-    # Any size here: SpringModel checks k <= n when it parses the result.
-    parts = parse_prompt(prompt, NO_K_LIMIT, strict=strict)
-    if parts.k == 0:
-        return prompt
-    return PromptParts(parts.before, k, parts.after).render()
-
-
-def _counting_prefix(numbers: list[int]) -> int:
-    """How many of ``numbers`` count 1, 2, 3, ... from the start."""
-    k = 0
-    for expected, got in enumerate(numbers, start=1):
-        if got != expected:
-            break
-        k = expected
-    return k
-
-
-def _describe_problem(runs: list[tuple[int, int, list[int]]], n: int) -> str | None:
-    if len(runs) > 1:
-        return f"the prompt holds {len(runs)} separate marker blocks; a SPRING prompt has exactly one."
-    numbers = runs[0][2]
-    if numbers != list(range(1, len(numbers) + 1)):
-        shown = "".join(marker(i) for i in numbers[:8]) + ("..." if len(numbers) > 8 else "")
-        return f"the marker block {shown} is not [r1][r2]..[rk] in order without gaps."
-    if len(numbers) > n:
-        if n == 0:
-            return "the prompt holds a marker block but no virtual tokens are loaded (n = 0)."
-        return f"the marker block asks for k = {len(numbers)} virtual tokens but only n = {n} exist."
-    return None
+    return f"{context}\n\n{question_tail(question, layout)}"

@@ -1,10 +1,11 @@
-"""SpringModel: a frozen Hugging Face causal LM that reads virtual tokens ``[r1]..[rk]`` at a marker block.
+"""SpringModel: a frozen Hugging Face causal LM that reads virtual tokens ``[r1]..[rk]`` at a block.
 
-The virtual tokens get ids past the base vocabulary (``vocab_rows + i``). Before the forward pass those ids are
-replaced by rows of the ``VirtualTokens`` table in ``inputs_embeds``; every other id goes through the base
-embedding. A prompt without a marker block (or ``k=0``, or no tokens loaded) is passed to the base model as plain
-``input_ids``, so its logits are bit-identical to the untouched model's. The lm_head has no rows for virtual ids,
-so they can never be generated.
+A prompt is a ``PromptParts``: text before the block, ``k``, text after it. The virtual tokens get ids past the
+base vocabulary (``vocab_rows + i``); before the forward pass those ids are replaced by rows of the
+``VirtualTokens`` table in ``inputs_embeds``, every other id goes through the base embedding. A prompt with
+``k=0`` (or a plain string) is passed to the base model as plain ``input_ids``, so its logits are bit-identical to
+the untouched model's. Text is never searched for markers: ``[r1]`` inside a question, passage or prompt string is
+ordinary text. The lm_head has no rows for virtual ids, so they can never be generated.
 
 Example:
     >>> from spring_core import SpringModel
@@ -32,14 +33,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from spring_core.errors import MarkerError, ModelMismatchError
 from spring_core.models import DEFAULT_MODEL, load_model, model_display_name
-from spring_core.prompts import (
-    NO_K_LIMIT,
-    Passage,
-    PromptParts,
-    build_prompt,
-    check_user_text,
-    parse_prompt,
-)
+from spring_core.prompts import Passage, PromptParts, build_prompt
 from spring_core.tokens import VirtualTokens
 
 
@@ -63,7 +57,7 @@ class Generation:
     text: str
     usage: Usage = field(default_factory=Usage)
     finish_reason: str = "stop"  # "stop": end of sequence or a stop string; "length": max_new_tokens reached
-    prompt: str = ""
+    prompt: str = ""  # the prompt for display and logs, its block written as [r1]..[rk] (``PromptParts.render``)
 
 
 @dataclass(frozen=True)
@@ -96,12 +90,10 @@ class SpringModel:
             plain base model.
         layout: ``"raw"`` (the paper's completion prompt) or ``"chat"`` (the chat template's user turn); by
             default the layout the tokens were trained with, else ``"raw"``.
-        strict: raise ``MarkerError`` on malformed marker blocks or markers inside user text (default); with
-            ``False`` warn, and read stray markers as plain text.
     """
 
     def __init__(self, model: Any, tokenizer: Any, tokens: VirtualTokens | str | Path | None = None, *,
-                 layout: str | None = None, strict: bool = True):
+                 layout: str | None = None):
         self.model = model
         self.tokenizer = tokenizer
         if isinstance(tokens, (str, Path)):
@@ -111,7 +103,6 @@ class SpringModel:
         _check_adapter(tokens, model)
         self.tokens: VirtualTokens | None = tokens
         self.layout = layout or (tokens.layout if tokens is not None else "raw")
-        self.strict = strict
         self.name = model_display_name(model)
         self.vocab_rows = int(model.get_input_embeddings().weight.shape[0])
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -120,14 +111,14 @@ class SpringModel:
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, tokens: VirtualTokens | str | Path | None = None,
                         *, device: str | None = None, dtype: str | torch.dtype | None = None, model: Any = None,
-                        tokenizer: Any = None, layout: str | None = None, strict: bool = True) -> SpringModel:
+                        tokenizer: Any = None, layout: str | None = None) -> SpringModel:
         """Load a base model (HF id, local folder, ``.gguf`` file or alias such as ``smollm2-135m``) with tokens."""
         model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, model=model, tokenizer=tokenizer)
-        return cls(model, tokenizer, tokens, layout=layout, strict=strict)
+        return cls(model, tokenizer, tokens, layout=layout)
 
     def with_tokens(self, tokens: VirtualTokens | str | Path | None, *, layout: str | None = None) -> SpringModel:
         """A SpringModel over the same base model and tokenizer (nothing is copied) with other virtual tokens."""
-        return SpringModel(self.model, self.tokenizer, tokens, layout=layout, strict=self.strict)
+        return SpringModel(self.model, self.tokenizer, tokens, layout=layout)
 
     @property
     def n(self) -> int:
@@ -145,10 +136,11 @@ class SpringModel:
 
     def prompt_parts(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None,
                      ) -> PromptParts:
-        """The stored layout for a question and its passages, with ``k`` (default: all ``n``) virtual tokens."""
+        """The stored layout for a question and its passages, with ``k`` (default: all ``n``) virtual tokens.
+
+        What the question and passages say is text only: a marker-like string in them is never a virtual token.
+        """
         k = self.check_k(self.n if k is None else k)
-        texts = [question] + [p if isinstance(p, str) else str(p.get("text", "")) for p in passages or []]
-        check_user_text(texts, strict=self.strict, what="the question or a passage")
         return build_prompt(question, passages, k, layout=self.layout, tokenizer=self.tokenizer)
 
     def check_k(self, k: int) -> int:
@@ -160,32 +152,27 @@ class SpringModel:
             )
         return k
 
-    def build_prompt(self, question: str, passages: Sequence[Passage] | None = None, k: int | None = None) -> str:
-        """The prompt as text, marker block included: what ``generate_from_prompt`` accepts."""
-        return self.prompt_parts(question, passages, k).render()
-
-    def parse(self, prompt: str) -> PromptParts:
-        """Split a prompt around its marker block (see ``parse_prompt``).
-
-        Without loaded tokens a well-formed block is dropped, so SPRING prompt templates also run on the plain
-        base model and it reads exactly the prompt without markers.
-        """
-        if self.tokens is None:
-            parts = parse_prompt(prompt, NO_K_LIMIT, strict=self.strict)
-            return PromptParts(parts.plain_text())
-        return parse_prompt(prompt, self.n, strict=self.strict)
+    def as_parts(self, prompt: PromptParts | str) -> PromptParts:
+        """A prompt as ``PromptParts``: a string is plain text (no block, whatever it contains); the block's ``k``
+        is checked against ``n``."""
+        if isinstance(prompt, str):
+            return PromptParts(prompt)
+        self.check_k(prompt.k)
+        return prompt
 
     def encode(self, parts: PromptParts) -> list[int]:
         """Token ids of a prompt; virtual token ``[ri]`` is the id ``vocab_rows + i - 1``.
 
-        With ``k == 0`` this is exactly ``tokenizer(prompt)["input_ids"]``.
+        With ``k == 0`` this is exactly ``tokenizer(prompt)["input_ids"]`` (without special tokens for a prompt
+        rendered by a chat template, which holds them already).
         """
         if parts.k == 0:
-            return list(self.tokenizer(parts.plain_text())["input_ids"])
+            return list(self.tokenizer(parts.plain_text(), add_special_tokens=parts.special_tokens)["input_ids"])
         before = self.tokenizer(parts.before, add_special_tokens=False)["input_ids"]
         after = self.tokenizer(parts.after, add_special_tokens=False)["input_ids"]
         virtual = list(range(self.vocab_rows, self.vocab_rows + parts.k))
-        return self._lead_ids + list(before) + virtual + list(after) + self._trail_ids
+        lead, trail = (self._lead_ids, self._trail_ids) if parts.special_tokens else ([], [])
+        return lead + list(before) + virtual + list(after) + trail
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``inputs_embeds`` for ids that may include virtual ids (differentiable w.r.t. the token table)."""
@@ -212,9 +199,9 @@ class SpringModel:
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     @torch.inference_mode()
-    def logits(self, prompt: str) -> torch.Tensor:
-        """Next-token logits over the prompt, ``[1, length, vocab]`` (marker block spliced in)."""
-        inputs = self.model_inputs([self.encode(self.parse(prompt))])
+    def logits(self, prompt: PromptParts | str) -> torch.Tensor:
+        """Next-token logits over the prompt, ``[1, length, vocab]`` (virtual tokens spliced in at the block)."""
+        inputs = self.model_inputs([self.encode(self.as_parts(prompt))])
         return self.model(**inputs).logits
 
     # ----- generation ----------------------------------------------------------------------------------------
@@ -254,18 +241,18 @@ class SpringModel:
                                fast=mode == "rag-sequence-fast", weight_temperature=weight_temperature)
         text, stopped = _cut_at_stop(out.text, parsed.stop)
         return Generation(text=text, usage=out.usage, finish_reason="stop" if stopped else out.finish_reason,
-                          prompt=self.build_prompt(question, passages[:1], k))
+                          prompt=self.prompt_parts(question, passages[:1], k).render())
 
-    def generate_from_prompt(self, prompt: str, **settings: Any) -> Generation:
-        """Generate from a finished prompt that may hold one marker block ``[r1]..[rk]`` (what integrations call)."""
-        return self._generate_parts([self.parse(prompt)], _settings(settings))[0]
+    def generate_from_prompt(self, prompt: PromptParts | str, **settings: Any) -> Generation:
+        """Generate from a finished prompt: ``PromptParts`` (with its block) or a plain string (no block)."""
+        return self._generate_parts([self.as_parts(prompt)], _settings(settings))[0]
 
-    def generate_batch(self, items: Sequence[str | Mapping[str, Any]], *, batch_size: int = 8,
+    def generate_batch(self, items: Sequence[PromptParts | str | Mapping[str, Any]], *, batch_size: int = 8,
                        **settings: Any) -> list[Generation]:
         """Generate for many prompts at once (left padding); greedy results equal one-by-one calls.
 
-        Each item is a prompt string (as for ``generate_from_prompt``) or a mapping with ``question`` and optional
-        ``passages`` and ``k`` (as for ``generate``).
+        Each item is a prompt (``PromptParts`` or a plain string, as for ``generate_from_prompt``) or a mapping
+        with ``question`` and optional ``passages`` and ``k`` (as for ``generate``).
         """
         parsed = _settings(settings)
         parts = [self._item_parts(item) for item in items]
@@ -291,13 +278,13 @@ class SpringModel:
         stream.result = generation
         return stream
 
-    def stream_from_prompt(self, prompt: str, **settings: Any) -> GenerationStream:
+    def stream_from_prompt(self, prompt: PromptParts | str, **settings: Any) -> GenerationStream:
         """Streaming twin of ``generate_from_prompt``."""
-        return self._stream_parts(self.parse(prompt), _settings(settings))
+        return self._stream_parts(self.as_parts(prompt), _settings(settings))
 
-    def _item_parts(self, item: str | Mapping[str, Any]) -> PromptParts:
-        if isinstance(item, str):
-            return self.parse(item)
+    def _item_parts(self, item: PromptParts | str | Mapping[str, Any]) -> PromptParts:
+        if isinstance(item, (str, PromptParts)):
+            return self.as_parts(item)
         return self.prompt_parts(item["question"], item.get("passages"), item.get("k"))
 
     def _generation_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:

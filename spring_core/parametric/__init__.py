@@ -3,7 +3,8 @@
 - ``AdapterStore`` / ``LoraSpec``: sharded safetensors of per-document adapters, integrity-checked on open
 - ``DocumentAdapters`` / ``LoraUpdate``: the summed update of retrieved documents, active for one call only
 - ``PolyAdapters`` (``spring_core.parametric.poly``): Poly-PRAG's latent experts and per-document routing
-- ``answer_with_adapters`` / ``plan_call``: the modes ``icl``, ``prag``, ``combine`` (+ SPRING tokens)
+- ``plan_call``: the modes ``icl``, ``prag``, ``combine`` (+ SPRING tokens);
+  ``spring_core.engine.answer_with_adapters`` answers with them
 - ``spring_core.parametric.augment``: the LLM's rewrites and QA pairs per document (``spring-rag augment``)
 """
 
@@ -12,7 +13,6 @@ from spring_core.parametric.online import (
     PARAMETRIC_MODES,
     ParametricDocument,
     activated,
-    answer_with_adapters,
     open_adapters,
     plan_call,
 )
@@ -28,7 +28,6 @@ __all__ = [
     "UnknownDocumentError",
     "activated",
     "active_update",
-    "answer_with_adapters",
     "install_hooks",
     "open_adapters",
     "plan_call",

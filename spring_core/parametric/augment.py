@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from spring_core.data import iter_jsonl
-from spring_core.errors import DataError, MarkerError, SpringError
+from spring_core.errors import DataError, SpringError
 from spring_core.parametric.prompts import EXAMPLE_QUESTION, PROMPT_VERSION, qa_prompt, rewrite_prompt
+from spring_core.prompts import PromptParts, has_chat_template, render_chat
 from spring_core.spring_model import SpringModel
 
 _OBJECT = re.compile(r"\{[^{}]*\}")
@@ -187,10 +188,7 @@ def augment_corpus(sm: SpringModel | None, corpus: Sequence[dict[str, Any]], out
         if augmenter == "cloze":
             results = [_cloze_row(row, seed=seed, pairs=pairs, min_pairs=min_pairs) for row in chunk]
         else:
-            try:
-                results = _augment_chunk(sm, chunk, **settings)
-            except MarkerError:  # a document holds marker-like text such as "[r1]": find it, keep the others
-                results = [_augment_alone(sm, row, settings) for row in chunk]
+            results = _augment_chunk(sm, chunk, **settings)
         with out.open("a", encoding="utf-8") as handle:
             for result in results:
                 handle.write(json.dumps(result, ensure_ascii=False) + "\n")
@@ -248,25 +246,15 @@ def _cloze_row(row: dict[str, Any], *, seed: int, pairs: int, min_pairs: int) ->
             "prompt_version": CLOZE_VERSION, "augmenter": "cloze"}
 
 
-def _augment_alone(sm: SpringModel, row: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return _augment_chunk(sm, [row], **settings)[0]
-    except MarkerError as exc:
-        return {"id": row["id"], "title": row.get("title", ""), "text": row["text"], "status": "failed",
-                "rewrite": None, "qa": [], "attempts": 0, "error": f"refused: {exc}",
-                "prompt_version": PROMPT_VERSION, "augmenter": sm.name}
-
-
 def _passage_text(row: dict[str, Any]) -> str:
     title = str(row.get("title") or "").strip()
     return f"{title}\n{row['text']}" if title else str(row["text"])
 
 
-def _user_turn(sm: SpringModel, text: str) -> str:
+def _user_turn(sm: SpringModel, text: str) -> PromptParts | str:
     """``text`` as one user turn of the model's chat template (instruct models expect it), else as it is."""
-    if getattr(sm.tokenizer, "chat_template", None):
-        return sm.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                add_generation_prompt=True)
+    if has_chat_template(sm.tokenizer):
+        return render_chat(sm.tokenizer, [{"role": "user", "content": text}])
     return text
 
 

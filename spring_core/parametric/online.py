@@ -14,7 +14,10 @@ the prompt instead (in every mode) and a warning is logged, so the fallback is n
 Example:
     >>> adapters = open_adapters("adapters/", sm.model)                                     # doctest: +SKIP
     >>> docs = [ParametricDocument("doc-3", passage, 12.1), ParametricDocument("doc-9", other, 8.0)]  # doctest: +SKIP
-    >>> answer_with_adapters(sm, adapters, "Who founded X?", docs, mode="combine", k=10).text  # doctest: +SKIP
+    >>> plan_call(adapters, docs, mode="combine", k=10).adapter_ids                          # doctest: +SKIP
+    ['doc-3', 'doc-9']
+
+``spring_core.engine`` answers with such a plan (``Engine``, ``answer_with_adapters``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from spring_core.errors import SpringError
 from spring_core.parametric.lora import DocumentAdapters
 from spring_core.parametric.store import AdapterStore, UnknownDocumentError
 from spring_core.prompts import Passage
-from spring_core.spring_model import Generation, SpringModel
 
 PARAMETRIC_MODES = ("icl", "prag", "combine")
 MISSING = ("error", "icl")
@@ -117,20 +119,3 @@ def activated(adapters: Any, adapter_ids: Sequence[str]) -> Iterator[None]:
         return
     with adapters.activate(list(adapter_ids)):
         yield
-
-
-def answer_with_adapters(sm: SpringModel, adapters: Any, question: str, documents: Sequence[ParametricDocument], *,
-                         mode: str = "combine", k: int | None = None, decoding: str = "concat",
-                         missing: str = "error", weight_temperature: float = 1.0, **settings: Any) -> Generation:
-    """Answer ``question`` with the documents' knowledge as ``mode`` says; ``decoding`` is ``SpringModel.generate``'s
-    ``mode`` for the passages in the prompt, ``settings`` its generation settings.
-
-    With a marginal ``decoding``, the prompt passages are weighted by their documents' scores: all scored, or none
-    (equal weights); a mix raises ``DecodingError``, as in the integrations.
-    """
-    call = plan_call(adapters, documents, mode=mode, k=k, missing=missing)
-    generate_kwargs: dict[str, Any] = dict(settings)
-    if decoding != "concat":
-        generate_kwargs.update(mode=decoding, weight_temperature=weight_temperature, scores=call.weights)
-    with activated(adapters, call.adapter_ids):
-        return sm.generate(question, call.passages, call.k, **generate_kwargs)

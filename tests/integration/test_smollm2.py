@@ -89,7 +89,7 @@ def test_logits_bit_identical_without_virtual_tokens(smollm2, tokens50, rows, la
 
     # Tokens loaded, but k = 0: the prompt SpringModel builds is the plain prompt and reads bit-identically.
     sm = SpringModel(model, tokenizer, tokens50, layout=layout)
-    built = sm.build_prompt(row["question"], short_passages(row), k=0)
+    built = sm.prompt_parts(row["question"], short_passages(row), k=0)
     assert built == prompt
     assert torch.equal(sm.logits(built), reference)
 
@@ -157,7 +157,7 @@ def test_virtual_tokens_change_logits_only_after_the_block(smollm2, tokens50, ro
     k = 10
     sm = SpringModel(model, tokenizer, tokens50, layout="raw")
     row = rows[6]
-    prompt = sm.build_prompt(row["question"], short_passages(row), k=k)
+    prompt = sm.prompt_parts(row["question"], short_passages(row), k=k)
     parts = sm.parse(prompt)
     assert parts.k == k
     ids = sm.encode(parts)
@@ -192,7 +192,7 @@ def test_virtual_tokens_change_logits_only_after_the_block(smollm2, tokens50, ro
     assert torch.equal(with_tokens[:, :start].argmax(-1), prefix.argmax(-1))
 
     # (d) The next-token distribution after the question is different from the k = 0 run of the same prompt.
-    without = sm.logits(sm.build_prompt(row["question"], short_passages(row), k=0))
+    without = sm.logits(sm.prompt_parts(row["question"], short_passages(row), k=0))
     assert (with_tokens[0, -1] - without[0, -1]).abs().max() > 0.1
 
 
@@ -203,9 +203,9 @@ def test_generate_batch_equals_one_by_one(smollm2, tokens50, rows):
     model, tokenizer = smollm2
     sm = SpringModel(model, tokenizer, tokens50, layout="chat")
     items = [
-        sm.build_prompt(rows[0]["question"], short_passages(rows[0]), k=5),  # prompt string with a block
+        sm.prompt_parts(rows[0]["question"], short_passages(rows[0]), k=5),  # prompt string with a block
         {"question": rows[4]["question"], "passages": short_passages(rows[4]), "k": 50},
-        sm.build_prompt(rows[8]["question"], short_passages(rows[8]), k=0),  # prompt string, no block
+        sm.prompt_parts(rows[8]["question"], short_passages(rows[8]), k=0),  # prompt string, no block
         {"question": rows[10]["question"], "k": 0},  # no passages: the shortest prompt
     ]
     lengths = {len(sm.encode(sm._item_parts(item))) for item in items}

@@ -167,7 +167,7 @@ def test_rag_token_first_token_is_the_argmax_of_the_mixture(sm_k, scores):
     sm, k = sm_k
     two = PASSAGES[:2]
     w = passage_weights(scores)
-    probs = [torch.softmax(sm.logits(sm.build_prompt(QUESTION, [p], k))[0, -1].float(), -1) for p in two]
+    probs = [torch.softmax(sm.logits(sm.prompt_parts(QUESTION, [p], k))[0, -1].float(), -1) for p in two]
     mixture = w[0] * probs[0] + w[1] * probs[1]
     out = rag_token(sm, QUESTION, two, scores, k=k, max_new_tokens=1)
     assert out.token_ids == [int(mixture.argmax())]

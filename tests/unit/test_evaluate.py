@@ -51,15 +51,17 @@ def test_each_method_builds_the_prompt_it_promises(tiny):
     sm = SpringModel(*tiny)
     row = ROWS[0]
     concat = prompt_for(Method("concat"), sm, row, None)
-    assert concat == build_prompt(row["question"], row["passages"], 0).render()
-    assert prompt_for(Method("closed-book"), sm, row, None) == "Question: What is the capital of Japan?\nAnswer:"
-    prompt = prompt_for(Method("prompt"), sm, row, None)
+    assert concat == build_prompt(row["question"], row["passages"], 0)
+    closed = prompt_for(Method("closed-book"), sm, row, None)
+    assert closed.render() == "Question: What is the capital of Japan?\nAnswer:"
+    prompt = prompt_for(Method("prompt"), sm, row, None).render()
     assert prompt.index("Tokyo") < prompt.index(DEFAULT_INSTRUCTION) < prompt.index("Question:")
     chat = prompt_for(Method("prompt-chat"), sm, row, None)
-    assert chat.startswith("<|im_start|>user\n") and chat.endswith("<|im_start|>assistant\n")
+    assert chat.render().startswith("<|im_start|>user\n") and chat.render().endswith("<|im_start|>assistant\n")
+    assert not chat.special_tokens  # the template's own special tokens, none added on top
     assert prompt_for(Method("spring"), sm, row, 5) == {"question": row["question"], "passages": row["passages"],
                                                           "k": 5}
-    assert prompt_for(Method("lora", closed_book=True), sm, row, None).startswith("Question:")
+    assert prompt_for(Method("lora", closed_book=True), sm, row, None).render().startswith("Question:")
 
 
 def test_evaluate_scores_resumes_and_reports(tiny, tmp_path):

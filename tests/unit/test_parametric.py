@@ -251,7 +251,8 @@ PASSAGES = ["Harvard is named after John Harvard.", "Yale is in New Haven."]
 
 def test_icl_prag_and_combine_put_knowledge_where_they_promise(store, model, tiny):
     from spring_core import VirtualTokens
-    from spring_core.parametric import ParametricDocument, answer_with_adapters
+    from spring_core.engine import answer_with_adapters
+    from spring_core.parametric import ParametricDocument
 
     sm = SpringModel(model, tiny[1], VirtualTokens.random(model, n=4, seed=2))
     adapters = DocumentAdapters(store, model)
@@ -274,7 +275,8 @@ def test_icl_prag_and_combine_put_knowledge_where_they_promise(store, model, tin
 
 def test_marginal_decoding_weighs_the_prompt_passages_by_their_documents_scores(store, model, tiny):
     from spring_core.decoding import DecodingError
-    from spring_core.parametric import ParametricDocument, answer_with_adapters
+    from spring_core.engine import answer_with_adapters
+    from spring_core.parametric import ParametricDocument
 
     sm = SpringModel(model, tiny[1])
     adapters = DocumentAdapters(store, model)
@@ -290,7 +292,8 @@ def test_marginal_decoding_weighs_the_prompt_passages_by_their_documents_scores(
 
 
 def test_documents_without_adapters_raise_or_fall_back_to_icl_with_a_log_line(store, model, tiny, caplog):
-    from spring_core.parametric import ParametricDocument, answer_with_adapters
+    from spring_core.engine import answer_with_adapters
+    from spring_core.parametric import ParametricDocument
 
     sm = SpringModel(model, tiny[1])
     adapters = DocumentAdapters(store, model)

@@ -44,7 +44,7 @@ from spring_core.artifacts import MANIFEST_NAME, sha256_file
 from spring_core.decoding import MODES
 from spring_core.errors import DataError, SpringError
 from spring_core.metrics import aggregate, first_line, score
-from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt, format_passages
+from spring_core.prompts import DEFAULT_INSTRUCTION, PromptParts, build_prompt, format_passages, render_chat
 from spring_core.spring_model import SpringModel
 from spring_core.tokens import resolve_artifact
 
@@ -163,20 +163,20 @@ def _passages(method: Method, row: dict[str, Any]) -> list[Any]:
     return [] if method.closed_book or method.key == "closed-book" else list(row.get("passages") or [])
 
 
-def prompt_for(method: Method, sm: SpringModel, row: dict[str, Any], k: int | None) -> str | dict[str, Any]:
-    """The prompt (text, or a ``generate_batch`` item for SPRING methods) a method gives the model for ``row``."""
+def prompt_for(method: Method, sm: SpringModel, row: dict[str, Any], k: int | None) -> PromptParts | dict[str, Any]:
+    """The prompt (``PromptParts``, or a ``generate_batch`` item for SPRING methods) a method gives the model for
+    ``row``. Questions and passages are text only: marker-like strings in them stay characters."""
     passages = _passages(method, row)
     question = row["question"]
     if method.key in ("spring", "spring+"):
         return {"question": question, "passages": passages, "k": k}
     head = format_passages(passages) + "\n\n" if passages else ""
     if method.key == "prompt":
-        return f"{head}{DEFAULT_INSTRUCTION}\nQuestion: {question}\nAnswer:"
+        return PromptParts(f"{head}{DEFAULT_INSTRUCTION}\nQuestion: {question}\nAnswer:")
     if method.key == "prompt-chat":
         user = f"{head}{DEFAULT_INSTRUCTION}\nQuestion: {question}"
-        return sm.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                                add_generation_prompt=True)
-    return build_prompt(question, passages, 0, layout="raw").render()
+        return render_chat(sm.tokenizer, [{"role": "user", "content": user}])
+    return build_prompt(question, passages, 0, layout="raw")
 
 
 def evaluate(plan: EvalPlan, datasets: dict[str, list[dict[str, Any]]], out: str | Path, *,
@@ -283,7 +283,7 @@ def _generate_batched(plan: EvalPlan, sm: SpringModel, method: Method, k: int | 
                       inputs: dict[str, str]) -> None:
     prompts = [prompt_for(method, sm, row, k) for row in todo]
     # Similar prompt lengths share a batch (less padding); results do not depend on the order.
-    order = sorted(range(len(todo)), key=lambda i: len(json.dumps(prompts[i])))
+    order = sorted(range(len(todo)), key=lambda i: _length(prompts[i]))
     for start in range(0, len(order), plan.batch_size):
         chosen = order[start:start + plan.batch_size]
         began = time.perf_counter()
@@ -292,6 +292,10 @@ def _generate_batched(plan: EvalPlan, sm: SpringModel, method: Method, k: int | 
         seconds = (time.perf_counter() - began) / len(chosen)
         store.add([_prediction(key, todo[i], out.text, seconds, inputs)
                    for i, out in zip(chosen, outputs, strict=True)])
+
+
+def _length(prompt: PromptParts | dict[str, Any]) -> int:
+    return len(prompt.render()) if isinstance(prompt, PromptParts) else len(json.dumps(prompt))
 
 
 def _prediction(key: tuple[str, str, int | None], row: dict[str, Any], text: str, seconds: float,

@@ -1,0 +1,114 @@
+"""One call path for every front end: a ``Request`` in, a ``Generation`` (or a stream) out.
+
+Both integrations (LlamaIndex and LangChain) build a ``Request`` and hand it to an ``Engine``, so a feature lands
+here once and both ecosystems get it. A request is either a finished prompt (``PromptParts``, its block placed by
+the caller; a plain string has no block) or a question with retrieved documents, which the engine reads as
+``parametric_mode`` says (their text, their adapters, or both) and decodes with ``mode`` (``concat`` or marginal
+decoding over the passages).
+
+Example:
+    >>> engine = Engine(SpringModel.from_pretrained("smollm2-135m", tokens="smollm2-135m-squad"))  # doctest: +SKIP
+    >>> docs = [ParametricDocument(None, "Harvard is named after John Harvard.", 12.0)]          # doctest: +SKIP
+    >>> engine.generate(Request(question="Who is Harvard named after?", documents=docs, k=10,
+    ...                         settings={"max_new_tokens": 8})).text                           # doctest: +SKIP
+    'John Harvard'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from spring_core.parametric.online import ParametricDocument, activated, check_parametric_mode, plan_call
+from spring_core.prompts import PromptParts
+from spring_core.spring_model import Generation, GenerationStream, SpringModel
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call: a finished ``prompt``, or a ``question`` with ``documents``, plus how to read them.
+
+    ``k`` is the block size for a question with documents (``None``: all ``n`` tokens, 0 in ``prag`` mode); a
+    finished prompt carries its own. ``settings`` are ``SpringModel.generate``'s (``max_new_tokens``,
+    ``temperature``, ``top_p``, ``seed``, ``stop``).
+    """
+
+    prompt: PromptParts | str | None = None
+    question: str | None = None
+    documents: Sequence[ParametricDocument] | None = None
+    k: int | None = None
+    mode: str = "concat"
+    parametric_mode: str = "icl"
+    missing_adapter: str = "error"
+    weight_temperature: float = 1.0
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.question is None):
+            raise TypeError("a Request holds either a finished prompt or a question (with documents), not both")
+
+
+class Engine:
+    """A ``SpringModel`` and (optionally) document adapters, answering ``Request``\\ s.
+
+    Adapters are active for one call only (per thread and task), so concurrent requests never see each other's.
+
+    Example:
+        >>> engine = Engine(sm, adapters=open_adapters("adapters/", sm.model))                  # doctest: +SKIP
+        >>> engine.generate(Request(prompt=sm.prompt_parts("Who?", ["X is Y."], k=5))).text    # doctest: +SKIP
+    """
+
+    def __init__(self, spring: SpringModel, adapters: Any = None):
+        self.spring = spring
+        self.adapters = adapters
+
+    def generate(self, request: Request) -> Generation:
+        """The answer to one request."""
+        if request.prompt is not None:
+            return self.spring.generate_from_prompt(request.prompt, **request.settings)
+        question, call = self._plan(request)
+        with activated(self.adapters, call.adapter_ids):
+            return self.spring.generate(question, call.passages, call.k, **self._passage_kwargs(request, call))
+
+    def stream(self, request: Request) -> GenerationStream:
+        """The answer as a stream of text deltas (``result`` holds the ``Generation`` once it is read)."""
+        if request.prompt is not None:
+            return self.spring.stream_from_prompt(request.prompt, **request.settings)
+        question, call = self._plan(request)
+        # the stream's worker thread starts inside the block, so it keeps this call's adapters
+        with activated(self.adapters, call.adapter_ids):
+            return self.spring.stream(question, call.passages, call.k, **self._passage_kwargs(request, call))
+
+    def generate_batch(self, requests: Sequence[Request]) -> list[Generation]:
+        """Answers in order; finished prompts with equal settings run as one left-padded batch."""
+        prompts = [r.prompt for r in requests if r.prompt is not None]
+        if requests and len(prompts) == len(requests) and all(r.settings == requests[0].settings for r in requests):
+            return self.spring.generate_batch(prompts, **requests[0].settings)
+        return [self.generate(request) for request in requests]
+
+    def _plan(self, request: Request) -> tuple[str, Any]:
+        check_parametric_mode(request.parametric_mode, self.adapters)
+        call = plan_call(self.adapters, list(request.documents or []), mode=request.parametric_mode, k=request.k,
+                         missing=request.missing_adapter)
+        return str(request.question), call
+
+    @staticmethod
+    def _passage_kwargs(request: Request, call: Any) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(request.settings)
+        if request.mode != "concat":
+            kwargs.update(mode=request.mode, scores=call.weights, weight_temperature=request.weight_temperature)
+        return kwargs
+
+
+def answer_with_adapters(sm: SpringModel, adapters: Any, question: str, documents: Sequence[ParametricDocument], *,
+                         mode: str = "combine", k: int | None = None, decoding: str = "concat",
+                         missing: str = "error", weight_temperature: float = 1.0, **settings: Any) -> Generation:
+    """Answer ``question`` with the documents' knowledge as ``mode`` (``icl``, ``prag``, ``combine``) says;
+    ``decoding`` is ``SpringModel.generate``'s ``mode`` for the passages in the prompt, ``settings`` its generation
+    settings. With a marginal ``decoding`` the passages are weighted by their scores: all scored, or none (equal
+    weights); a mix raises ``DecodingError``.
+    """
+    request = Request(question=question, documents=documents, k=k, mode=decoding, parametric_mode=mode,
+                      missing_adapter=missing, weight_temperature=weight_temperature, settings=settings)
+    return Engine(sm, adapters).generate(request)

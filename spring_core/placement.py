@@ -1,0 +1,77 @@
+"""Where the virtual-token block goes in a RAG prompt that someone else's template laid out.
+
+SPRING's tokens were trained between the retrieved context and the question. Integrations know where the context
+and the question sit in a prompt (LlamaIndex hands over the template and its variables; LangChain's retrieval
+is recorded from its callbacks) and describe that as ``Span``\\ s over the prompt's texts (one text for a
+completion prompt, one per turn for a chat). ``place_block`` turns them into one position:
+
+1. No context: no block (the call is not a RAG call and the base model answers exactly as it would alone).
+2. The question comes after the context: the block goes at the start of the question's line (``[r1]..[rk]Query:
+   ...`` in LlamaIndex's default template, ``[r1]..[rk]Question: ...`` in SPRING's own), or, when the question
+   shares a line with the end of the context, right after the context. A question in a later chat turn than the
+   context gets the block at the start of the line in that turn.
+3. The question comes first (``rlm/rag-prompt``, LlamaIndex's refine template) or cannot be found: the block goes
+   right after the context, at the start of the next line when only spaces follow the context on its line, so it
+   still sits between the context and the answer cue. ``Placement.question_first`` says so, for a warning.
+
+Example:
+    >>> texts = ["Context:\\nParis is in France.\\nQuery: Where is Paris?\\nAnswer:"]
+    >>> place_block(texts, [Span(0, 9, 28)], [Span(0, 36, 51)])
+    Placement(at=BlockAt(message=0, offset=29), question_first=False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from spring_core.prompts import BlockAt
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """Characters ``start:end`` of text number ``message`` (a chat turn, or the one completion prompt)."""
+
+    message: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The block's position, and whether the question came before the context (a layout SPRING was not
+    trained on)."""
+
+    at: BlockAt
+    question_first: bool = False
+
+
+def place_block(texts: Sequence[str], context: Sequence[Span], questions: Sequence[Span], *,
+                question_turn: int | None = None) -> Placement | None:
+    """The block's position for ``texts`` whose context and question occupy the given spans (see the module doc).
+
+    ``question_turn`` is a fallback when no question span is known: the turn that holds the question (e.g. the
+    last human turn of a chat), used when it comes after the context.
+    """
+    if not context:
+        return None
+    end = max(context, key=lambda span: (span.message, span.end))
+    after = sorted(q for q in questions if (q.message, q.start) >= (end.message, end.end))
+    if after:
+        question = after[0]
+    elif not questions and question_turn is not None and question_turn > end.message:
+        question = Span(question_turn, 0, 0)
+    else:
+        return Placement(_after_context(texts[end.message], end), question_first=bool(questions))
+    line_start = texts[question.message].rfind("\n", 0, question.start) + 1
+    if question.message == end.message:
+        line_start = max(line_start, end.end)
+    return Placement(BlockAt(question.message, line_start))
+
+
+def _after_context(text: str, end: Span) -> BlockAt:
+    rest = text[end.end:]
+    line_end = rest.find("\n")
+    if line_end >= 0 and not rest[:line_end].strip():
+        return BlockAt(end.message, end.end + line_end + 1)
+    return BlockAt(end.message, end.end)
