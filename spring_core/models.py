@@ -12,12 +12,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,3 +227,18 @@ def model_display_name(model: Any, fallback: str = "unknown-model") -> str:
     if not name:
         return fallback
     return Path(name).name if os.path.isabs(name) else name
+
+
+_SHARED_LOCK = threading.RLock()
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(name: str, device: str | None, dtype: Any) -> tuple[Any, Any]:
+    return load_model(name, device=device, dtype=dtype)
+
+
+def shared_model(name: str, device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for ``name``, loaded once per process and shared (base weights are only read);
+    the two most recently used models stay cached. What the integrations use when a model is named."""
+    with _SHARED_LOCK:
+        return _cached_model(name, device, dtype)

@@ -49,6 +49,11 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.virtual_tokens + self.completion_tokens
 
+    def as_dict(self) -> dict[str, int]:
+        """The four counts by name (``prompt_tokens``, ``completion_tokens``, ``virtual_tokens``, ``total_tokens``)."""
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "virtual_tokens": self.virtual_tokens, "total_tokens": self.total_tokens}
+
 
 @dataclass
 class Generation:

@@ -112,7 +112,7 @@ def recorder():
     from llama_index_recorder import PromptRecorder
 
     dispatcher = get_dispatcher()
-    handler = PromptRecorder(prompts=[])
+    handler = PromptRecorder(prompts=[], parts=[])
     dispatcher.add_event_handler(handler)
     yield handler
     dispatcher.event_handlers.remove(handler)

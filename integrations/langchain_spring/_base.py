@@ -1,43 +1,37 @@
-"""What ``ChatSpring`` and ``SpringLLM`` share: fields, model loading, settings, prompt checks, usage, async.
+"""What ``ChatSpring`` and ``SpringLLM`` share: fields, model loading, settings, block placement, usage, async.
 
 Both classes inherit ``SpringParams`` next to their LangChain base class, so every field, default and helper is
-written once. Models loaded by name are cached per process (base weights are frozen and only read), so several
-instances naming the same model share one copy; pass ``spring_model=`` to share a model you loaded yourself.
+written once; every call becomes a ``spring_core.engine.Request``. Models loaded by name are shared per process
+(``spring_core.models.shared_model``); pass ``spring_model=`` to share a model you loaded yourself.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
+from uuid import UUID
 
 from langchain_core.documents import Document
 from langchain_core.language_models import LangSmithParams
 from langchain_core.messages.ai import UsageMetadata
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from langchain_spring.prompts import PromptLayoutError, SpringLayoutWarning, looks_like_rag_prompt
+from langchain_spring.placement import find_placement
+from langchain_spring.tracking import TRACKER
 from spring_core import Generation, SpringModel, Usage, VirtualTokens
 from spring_core.decoding import MODES
-from spring_core.models import DEFAULT_MODEL, load_model
-from spring_core.parametric.online import (
-    MISSING,
-    ParametricDocument,
-    activated,
-    check_parametric_mode,
-    open_adapters,
-    plan_call,
-)
-from spring_core.prompts import Passage, resize_block
+from spring_core.engine import Engine, Request
+from spring_core.models import DEFAULT_MODEL, shared_model
+from spring_core.parametric.online import MISSING, ParametricDocument, check_parametric_mode, open_adapters
+from spring_core.placement import Placement
 from spring_core.spring_model import GenerationStream
 
-LOAD_KWARGS = ("device", "dtype", "layout", "strict")
+LOAD_KWARGS = ("device", "dtype", "layout")
 """Keys ``model_kwargs`` accepts; they go to ``SpringModel.from_pretrained`` when the model is loaded by name."""
 
 CALL_KWARGS = ("max_tokens", "temperature", "top_p", "seed", "k", "model", "documents", "mode", "parametric_mode")
@@ -46,17 +40,6 @@ CALL_KWARGS = ("max_tokens", "temperature", "top_p", "seed", "k", "model", "docu
 read with ``mode``."""
 
 _LOCK = threading.RLock()
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_base_model(name: str, device: str | None, dtype: Any) -> tuple[Any, Any]:
-    return load_model(name, device=device, dtype=dtype)
-
-
-def shared_base_model(name: str, device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for ``name``, loaded once per process (the two most recent models stay cached)."""
-    with _LOCK:
-        return _cached_base_model(name, device, dtype)
 
 
 def merge_stops(*stops: Sequence[str] | None) -> list[str]:
@@ -101,29 +84,6 @@ def tokens_fingerprint(tokens: str | Path | VirtualTokens | None) -> str | None:
     return str(tokens)
 
 
-@dataclass(frozen=True)
-class SpringRequest:
-    """One prompt ready for the model: the SpringModel, the final prompt text and its generation settings.
-
-    With ``passages`` (from ``documents=``), ``prompt`` is the bare question, answered from the passages with
-    ``mode`` and ``k`` (``SpringModel.generate``).
-    """
-
-    spring: SpringModel
-    prompt: str
-    settings: Mapping[str, Any]
-    passages: list[Passage] | None = None
-    scores: list[float] | None = None
-    mode: str = "concat"
-    k: int | None = None
-    weight_temperature: float = 1.0
-    adapter_ids: list[str] | None = None
-
-    def passage_kwargs(self) -> dict[str, Any]:
-        return {"mode": self.mode, "scores": self.scores, "weight_temperature": self.weight_temperature,
-                **self.settings}
-
-
 class SpringParams(BaseModel):
     """Fields and helpers shared by ``ChatSpring`` and ``SpringLLM`` (not meant to be used on its own)."""
 
@@ -135,8 +95,8 @@ class SpringParams(BaseModel):
     """A ``SpringModel`` you already loaded, shared as it is (``tokens``, if also given, replace its own through
     ``with_tokens``, which copies nothing). ``model_kwargs`` do not apply to it."""
     k: int | None = Field(default=None, ge=0)
-    """Virtual tokens to read: the prompt's ``[r1]..`` block is resized to ``[r1]..[rk]`` (``0`` drops it and runs
-    the plain base model). ``None`` reads the block as the prompt wrote it."""
+    """Virtual tokens per RAG call (``None``: all ``n``; ``0``: none, the plain base model). The model places them
+    between the context and the question itself (see ``langchain_spring.placement``)."""
     temperature: float = Field(default=0.0, ge=0.0)
     """Sampling temperature; ``0`` is greedy decoding."""
     max_tokens: int = Field(default=256, ge=1)
@@ -152,13 +112,10 @@ class SpringParams(BaseModel):
     ``TimeoutError`` raised. With a timeout, ``invoke``/``batch`` answer through the token stream (same result)."""
     max_retries: int = Field(default=0, ge=0)
     """Accepted for drop-in compatibility; a local model has no transient failures, so nothing is retried."""
-    strict: bool = False
-    """Raise ``PromptLayoutError`` instead of warning when a RAG prompt without a marker block meets loaded
-    virtual tokens (see ``looks_like_rag_prompt``)."""
     mode: str = "concat"
     """How a call with ``documents=`` reads them: ``concat`` (one prompt) or marginal decoding over the documents
-    one by one (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``). Prompts without ``documents=`` (e.g.
-    from ``SPRING_RAG_PROMPT``, which joins the documents into one context) always run as written."""
+    one by one (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``). Prompts that arrive rendered (the
+    documents already joined into one context) always run as ``concat``."""
     weight_temperature: float = Field(default=1.0, gt=0)
     """Passage weights for the marginal modes: ``softmax(score / weight_temperature)`` over the documents'
     ``metadata["score"]`` (equal weights when they have none)."""
@@ -174,13 +131,13 @@ class SpringParams(BaseModel):
     adapter_key: str = "adapter_id"
     """The document metadata that names its adapter (``ParametricAdapterCompressor`` writes it)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Loading options for ``SpringModel.from_pretrained``: ``device``, ``dtype``, ``layout``, ``strict`` (marker
-    guard of spring-rag, default ``True``)."""
+    """Loading options for ``SpringModel.from_pretrained``: ``device``, ``dtype``, ``layout``."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
 
     _spring: SpringModel | None = PrivateAttr(default=None)
     _adapters: Any = PrivateAttr(default=None)
+    _warned: set[str] = PrivateAttr(default_factory=set)
 
     @model_validator(mode="before")
     @classmethod
@@ -235,7 +192,7 @@ class SpringParams(BaseModel):
         if self.spring_model is not None:
             return self.spring_model.with_tokens(self.tokens)
         options = dict(self.model_kwargs)
-        model, tokenizer = shared_base_model(self.model, options.pop("device", None), options.pop("dtype", None))
+        model, tokenizer = shared_model(self.model, options.pop("device", None), options.pop("dtype", None))
         return SpringModel(model, tokenizer, self.tokens, **options)
 
     @property
@@ -248,6 +205,11 @@ class SpringParams(BaseModel):
                 if self._adapters is None:
                     self._adapters = open_adapters(self.adapters, self.spring.model, model_name=self.model)
         return self._adapters
+
+    @property
+    def engine(self) -> Engine:
+        """The core call path over ``spring`` and ``parametric_adapters``."""
+        return Engine(self.spring, self.parametric_adapters)
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` with the model's own tokenizer (LangChain's default would fetch GPT-2's)."""
@@ -285,72 +247,59 @@ class SpringParams(BaseModel):
         }
         return settings, kwargs.get("k", self.k)
 
-    def _request(self, prompt: str, stop: Sequence[str] | None, kwargs: Mapping[str, Any], *,
-                 checked_text: str | None = None) -> SpringRequest:
-        """Settings for one call, the block resized to ``k`` and the layout check (blocking: may load the model).
-
-        ``checked_text`` is what the RAG-layout heuristic reads (the messages' text for chat; the prompt by default).
-        """
+    def _documents_request(self, question: str, stop: Sequence[str] | None, kwargs: Mapping[str, Any]) -> Request:
+        """A call with ``documents=``: the bare question, answered from the documents with ``mode``."""
         settings, k = self._call_settings(stop, kwargs)
-        sm = self.spring
-        documents = kwargs.get("documents")
-        if documents is not None:
-            mode = kwargs.get("mode", self.mode)
-            if mode not in MODES:
-                raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-            parametric = [ParametricDocument(d.metadata.get(self.adapter_key), document_passage(d), document_score(d))
-                          for d in documents]
-            call = plan_call(self.parametric_adapters, parametric, k=k, missing=self.missing_adapter,
-                             mode=kwargs.get("parametric_mode", self.parametric_mode))
-            return SpringRequest(sm, prompt, settings, passages=call.passages, scores=call.weights, mode=mode, k=call.k,
-                                 weight_temperature=self.weight_temperature, adapter_ids=call.adapter_ids)
-        prompt = resize_block(prompt, k, strict=sm.strict)
-        self._check_layout(sm, checked_text if checked_text is not None else prompt, k)
-        return SpringRequest(sm, prompt, settings)
+        mode = kwargs.get("mode", self.mode)
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        documents = [ParametricDocument(d.metadata.get(self.adapter_key), document_passage(d), document_score(d))
+                     for d in kwargs["documents"]]
+        return Request(question=question, documents=documents, k=k, mode=mode,
+                       parametric_mode=kwargs.get("parametric_mode", self.parametric_mode),
+                       missing_adapter=self.missing_adapter, weight_temperature=self.weight_temperature,
+                       settings=settings)
 
-    def _check_layout(self, sm: SpringModel, text: str, k: int | None) -> None:
-        if sm.n == 0 or k == 0 or not looks_like_rag_prompt(text):
-            return
-        message = (
-            f"this prompt looks like a RAG prompt (retrieved context and a question) but holds no [r1]..[rk] marker "
-            f"block, so the {sm.n} virtual tokens loaded are not used. SPRING's tokens only help between the context "
-            "and the question: use langchain_spring's SPRING_RAG_PROMPT / SPRING_RAG_CHAT_PROMPT (or "
-            "create_spring_rag_chain), or set k=0 to run the plain model on purpose"
-        )
-        if self.strict:
-            raise PromptLayoutError(message)
-        warnings.warn(message, SpringLayoutWarning, stacklevel=3)
+    def _placement(self, texts: Sequence[str], roles: Sequence[str], run_id: UUID | None,
+                   kwargs: Mapping[str, Any]) -> tuple[Placement | None, int]:
+        """Where the block goes in these messages and how many tokens it holds (``None``/0: not a RAG call)."""
+        _, k = self._call_settings(None, kwargs)
+        k = self.spring.check_k(self.spring.n if k is None else k)
+        if k == 0:
+            return None, 0
+        retrievals = TRACKER.retrievals(run_id)
+        placement = find_placement(texts, roles, retrievals)
+        if placement is not None and not retrievals:
+            self._warn_once("label", "no retriever ran in this chain, so the context was found by its label in the "
+                            "system message; run retrieval through a LangChain retriever (retriever.invoke) for "
+                            "exact placement")
+        if placement is not None and placement.question_first:
+            self._warn_once("question_first", "this RAG prompt states the question before the context, an order "
+                            "SPRING's tokens were not trained on; the block goes right after the context")
+        return placement, k
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=5)
 
     # ----- generation ----------------------------------------------------------------------------------------
 
-    def _complete_all(self, requests: Sequence[SpringRequest]) -> list[Generation]:
+    def _complete_all(self, requests: Sequence[Request]) -> list[Generation]:
         """Answers for requests that share settings: one left-padded batch, or token streams under a timeout."""
-        if not requests:
-            return []
         if self.timeout is not None:
             return [self._complete_streamed(request) for request in requests]
-        if any(request.passages is not None for request in requests):
-            return [self._generate_from_documents(r) for r in requests]
-        first = requests[0]
-        return first.spring.generate_batch([r.prompt for r in requests], **first.settings)
+        return self.engine.generate_batch(requests)
 
-    def _complete_streamed(self, request: SpringRequest) -> Generation:
+    def _complete_streamed(self, request: Request) -> Generation:
         stream = self._open_stream(request)
         for _ in self._deltas(stream):
             pass
         return finished(stream)
 
-    def _open_stream(self, request: SpringRequest) -> GenerationStream:
+    def _open_stream(self, request: Request) -> GenerationStream:
         """Start generating (blocking: encodes the prompt); iterate ``_deltas(stream)`` for the text."""
-        if request.passages is not None:
-            # the stream's worker thread starts inside the block, so it keeps the adapters of this call
-            with activated(self.parametric_adapters, request.adapter_ids or []):
-                return request.spring.stream(request.prompt, request.passages, request.k, **request.passage_kwargs())
-        return request.spring.stream_from_prompt(request.prompt, **request.settings)
-
-    def _generate_from_documents(self, request: SpringRequest) -> Generation:
-        with activated(self.parametric_adapters, request.adapter_ids or []):
-            return request.spring.generate(request.prompt, request.passages, request.k, **request.passage_kwargs())
+        return self.engine.stream(request)
 
     def _deltas(self, stream: GenerationStream) -> Iterator[str]:
         """The stream's text deltas, stopped with ``TimeoutError`` once ``timeout`` seconds have passed."""

@@ -1,14 +1,15 @@
-"""``create_spring_rag_chain``: the usual LCEL RAG chain with SPRING's prompt layout.
+"""``create_spring_rag_chain``: question in, answer out, with the retrieved documents handed over as documents.
 
-``{"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | llm | StrOutputParser()``,
-where the prompt puts the numbered passages, then the marker block, then the question (the chat prompt for a chat
-model, the completion prompt otherwise).
+Any LCEL chain works with ``ChatSpring`` / ``SpringLLM`` (the block is placed in whatever prompt it renders); this
+one gives the model the documents themselves (``documents=``), so it reads them in SPRING's own layout, one by one
+for a marginal ``mode``, or through their adapters for a parametric mode. For other LangChain models it is the
+usual ``{"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | llm`` chain.
 
 Example:
     >>> from langchain_spring import ChatSpring, SpringRetriever, create_spring_rag_chain
     >>> chain = create_spring_rag_chain(SpringRetriever(store="store/", k=3),
-    ...                                 ChatSpring(tokens="my-tokens/", max_tokens=32), k=10)   # doctest: +SKIP
-    >>> chain.invoke("Who is Harvard named after?")                                          # doctest: +SKIP
+    ...                                 ChatSpring(tokens="smollm2-135m-squad", max_tokens=32), k=10)   # doctest: +SKIP
+    >>> chain.invoke("Who is Harvard named after?")                                                  # doctest: +SKIP
     'John Harvard'
 """
 
@@ -24,7 +25,7 @@ from langchain_core.retrievers import RetrieverLike
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableLambda, RunnablePassthrough
 
 from langchain_spring._base import SpringParams, document_passage
-from langchain_spring.prompts import spring_rag_chat_prompt, spring_rag_prompt
+from langchain_spring.prompts import SPRING_RAG_CHAT_PROMPT, SPRING_RAG_PROMPT
 from spring_core.prompts import format_passages
 
 
@@ -41,29 +42,23 @@ def _unwrap(llm: Any) -> Any:
 
 def create_spring_rag_chain(retriever: RetrieverLike, llm: BaseLanguageModel | Runnable[Any, Any],
                             k: int | None = None) -> Runnable[str, str]:
-    """A question-in, answer-out chain: retrieve, format the passages, SPRING prompt, model, string.
-
-    For a ``ChatSpring``/``SpringLLM`` whose ``mode`` is marginal (``rag-token``, ``rag-sequence``,
-    ``rag-sequence-fast``) or whose ``parametric_mode`` is ``prag``/``combine``, the documents are not joined into
-    a prompt: the model gets the question with ``documents=`` and reads each one on its own (weighted by its
-    retriever score) or activates its adapter (put ``ParametricAdapterCompressor`` behind the retriever).
+    """A question-in, answer-out chain: retrieve, answer from the documents, return the text.
 
     Args:
         retriever: any LangChain retriever (e.g. ``SpringRetriever``).
-        llm: ``ChatSpring`` (gets the chat prompt) or ``SpringLLM`` (the completion prompt); other LangChain
-            models work too and read the same prompt without virtual tokens (``k`` defaults to 0 for them).
-        k: virtual tokens in the prompt's block; default: the model's ``k`` if set, else all its tokens (``n``,
-            which loads the model now; 0 without tokens).
+        llm: ``ChatSpring`` or ``SpringLLM`` (they get the documents with ``documents=`` and read them with their
+            ``mode`` and ``parametric_mode``; put ``ParametricAdapterCompressor`` behind the retriever for
+            adapters); any other LangChain model gets SPRING's prompt with the documents as context.
+        k: virtual tokens between the documents and the question; default: the model's ``k``, else all its tokens.
     """
-    model = _unwrap(llm)
-    if k is None:
-        k = model.default_k() if isinstance(model, SpringParams) else 0
-    if isinstance(model, SpringParams) and (model.mode != "concat" or model.parametric_mode != "icl"):
+    if isinstance(_unwrap(llm), SpringParams):
         def answer(inputs: dict[str, Any], config: RunnableConfig) -> Any:
-            return llm.invoke(inputs["question"], config, documents=inputs["documents"], k=k)
+            options: dict[str, Any] = {"documents": inputs["documents"]}
+            if k is not None:
+                options["k"] = k
+            return llm.invoke(inputs["question"], config, **options)
 
         documents = {"documents": retriever, "question": RunnablePassthrough()}
-        return documents | RunnableLambda(answer, name="spring_passages") | StrOutputParser()
-    prompt = spring_rag_chat_prompt(k) if isinstance(model, BaseChatModel) else spring_rag_prompt(k)
-    context = retriever | format_docs
-    return {"context": context, "question": RunnablePassthrough()} | prompt | llm | StrOutputParser()
+        return documents | RunnableLambda(answer, name="spring_documents") | StrOutputParser()
+    prompt = SPRING_RAG_CHAT_PROMPT if isinstance(_unwrap(llm), BaseChatModel) else SPRING_RAG_PROMPT
+    return {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | llm | StrOutputParser()

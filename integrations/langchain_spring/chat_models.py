@@ -1,17 +1,15 @@
 """``ChatSpring``: a LangChain chat model over a local Hugging Face LLM that reads SPRING virtual tokens.
 
 Messages are rendered with the tokenizer's chat template (``add_generation_prompt=True``); a model without one
-gets a plain ``Role: content`` transcript. A marker block ``[r1]..[rk]`` written in a message survives the
-rendering and is spliced in by ``SpringModel``, so ``SPRING_RAG_CHAT_PROMPT`` (context, block, question in one
-user turn) gives exactly the chat layout the tokens are trained in.
+gets a plain ``Role: content`` transcript. In a RAG chain the block goes between the retrieved context and the
+question by itself (``langchain_spring.placement``): any prompt, any chain, no template change. Message text is
+never searched for markers; ``[r1]`` in a document or a message is read as characters.
 
 Example:
-    >>> from langchain_spring import ChatSpring, SPRING_RAG_CHAT_PROMPT
-    >>> chat = ChatSpring(model="smollm2-135m", tokens="my-tokens/", max_tokens=32)      # doctest: +SKIP
-    >>> chain = SPRING_RAG_CHAT_PROMPT | chat                                             # doctest: +SKIP
-    >>> chain.invoke({"context": "[1] Harvard is named after John Harvard.",
-    ...               "question": "Who is Harvard named after?"}).content                 # doctest: +SKIP
-    'John Harvard'
+    >>> from langchain_spring import ChatSpring
+    >>> chat = ChatSpring(model="smollm2-135m", tokens="smollm2-135m-squad", max_tokens=32)   # doctest: +SKIP
+    >>> chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | chat
+    >>> chain.invoke("Who is Harvard named after?").content                                   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -35,9 +33,12 @@ from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
 
-from langchain_spring._base import SpringParams, SpringRequest, finished, usage_metadata
+from langchain_spring._base import SpringParams, finished, usage_metadata
 from spring_core import Generation
 from spring_core.aio import iterate_in_thread
+from spring_core.engine import Request
+from spring_core.placement import Placement
+from spring_core.prompts import PromptParts, has_chat_template, render_chat
 from spring_core.spring_model import GenerationStream
 
 _ROLES: dict[type[BaseMessage], str] = {SystemMessage: "system", HumanMessage: "user", AIMessage: "assistant"}
@@ -64,12 +65,23 @@ def message_turns(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     return turns
 
 
-def render_messages(turns: Sequence[dict[str, str]], tokenizer: Any) -> str:
-    """The prompt text: the chat template with the assistant turn opened, else a ``Role: content`` transcript."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(list(turns), tokenize=False, add_generation_prompt=True)
-    lines = [f"{turn['role'].capitalize()}: {turn['content']}" for turn in turns]
-    return "\n".join([*lines, "Assistant:"])
+def render_messages(turns: Sequence[dict[str, str]], tokenizer: Any, placement: Placement | None = None,
+                    k: int = 0) -> PromptParts:
+    """The prompt: the chat template with the assistant turn opened (else a ``Role: content`` transcript), with a
+    ``k``-token block at ``placement``."""
+    at = placement.at if placement is not None else None
+    if has_chat_template(tokenizer):
+        return render_chat(tokenizer, turns, at, k)
+    lines = [f"{turn['role'].capitalize()}: " for turn in turns]
+    text, offset = "", None
+    for index, (head, turn) in enumerate(zip(lines, turns, strict=True)):
+        if at is not None and at.message == index:
+            offset = len(text) + len(head) + at.offset
+        text += head + turn["content"] + "\n"
+    text += "Assistant:"
+    if offset is None or k == 0:
+        return PromptParts(text)
+    return PromptParts(text[:offset], k, text[offset:])
 
 
 class ChatSpring(SpringParams, BaseChatModel):
@@ -118,8 +130,8 @@ class ChatSpring(SpringParams, BaseChatModel):
 
     # ----- generation ----------------------------------------------------------------------------------------
 
-    def _chat_request(self, messages: Sequence[BaseMessage], stop: list[str] | None,
-                      kwargs: dict[str, Any]) -> SpringRequest:
+    def _chat_request(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
+                      run_manager: Any = None) -> Request:
         turns = message_turns(messages)
         if kwargs.get("documents") is not None:
             if [turn["role"] for turn in turns] != ["user"]:
@@ -127,9 +139,11 @@ class ChatSpring(SpringParams, BaseChatModel):
                     "with documents=, ChatSpring builds the SPRING prompt itself: pass the question alone (a string "
                     f"or one human message), not {len(turns)} message(s) with roles {[t['role'] for t in turns]}"
                 )
-            return self._request(turns[0]["content"], stop, kwargs)
-        prompt = render_messages(turns, self.spring.tokenizer)
-        return self._request(prompt, stop, kwargs, checked_text="\n".join(t["content"] for t in turns))
+            return self._documents_request(turns[0]["content"], stop, kwargs)
+        run_id = getattr(run_manager, "run_id", None)
+        placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, kwargs)
+        settings, _ = self._call_settings(stop, kwargs)
+        return Request(prompt=render_messages(turns, self.spring.tokenizer, placement, k), settings=settings)
 
     def _metadata(self, generation: Generation) -> dict[str, Any]:
         return {"model_name": self.model, "finish_reason": generation.finish_reason}
@@ -152,23 +166,24 @@ class ChatSpring(SpringParams, BaseChatModel):
         )
         return ChatGenerationChunk(message=message)
 
-    def _start_stream(self, messages: Sequence[BaseMessage], stop: list[str] | None,
-                      kwargs: dict[str, Any]) -> GenerationStream:
-        return self._open_stream(self._chat_request(messages, stop, kwargs))
+    def _start_stream(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
+                      run_manager: Any = None) -> GenerationStream:
+        return self._open_stream(self._chat_request(messages, stop, kwargs, run_manager))
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        request = self._chat_request(messages, stop, kwargs)
+        request = self._chat_request(messages, stop, kwargs, run_manager)
         return self._result(self._complete_all([request])[0])
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         # Loading, prompt rendering and generation all block: run them in a worker thread.
-        return await run_in_executor(None, self._generate, messages, stop, None, **kwargs)
+        request = await run_in_executor(None, self._chat_request, messages, stop, kwargs, run_manager)
+        return self._result((await run_in_executor(None, self._complete_all, [request]))[0])
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        stream = self._start_stream(messages, stop, kwargs)
+        stream = self._start_stream(messages, stop, kwargs, run_manager)
         for delta in self._deltas(stream):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta))
             if run_manager is not None:
@@ -180,7 +195,7 @@ class ChatSpring(SpringParams, BaseChatModel):
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         # Loading, rendering and encoding block, so they run in a worker thread; so does the token stream.
-        stream = await run_in_executor(None, self._start_stream, messages, stop, kwargs)
+        stream = await run_in_executor(None, self._start_stream, messages, stop, kwargs, run_manager)
         async for delta in iterate_in_thread(lambda: self._deltas(stream)):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta))
             if run_manager is not None:

@@ -1,14 +1,15 @@
 """``SpringLLM``: a LangChain completion LLM over a local Hugging Face model that reads SPRING virtual tokens.
 
-The prompt goes to the model as written (no chat template), so ``SPRING_RAG_PROMPT`` gives the paper's raw
-layout: passages, ``[r1]..[rk]``, ``Question: ...\\nAnswer:``. ``batch`` runs the prompts as one left-padded
-batch (greedy answers equal one-by-one calls).
+The prompt goes to the model as written (no chat template). In a RAG chain the block goes between the retrieved
+context and the question by itself (``langchain_spring.placement``), so ``SPRING_RAG_PROMPT`` gives the paper's
+raw layout (passages, ``[r1]..[rk]``, ``Question: ...\\nAnswer:``) and any other prompt works too. ``batch``
+runs the prompts as one left-padded batch (greedy answers equal one-by-one calls).
 
 Example:
-    >>> from langchain_spring import SpringLLM, SPRING_RAG_PROMPT
-    >>> llm = SpringLLM(model="smollm2-135m", tokens="my-tokens/", max_tokens=32)       # doctest: +SKIP
-    >>> (SPRING_RAG_PROMPT | llm).invoke({"context": "[1] Harvard is named after John Harvard.",
-    ...                                   "question": "Who is Harvard named after?"})   # doctest: +SKIP
+    >>> from langchain_spring import SpringLLM, SPRING_RAG_PROMPT, format_docs
+    >>> llm = SpringLLM(model="smollm2-135m", tokens="smollm2-135m-squad", max_tokens=32)      # doctest: +SKIP
+    >>> chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | SPRING_RAG_PROMPT | llm
+    >>> chain.invoke("Who is Harvard named after?")                                           # doctest: +SKIP
     ' John Harvard'
 """
 
@@ -23,8 +24,11 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.runnables.config import run_in_executor
 
 from langchain_spring._base import SpringParams, finished, usage_metadata
+from langchain_spring.tracking import TRACKER
 from spring_core import Generation as SpringGeneration
 from spring_core.aio import iterate_in_thread
+from spring_core.engine import Request
+from spring_core.prompts import PromptParts
 from spring_core.spring_model import GenerationStream
 
 
@@ -56,21 +60,35 @@ class SpringLLM(SpringParams, LLM):
               run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> str:
         return self._generate([prompt], stop, run_manager, **kwargs).generations[0][0].text
 
+    def _request(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], run_manager: Any) -> Request:
+        if kwargs.get("documents") is not None:
+            return self._documents_request(prompt, stop, kwargs)
+        # LangChain hands _generate the first prompt's run manager only: find each prompt's own run
+        run_id = TRACKER.run_for_prompt(prompt) or getattr(run_manager, "run_id", None)
+        placement, k = self._placement([prompt], ["user"], run_id, kwargs)
+        settings, _ = self._call_settings(stop, kwargs)
+        if placement is None:
+            return Request(prompt=PromptParts(prompt), settings=settings)
+        offset = placement.at.offset
+        return Request(prompt=PromptParts(prompt[:offset], k, prompt[offset:]), settings=settings)
+
     def _generate(self, prompts: list[str], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
-        return self._result(self._complete_all([self._request(prompt, stop, kwargs) for prompt in prompts]))
+        return self._result(self._complete_all([self._request(p, stop, kwargs, run_manager) for p in prompts]))
 
     async def _agenerate(self, prompts: list[str], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
         # Loading and generation block: run them in a worker thread so the event loop keeps going.
-        return await run_in_executor(None, self._generate, prompts, stop, None, **kwargs)
+        requests = await run_in_executor(None, lambda: [self._request(p, stop, kwargs, run_manager) for p in prompts])
+        return self._result(await run_in_executor(None, self._complete_all, requests))
 
-    def _start_stream(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> GenerationStream:
-        return self._open_stream(self._request(prompt, stop, kwargs))
+    def _start_stream(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any],
+                      run_manager: Any = None) -> GenerationStream:
+        return self._open_stream(self._request(prompt, stop, kwargs, run_manager))
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
-        stream = self._start_stream(prompt, stop, kwargs)
+        stream = self._start_stream(prompt, stop, kwargs, run_manager)
         for delta in self._deltas(stream):
             chunk = GenerationChunk(text=delta)
             if run_manager is not None:
@@ -82,7 +100,7 @@ class SpringLLM(SpringParams, LLM):
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[GenerationChunk]:
         # Loading and encoding block, so they run in a worker thread; so does the token stream.
-        stream = await run_in_executor(None, self._start_stream, prompt, stop, kwargs)
+        stream = await run_in_executor(None, self._start_stream, prompt, stop, kwargs, run_manager)
         async for delta in iterate_in_thread(lambda: self._deltas(stream)):
             chunk = GenerationChunk(text=delta)
             if run_manager is not None:

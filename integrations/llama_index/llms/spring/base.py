@@ -1,13 +1,18 @@
 """SpringLLM: a LlamaIndex ``CustomLLM`` over a local Hugging Face model with SPRING virtual tokens.
 
-Prompts that carry the marker block ``[r1]..[rk]`` (the SPRING templates put it between the context and the
-question) get the virtual tokens; prompts without it run the base model exactly as it is, so the same LLM object
-also serves every non-RAG call of an app.
+Swap it in and every RAG call reads context, then ``[r1]..[rk]``, then the question, whatever template the engine
+uses. LlamaIndex hands the LLM each prompt template with its variables (``predict``, ``stream``, ``apredict``,
+``astream``: every response synthesizer and chat engine goes through them), so ``SpringLLM`` knows exactly where
+the context (``context_str``, ``context_msg``) and the question (``query_str``) sit and places the block by the
+rules of ``spring_core.placement``: at the start of the question's line, after the context. Calls without a context
+variable, and ``complete`` / ``chat`` on text, run the base model exactly as it is. Text is never searched for
+markers: a node or query that holds ``[r1]`` is read as characters.
 
 Example:
+    >>> from llama_index.core import Settings, VectorStoreIndex
     >>> from llama_index.llms.spring import SpringLLM
-    >>> llm = SpringLLM(model_name="smollm2-135m", tokens="my-tokens/", k=10)     # doctest: +SKIP
-    >>> llm.complete("Paris is in France.\\n\\n[r1][r2]Question: Where is Paris?\\nAnswer:").text  # doctest: +SKIP
+    >>> Settings.llm = SpringLLM(tokens="smollm2-135m-squad", k=10)                # doctest: +SKIP
+    >>> index.as_query_engine().query("Who is Harvard named after?")               # doctest: +SKIP
 
 ``mode`` (``concat``, ``rag-token``, ``rag-sequence``, ``rag-sequence-fast``) applies where the LLM receives the
 retrieved passages one by one: ``SpringLLM.answer`` and the ``SpringSynthesizer`` that ``spring_query_engine``
@@ -40,46 +45,60 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.llm import LLMPredictEndEvent, LLMPredictStartEvent
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
-from llama_index.core.llms.llm import default_completion_to_prompt
+from llama_index.core.llms.llm import (
+    astream_completion_response_to_tokens,
+    default_completion_to_prompt,
+    stream_completion_response_to_tokens,
+)
+from llama_index.core.prompts import BasePromptTemplate, ChatPromptTemplate, SelectorPromptTemplate
+from llama_index.core.types import TokenAsyncGen, TokenGen
+from llama_index.llms.spring.prompts import BLOCK_SIZE_KEY
 
 from spring_core import Generation, SpringModel
 from spring_core.aio import iterate_in_thread
 from spring_core.decoding import MODES
-from spring_core.models import DEFAULT_MODEL
-from spring_core.parametric.online import (
-    PARAMETRIC_MODES,
-    ParametricDocument,
-    activated,
-    check_parametric_mode,
-    open_adapters,
-    plan_call,
-)
-from spring_core.prompts import Passage, resize_block
+from spring_core.engine import Engine, Request
+from spring_core.models import DEFAULT_MODEL, shared_model
+from spring_core.parametric.online import PARAMETRIC_MODES, ParametricDocument, check_parametric_mode, open_adapters
+from spring_core.placement import Span, place_block
+from spring_core.prompts import Passage, PromptParts, has_chat_template, render_chat, unique_sentinel
+
+CONTEXT_VARIABLES = ("context_str", "context_msg")
+"""Template variables that hold retrieved context (LlamaIndex's names, in every synthesizer and chat engine)."""
+QUERY_VARIABLES = ("query_str",)
+"""Template variables that hold the question."""
 
 _SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed", "stop")
+dispatcher = get_dispatcher(__name__)
 
 
 class SpringLLM(CustomLLM):
-    """A local causal LM that reads SPRING virtual tokens at the marker block of its prompts.
+    """A local causal LM that reads SPRING virtual tokens between the context and the question of RAG prompts.
 
     Fields follow LlamaIndex's ``HuggingFaceLLM`` (``model_name``, ``context_window``, ``max_new_tokens``,
-    ``generate_kwargs``, ``model=``/``tokenizer=`` injection, ``device``) plus ``tokens`` (an artifact folder or a
-    ``VirtualTokens``) and ``k`` (resize every prompt's marker block to ``k`` tokens; ``None`` keeps the block as
-    written, ``0`` turns the tokens off). Per-call keyword arguments override ``generate_kwargs``: ``max_new_tokens``,
-    ``temperature``, ``top_p``, ``seed``, ``stop`` and ``k``.
+    ``generate_kwargs``, ``model=``/``tokenizer=`` injection, ``device``) plus ``tokens`` (an artifact folder, a
+    bundled name or a ``VirtualTokens``) and ``k`` (virtual tokens per RAG prompt; ``None``: all ``n``, ``0``: none).
+    Per-call keyword arguments override ``generate_kwargs``: ``max_new_tokens``, ``temperature``, ``top_p``,
+    ``seed``, ``stop``.
 
     ``prompt_layout="chat"`` wraps completion prompts in the tokenizer's chat template as one user turn (what
     instruct models such as SmolLM2 expect); by default it is the layout the tokens were trained with.
 
     ``mode`` picks how ``answer`` reads separate passages: ``concat`` (one prompt) or RAG-Token / RAG-Sequence
-    marginal decoding, each passage weighted by ``softmax(score / weight_temperature)``. Prompts that arrive
-    already packed (``complete``, ``chat``) always run as written.
+    marginal decoding, each passage weighted by ``softmax(score / weight_temperature)``.
 
     ``adapters`` (a folder from ``spring-rag parametrize``) with ``parametric_mode`` ``prag`` or ``combine`` makes
     ``answer`` activate the documents' adapters for that call only (``spring_query_engine`` with
     ``ParametricAdapterPostprocessor`` passes their ids); ``icl`` (the default) reads the passages as text.
+
+    Example:
+        >>> llm = SpringLLM(model_name="smollm2-135m", tokens="smollm2-135m-squad", k=10)   # doctest: +SKIP
+        >>> llm.predict(PromptTemplate("{context_str}\\nQuery: {query_str}\\nAnswer:"),
+        ...             context_str="Paris is in France.", query_str="Where is Paris?")     # doctest: +SKIP
     """
 
     model_name: str = Field(default=DEFAULT_MODEL, description="HF id, local folder, .gguf file or alias.")
@@ -88,10 +107,9 @@ class SpringLLM(CustomLLM):
     generate_kwargs: dict[str, Any] = Field(default_factory=dict,
                                             description="Defaults for temperature, top_p, seed, stop.")
     tokens: Any = Field(default=None, description="Artifact folder or VirtualTokens; None for the plain model.")
-    k: int | None = Field(default=None, description="Virtual tokens per prompt (None: as the prompt's block).")
+    k: int | None = Field(default=None, ge=0, description="Virtual tokens per RAG prompt (None: all of them).")
     prompt_layout: str | None = Field(default=None, description="'raw' or 'chat'; default: the artifact's.")
     device: str | None = Field(default=None, description="'cpu', 'cuda', ...; default: CUDA when available.")
-    strict: bool = Field(default=False, description="Raise on stray markers in prompts instead of warning.")
     mode: str = Field(default="concat", description="How answer() reads separate passages: " + ", ".join(MODES))
     weight_temperature: float = Field(default=1.0, gt=0, description="Passage weights: softmax(scores / this).")
     adapters: Any = Field(default=None, description="Parametric RAG: a folder from `spring-rag parametrize` "
@@ -101,9 +119,8 @@ class SpringLLM(CustomLLM):
     missing_adapter: str = Field(default="error", description="A document without adapter: 'error' or 'icl' "
                                                               "(read its text instead, logged).")
 
-    _spring: SpringModel = PrivateAttr()
-    _adapters: Any = PrivateAttr(default=None)
-    _warned_packed: bool = PrivateAttr(default=False)
+    _engine: Engine = PrivateAttr()
+    _warned: set[str] = PrivateAttr(default_factory=set)
 
     def __init__(self, *, model: Any = None, tokenizer: Any = None, spring_model: SpringModel | None = None,
                  **kwargs: Any):
@@ -111,16 +128,15 @@ class SpringLLM(CustomLLM):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if spring_model is None:
-            spring_model = SpringModel.from_pretrained(
-                self.model_name, self.tokens, device=self.device, model=model, tokenizer=tokenizer,
-                layout=self.prompt_layout, strict=self.strict,
-            )
-        self._spring = spring_model
-        if isinstance(self.adapters, (str, Path)):
-            self._adapters = open_adapters(self.adapters, spring_model.model, model_name=self.model_name)
-        else:
-            self._adapters = self.adapters
-        check_parametric_mode(self.parametric_mode, self._adapters)
+            if model is None and tokenizer is None:
+                model, tokenizer = shared_model(self.model_name, self.device)
+            spring_model = SpringModel.from_pretrained(self.model_name, self.tokens, device=self.device, model=model,
+                                                       tokenizer=tokenizer, layout=self.prompt_layout)
+        adapters = self.adapters
+        if isinstance(adapters, (str, Path)):
+            adapters = open_adapters(adapters, spring_model.model, model_name=self.model_name)
+        check_parametric_mode(self.parametric_mode, adapters)
+        self._engine = Engine(spring_model, adapters)
         self.prompt_layout = self.prompt_layout or spring_model.layout
         if not self.context_window:
             self.context_window = int(getattr(spring_model.model.config, "max_position_embeddings", 2048))
@@ -137,47 +153,117 @@ class SpringLLM(CustomLLM):
     @property
     def spring_model(self) -> SpringModel:
         """The underlying ``SpringModel`` (shared model, tokenizer and virtual tokens)."""
-        return self._spring
+        return self._engine.spring
 
     @property
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(context_window=self.context_window, num_output=self.max_new_tokens,
-                           model_name=self._spring.name, is_chat_model=False)
+                           model_name=self.spring_model.name, is_chat_model=False)
 
-    # ----- prompt handling -----------------------------------------------------------------------------------
+    # ----- where the block goes ------------------------------------------------------------------------------
 
-    def _settings(self, kwargs: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
-        """Generation settings for one call: ``generate_kwargs`` overridden by the call's keyword arguments."""
-        unknown = sorted(set(kwargs) - {*_SETTINGS, "k", *extra})
-        if unknown:
-            raise TypeError(f"SpringLLM got unknown keyword argument(s) {', '.join(unknown)}; "
-                            f"it accepts {', '.join((*_SETTINGS, 'k', *extra))}")
-        settings = {"max_new_tokens": self.max_new_tokens, **self.generate_kwargs, **kwargs}
-        for key in ("k", *extra):
-            settings.pop(key, None)
-        return settings
+    def rag_prompt(self, prompt: BasePromptTemplate, **prompt_args: Any) -> PromptParts | None:
+        """The prompt ``predict(prompt, **prompt_args)`` sends, with the block placed; ``None`` when the call is not
+        a RAG call (no context variable) or uses no virtual tokens.
 
-    def _prepare(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """The final prompt (block resized to ``k``) and the generation settings for one call."""
-        settings = self._settings(kwargs)
-        if not formatted:
-            prompt = self.completion_to_prompt(prompt)
-        k = kwargs.get("k", self.k)
-        if k is not None:
-            prompt = resize_block(prompt, self._spring.check_k(k), strict=self.strict)
-        return prompt, settings
+        Each variable is rendered as a random sentinel first, so the context and the question are located in the
+        template's own output; their values are put in afterwards and never searched.
+        """
+        variables = {**getattr(prompt, "kwargs", {}), **prompt_args}
+        if not any(str(variables.get(name) or "") for name in CONTEXT_VARIABLES):
+            return None
+        k = self._block_size(prompt)
+        if k == 0:
+            return None
+        if getattr(_selected(prompt, self), "function_mappings", None):
+            self._warn_once("function_mappings", "a prompt template with function_mappings computes its variables, "
+                            "so SpringLLM cannot tell where the context ends: it runs without virtual tokens")
+            return None
+        sentinels = {name: unique_sentinel(str(v) for v in variables.values()) for name in variables}
+        rendered = self._get_prompt(prompt, **sentinels)
+        text, context, questions = _fill(rendered, sentinels, variables)
+        placement = place_block([text], context, questions)
+        if placement is None:
+            return None
+        if placement.question_first:
+            self._warn_once("question_first", "this RAG template states the question before the context, an order "
+                            "SPRING's tokens were not trained on; the block goes right after the context")
+        offset = placement.at.offset
+        return PromptParts(text[:offset], k, text[offset:], special_tokens=not self._renders_chat(prompt))
 
-    def _warn_if_packed(self) -> None:
-        if self.mode != "concat" and not self._warned_packed:
-            self._warned_packed = True
-            warnings.warn(
-                f"SpringLLM(mode={self.mode!r}) got one finished prompt (e.g. from a compact, refine or "
-                "tree_summarize synthesizer, which pack every node into one context), so it runs as 'concat'. "
-                "To read the nodes one by one, build the engine with spring_query_engine(...) or pass "
-                "SpringSynthesizer(llm=...) as its response_synthesizer",
-                UserWarning,
-                stacklevel=4,
-            )
+    def _block_size(self, prompt: BasePromptTemplate) -> int:
+        metadata = getattr(_selected(prompt, self), "metadata", None) or {}
+        k = metadata.get(BLOCK_SIZE_KEY, self.k)
+        return self.spring_model.check_k(self.spring_model.n if k is None else k)
+
+    def _renders_chat(self, prompt: BasePromptTemplate) -> bool:
+        """Whether this LLM renders ``prompt`` through the tokenizer's chat template (which adds its own BOS)."""
+        if not has_chat_template(self.spring_model.tokenizer):
+            return False
+        if isinstance(_selected(prompt, self), ChatPromptTemplate):
+            return isinstance(self.messages_to_prompt, functools.partial)
+        return self.prompt_layout == "chat"
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=4)
+
+    # ----- template calls (every synthesizer and chat engine) --------------------------------------------------
+
+    @dispatcher.span
+    def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        parts = self.rag_prompt(prompt, **prompt_args)
+        if parts is None:
+            return super().predict(prompt, **prompt_args)
+        self._predict_start(prompt, prompt_args)
+        output = self._parse_output(self.complete(parts.render(), formatted=True, spring_prompt=parts).text)
+        dispatcher.event(LLMPredictEndEvent(output=output))
+        return output
+
+    @dispatcher.span
+    def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenGen:
+        parts = self.rag_prompt(prompt, **prompt_args)
+        if parts is None:
+            return super().stream(prompt, **prompt_args)
+        self._predict_start(prompt, prompt_args)
+        self._refuse_output_parser(prompt)
+        return stream_completion_response_to_tokens(
+            self.stream_complete(parts.render(), formatted=True, spring_prompt=parts))
+
+    @dispatcher.span
+    async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        parts = self.rag_prompt(prompt, **prompt_args)
+        if parts is None:
+            return await super().apredict(prompt, **prompt_args)
+        self._predict_start(prompt, prompt_args)
+        response = await self.acomplete(parts.render(), formatted=True, spring_prompt=parts)
+        output = self._parse_output(response.text)
+        dispatcher.event(LLMPredictEndEvent(output=output))
+        return output
+
+    @dispatcher.span
+    async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenAsyncGen:
+        parts = self.rag_prompt(prompt, **prompt_args)
+        if parts is None:
+            return await super().astream(prompt, **prompt_args)
+        self._predict_start(prompt, prompt_args)
+        self._refuse_output_parser(prompt)
+        stream = await self.astream_complete(parts.render(), formatted=True, spring_prompt=parts)
+        return await astream_completion_response_to_tokens(stream)
+
+    def _predict_start(self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]) -> None:
+        dispatcher.event(LLMPredictStartEvent(template=prompt, template_args=prompt_args))
+        self._log_template_data(prompt, **prompt_args)
+        if self.mode != "concat":
+            self._warn_once("packed", f"SpringLLM(mode={self.mode!r}) got one finished prompt (e.g. from a compact, "
+                            "refine or tree_summarize synthesizer, which pack every node into one context), so it "
+                            "runs as 'concat'. To read the nodes one by one, build the engine with "
+                            "spring_query_engine(...) or pass SpringSynthesizer(llm=...) as its response_synthesizer")
+
+    def _refuse_output_parser(self, prompt: BasePromptTemplate) -> None:
+        if prompt.output_parser is not None or self.output_parser is not None:
+            raise NotImplementedError("Output parser is not supported for streaming.")
 
     # ----- separate passages ---------------------------------------------------------------------------------
 
@@ -197,20 +283,19 @@ class SpringLLM(CustomLLM):
             >>> llm.answer("Who founded X?", ["X was founded by Y.", "Z is in W."], [0.8, 0.3]).text  # doctest: +SKIP
             'Y'
         """
-        settings = self._settings(kwargs, extra=("mode", "parametric_mode"))
-        mode, k = kwargs.get("mode", self.mode), kwargs.get("k", self.k)
-        parametric_mode = kwargs.get("parametric_mode", self.parametric_mode)
+        settings = self._settings(kwargs, extra=("k", "mode", "parametric_mode"))
         scores = list(scores) if scores is not None else [None] * len(passages)
         ids = list(adapter_ids) if adapter_ids is not None else [None] * len(passages)
         if not len(scores) == len(ids) == len(passages):
             raise ValueError(f"got {len(passages)} passages, {len(scores)} scores and {len(ids)} adapter ids; "
                              "give one of each per passage")
         documents = [ParametricDocument(i, p, s) for i, p, s in zip(ids, passages, scores, strict=True)]
-        call = plan_call(self._adapters, documents, mode=parametric_mode, k=k, missing=self.missing_adapter)
-        with activated(self._adapters, call.adapter_ids):
-            generation = self._spring.generate(query, call.passages, call.k, mode=mode, scores=call.weights,
-                                               weight_temperature=self.weight_temperature, **settings)
-        return _response(generation)
+        request = Request(question=query, documents=documents, k=kwargs.get("k", self.k),
+                          mode=kwargs.get("mode", self.mode),
+                          parametric_mode=kwargs.get("parametric_mode", self.parametric_mode),
+                          missing_adapter=self.missing_adapter, weight_temperature=self.weight_temperature,
+                          settings=settings)
+        return _response(self._engine.generate(request))
 
     async def aanswer(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None = None,
                       adapter_ids: Sequence[str | None] | None = None, **kwargs: Any) -> CompletionResponse:
@@ -219,15 +304,28 @@ class SpringLLM(CustomLLM):
 
     # ----- completion ----------------------------------------------------------------------------------------
 
-    def _run(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponse:
-        self._warn_if_packed()
-        prompt, settings = self._prepare(prompt, formatted, kwargs)
-        return _response(self._spring.generate_from_prompt(prompt, **settings))
+    def _settings(self, kwargs: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Generation settings for one call: ``generate_kwargs`` overridden by the call's keyword arguments."""
+        unknown = sorted(set(kwargs) - {*_SETTINGS, *extra})
+        if unknown:
+            raise TypeError(f"SpringLLM got unknown keyword argument(s) {', '.join(unknown)}; "
+                            f"it accepts {', '.join((*_SETTINGS, *extra))}")
+        settings = {"max_new_tokens": self.max_new_tokens, **self.generate_kwargs, **kwargs}
+        for key in extra:
+            settings.pop(key, None)
+        return settings
 
-    def _run_stream(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponseGen:
-        self._warn_if_packed()
-        prompt, settings = self._prepare(prompt, formatted, kwargs)
-        stream = self._spring.stream_from_prompt(prompt, **settings)
+    def _request(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> Request:
+        """A finished prompt: ``spring_prompt`` (placed by ``predict``) as it is, else ``prompt`` as plain text."""
+        parts = kwargs.get("spring_prompt")
+        settings = self._settings(kwargs, extra=("spring_prompt",))
+        if parts is None:
+            chat = not formatted and self.prompt_layout == "chat" and has_chat_template(self.spring_model.tokenizer)
+            parts = PromptParts(prompt if formatted else self.completion_to_prompt(prompt), special_tokens=not chat)
+        return Request(prompt=parts, settings=settings)
+
+    def _run_stream(self, request: Request) -> CompletionResponseGen:
+        stream = self._engine.stream(request)
         text = ""
         for delta in stream:
             text += delta
@@ -237,52 +335,59 @@ class SpringLLM(CustomLLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return self._run(prompt, formatted, kwargs)
+        """Complete ``prompt`` (plain text: no virtual tokens, whatever it holds). ``spring_prompt=`` (a
+        ``PromptParts``) sends that prompt with its block instead; ``predict`` passes it for RAG templates."""
+        return _response(self._engine.generate(self._request(prompt, formatted, kwargs)))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        return self._run_stream(prompt, formatted, kwargs)
+        return self._run_stream(self._request(prompt, formatted, kwargs))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await asyncio.to_thread(self._run, prompt, formatted, kwargs)
+        request = self._request(prompt, formatted, kwargs)
+        return _response(await asyncio.to_thread(self._engine.generate, request))
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
-        return iterate_in_thread(lambda: self._run_stream(prompt, formatted, kwargs))
+        request = self._request(prompt, formatted, kwargs)
+        return iterate_in_thread(lambda: self._run_stream(request))
 
     # ----- chat ----------------------------------------------------------------------------------------------
 
+    def _chat_request(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Request:
+        prompt = self.messages_to_prompt(messages)
+        chat = isinstance(self.messages_to_prompt, functools.partial) and has_chat_template(self.spring_model.tokenizer)
+        return Request(prompt=PromptParts(prompt, special_tokens=not chat), settings=self._settings(kwargs))
+
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return completion_response_to_chat_response(self._run(self.messages_to_prompt(messages), True, kwargs))
+        return completion_response_to_chat_response(_response(self._engine.generate(self._chat_request(messages,
+                                                                                                        kwargs))))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return stream_completion_response_to_chat_response(
-            self._run_stream(self.messages_to_prompt(messages), True, kwargs)
-        )
+        return stream_completion_response_to_chat_response(self._run_stream(self._chat_request(messages, kwargs)))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        response = await asyncio.to_thread(self._run, self.messages_to_prompt(messages), True, kwargs)
-        return completion_response_to_chat_response(response)
+        request = self._chat_request(messages, kwargs)
+        return completion_response_to_chat_response(_response(await asyncio.to_thread(self._engine.generate,
+                                                                                      request)))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        prompt = self.messages_to_prompt(messages)
-        return iterate_in_thread(
-            lambda: stream_completion_response_to_chat_response(self._run_stream(prompt, True, kwargs))
-        )
+        request = self._chat_request(messages, kwargs)
+        return iterate_in_thread(lambda: stream_completion_response_to_chat_response(self._run_stream(request)))
 
 
 def chat_template_prompt(tokenizer: Any, messages: Sequence[ChatMessage]) -> str:
     """Messages rendered with the tokenizer's chat template (LlamaIndex's generic transcript without one)."""
-    if not getattr(tokenizer, "chat_template", None):
+    if not has_chat_template(tokenizer):
         return generic_messages_to_prompt(messages)
     turns = [{"role": m.role.value, "content": m.content or ""} for m in messages]
-    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return render_chat(tokenizer, turns).plain_text()
 
 
 def user_turn_prompt(tokenizer: Any, completion: str) -> str:
@@ -290,17 +395,38 @@ def user_turn_prompt(tokenizer: Any, completion: str) -> str:
     return chat_template_prompt(tokenizer, [ChatMessage(role="user", content=completion)])
 
 
+def _selected(prompt: BasePromptTemplate, llm: Any) -> BasePromptTemplate:
+    """The template a ``SelectorPromptTemplate`` picks for ``llm``; any other template as it is."""
+    return prompt.select(llm) if isinstance(prompt, SelectorPromptTemplate) else prompt
+
+
+def _fill(rendered: str, sentinels: dict[str, str], values: dict[str, Any]) -> tuple[str, list[Span], list[Span]]:
+    """The rendered prompt with each sentinel replaced by its variable's value, and the spans of the context and
+    question variables in the result."""
+    by_sentinel = {sentinel: name for name, sentinel in sentinels.items()}
+    text, context, questions = "", [], []
+    rest = rendered
+    while rest:
+        hits = [(rest.find(s), s) for s in by_sentinel if s in rest]
+        if not hits:
+            text += rest
+            break
+        at, sentinel = min(hits)
+        name = by_sentinel[sentinel]
+        text += rest[:at]
+        start = len(text)
+        text += str(values[name])
+        if name in CONTEXT_VARIABLES:
+            context.append(Span(0, start, len(text)))
+        elif name in QUERY_VARIABLES:
+            questions.append(Span(0, start, len(text)))
+        rest = rest[at + len(sentinel):]
+    return text, context, questions
+
+
 def _response(generation: Generation, delta: str | None = None) -> CompletionResponse:
-    usage = generation.usage
-    counts = {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "virtual_tokens": usage.virtual_tokens,
-        "total_tokens": usage.total_tokens,
-    }
-    return CompletionResponse(
-        text=generation.text,
-        delta=delta,
-        raw={"usage": counts, "finish_reason": generation.finish_reason},
-        additional_kwargs=counts,
-    )
+    counts = generation.usage.as_dict()
+    return CompletionResponse(text=generation.text, delta=delta,
+                              raw={"usage": counts, "finish_reason": generation.finish_reason},
+                              additional_kwargs=counts)
+

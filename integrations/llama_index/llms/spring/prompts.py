@@ -1,16 +1,20 @@
-"""SPRING prompt templates for LlamaIndex response synthesizers: context first, then the markers, then the question.
+"""SPRING prompt templates for LlamaIndex response synthesizers: context first, then the question.
 
-LlamaIndex's default refine template states the question *before* the context; the virtual tokens were trained to
-sit between context and question, so the refine template here is reordered: new context, the existing answer,
-the markers, the question. Every template holds the marker block exactly once, right before the question.
+They hold no markers: ``SpringLLM`` places the block between the context and the question of any template, and a
+template's ``metadata["spring_k"]`` (set here from ``k``) fixes the block size for prompts made from it. The refine
+template is reordered (LlamaIndex's default states the question *before* the context; SPRING's tokens were trained
+between context and question): new context, the existing answer, then the question.
 
 Example:
     >>> from llama_index.llms.spring import spring_text_qa_template
-    >>> print(spring_text_qa_template(2).template)
+    >>> template = spring_text_qa_template(2)
+    >>> print(template.template)
     {context_str}
     <BLANKLINE>
-    [r1][r2]Question: {query_str}
+    Question: {query_str}
     Answer:
+    >>> template.metadata["spring_k"]
+    2
 """
 
 from __future__ import annotations
@@ -20,21 +24,28 @@ from llama_index.core.prompts.prompt_type import PromptType
 
 from spring_core.prompts import spring_template
 
-
-def spring_text_qa_template(k: int, layout: str = "raw") -> PromptTemplate:
-    """``text_qa_template``: retrieved context, ``[r1]..[rk]``, the question."""
-    text = spring_template(k, layout, context="{context_str}", question="{query_str}")
-    return PromptTemplate(text, prompt_type=PromptType.QUESTION_ANSWER)
+BLOCK_SIZE_KEY = "spring_k"
+"""The template ``metadata`` key that sets the block size (read by ``SpringLLM``)."""
 
 
-def spring_refine_template(k: int, layout: str = "raw") -> PromptTemplate:
-    """``refine_template``: the new context and the existing answer, then ``[r1]..[rk]`` and the question."""
+def _template(text: str, prompt_type: PromptType, k: int | None) -> PromptTemplate:
+    metadata = {} if k is None else {BLOCK_SIZE_KEY: k}
+    return PromptTemplate(text, prompt_type=prompt_type, metadata=metadata)
+
+
+def spring_text_qa_template(k: int | None = None, layout: str = "raw") -> PromptTemplate:
+    """``text_qa_template``: retrieved context, then the question (``k`` virtual tokens between them; ``None``:
+    the LLM's ``k``)."""
+    return _template(spring_template(layout, context="{context_str}", question="{query_str}"),
+                     PromptType.QUESTION_ANSWER, k)
+
+
+def spring_refine_template(k: int | None = None, layout: str = "raw") -> PromptTemplate:
+    """``refine_template``: the new context and the existing answer, then the question."""
     context = "{context_msg}\n\nAn earlier answer, from other passages: {existing_answer}"
-    text = spring_template(k, layout, context=context, question="{query_str}")
-    return PromptTemplate(text, prompt_type=PromptType.REFINE)
+    return _template(spring_template(layout, context=context, question="{query_str}"), PromptType.REFINE, k)
 
 
-def spring_summary_template(k: int, layout: str = "raw") -> PromptTemplate:
-    """``summary_template`` (tree_summarize): the chunk summaries as context, then the markers and the question."""
-    text = spring_template(k, layout, context="{context_str}", question="{query_str}")
-    return PromptTemplate(text, prompt_type=PromptType.SUMMARY)
+def spring_summary_template(k: int | None = None, layout: str = "raw") -> PromptTemplate:
+    """``summary_template`` (tree_summarize): the chunk summaries as context, then the question."""
+    return _template(spring_template(layout, context="{context_str}", question="{query_str}"), PromptType.SUMMARY, k)

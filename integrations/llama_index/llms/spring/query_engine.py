@@ -1,4 +1,8 @@
-"""Build a LlamaIndex query engine whose every LLM call carries the SPRING layout.
+"""Build a LlamaIndex query engine whose every LLM call reads SPRING's own layout (context, block, question).
+
+Any engine works with ``SpringLLM`` (the block is placed in whatever template the engine uses); this one also
+sets SPRING's templates, the layout the tokens were trained with, and reads nodes one by one for marginal or
+parametric modes.
 
 Example:
     >>> from llama_index.llms.spring import SpringLLM, spring_query_engine
@@ -21,9 +25,10 @@ from llama_index.llms.spring.synthesizer import SpringSynthesizer
 
 
 def spring_prompt_kwargs(llm: SpringLLM, k: int | None = None) -> dict[str, Any]:
-    """``text_qa_template``, ``refine_template`` and ``summary_template`` for ``llm`` with ``k`` markers
-    (default: all of its virtual tokens; none when it has no tokens)."""
-    k = llm.spring_model.check_k(llm.spring_model.n if k is None else k)
+    """``text_qa_template``, ``refine_template`` and ``summary_template`` for ``llm`` with ``k`` virtual tokens
+    (default: the LLM's ``k``, else all of its tokens; none when it has no tokens)."""
+    if k is not None:
+        llm.spring_model.check_k(k)
     layout = llm.prompt_layout or "raw"
     return {
         "text_qa_template": spring_text_qa_template(k, layout),
