@@ -34,6 +34,7 @@ from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
 
 from langchain_spring._base import SpringParams, finished, usage_metadata
+from langchain_spring.tracking import TRACKER
 from spring_core import Generation
 from spring_core.aio import iterate_in_thread
 from spring_core.engine import Request
@@ -140,7 +141,7 @@ class ChatSpring(SpringParams, BaseChatModel):
                     f"or one human message), not {len(turns)} message(s) with roles {[t['role'] for t in turns]}"
                 )
             return self._documents_request(turns[0]["content"], stop, kwargs)
-        run_id = getattr(run_manager, "run_id", None)
+        run_id = getattr(run_manager, "run_id", None) or TRACKER.run_for(messages)
         placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, kwargs)
         settings, _ = self._call_settings(stop, kwargs)
         return Request(prompt=render_messages(turns, self.spring.tokenizer, placement, k), settings=settings)

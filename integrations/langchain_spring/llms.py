@@ -64,7 +64,7 @@ class SpringLLM(SpringParams, LLM):
         if kwargs.get("documents") is not None:
             return self._documents_request(prompt, stop, kwargs)
         # LangChain hands _generate the first prompt's run manager only: find each prompt's own run
-        run_id = TRACKER.run_for_prompt(prompt) or getattr(run_manager, "run_id", None)
+        run_id = TRACKER.run_for(prompt) or getattr(run_manager, "run_id", None)
         placement, k = self._placement([prompt], ["user"], run_id, kwargs)
         settings, _ = self._call_settings(stop, kwargs)
         if placement is None:

@@ -56,11 +56,14 @@ class RetrievalTracker(BaseCallbackHandler):
             root = self._root_of.get(run_id) if run_id is not None else None
             return list(self._retrievals.get(root, [])) if root is not None else []
 
-    def run_for_prompt(self, prompt: str) -> UUID | None:
-        """The run of the completion call that is generating ``prompt`` now (``on_llm_start`` gives each prompt of a
-        batch its own run, ``BaseLLM._generate`` sees only the first)."""
+    def run_for(self, prompt: str | Sequence[Any]) -> UUID | None:
+        """The run of the model call that is answering ``prompt`` (a completion prompt, or chat messages) now.
+
+        Models do not always get their own run: ``BaseLLM._generate`` sees the first prompt's run manager only, and
+        ``BaseChatModel.stream`` passes none to ``_stream``. The start callbacks see every prompt with its run.
+        """
         with self._lock:
-            return self._prompt_runs.get(prompt)
+            return self._prompt_runs.get(prompt_key(prompt))
 
     # ----- run tree ------------------------------------------------------------------------------------------
 
@@ -96,13 +99,16 @@ class RetrievalTracker(BaseCallbackHandler):
     def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID,
                             parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         self._link(run_id, parent_run_id)
+        with self._lock:
+            for conversation in messages:
+                self._prompt_runs[prompt_key(conversation)] = run_id
 
     def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
                      **kwargs: Any) -> None:
         self._link(run_id, parent_run_id)
         with self._lock:
             for prompt in prompts:
-                self._prompt_runs[str(prompt)] = run_id
+                self._prompt_runs[prompt_key(str(prompt))] = run_id
 
     def on_tool_start(self, serialized: Any, input_str: str, *, run_id: UUID, parent_run_id: UUID | None = None,
                       **kwargs: Any) -> None:
@@ -135,6 +141,13 @@ class RetrievalTracker(BaseCallbackHandler):
     def on_llm_error(self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None,
                      **kwargs: Any) -> None:
         self._end(run_id, parent_run_id)
+
+
+def prompt_key(prompt: str | Sequence[Any]) -> str:
+    """A completion prompt as it is; chat messages as their types and texts."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\x00".join(f"{getattr(m, 'type', '')}\x01{getattr(m, 'text', '')}" for m in prompt)
 
 
 TRACKER = RetrievalTracker()

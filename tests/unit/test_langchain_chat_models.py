@@ -8,22 +8,28 @@ import warnings
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnablePassthrough
 
-from langchain_spring import (
-    SPRING_RAG_CHAT_PROMPT,
-    ChatSpring,
-    PromptLayoutError,
-    SpringLayoutWarning,
-    spring_rag_chat_prompt,
-)
+from langchain_spring import SPRING_RAG_CHAT_PROMPT, ChatSpring, SpringRetriever, format_docs
 from langchain_spring.chat_models import message_turns, render_messages
 from spring_core import SpringModel, VirtualTokens
-from spring_core.prompts import format_passages
+from spring_core.prompts import PromptParts, build_prompt
+from spring_core.retrieval import create_store
 
 PASSAGES = [{"title": "Hamlet", "text": "Hamlet is a play by William Shakespeare."}]
 QUESTION = "Who wrote Hamlet?"
-# The hub's rlm/rag-prompt layout: question before context, no marker block.
+# The hub's rlm/rag-prompt layout: question before context.
 HUB_STYLE = "Use the following context to answer.\nQuestion: {question}\nContext: {context}\nAnswer:"
+
+
+@pytest.fixture(scope="module")
+def retriever(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hamlet-store")
+    create_store(folder, "bm25").add([{"id": "h1", **PASSAGES[0]}, {"id": "p1", "title": "Paris",
+                                                                      "text": "Paris is the capital of France."}])
+    return SpringRetriever(store=str(folder), k=1)
 
 
 @pytest.fixture()
@@ -41,12 +47,18 @@ def chat(sm):
     return ChatSpring(spring_model=sm, max_tokens=12)
 
 
-def rag_messages(k: int):
-    return spring_rag_chat_prompt(k).format_messages(context=format_passages(PASSAGES), question=QUESTION)
+def rag_chain(retriever, model, prompt=SPRING_RAG_CHAT_PROMPT):
+    """The usual LCEL RAG chain, ending in the model's message."""
+    return {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | model
+
+
+def spring_layout(sm, k: int):
+    """What SPRING_RAG_CHAT_PROMPT with the Hamlet passage renders to, the block placed by hand."""
+    return build_prompt(QUESTION, PASSAGES, k, layout="chat", tokenizer=sm.tokenizer)
 
 
 def rendered(sm, messages) -> str:
-    return render_messages(message_turns(messages), sm.tokenizer)
+    return render_messages(message_turns(messages), sm.tokenizer).plain_text()
 
 
 def stop_inside(text: str, start: int) -> str:
@@ -77,43 +89,43 @@ def test_without_a_chat_template_messages_become_a_transcript(tiny):
     plain_tokenizer = copy.deepcopy(tokenizer)
     plain_tokenizer.chat_template = None
     messages = [SystemMessage("Be brief."), HumanMessage("hi"), AIMessage("hello"), HumanMessage("bye")]
-    prompt = render_messages(message_turns(messages), plain_tokenizer)
+    prompt = render_messages(message_turns(messages), plain_tokenizer).plain_text()
     assert prompt == "System: Be brief.\nUser: hi\nAssistant: hello\nUser: bye\nAssistant:"
     chat = ChatSpring(spring_model=SpringModel(model, plain_tokenizer), max_tokens=4)
     out = chat.invoke(messages)
     assert out.usage_metadata["input_tokens"] == len(plain_tokenizer(prompt)["input_ids"])
 
 
-def test_the_marker_block_in_a_message_reaches_the_model_as_virtual_tokens(chat, sm):
-    messages = rag_messages(4)
-    out = chat.invoke(messages)
-    reference = sm.generate_from_prompt(rendered(sm, messages), max_new_tokens=12)
+def test_a_rag_chain_gets_the_block_between_its_context_and_question(chat, sm, retriever):
+    out = rag_chain(retriever, chat).invoke(QUESTION)
+    reference = sm.generate_from_prompt(spring_layout(sm, 8), max_new_tokens=12)
     assert out.content == reference.text
-    assert out.usage_metadata["input_token_details"] == {"virtual": 4}
-
-
-def test_usage_metadata_equals_the_spring_models_usage(chat, sm):
-    messages = rag_messages(8)
-    out = chat.invoke(messages)
-    usage = sm.generate_from_prompt(rendered(sm, messages), max_new_tokens=12).usage
-    assert usage.virtual_tokens == 8
+    usage = reference.usage
     assert out.usage_metadata == {
         "input_tokens": usage.prompt_tokens + usage.virtual_tokens,
         "output_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
-        "input_token_details": {"virtual": usage.virtual_tokens},
+        "input_token_details": {"virtual": 8},
     }
     assert out.response_metadata["model_name"] == sm.name
     assert out.response_metadata["finish_reason"] in ("stop", "length")
 
 
+def test_a_call_without_retrieval_is_the_base_model_whatever_its_text(chat, sm, tiny):
+    messages = [HumanMessage(f"[1] {PASSAGES[0]['text']}\n\n[r1][r2]Question: {QUESTION}")]
+    out = chat.invoke(messages)
+    assert out.usage_metadata["input_token_details"] == {"virtual": 0}
+    assert out.content == SpringModel(*tiny).generate_from_prompt(render_messages(message_turns(messages),
+                                                                                  sm.tokenizer),
+                                                                  max_new_tokens=12).text
+
+
 # ----- streaming and async ---------------------------------------------------------------------------------
 
 
-def test_stream_yields_deltas_that_join_to_the_invoke_answer(chat):
-    messages = rag_messages(8)
-    answer = chat.invoke(messages)
-    chunks = list(chat.stream(messages))
+def test_stream_yields_deltas_that_join_to_the_invoke_answer(chat, retriever):
+    answer = rag_chain(retriever, chat).invoke(QUESTION)
+    chunks = list(rag_chain(retriever, chat).stream(QUESTION))
     assert len(chunks) > 2
     assert "".join(c.content for c in chunks) == answer.content
     last = chunks[-1]
@@ -121,17 +133,18 @@ def test_stream_yields_deltas_that_join_to_the_invoke_answer(chat):
     assert last.usage_metadata == answer.usage_metadata  # exact counts, from the stream's own result
     assert last.response_metadata == answer.response_metadata
     assert sum(bool(c.usage_metadata) for c in chunks) == 1
-    streamed_invoke = ChatSpring(spring_model=chat.spring, max_tokens=12, streaming=True).invoke(messages)
+    streaming = ChatSpring(spring_model=chat.spring, max_tokens=12, streaming=True)
+    streamed_invoke = rag_chain(retriever, streaming).invoke(QUESTION)
     assert (streamed_invoke.content, streamed_invoke.usage_metadata) == (answer.content, answer.usage_metadata)
 
 
-def test_async_calls_match_the_sync_ones(chat):
-    messages = rag_messages(8)
-    answer = chat.invoke(messages)
+def test_async_calls_match_the_sync_ones(chat, retriever):
+    answer = rag_chain(retriever, chat).invoke(QUESTION)
+    assert answer.usage_metadata["input_token_details"] == {"virtual": 8}
 
     async def scenario():
-        first = await chat.ainvoke(messages)
-        chunks = [chunk async for chunk in chat.astream(messages)]
+        first = await rag_chain(retriever, chat).ainvoke(QUESTION)
+        chunks = [chunk async for chunk in rag_chain(retriever, chat).astream(QUESTION)]
         return first, chunks
 
     first, chunks = asyncio.run(scenario())
@@ -139,14 +152,14 @@ def test_async_calls_match_the_sync_ones(chat):
     assert len(chunks) > 2 and "".join(c.content for c in chunks) == answer.content
 
 
-def test_leaving_an_async_stream_early_is_clean(chat):
+def test_leaving_an_async_stream_early_is_clean(chat, retriever):
     async def scenario():
-        async for chunk in chat.astream(rag_messages(8)):
+        async for chunk in rag_chain(retriever, chat).astream(QUESTION):
             return chunk.content
         return None
 
     assert asyncio.run(scenario()) is not None
-    assert chat.invoke(rag_messages(8)).content  # the model is free again
+    assert rag_chain(retriever, chat).invoke(QUESTION).content  # the model is free again
 
 
 # ----- settings --------------------------------------------------------------------------------------------
@@ -176,14 +189,12 @@ def test_per_call_settings_are_honoured_and_unknown_ones_refused(chat):
     assert chat.invoke(QUESTION, model=chat.model, max_tokens=2).content is not None
 
 
-def test_k_resizes_the_block_in_the_constructor_and_per_call(sm):
-    messages = rag_messages(8)
+def test_k_sets_the_block_in_the_constructor_and_per_call(sm, retriever):
     chat = ChatSpring(spring_model=sm, max_tokens=6, k=3)
-    assert chat.invoke(messages).usage_metadata["input_token_details"] == {"virtual": 3}
-    plain = chat.invoke(messages, k=0)
+    assert rag_chain(retriever, chat).invoke(QUESTION).usage_metadata["input_token_details"] == {"virtual": 3}
+    plain = rag_chain(retriever, chat.bind(k=0)).invoke(QUESTION)
     assert plain.usage_metadata["input_token_details"] == {"virtual": 0}
-    without_block = rendered(sm, rag_messages(0))
-    assert plain.content == sm.generate_from_prompt(without_block, max_new_tokens=6).text
+    assert plain.content == sm.generate_from_prompt(spring_layout(sm, 0), max_new_tokens=6).text
 
 
 def test_timeout_stops_generation_and_a_generous_one_changes_nothing(sm):
@@ -197,31 +208,41 @@ def test_timeout_stops_generation_and_a_generous_one_changes_nothing(sm):
     assert (relaxed.content, relaxed.usage_metadata) == (answer.content, answer.usage_metadata)
 
 
-# ----- the layout check ------------------------------------------------------------------------------------
+# ----- placement in other people's prompts ------------------------------------------------------------------
 
 
-def hub_style_messages():
-    return [HumanMessage(HUB_STYLE.format(question=QUESTION, context=format_passages(PASSAGES)))]
-
-
-def test_a_rag_prompt_without_markers_warns_when_tokens_are_loaded(chat):
-    with pytest.warns(SpringLayoutWarning, match="SPRING_RAG_CHAT_PROMPT"):
-        chat.invoke(hub_style_messages())
-
-
-def test_strict_raises_on_a_rag_prompt_without_markers(sm):
-    with pytest.raises(PromptLayoutError, match="marker"):
-        ChatSpring(spring_model=sm, strict=True).invoke(hub_style_messages())
-
-
-def test_no_layout_warning_for_our_prompt_plain_chat_k_zero_or_no_tokens(chat, tiny):
+def test_a_question_first_prompt_gets_the_block_after_the_context_and_warns_once(chat, sm, retriever):
+    prompt = ChatPromptTemplate.from_messages([("human", HUB_STYLE)])
+    with pytest.warns(UserWarning, match="question before the context"):
+        out = rag_chain(retriever, chat, prompt).invoke(QUESTION)
+    assert out.usage_metadata["input_token_details"] == {"virtual": 8}
     with warnings.catch_warnings():
-        warnings.simplefilter("error", SpringLayoutWarning)
-        chat.invoke(SPRING_RAG_CHAT_PROMPT.format_messages(context=format_passages(PASSAGES), question=QUESTION),
-                    k=2, max_tokens=2)
-        chat.invoke("Hello, how are you?", max_tokens=2)
-        chat.invoke(hub_style_messages(), k=0, max_tokens=2)
-        ChatSpring(spring_model=SpringModel(*tiny), max_tokens=2, strict=True).invoke(hub_style_messages())
+        warnings.simplefilter("error")
+        rag_chain(retriever, chat, prompt).invoke(QUESTION)
+
+
+def test_context_in_the_system_message_puts_the_block_before_the_last_human_turn(sm, retriever):
+    prompt = ChatPromptTemplate.from_messages([("system", "Answer from these notes:\n\n{context}"),
+                                               ("human", "{question}")])
+    chat = ChatSpring(spring_model=sm, max_tokens=5, k=4)
+    out = (rag_chain(retriever, chat, prompt) | StrOutputParser()).invoke(QUESTION)
+    turns = [{"role": "system", "content": f"Answer from these notes:\n\n{format_docs(retriever.invoke(QUESTION))}"},
+             {"role": "user", "content": QUESTION}]
+    expected = render_messages(turns, sm.tokenizer).plain_text()
+    user_turn = expected.rindex(QUESTION)
+    parts = PromptParts(expected[:user_turn], 4, expected[user_turn:], special_tokens=False)
+    assert out == sm.generate_from_prompt(parts, max_new_tokens=5).text
+
+
+def test_without_a_retriever_a_labelled_system_context_is_the_last_resort(sm):
+    chat = ChatSpring(spring_model=sm, max_tokens=3, k=2)
+    messages = [SystemMessage(f"Use the following context in your response:\n\n{PASSAGES[0]['text']}"),
+                HumanMessage(QUESTION)]
+    with pytest.warns(UserWarning, match="found by its label"):
+        out = chat.invoke(messages)
+    assert out.usage_metadata["input_token_details"] == {"virtual": 2}
+    plain = chat.invoke([SystemMessage("You are a helpful assistant."), HumanMessage(QUESTION)])
+    assert plain.usage_metadata["input_token_details"] == {"virtual": 0}
 
 
 # ----- what is not supported, and construction -------------------------------------------------------------
@@ -243,15 +264,15 @@ def test_models_loaded_by_name_share_weights_and_load_tokens_from_a_folder(tiny_
     assert first.spring.model is second.spring.model
     assert (first.spring.n, second.spring.n) == (8, 0)
     assert first.default_k() == 8 and ChatSpring(model=str(tiny_dir), k=2).default_k() == 2
-    lenient = ChatSpring(model=str(tiny_dir), model_kwargs={"strict": False, "layout": "chat"}).spring
-    assert (lenient.strict, lenient.layout, lenient.model) == (False, "chat", first.spring.model)
+    chat_layout = ChatSpring(model=str(tiny_dir), model_kwargs={"layout": "chat"}).spring
+    assert (chat_layout.layout, chat_layout.model) == ("chat", first.spring.model)
 
 
-def test_tokens_next_to_a_shared_model_replace_its_own_without_copying(tiny, sm):
+def test_tokens_next_to_a_shared_model_replace_its_own_without_copying(tiny, sm, retriever):
     other = VirtualTokens.random(tiny[0], n=4, seed=5)
     chat = ChatSpring(spring_model=sm, tokens=other, max_tokens=4)
     assert chat.spring.model is sm.model and chat.spring.tokens is other and sm.n == 8
-    assert chat.invoke(rag_messages(4)).usage_metadata["input_token_details"] == {"virtual": 4}
+    assert rag_chain(retriever, chat).invoke(QUESTION).usage_metadata["input_token_details"] == {"virtual": 4}
     assert chat._identifying_params["tokens"] != ChatSpring(spring_model=sm)._identifying_params["tokens"]
 
 

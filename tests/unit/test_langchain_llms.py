@@ -1,14 +1,17 @@
-"""``SpringLLM`` on the tiny random Llama: raw prompts, batching, usage, streaming, stop strings, layout check."""
+"""``SpringLLM`` on the tiny random Llama: raw prompts, placement in RAG chains, batching, usage, streaming."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from langchain_core.prompts import PromptTemplate
+from langchain_core.runnables import RunnablePassthrough
 
-from langchain_spring import SPRING_RAG_PROMPT, PromptLayoutError, SpringLayoutWarning, SpringLLM, spring_rag_prompt
+from langchain_spring import SPRING_RAG_PROMPT, SpringLLM, SpringRetriever, format_docs
 from spring_core import SpringModel, VirtualTokens
-from spring_core.prompts import format_passages
+from spring_core.prompts import PromptParts, build_prompt, format_passages
+from spring_core.retrieval import create_store
 
 PASSAGES = [{"title": "Hamlet", "text": "Hamlet is a play by William Shakespeare."}, "Paris is in France."]
 
@@ -23,40 +26,69 @@ def llm(sm):
     return SpringLLM(spring_model=sm, max_tokens=10)
 
 
-def rag_prompt(question: str, k: int = 8) -> str:
-    return spring_rag_prompt(k).format(context=format_passages(PASSAGES), question=question)
+@pytest.fixture(scope="module")
+def retriever(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("store")
+    rows = [{"id": "h", **PASSAGES[0]}, {"id": "p", "title": "", "text": PASSAGES[1]}]
+    create_store(folder, "bm25").add(rows)
+    return SpringRetriever(store=str(folder), k=2)
 
 
-def test_the_prompt_reaches_the_model_as_written(llm, sm):
-    prompt = rag_prompt("Who wrote Hamlet?")
+def rag_chain(retriever, llm, prompt=SPRING_RAG_PROMPT):
+    return {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | llm
+
+
+def test_a_prompt_without_retrieval_reaches_the_model_as_written(llm, sm, tiny):
+    prompt = build_prompt("Who wrote Hamlet?", PASSAGES, 8).render()  # markers written as text stay text
     result = llm.generate([prompt])
-    reference = sm.generate_from_prompt(prompt, max_new_tokens=10)
+    reference = SpringModel(*tiny).generate_from_prompt(prompt, max_new_tokens=10)
     generation = result.generations[0][0]
     assert generation.text == reference.text == llm.invoke(prompt)
-    usage = reference.usage
-    assert generation.generation_info["usage_metadata"] == {
-        "input_tokens": usage.prompt_tokens + usage.virtual_tokens, "output_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens, "input_token_details": {"virtual": 8},
-    }
-    assert generation.generation_info["finish_reason"] == reference.finish_reason
-    assert result.llm_output == {
-        "token_usage": {"prompt_tokens": usage.prompt_tokens, "virtual_tokens": 8,
-                        "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens},
-        "model_name": sm.name,
-    }
+    assert generation.generation_info["usage_metadata"]["input_token_details"] == {"virtual": 0}
+
+
+def test_a_rag_chain_gets_the_block_before_the_question(llm, sm, retriever):
+    docs = retriever.invoke("Who wrote Hamlet?")
+    reference = sm.generate_from_prompt(build_prompt("Who wrote Hamlet?", [
+        {"title": d.metadata.get("title", ""), "text": d.page_content} for d in docs], 8), max_new_tokens=10)
+    assert rag_chain(retriever, llm).invoke("Who wrote Hamlet?") == reference.text
+    assert reference.usage.virtual_tokens == 8
+    info = rag_chain(retriever, llm.bind(k=3)).invoke("Who wrote Hamlet?")
+    assert isinstance(info, str)
+
+
+def test_batch_places_each_prompt_by_its_own_run(llm, sm, retriever):
+    questions = ["Who wrote Hamlet?", "Where is Paris?"]
+    batched = rag_chain(retriever, llm).batch(questions)
+    assert batched == [rag_chain(retriever, llm).invoke(q) for q in questions]
+
+
+def test_a_never_seen_template_gets_the_block_at_the_start_of_the_question_line(sm, retriever):
+    template = PromptTemplate.from_template("Facts we know:\n{context}\nWith only those facts, reply to: {question}"
+                                            "\nReply:")
+    llm = SpringLLM(spring_model=sm, max_tokens=4, k=5)
+    docs = retriever.invoke("Who wrote Hamlet?")
+    text = template.format(context=format_docs(docs), question="Who wrote Hamlet?")
+    line = text.index("With only")
+    expected = sm.generate_from_prompt(PromptParts(text[:line], 5, text[line:]), max_new_tokens=4).text
+    assert rag_chain(retriever, llm, template).invoke("Who wrote Hamlet?") == expected
+
 
 
 def test_batch_is_one_padded_batch_with_the_one_by_one_answers(llm):
-    prompts = [rag_prompt("Who wrote Hamlet?"), rag_prompt("Where is Paris?", k=3), "Question: Hi?\nAnswer:"]
+    prompts = [SPRING_RAG_PROMPT.format(context=format_passages(PASSAGES), question="Who wrote Hamlet?"),
+               "Where is Paris?", "Question: Hi?\nAnswer:"]
     one_by_one = [llm.invoke(p) for p in prompts]
     assert llm.batch(prompts) == one_by_one
     assert asyncio.run(llm.abatch(prompts)) == one_by_one
     usage = llm.generate(prompts).llm_output["token_usage"]
-    assert usage["virtual_tokens"] == 8 + 3 + 0
+    assert usage["virtual_tokens"] == 0  # no retriever ran: plain prompts
 
 
-def test_stream_and_astream_join_to_the_invoke_answer(llm):
-    prompt = rag_prompt("Who wrote Hamlet?")
+def test_stream_and_astream_join_to_the_invoke_answer(llm, retriever):
+    chain = rag_chain(retriever, llm)
+    assert "".join(chain.stream("Who wrote Hamlet?")) == chain.invoke("Who wrote Hamlet?")
+    prompt = SPRING_RAG_PROMPT.format(context=format_passages(PASSAGES), question="Who wrote Hamlet?")
     answer = llm.invoke(prompt)
     chunks = list(llm.stream(prompt))
     assert len(chunks) > 2 and "".join(chunks) == answer
@@ -75,7 +107,7 @@ def test_stream_and_astream_join_to_the_invoke_answer(llm):
 
 
 def test_stop_from_the_constructor_and_per_call_are_merged(sm):
-    prompt = rag_prompt("Who wrote Hamlet?")
+    prompt = SPRING_RAG_PROMPT.format(context=format_passages(PASSAGES), question="Who wrote Hamlet?")
     full = SpringLLM(spring_model=sm, max_tokens=24).invoke(prompt)
     pieces = [full[i:i + 2] for i in range(2, len(full) - 1) if full[i:i + 2].isalnum()]
     early, late = next(p for p in pieces if full.index(p) >= 2), next(p for p in pieces if full.index(p) >= 8)
@@ -84,26 +116,10 @@ def test_stop_from_the_constructor_and_per_call_are_merged(sm):
     assert llm.invoke(prompt, stop=[early]) == full[: full.index(early)]
 
 
-def test_k_resizes_the_block(llm, sm):
-    prompt = rag_prompt("Who wrote Hamlet?", k=8)
-    info = llm.generate([prompt], k=2).generations[0][0].generation_info
-    assert info["usage_metadata"]["input_token_details"] == {"virtual": 2}
-    plain = SpringLLM(spring_model=sm, max_tokens=10, k=0).invoke(prompt)
-    assert plain == sm.generate_from_prompt(rag_prompt("Who wrote Hamlet?", k=0), max_new_tokens=10).text
-
-
-def test_hub_style_rag_prompt_warns_or_raises(sm):
-    hub_style = f"Question: Who wrote Hamlet?\nContext: {format_passages(PASSAGES)}\nAnswer:"
-    with pytest.warns(SpringLayoutWarning):
-        SpringLLM(spring_model=sm, max_tokens=2).invoke(hub_style)
-    with pytest.raises(PromptLayoutError):
-        SpringLLM(spring_model=sm, max_tokens=2, strict=True).invoke(hub_style)
-
-
-def test_template_and_llm_compose(llm, sm):
-    chain = SPRING_RAG_PROMPT | SpringLLM(spring_model=sm, max_tokens=4, k=8)
-    answer = chain.invoke({"context": format_passages(PASSAGES), "question": "Who wrote Hamlet?"})
-    assert answer == llm.invoke(rag_prompt("Who wrote Hamlet?", k=8), max_tokens=4)
+def test_k_zero_is_the_base_model(sm, retriever, tiny):
+    plain = rag_chain(retriever, SpringLLM(spring_model=sm, max_tokens=10, k=0)).invoke("Who wrote Hamlet?")
+    assert plain == rag_chain(retriever, SpringLLM(spring_model=SpringModel(*tiny), max_tokens=10)).invoke(
+        "Who wrote Hamlet?")
 
 
 def test_llm_type_and_standard_params(llm, sm):

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import warnings
 
 import pytest
-from llama_index.core import Document, VectorStoreIndex
+from llama_index.core import Document, PromptTemplate, VectorStoreIndex
 from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.llms.spring import (
     SpringLLM,
     spring_query_engine,
@@ -23,10 +25,12 @@ from llama_index.retrievers.spring import SpringRetriever
 
 from spring_core import MarkerError, SpringModel, VirtualTokens
 from spring_core.data import read_corpus, sample_corpus_path
-from spring_core.prompts import marker_block, parse_prompt
+from spring_core.prompts import PromptParts, marker_block
 
 QUESTION = "Who is Harvard University named after?"
-BLOCK_PROMPT = "[1] Harvard is named after John Harvard.\n\n" + marker_block(8) + f"Question: {QUESTION}\nAnswer:"
+CONTEXT = "[1] Harvard is named after John Harvard."
+BLOCK_PROMPT = CONTEXT + "\n\n" + marker_block(8) + f"Question: {QUESTION}\nAnswer:"  # as text: no tokens
+QA = PromptTemplate("{context_str}\n\nQuestion: {query_str}\nAnswer:")
 
 
 @pytest.fixture(scope="module")
@@ -57,24 +61,42 @@ def corpus_file(corpus_rows, tmp_path_factory):
 # ----- SpringLLM ------------------------------------------------------------------------------------------------
 
 
-def test_prompts_with_the_block_get_the_tokens_and_without_it_the_base_model(llm, tiny):
-    with_block = llm.complete(BLOCK_PROMPT)
-    assert with_block.raw["usage"]["virtual_tokens"] == 8
-    assert with_block.text == llm.spring_model.generate_from_prompt(BLOCK_PROMPT, max_new_tokens=6).text
-    plain_prompt = BLOCK_PROMPT.replace(marker_block(8), "")
-    plain = llm.complete(plain_prompt)
+def test_text_is_text_and_templates_get_the_block(llm, tiny):
+    plain = llm.complete(BLOCK_PROMPT)  # marker strings in a prompt are characters, never virtual tokens
     assert plain.raw["usage"]["virtual_tokens"] == 0
-    assert plain.text == SpringModel(*tiny).generate_from_prompt(plain_prompt, max_new_tokens=6).text
+    assert plain.text == SpringModel(*tiny).generate_from_prompt(BLOCK_PROMPT, max_new_tokens=6).text
+    parts = llm.rag_prompt(QA, context_str=CONTEXT, query_str=QUESTION)
+    assert parts == PromptParts(CONTEXT + "\n\n", 8, f"Question: {QUESTION}\nAnswer:")
+    assert llm.predict(QA, context_str=CONTEXT, query_str=QUESTION) == llm.spring_model.generate_from_prompt(
+        parts, max_new_tokens=6).text
+    assert llm.complete(parts.render(), spring_prompt=parts).raw["usage"]["virtual_tokens"] == 8
 
 
-def test_k_resizes_the_block_per_llm_and_per_call(tiny, tokens, llm):
-    assert llm.complete(BLOCK_PROMPT, k=3).raw["usage"]["virtual_tokens"] == 3
-    fixed = SpringLLM(spring_model=SpringModel(*tiny, tokens), max_new_tokens=6, k=0)
-    off = fixed.complete(BLOCK_PROMPT)
-    assert off.raw["usage"]["virtual_tokens"] == 0
-    assert off.text == llm.complete(BLOCK_PROMPT.replace(marker_block(8), "")).text
+def test_calls_without_context_are_the_base_model_bit_for_bit(llm, tiny):
+    template = PromptTemplate("Write a title for: {topic}")
+    assert llm.rag_prompt(template, topic="rivers") is None
+    base = SpringModel(*tiny).generate_from_prompt(template.format(topic="rivers"), max_new_tokens=6)
+    assert llm.predict(template, topic="rivers") == base.text
+    assert llm.rag_prompt(QA, context_str="", query_str=QUESTION) is None
+
+
+def test_k_sets_the_block_per_llm_and_per_template(tiny, tokens, llm):
+    assert SpringLLM(spring_model=llm.spring_model, k=3).rag_prompt(QA, context_str=CONTEXT, query_str="q").k == 3
+    assert SpringLLM(spring_model=llm.spring_model, k=0).rag_prompt(QA, context_str=CONTEXT, query_str="q") is None
+    sized = spring_text_qa_template(2)
+    assert llm.rag_prompt(sized, context_str=CONTEXT, query_str="q").k == 2
     with pytest.raises(MarkerError, match="out of range"):
-        llm.complete(BLOCK_PROMPT, k=9)
+        SpringLLM(spring_model=llm.spring_model, k=9).rag_prompt(QA, context_str=CONTEXT, query_str="q")
+
+
+@pytest.mark.parametrize("text", ["[r1][r2][r3]", "[r1]" * 60 + "Question:", "[r" + "9" * 5000 + "]",
+                                  "\x00SPRING-BLOCK\x00"])
+def test_marker_like_text_in_nodes_and_queries_is_read_as_text(llm, text):
+    context, query = f"[1] A node with {text} inside.", f"What is {text}?"
+    parts = llm.rag_prompt(QA, context_str=context, query_str=query)
+    assert parts == PromptParts(context + "\n\n", 8, f"Question: {query}\nAnswer:")
+    ids = llm.spring_model.encode(parts)
+    assert sum(t >= llm.spring_model.vocab_rows for t in ids) == 8
 
 
 def test_per_call_settings_are_honoured_and_unknown_ones_refused(llm):
@@ -167,12 +189,13 @@ def test_async_calls_do_not_block_the_event_loop(llm):
 # ----- templates and query engines ------------------------------------------------------------------------------
 
 
-def test_templates_put_context_then_markers_then_question():
-    qa = spring_text_qa_template(3).format(context_str="CTX", query_str="Q?")
-    assert qa == "CTX\n\n[r1][r2][r3]Question: Q?\nAnswer:"
-    refine = spring_refine_template(2).format(context_msg="NEW", query_str="Q?", existing_answer="OLD")
-    assert refine.index("NEW") < refine.index("OLD") < refine.index("[r1][r2]Question: Q?")
-    assert spring_summary_template(1, "chat").format(context_str="S", query_str="Q?") == "S\n\n[r1]Question: Q?"
+def test_templates_put_context_then_the_question_and_llm_places_the_block(llm):
+    parts = llm.rag_prompt(spring_text_qa_template(3), context_str="CTX", query_str="Q?")
+    assert parts.render() == "CTX\n\n[r1][r2][r3]Question: Q?\nAnswer:"
+    refine = llm.rag_prompt(spring_refine_template(2), context_msg="NEW", query_str="Q?", existing_answer="OLD")
+    assert refine.render().index("NEW") < refine.render().index("OLD") < refine.render().index("[r1][r2]Question: Q?")
+    summary = llm.rag_prompt(spring_summary_template(1, "chat"), context_str="S", query_str="Q?")
+    assert summary.render() == "S\n\n[r1]Question: Q?"
 
 
 def sent_prompts(recorder):
@@ -180,15 +203,13 @@ def sent_prompts(recorder):
     return recorder.prompts
 
 
-def assert_block_right_before_question(sm, prompt, k):
-    assert prompt.count("[r1]") == 1, prompt
-    parts = parse_prompt(prompt, n=sm.n)
-    assert parts.k == k and parts.after.startswith(f"Question: {QUESTION}")
+def assert_block_right_before_question(sm, parts, k, label="Question:"):
+    assert parts.k == k and parts.after.startswith(f"{label} {QUESTION}"), parts
     assert parts.before.strip(), "the context must come before the block"
     ids = sm.encode(parts)
     virtual = [i for i, t in enumerate(ids) if t >= sm.vocab_rows]
     assert virtual == list(range(virtual[0], virtual[0] + k))
-    assert sm.tokenizer.decode(ids[virtual[-1] + 1:]).startswith(f"Question: {QUESTION}")
+    assert sm.tokenizer.decode(ids[virtual[-1] + 1:]).startswith(f"{label} {QUESTION}")
     assert sm.tokenizer.decode(ids[: virtual[0]]).rstrip().endswith(parts.before.rstrip()[-20:])
 
 
@@ -201,8 +222,53 @@ def test_every_response_mode_sends_the_block_once_per_call_right_before_the_ques
     assert isinstance(response.response, str)
     if mode == "refine":
         assert len(prompts) == 4  # one call per retrieved passage
-    for prompt in prompts:
-        assert_block_right_before_question(llm.spring_model, prompt, k=5)
+    for parts in recorder.parts:
+        assert_block_right_before_question(llm.spring_model, parts, k=5)
+
+
+@pytest.mark.parametrize("mode", ["compact", "refine", "tree_summarize", "simple_summarize", "accumulate",
+                                  "compact_accumulate"])
+def test_llamaindexs_own_engine_and_templates_get_the_block_automatically(mode, llm, corpus_file, tmp_path,
+                                                                         recorder):
+    retriever = SpringRetriever.from_corpus(corpus_file, tmp_path / "bm25", backend="bm25", similarity_top_k=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the default refine template states the question first, and says so
+        RetrieverQueryEngine.from_args(retriever, llm=llm, response_mode=mode).query(QUESTION)
+    assert recorder.parts and all(p.k == 8 for p in recorder.parts)
+    for parts in recorder.parts:
+        if parts.after.startswith("Query:"):  # text_qa / summary: the block starts the question's line
+            assert_block_right_before_question(llm.spring_model, parts, 8, label="Query:")
+        else:  # the default refine template: question first, the block right after the new context
+            assert parts.after.startswith("------------\nGiven the new context"), parts
+
+
+def test_streaming_async_and_a_template_never_seen_before(llm, corpus_file, tmp_path, recorder):
+    retriever = SpringRetriever.from_corpus(corpus_file, tmp_path / "bm25", backend="bm25", similarity_top_k=2)
+    engine = RetrieverQueryEngine.from_args(retriever, llm=llm)
+    answer = engine.query(QUESTION).response
+    streamed = RetrieverQueryEngine.from_args(retriever, llm=llm, streaming=True).query(QUESTION)
+    assert "".join(streamed.response_gen) == answer
+    assert asyncio.run(engine.aquery(QUESTION)).response == answer
+    assert len(recorder.parts) == 3 and len(set(recorder.parts)) == 1 and recorder.parts[0].k == 8
+    mine = PromptTemplate("Facts we know:\n{context_str}\nWith only those facts, reply to: {query_str}\nReply:")
+    recorder.parts.clear()
+    RetrieverQueryEngine.from_args(retriever, llm=llm, text_qa_template=mine).query(QUESTION)
+    assert recorder.parts[0].k == 8 and recorder.parts[0].after.startswith("With only those facts, reply to:")
+
+
+@pytest.mark.parametrize("engine_class", ["ContextChatEngine", "CondensePlusContextChatEngine"])
+def test_chat_engines_put_the_block_before_the_last_user_turn(engine_class, llm, corpus_file, tmp_path, recorder):
+    from llama_index.core import chat_engine
+
+    retriever = SpringRetriever.from_corpus(corpus_file, tmp_path / "bm25", backend="bm25", similarity_top_k=2)
+    engine = getattr(chat_engine, engine_class).from_defaults(retriever=retriever, llm=llm)
+    engine.chat(QUESTION)
+    engine.chat("And who founded it?")
+    placed = [p for p in recorder.parts if p.k]
+    assert len(placed) == 2 and all(p.k == 8 and not p.special_tokens for p in placed)
+    assert placed[0].before.endswith("<|im_start|>user\n") and placed[0].after.startswith(QUESTION)
+    assert placed[1].after.startswith("And who founded it?")
+    assert all(p.k == 0 for p in recorder.parts if p not in placed)  # condensing the question: no context
 
 
 def test_query_engine_without_tokens_sends_no_markers(tiny, corpus_file, tmp_path, recorder):
@@ -230,8 +296,11 @@ def test_vector_store_index_over_chroma_with_our_llm(llm, corpus_rows, tmp_path,
     )
     response = spring_query_engine(index, llm, k=4, similarity_top_k=2).query(QUESTION)
     assert response.source_nodes[0].node.metadata["title"] == "Harvard University"
-    for prompt in sent_prompts(recorder):
-        assert_block_right_before_question(llm.spring_model, prompt, k=4)
+    for parts in recorder.parts:
+        assert_block_right_before_question(llm.spring_model, parts, k=4)
+    recorder.parts.clear()
+    index.as_query_engine(llm=llm, similarity_top_k=2).query(QUESTION)  # the default engine, nothing changed
+    assert_block_right_before_question(llm.spring_model, recorder.parts[0], k=8, label="Query:")
 
 
 # ----- retriever and postprocessor ------------------------------------------------------------------------------
@@ -331,10 +400,10 @@ def test_query_engine_with_a_marginal_mode_hands_over_each_node_and_its_score(mo
 def test_a_packed_prompt_runs_as_concat_and_says_so_once(tiny, tokens):
     llm = SpringLLM(spring_model=SpringModel(*tiny, tokens), max_new_tokens=4, mode="rag-token")
     with pytest.warns(UserWarning, match="runs as 'concat'"):
-        first = llm.complete(BLOCK_PROMPT)
-    assert first.text == llm.spring_model.generate_from_prompt(BLOCK_PROMPT, max_new_tokens=4).text
-    import warnings
+        first = llm.predict(QA, context_str=CONTEXT, query_str=QUESTION)
+    parts = llm.rag_prompt(QA, context_str=CONTEXT, query_str=QUESTION)
+    assert first == llm.spring_model.generate_from_prompt(parts, max_new_tokens=4).text
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        llm.complete(BLOCK_PROMPT)
+        llm.predict(QA, context_str=CONTEXT, query_str=QUESTION)
