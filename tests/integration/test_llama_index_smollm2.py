@@ -13,7 +13,6 @@ from llama_index.retrievers.spring import SpringRetriever
 
 from spring_core import SpringModel, VirtualTokens
 from spring_core.data import read_corpus, sample_corpus_path
-from spring_core.prompts import parse_prompt
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +31,8 @@ def test_query_engine_over_a_chromadb_store_answers_with_the_block(smollm2, tmp_
     response = spring_query_engine(retriever, llm, k=20).query(QUESTION)
     assert response.source_nodes[0].node.metadata["title"] == "Jacksonville, Florida"
     assert str(response).strip()
-    assert len(recorder.prompts) == 1
-    parts = parse_prompt(recorder.prompts[0], n=50)
+    assert len(recorder.parts) == 1
+    parts = recorder.parts[0]
     # chat layout: the template's user turn, wrapped once by LlamaIndex's predict() through completion_to_prompt
     assert parts.k == 20 and parts.after.startswith(f"Question: {QUESTION}<|im_end|>")
     assert parts.before.startswith("<|im_start|>system") and "Jacksonville" in parts.before

@@ -13,7 +13,7 @@ from conftest import weights_digest  # tests/conftest.py (on sys.path under pyte
 
 from spring_core import SpringModel, VirtualTokens
 from spring_core.data import demo_qa_path, read_qa
-from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt, contains_marker, marker_block
+from spring_core.prompts import DEFAULT_INSTRUCTION, PromptParts, build_prompt
 
 pytestmark = pytest.mark.integration
 
@@ -63,9 +63,9 @@ def hf_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, 
     return tokenizer.decode(kept, skip_special_tokens=True), kept, False
 
 
-def layout_prompt(tokenizer, row, layout: str, k: int = 0) -> str:
-    """A SPRING prompt for a bundled row in ``layout`` with a block of ``k`` markers."""
-    return build_prompt(row["question"], short_passages(row), k, layout=layout, tokenizer=tokenizer).render()
+def layout_prompt(tokenizer, row, layout: str, k: int = 0) -> PromptParts:
+    """A SPRING prompt for a bundled row in ``layout`` with a block of ``k`` virtual tokens."""
+    return build_prompt(row["question"], short_passages(row), k, layout=layout, tokenizer=tokenizer)
 
 
 # ----- 1. bit-identity with the untouched model ------------------------------------------------------------
@@ -76,16 +76,14 @@ def test_logits_bit_identical_without_virtual_tokens(smollm2, tokens50, rows, la
     model, tokenizer = smollm2
     row = rows[0]
     prompt = layout_prompt(tokenizer, row, layout, k=0)
-    assert not contains_marker(prompt)
-    reference = hf_logits(model, tokenizer, prompt)
+    reference = hf_logits(model, tokenizer, prompt.plain_text())
 
     # No tokens loaded at all.
     plain = SpringModel(model, tokenizer, layout=layout)
     assert torch.equal(plain.logits(prompt), reference)
-    # No tokens loaded, prompt carrying a SPRING block: the block is dropped, the model reads the plain prompt.
-    with_block = layout_prompt(tokenizer, row, layout, k=10)
-    assert marker_block(10) in with_block
-    assert torch.equal(plain.logits(with_block), reference)
+    # A prompt string that spells out a block is text: the model reads those characters, as plain HF does.
+    spelled = layout_prompt(tokenizer, row, layout, k=10).render()
+    assert torch.equal(SpringModel(model, tokenizer, tokens50).logits(spelled), hf_logits(model, tokenizer, spelled))
 
     # Tokens loaded, but k = 0: the prompt SpringModel builds is the plain prompt and reads bit-identically.
     sm = SpringModel(model, tokenizer, tokens50, layout=layout)
@@ -103,7 +101,7 @@ def test_greedy_generation_identical_to_plain_hf_generate(smollm2, tokens50, row
     model, tokenizer = smollm2
     row = rows[2]
     prompt = layout_prompt(tokenizer, row, layout, k=0)
-    expected_text, expected_ids, ended = hf_greedy(model, tokenizer, prompt, MAX_NEW)
+    expected_text, expected_ids, ended = hf_greedy(model, tokenizer, prompt.plain_text(), MAX_NEW)
     assert expected_text.strip(), "the base model should answer something for this prompt"
 
     sm = SpringModel(model, tokenizer, tokens50, layout=layout)  # tokens loaded, but k = 0
@@ -111,7 +109,7 @@ def test_greedy_generation_identical_to_plain_hf_generate(smollm2, tokens50, row
     assert out.text == expected_text
     assert out.usage.completion_tokens == len(expected_ids)
     assert out.usage.virtual_tokens == 0
-    assert out.prompt == prompt
+    assert out.prompt == prompt.render()
     assert out.finish_reason == ("stop" if ended else "length")
 
     # The same prompt through generate_from_prompt, and without any tokens loaded.
@@ -203,9 +201,9 @@ def test_generate_batch_equals_one_by_one(smollm2, tokens50, rows):
     model, tokenizer = smollm2
     sm = SpringModel(model, tokenizer, tokens50, layout="chat")
     items = [
-        sm.prompt_parts(rows[0]["question"], short_passages(rows[0]), k=5),  # prompt string with a block
+        sm.prompt_parts(rows[0]["question"], short_passages(rows[0]), k=5),  # a finished prompt with a block
         {"question": rows[4]["question"], "passages": short_passages(rows[4]), "k": 50},
-        sm.prompt_parts(rows[8]["question"], short_passages(rows[8]), k=0),  # prompt string, no block
+        sm.prompt_parts(rows[8]["question"], short_passages(rows[8]), k=0),  # a finished prompt, no block
         {"question": rows[10]["question"], "k": 0},  # no passages: the shortest prompt
     ]
     lengths = {len(sm.encode(sm._item_parts(item))) for item in items}
@@ -283,7 +281,6 @@ def test_virtual_tokens_never_in_output_and_usage_counts(smollm2, tokens50, rows
     parts = sm.prompt_parts(row["question"], short_passages(row), k=k)
     out = sm.generate(row["question"], short_passages(row), k=k, max_new_tokens=MAX_NEW)
 
-    assert not contains_marker(out.text)
     assert "[r" not in out.text
     assert out.usage.virtual_tokens == k
     if k == 0:

@@ -14,11 +14,10 @@ from langchain_spring import (
     SpringLLM,
     SpringRetriever,
     create_spring_rag_chain,
-    format_docs,
 )
-from spring_core import MarkerError, SpringModel, VirtualTokens
+from langchain_spring._base import document_passage
+from spring_core import SpringModel, VirtualTokens
 from spring_core.data import read_corpus, sample_corpus_path
-from spring_core.prompts import marker_block
 from spring_core.retrieval import create_store, open_store
 
 QUESTION = "What individual is the school named after?"
@@ -70,30 +69,35 @@ def test_compressor_tags_adapter_ids_without_dropping_or_mutating():
     assert custom[0].metadata == {"id": "p1", "title": "A", "prag": "A"}
 
 
-def test_chain_sends_context_then_block_then_question(store_folder, tiny):
+def test_spring_chain_answers_from_the_documents_in_springs_layout(store_folder, tiny):
     sm = SpringModel(*tiny, VirtualTokens.random(tiny[0], n=8, seed=1))
     retriever = SpringRetriever(store=store_folder, k=2)
-    context = format_docs(retriever.invoke(QUESTION))
+    passages = [document_passage(d) for d in retriever.invoke(QUESTION)]
 
     chat_chain = create_spring_rag_chain(retriever, ChatSpring(spring_model=sm, max_tokens=4))
-    messages = RunnableSequence(*chat_chain.steps[:2]).invoke(QUESTION).to_messages()
-    assert messages == [HumanMessage(f"{context}\n\n{marker_block(8)}Question: {QUESTION}")]
-    assert isinstance(chat_chain.invoke(QUESTION), str)
+    message = RunnableSequence(*chat_chain.steps[:2]).invoke(QUESTION)
+    assert message.usage_metadata["input_token_details"] == {"virtual": 8}
+    assert chat_chain.invoke(QUESTION) == sm.generate(QUESTION, passages, 8, max_new_tokens=4).text
 
     llm_chain = create_spring_rag_chain(retriever, SpringLLM(spring_model=sm, max_tokens=4), k=3)
-    text = RunnableSequence(*llm_chain.steps[:2]).invoke(QUESTION).to_string()
-    assert text == f"{context}\n\n{marker_block(3)}Question: {QUESTION}\nAnswer:"
-    assert llm_chain.invoke(QUESTION) == SpringLLM(spring_model=sm, max_tokens=4).invoke(text)
+    assert llm_chain.invoke(QUESTION) == sm.generate(QUESTION, passages, 3, max_new_tokens=4).text
 
     bound = create_spring_rag_chain(retriever, ChatSpring(spring_model=sm, k=2).bind(max_tokens=4))
-    assert marker_block(2) + "Question" in RunnableSequence(*bound.steps[:2]).invoke(QUESTION).to_string()
+    assert RunnableSequence(*bound.steps[:2]).invoke(QUESTION).usage_metadata["input_token_details"] == {
+        "virtual": 2}
 
 
-def test_markers_smuggled_into_the_question_are_refused_through_the_chain(store_folder, tiny):
+@pytest.mark.parametrize("text", ["[r1][r2]", "[r1]" * 60 + "Question:", "[r" + "9" * 5000 + "]",
+                                  "\x00SPRING-BLOCK\x00"])
+def test_marker_text_in_the_question_is_plain_text_through_the_chain(store_folder, tiny, text):
     sm = SpringModel(*tiny, VirtualTokens.random(tiny[0], n=8, seed=1))
-    chain = create_spring_rag_chain(SpringRetriever(store=store_folder, k=2), ChatSpring(spring_model=sm, max_tokens=4))
-    with pytest.raises(MarkerError, match="marker blocks"):
-        chain.invoke("What does [r1] stand for?")
+    retriever = SpringRetriever(store=store_folder, k=2)
+    chain = create_spring_rag_chain(retriever, ChatSpring(spring_model=sm, max_tokens=4), k=3)
+    question = f"What does {text} stand for?"
+    message = RunnableSequence(*chain.steps[:2]).invoke(question)
+    assert message.usage_metadata["input_token_details"] == {"virtual": 3}
+    passages = [document_passage(d) for d in retriever.invoke(question)]
+    assert message.content == sm.generate(question, passages, 3, max_new_tokens=4).text
 
 
 # ----- decoding modes: documents read one by one -----------------------------------------------------------------

@@ -138,6 +138,6 @@ def test_llama_index_query_engine_with_the_postprocessor_and_combine(sm, store_f
     response = engine.query(QUESTION)
     ids = [node.node.metadata["adapter_id"] for node in response.source_nodes]
     texts = [node.node.get_content(metadata_mode="llm") for node in response.source_nodes]
-    with llm._adapters.activate(ids):
+    with llm.adapter_set.activate(ids):
         expected = sm.generate(QUESTION, texts, 0, max_new_tokens=5).text
     assert len(ids) == 2 and response.response == expected

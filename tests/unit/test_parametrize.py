@@ -40,7 +40,8 @@ class ScriptedModel(SpringModel):
         self.answers = answers
         self.calls: list[str] = []
 
-    def _answer(self, prompt: str) -> Generation:
+    def _answer(self, prompt) -> Generation:
+        prompt = self.as_parts(prompt).plain_text()
         doc = next(row["id"] for row in CORPUS if row["text"] in prompt)
         self.calls.append(doc)
         if "Rewrite" in prompt:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from spring_core.prompts import BlockAt, LayoutError, PromptParts, build_prompt, format_passages, marker_block, render_chat
+from spring_core.prompts import (
+    BlockAt,
+    LayoutError,
+    PromptParts,
+    build_prompt,
+    format_passages,
+    marker_block,
+    render_chat,
+)
 
 
 def test_raw_layout_matches_the_paper():

@@ -156,6 +156,11 @@ class SpringLLM(CustomLLM):
         return self._engine.spring
 
     @property
+    def adapter_set(self) -> Any:
+        """The document adapters in use (opened from ``adapters``), or ``None``."""
+        return self._engine.adapters
+
+    @property
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(context_window=self.context_window, num_output=self.max_new_tokens,
                            model_name=self.spring_model.name, is_chat_model=False)
