@@ -5,7 +5,7 @@ What is measured (SmolLM2-135M-Instruct, CPU, float32, greedy decoding, 16 new t
 - ``base``: the plain Hugging Face path: ``tokenizer(prompt)`` + ``model.generate`` + ``tokenizer.decode``, with a
   ``GenerationConfig`` built the way ``SpringModel`` builds its own, on a prompt of exactly 256 tokens.
 - ``spring k=0``, ``k=1``, ``k=10``, ``k=50``: ``SpringModel.generate_from_prompt`` on the same prompt with a
-  marker block ``[r1]..[rk]`` between the passages and the question (``k=0``: no block, the ``base`` prompt). The
+  block of k virtual tokens between the passages and the question (``k=0``: no block, the ``base`` prompt). The
   50 virtual tokens are ``VirtualTokens.from_text`` (untrained: the values do not change the cost).
 - ``base 306 tokens``: the plain path on the 256-token prompt plus 50 ordinary tokens where the block would be
   (the tokens the virtual ones are initialised from), to compare ``k=50`` with reading 50 more real tokens.
@@ -173,7 +173,7 @@ def fit_prompt(sm: SpringModel, question: str, passages: Sequence[str], target: 
 
 
 def filler_prompt(sm: SpringModel, parts: PromptParts, filler_text: str, extra: int) -> str:
-    """``parts`` with about ``extra`` ordinary tokens (``filler_text`` repeated) in place of the marker block,
+    """``parts`` with about ``extra`` ordinary tokens (``filler_text`` repeated) in place of the block,
     adjusted so the prompt is exactly ``extra`` tokens longer than ``parts`` without a block."""
     ids = sm.tokenizer(filler_text, add_special_tokens=False)["input_ids"]
     target = token_count(sm, parts.plain_text()) + extra
@@ -217,8 +217,8 @@ def base_runner(model: Any, tokenizer: Any, prompt: str, config: GenerationConfi
     return run
 
 
-def spring_runner(sm: SpringModel, prompt: str) -> Callable[[], RunResult]:
-    """``SpringModel.generate_from_prompt`` on a prompt that may hold a marker block."""
+def spring_runner(sm: SpringModel, prompt: PromptParts) -> Callable[[], RunResult]:
+    """``SpringModel.generate_from_prompt`` on a prompt with a block of ``prompt.k`` virtual tokens."""
 
     def run() -> RunResult:
         out = sm.generate_from_prompt(prompt, max_new_tokens=NEW_TOKENS)
@@ -231,8 +231,8 @@ def build_variants(sm: SpringModel, parts: PromptParts, long_prompt: str) -> lis
     config = generation_config(sm)
     variants = [Variant(BASE, parts.plain_text(), 0, base_runner(sm.model, sm.tokenizer, parts.plain_text(), config))]
     for k in KS:
-        prompt = PromptParts(parts.before, k, parts.after).render()
-        variants.append(Variant(f"spring k={k}", prompt, k, spring_runner(sm, prompt)))
+        prompt = parts.with_k(k)
+        variants.append(Variant(f"spring k={k}", prompt.render(), k, spring_runner(sm, prompt)))
     variants.append(Variant(BASE_LONG, long_prompt, 0, base_runner(sm.model, sm.tokenizer, long_prompt, config)))
     return variants
 

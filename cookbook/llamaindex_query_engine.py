@@ -5,8 +5,8 @@ Run it from the repository root:
     python cookbook/llamaindex_query_engine.py                    # bundled SQuAD corpus and questions
     python cookbook/llamaindex_query_engine.py --tokens my-tokens/ --corpus my_corpus.jsonl --question "..."
 
-Each question is answered twice by the same LLM object: with the marker block in the prompt (k virtual tokens
-between the retrieved context and the question) and with k=0, which is exactly the base model.
+Each question is answered twice by the same LLM object: with a block of k virtual tokens in the prompt (placed
+between the retrieved context and the question by SpringLLM) and with k=0, which is exactly the base model.
 Without --tokens the block is untrained (initialised from the SPRING paper's instruction sentence).
 """
 

@@ -43,4 +43,4 @@ def test_snippet_runs(heading, code, tmp_path, monkeypatch, capsys):
         assert (tmp_path / "my-tokens" / "spring.json").is_file()
         out = namespace["out"]
         assert out.usage.virtual_tokens == 10 and out.text and out.text in printed
-        assert "[r1]" in namespace["prompt"] and "[r10]" in namespace["prompt"]
+        assert namespace["prompt"].k == 10 and "[r1]" in printed and "[r10]" in printed

@@ -1,6 +1,6 @@
 """Training examples and batches: prompt ids from ``SpringModel.encode`` plus answer ids, left-padded.
 
-The prompt goes through exactly the code inference uses (text split at the marker block, virtual ids spliced in),
+The prompt goes through exactly the code inference uses (text on both sides of the block, virtual ids spliced in),
 so the tokens are trained on the same ids they will see. Batches are left-padded: every answer then ends at the
 last position, and the loss needs logits only for the last ``L + 1`` positions (``L`` = longest answer).
 
