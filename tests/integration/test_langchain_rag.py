@@ -14,21 +14,20 @@ import time
 
 import pytest
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnableSequence
+from langchain_core.runnables import RunnablePassthrough, RunnableSequence
 
 from langchain_spring import (
+    SPRING_RAG_CHAT_PROMPT,
+    SPRING_RAG_PROMPT,
     ChatSpring,
     SpringLLM,
     SpringRetriever,
     create_spring_rag_chain,
     format_docs,
-    spring_rag_chat_prompt,
-    spring_rag_prompt,
 )
-from langchain_spring.chat_models import message_turns, render_messages
 from spring_core import SpringModel, VirtualTokens
 from spring_core.data import demo_qa_path, read_corpus, read_qa, sample_corpus_path
-from spring_core.prompts import format_passages
+from spring_core.prompts import build_prompt, format_passages
 from spring_core.retrieval import create_store
 
 pytestmark = pytest.mark.integration
@@ -71,9 +70,21 @@ def spring(smollm2):
     return SpringModel(model, tokenizer, VirtualTokens.from_text(model, n=50, tokenizer=tokenizer, layout="chat"))
 
 
-def rag_messages(row, k: int = 10):
+def rag_messages(row):
+    """SPRING's chat prompt for a row's own passages, rendered: no retriever ran, so no block (the base model)."""
     passages = [p if isinstance(p, str) else {"title": p["title"], "text": p["text"][:400]} for p in row["passages"]]
-    return spring_rag_chat_prompt(k).format_messages(context=format_passages(passages), question=row["question"])
+    return SPRING_RAG_CHAT_PROMPT.format_messages(context=format_passages(passages), question=row["question"])
+
+
+def rag_chain(store_folder, model, prompt=SPRING_RAG_CHAT_PROMPT):
+    """The usual LCEL RAG chain over the chromadb store, ending in the model's message."""
+    retriever = SpringRetriever(store=str(store_folder), k=2)
+    return {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | model
+
+
+def retrieved_passages(store_folder, question):
+    docs = SpringRetriever(store=str(store_folder), k=2).invoke(question)
+    return [{"title": d.metadata.get("title", ""), "text": d.page_content} for d in docs]
 
 
 def test_lcel_chain_over_chromadb_answers_with_and_without_tokens(store_folder, plain, spring, qa):
@@ -90,43 +101,32 @@ def test_lcel_chain_over_chromadb_answers_with_and_without_tokens(store_folder, 
         assert with_tokens.invoke(row["question"]).strip()
     assert hits >= 1, "the plain model never found the answer in the retrieved passages"
 
-    message = RunnableSequence(*with_tokens.steps[:3]).invoke(qa[0]["question"])  # retrieval, prompt, chat model
+    message = RunnableSequence(*with_tokens.steps[:2]).invoke(qa[0]["question"])  # retrieval, chat model
     assert message.usage_metadata["input_token_details"] == {"virtual": 10}
-    message = RunnableSequence(*without.steps[:3]).invoke(qa[0]["question"])
+    message = RunnableSequence(*without.steps[:2]).invoke(qa[0]["question"])
     assert message.usage_metadata["input_token_details"] == {"virtual": 0}
 
 
-def test_virtual_block_sits_between_context_and_question_in_token_ids(store_folder, spring, qa):
-    retriever = SpringRetriever(store=store_folder, k=2)
-    chain = create_spring_rag_chain(retriever, ChatSpring(spring_model=spring, max_tokens=MAX_NEW), k=10)
+def test_a_users_lcel_chain_reads_exactly_springs_chat_layout(store_folder, spring, qa):
     question = qa[0]["question"]
-    messages = RunnableSequence(*chain.steps[:2]).invoke(question).to_messages()
-    prompt = render_messages(message_turns(messages), spring.tokenizer)
-    ids = spring.encode(spring.parse(prompt))
-
-    virtual = [i for i, token in enumerate(ids) if token >= spring.vocab_rows]
-    assert virtual == list(range(virtual[0], virtual[0] + 10))
-    assert [ids[i] - spring.vocab_rows for i in virtual] == list(range(10))
-    before = spring.tokenizer.decode(ids[: virtual[0]])
-    after = spring.tokenizer.decode(ids[virtual[-1] + 1:])
-    context = format_docs(retriever.invoke(question))
-    assert before.endswith(context + "\n\n")
-    assert before.index("<|im_start|>user\n") < before.index("[1] ")
-    assert after.startswith(f"Question: {question}<|im_end|>")
-    assert after.endswith("<|im_start|>assistant\n")
+    chat = ChatSpring(spring_model=spring, max_tokens=MAX_NEW, k=10)
+    message = rag_chain(store_folder, chat).invoke(question)
+    expected = build_prompt(question, retrieved_passages(store_folder, question), 10, layout="chat",
+                            tokenizer=spring.tokenizer)
+    assert expected.before.endswith("\n\n") and expected.after.startswith(f"Question: {question}<|im_end|>")
+    reference = spring.generate_from_prompt(expected, max_new_tokens=MAX_NEW)
+    assert message.content == reference.text
+    assert message.usage_metadata["input_token_details"] == {"virtual": 10}
 
 
-def test_concurrent_abatch_gives_the_sequential_answers(spring, qa):
-    chat = ChatSpring(spring_model=spring, max_tokens=12)
-    inputs = [rag_messages(row) for row in qa]
-    sequential = [chat.invoke(messages).content for messages in inputs]
-    concurrent = asyncio.run(chat.abatch(inputs))
-    assert [m.content for m in concurrent] == sequential
+def test_concurrent_abatch_gives_the_sequential_answers(store_folder, spring, qa):
+    questions = [row["question"] for row in qa]
+    chain = rag_chain(store_folder, ChatSpring(spring_model=spring, max_tokens=12, k=10))
+    sequential = [chain.invoke(q).content for q in questions]
+    assert [m.content for m in asyncio.run(chain.abatch(questions))] == sequential
 
-    llm = SpringLLM(spring_model=spring, max_tokens=12)
-    prompts = [spring_rag_prompt(10).format(context=format_passages(row["passages"]), question=row["question"])
-               for row in qa]
-    assert asyncio.run(llm.abatch(prompts)) == [llm.invoke(p) for p in prompts]
+    completion = rag_chain(store_folder, SpringLLM(spring_model=spring, max_tokens=12, k=10), SPRING_RAG_PROMPT)
+    assert asyncio.run(completion.abatch(questions)) == [completion.invoke(q) for q in questions]
 
 
 def test_stop_strings_from_constructor_and_call_are_merged(spring, qa):
@@ -142,11 +142,12 @@ def test_stop_strings_from_constructor_and_call_are_merged(spring, qa):
     assert streamed == full[: full.index(early)]
 
 
-def test_usage_metadata_equals_the_spring_models_usage(spring, qa):
-    messages = rag_messages(qa[1], k=20)
-    out = ChatSpring(spring_model=spring, max_tokens=MAX_NEW).invoke(messages)
-    usage = spring.generate_from_prompt(render_messages(message_turns(messages), spring.tokenizer),
-                                        max_new_tokens=MAX_NEW).usage
+def test_usage_metadata_equals_the_spring_models_usage(store_folder, spring, qa):
+    question = qa[1]["question"]
+    out = rag_chain(store_folder, ChatSpring(spring_model=spring, max_tokens=MAX_NEW, k=20)).invoke(question)
+    expected = build_prompt(question, retrieved_passages(store_folder, question), 20, layout="chat",
+                            tokenizer=spring.tokenizer)
+    usage = spring.generate_from_prompt(expected, max_new_tokens=MAX_NEW).usage
     assert usage.virtual_tokens == 20 and usage.prompt_tokens > 50
     assert out.usage_metadata == {
         "input_tokens": usage.prompt_tokens + 20,

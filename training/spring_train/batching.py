@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from spring_core.spring_model import SpringModel
+from spring_core.templates import RagTemplate, render_template
 
 IGNORE = -100
 
@@ -59,11 +60,17 @@ def answer_ids(tokenizer: Any, answer: str, layout: str, max_tokens: int) -> lis
 
 
 def build_example(sm: SpringModel, *, question: str, passages: Sequence[Any], answer: str, k: int,
-                  max_answer_tokens: int = 32) -> Example:
-    """Encode ``passages + [r1..rk] + question`` in ``sm``'s layout, then the answer."""
-    prompt = sm.encode(sm.prompt_parts(question, passages, k))
-    target = answer_ids(sm.tokenizer, answer, sm.layout, max_answer_tokens)
-    return Example(prompt + target, len(target))
+                  max_answer_tokens: int = 32, template: RagTemplate | None = None) -> Example:
+    """Encode ``passages + [r1..rk] + question`` in ``sm``'s layout (or in ``template``), then the answer."""
+    if template is None:
+        parts, layout = sm.prompt_parts(question, passages, k), sm.layout
+    else:
+        sm.check_k(k)
+        parts = render_template(template, question, passages, k, sm.tokenizer)
+        # a completion prompt that ends in a cue ("Answer:") is answered after a space, as in the raw layout
+        layout = "chat" if template.is_chat or parts.plain_text()[-1:].isspace() else "raw"
+    target = answer_ids(sm.tokenizer, answer, layout, max_answer_tokens)
+    return Example(sm.encode(parts) + target, len(target))
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> Batch:

@@ -15,6 +15,7 @@ from typing import Any
 
 from spring_core.errors import SpringError
 from spring_core.models import DEFAULT_MODEL
+from spring_core.templates import TEMPLATE_SETS
 
 METHODS = ("spring", "lora", "prefix", "spring+")
 K_SAMPLING = ("step", "sample")
@@ -24,9 +25,15 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # Settings that change what a step computes: a resumed run must match the checkpoint on all of them.
 RESUME_KEYS = (
     "method", "model", "data", "corpus", "store", "retriever", "n", "k_sampling", "k_distribution", "min_passages",
-    "max_passages", "layout", "init_text", "init_tokens", "lr", "warmup_ratio", "epochs", "max_steps", "batch_size",
-    "grad_accum", "seed", "lora_rank", "lora_alpha", "lora_targets", "prefix_tokens", "base_lora", "max_answer_tokens",
+    "max_passages", "layout", "templates", "init_text", "init_tokens", "lr", "warmup_ratio", "epochs", "max_steps",
+    "batch_size", "grad_accum", "seed", "lora_rank", "lora_alpha", "lora_targets", "prefix_tokens", "base_lora",
+    "max_answer_tokens",
 )
+
+
+def template_names(templates: str) -> tuple[str, ...]:
+    """The RAG templates a ``--templates`` setting draws from (empty: the model's own layout)."""
+    return TEMPLATE_SETS[templates]
 
 
 class ConfigError(SpringError):
@@ -55,6 +62,7 @@ class TrainConfig:
     min_passages: int = 1
     max_passages: int = 5
     layout: str = "raw"
+    templates: str = "spring"
     init_text: str | None = None
     init_tokens: str | None = None
     lr: float = 1e-4
@@ -90,6 +98,8 @@ class TrainConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.layout not in ("raw", "chat"):
             raise ConfigError(f"--layout must be raw or chat, got {self.layout!r}")
+        if self.templates not in TEMPLATE_SETS:
+            raise ConfigError(f"--templates must be one of {', '.join(TEMPLATE_SETS)}, got {self.templates!r}")
         if self.corpus and self.store:
             raise ConfigError("pass either --corpus (a store is built from it) or --store (an existing one), not both")
         for name in ("n", "batch_size", "grad_accum", "min_passages", "max_passages", "max_answer_tokens",

@@ -34,8 +34,9 @@ from spring_core.artifacts import MANIFEST_NAME
 from spring_core.errors import SpringError
 from spring_core.models import load_model
 from spring_core.spring_model import SpringModel
+from spring_core.templates import TEMPLATES
 from spring_train.batching import Example, build_example, collate
-from spring_train.config import ConfigError, TrainConfig
+from spring_train.config import ConfigError, TrainConfig, template_names
 from spring_train.data import (
     EpochPlan,
     attach_retrieved,
@@ -226,8 +227,11 @@ def _global_batch(plan: EpochPlan, encoder: SpringModel, config: TrainConfig, st
                                    rng=rng)
         row_k = 0 if not config.trains_tokens else (
             sample_k(config, rng) if config.k_sampling == "sample" else k)
+        names = template_names(config.templates)
+        template = TEMPLATES[names[int(rng.integers(len(names)))]] if names else None
         examples.append(build_example(encoder, question=row["question"], passages=passages,
-                                      answer=row["answers"][0], k=row_k, max_answer_tokens=config.max_answer_tokens))
+                                      answer=row["answers"][0], k=row_k, max_answer_tokens=config.max_answer_tokens,
+                                      template=template))
     return examples
 
 

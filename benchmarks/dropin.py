@@ -1,0 +1,188 @@
+"""Drop-in quality: the ecosystems' own engines and chains with the plain model, with SPRING placed
+automatically, and with spring-rag's own SPRING path, on the same retrieval.
+
+What is measured: the first ``--limit`` (default 200) SQuAD dev questions, each answered from the top 2 passages
+a real retriever finds in ``corpus/combined.jsonl`` (3,520 passages), SmolLM2-135M-Instruct, greedy, 16 new
+tokens, the bundled ``smollm2-135m-squad`` tokens at k = 50. EM / F1 in % (SQuAD normalisation).
+
+- LlamaIndex: a ``VectorStoreIndex`` over LlamaIndex's ``ChromaVectorStore`` with MiniLM embeddings.
+  ``default, plain``: ``index.as_query_engine(llm=SpringLLM())`` (no tokens: the base model);
+  ``default, automatic``: the same engine with ``SpringLLM(tokens=...)``, nothing else changed, in every
+  ``response_mode``; ``spring_query_engine``: SPRING's own templates on the same index.
+- LangChain: ``SpringRetriever`` over spring-rag's dense store (MiniLM in chromadb).
+  ``tutorial, plain`` / ``tutorial, automatic``: the RAG tutorial's chain (context in the system message, the
+  question in the human one) with ``ChatSpring`` without / with tokens; ``RetrievalQA prompt`` likewise with the
+  completion ``SpringLLM`` and langchain-classic's ``RetrievalQA`` prompt; ``create_spring_rag_chain``: the
+  documents handed over as documents.
+
+Predictions are kept in ``--out/predictions.jsonl`` keyed by configuration and question, so an interrupted run
+resumes. Results: ``benchmarks/results/dropin.json`` and a table on stdout.
+
+Run (from the repository root, with the shared data folder beside the repository)::
+
+    python benchmarks/dropin.py --limit 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RESULTS = Path(__file__).resolve().parent / "results"
+TOKENS = "smollm2-135m-squad"
+MODES = ("compact", "refine", "tree_summarize", "simple_summarize", "accumulate", "compact_accumulate")
+TUTORIAL_SYSTEM = ("You are an assistant for question-answering tasks. Use the following pieces of retrieved context "
+                   "to answer the question. If you don't know the answer, say that you don't know. Use three "
+                   "sentences maximum and keep the answer concise.\n\n{context}")
+RETRIEVAL_QA = ("Use the following pieces of context to answer the question at the end. If you don't know the "
+                "answer, just say that you don't know, don't try to make up an answer.\n\n{context}\n\n"
+                "Question: {question}\nHelpful Answer:")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DATA, help="the shared data folder")
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--k", type=int, default=50)
+    parser.add_argument("--only", default="", help="comma-separated configuration names to run (default: all)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "dropin")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    from spring_core.data import read_qa
+    from spring_core.metrics import aggregate, score
+
+    rows = read_qa(args.data_dir / "squad" / "dev.jsonl")[: args.limit]
+    corpus = args.data_dir / "corpus" / "combined.jsonl"
+    configs = build_configs(corpus, args.out / "cache", args.k)
+    wanted = {name for name in args.only.split(",") if name}
+    store = Predictions(args.out / "predictions.jsonl")
+    results = []
+    for name, answer in configs.items():
+        if wanted and name not in wanted:
+            continue
+        began, preds = time.perf_counter(), []
+        for row in rows:
+            saved = store.get(name, row["id"])
+            preds.append(saved if saved is not None else store.put(name, row["id"], answer(row["question"])))
+        scores = aggregate([score(p, row["answers"]) for p, row in zip(preds, rows, strict=True)])
+        results.append({"config": name, "questions": len(rows), "em": round(scores["em"], 1),
+                        "f1": round(scores["f1"], 1), "seconds": round(time.perf_counter() - began, 1)})
+        print(f"{name:<48} EM {results[-1]['em']:5.1f}  F1 {results[-1]['f1']:5.1f}", flush=True)
+    payload = {"setup": {"questions": len(rows), "k": args.k, "tokens": TOKENS, "passages": 2, "max_new_tokens": 16,
+                         "model": "smollm2-135m"}, "results": results}
+    (RESULTS / "dropin.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print_table(results)
+    return 0
+
+
+def build_configs(corpus: Path, cache: Path, k: int) -> dict[str, Callable[[str], str]]:
+    """Every configuration: a name and a function from a question to the answer text."""
+    import chromadb
+    from chromadb.config import Settings
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
+    from langchain_core.runnables import RunnablePassthrough
+    from llama_index.core import Document, StorageContext, VectorStoreIndex
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    from llama_index.llms.spring import SpringLLM as LlamaSpringLLM
+    from llama_index.llms.spring import spring_query_engine
+    from llama_index.vector_stores.chroma import ChromaVectorStore
+
+    from langchain_spring import ChatSpring, SpringLLM, SpringRetriever, create_spring_rag_chain
+    from spring_core import SpringModel
+    from spring_core.data import read_corpus
+    from spring_core.models import shared_model
+    from spring_core.retrieval import index_corpus
+    from spring_core.retrieval.embedders import _bundled_minilm_path
+
+    model, tokenizer = shared_model("smollm2-135m")
+    plain, spring = SpringModel(model, tokenizer), SpringModel(model, tokenizer, TOKENS)
+    settings = {"max_new_tokens": 16}
+
+    cache.mkdir(parents=True, exist_ok=True)
+    client = chromadb.PersistentClient(path=str(cache / "llama-chroma"), settings=Settings(anonymized_telemetry=False))
+    collection = client.get_or_create_collection("passages")
+    embed = HuggingFaceEmbedding(model_name=_bundled_minilm_path())
+    vector_store = ChromaVectorStore(chroma_collection=collection)
+    if collection.count():
+        index = VectorStoreIndex.from_vector_store(vector_store, embed_model=embed)
+    else:
+        documents = [Document(text=r["text"], metadata={"title": r["title"]}, id_=r["id"]) for r in read_corpus(corpus)]
+        index = VectorStoreIndex.from_documents(documents, embed_model=embed,
+                                                storage_context=StorageContext.from_defaults(vector_store=vector_store))
+    li_plain = LlamaSpringLLM(spring_model=plain, **settings)
+    li_spring = LlamaSpringLLM(spring_model=spring, k=k, **settings)
+
+    def llama(engine: Any) -> Callable[[str], str]:
+        return lambda question: str(engine.query(question)).strip()
+
+    configs: dict[str, Callable[[str], str]] = {
+        "LlamaIndex default engine, plain model": llama(index.as_query_engine(llm=li_plain, similarity_top_k=2)),
+    }
+    for mode in MODES:
+        engine = index.as_query_engine(llm=li_spring, similarity_top_k=2, response_mode=mode)
+        configs[f"LlamaIndex default engine, automatic ({mode})"] = llama(engine)
+    configs["LlamaIndex spring_query_engine"] = llama(spring_query_engine(index, li_spring, similarity_top_k=2))
+
+    store, _ = index_corpus(corpus, cache / "langchain-store", backend="dense", show_progress=False)
+    retriever = SpringRetriever(store=store, k=2)
+
+    def joined(docs: Any) -> str:
+        return "\n\n".join(d.page_content for d in docs)
+
+    tutorial = ChatPromptTemplate.from_messages([("system", TUTORIAL_SYSTEM), ("human", "{question}")])
+    qa_prompt = PromptTemplate.from_template(RETRIEVAL_QA)
+
+    def chain(prompt: Any, llm: Any) -> Callable[[str], str]:
+        runnable = {"context": retriever | joined, "question": RunnablePassthrough()} | prompt | llm | StrOutputParser()
+        return lambda question: runnable.invoke(question).strip()
+
+    configs |= {
+        "LangChain tutorial chain, plain model": chain(tutorial, ChatSpring(spring_model=plain, max_tokens=16)),
+        "LangChain tutorial chain, automatic": chain(tutorial, ChatSpring(spring_model=spring, k=k, max_tokens=16)),
+        "LangChain RetrievalQA prompt, plain model": chain(qa_prompt, SpringLLM(spring_model=plain, max_tokens=16)),
+        "LangChain RetrievalQA prompt, automatic": chain(qa_prompt,
+                                                         SpringLLM(spring_model=spring, k=k, max_tokens=16)),
+    }
+    spring_chain = create_spring_rag_chain(retriever, SpringLLM(spring_model=spring, k=k, max_tokens=16))
+    configs["LangChain create_spring_rag_chain"] = lambda question: spring_chain.invoke(question).strip()
+    return configs
+
+
+class Predictions:
+    """Saved answers by (configuration, question id), appended as they come."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.saved: dict[tuple[str, str], str] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                item = json.loads(line)
+                self.saved[(item["config"], item["id"])] = item["prediction"]
+
+    def get(self, config: str, question_id: str) -> str | None:
+        return self.saved.get((config, question_id))
+
+    def put(self, config: str, question_id: str, prediction: str) -> str:
+        self.saved[(config, question_id)] = prediction
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"config": config, "id": question_id, "prediction": prediction}) + "\n")
+        return prediction
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print("\n| configuration | EM | F1 |\n|---|---:|---:|")
+    for row in results:
+        print(f"| {row['config']} | {row['em']:.1f} | {row['f1']:.1f} |")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

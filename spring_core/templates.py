@@ -1,0 +1,104 @@
+"""RAG templates people use, rendered with the block where spring-rag's integrations put it.
+
+Training with varied templates (``spring-rag train --templates varied``) teaches the tokens the layouts they meet
+after a one-line swap into an existing LlamaIndex or LangChain app, not only SPRING's own. Each template is
+filled here and the block is placed by ``spring_core.placement.place_block``, the rule the integrations apply at
+inference, so training and inference put it in the same place.
+
+Example:
+    >>> template = TEMPLATES["llamaindex-text-qa"]
+    >>> parts = render_template(template, "Who wrote Hamlet?", ["Hamlet is a play by Shakespeare."], k=2)
+    >>> parts.render().splitlines()[-2:]
+    ['[r1][r2]Query: Who wrote Hamlet?', 'Answer: ']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from spring_core.placement import Span, place_block
+from spring_core.prompts import Passage, PromptParts, format_passages, render_chat, spring_template
+
+
+@dataclass(frozen=True)
+class RagTemplate:
+    """A RAG prompt: turns of ``(role, text)`` holding ``{context}`` and ``{question}``; the single role ``raw``
+    is a completion prompt, any other roles are chat turns rendered with the model's chat template."""
+
+    name: str
+    turns: tuple[tuple[str, str], ...]
+
+    @property
+    def is_chat(self) -> bool:
+        return self.turns[0][0] != "raw"
+
+
+def _raw(name: str, text: str) -> RagTemplate:
+    return RagTemplate(name, (("raw", text),))
+
+
+TEMPLATES: dict[str, RagTemplate] = {t.name: t for t in (
+    _raw("spring-raw", spring_template("raw")),
+    RagTemplate("spring-chat", (("user", spring_template("chat")),)),
+    _raw("llamaindex-text-qa", "Context information is below.\n---------------------\n{context}\n"
+                               "---------------------\nGiven the context information and not prior knowledge, "
+                               "answer the query.\nQuery: {question}\nAnswer: "),
+    _raw("langchain-retrievalqa", "Use the following pieces of context to answer the question at the end. If you "
+                                  "don't know the answer, just say that you don't know, don't try to make up an "
+                                  "answer.\n\n{context}\n\nQuestion: {question}\nHelpful Answer:"),
+    RagTemplate("langchain-tutorial", (("system", "You are an assistant for question-answering tasks. Use the "
+                                                  "following pieces of retrieved context to answer the question. "
+                                                  "If you don't know the answer, say that you don't know. Use three "
+                                                  "sentences maximum and keep the answer concise.\n\n{context}"),
+                                       ("user", "{question}"))),
+    _raw("rlm-rag-prompt", "You are an assistant for question-answering tasks. Use the following pieces of "
+                           "retrieved context to answer the question. If you don't know the answer, just say that "
+                           "you don't know. Use three sentences maximum and keep the answer concise.\n"
+                           "Question: {question} \nContext: {context} \nAnswer:"),
+    _raw("paraphrase-passages", "Passages:\n{context}\n\nAnswer the question using the passages above.\n"
+                                "Q: {question}\nA:"),
+    _raw("paraphrase-background", "Here is some background information.\n\n{context}\n\nWith that in mind, "
+                                  "what is the answer to this question?\n{question}\nShort answer:"),
+)}
+"""The templates ``--templates varied`` draws from: SPRING's two layouts, the ecosystems' defaults, paraphrases."""
+
+TEMPLATE_SETS = {"spring": (), "varied": tuple(TEMPLATES)}
+"""``spring``: the model's own layout only (``SpringModel.prompt_parts``); ``varied``: every template above."""
+
+
+def render_template(template: RagTemplate, question: str, passages: Sequence[Passage], k: int,
+                    tokenizer: Any = None) -> PromptParts:
+    """``template`` filled with the numbered passages and the question, a ``k``-token block placed by the
+    integrations' rule (``place_block``)."""
+    values = {"context": format_passages(passages), "question": question}
+    texts, context, questions = [], [], []
+    for index, (_, text) in enumerate(template.turns):
+        filled, spans = _fill(text, values)
+        texts.append(filled)
+        context += [Span(index, a, b) for name, a, b in spans if name == "context"]
+        questions += [Span(index, a, b) for name, a, b in spans if name == "question"]
+    placement = place_block(texts, context, questions) if k else None
+    if template.is_chat:
+        turns = [{"role": role, "content": text} for (role, _), text in zip(template.turns, texts, strict=True)]
+        return render_chat(tokenizer, turns, placement.at if placement else None, k)
+    text = texts[0]
+    if placement is None:
+        return PromptParts(text)
+    return PromptParts(text[:placement.at.offset], k, text[placement.at.offset:])
+
+
+def _fill(text: str, values: dict[str, str]) -> tuple[str, list[tuple[str, int, int]]]:
+    """``text`` with ``{name}`` replaced by ``values[name]``, and where each value landed."""
+    out, spans, rest = "", [], text
+    while rest:
+        hits = [(rest.find("{" + name + "}"), name) for name in values if "{" + name + "}" in rest]
+        if not hits:
+            return out + rest, spans
+        at, name = min(hits)
+        out += rest[:at]
+        spans.append((name, len(out), len(out) + len(values[name])))
+        out += values[name]
+        rest = rest[at + len(name) + 2:]
+    return out, spans

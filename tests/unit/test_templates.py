@@ -1,0 +1,70 @@
+"""RAG templates for training: filled and given their block by the rule the integrations use at inference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_trainer import config, write_qa
+
+from spring_core import SpringModel, VirtualTokens
+from spring_core.templates import TEMPLATE_SETS, TEMPLATES, render_template
+from spring_train.batching import answer_loss_sum, build_example, collate
+from spring_train.trainer import train
+
+QUESTION, PASSAGES = "Who wrote Hamlet?", ["Hamlet is a play by Shakespeare."]
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_every_template_puts_the_block_between_the_context_and_the_question(name, tiny):
+    parts = render_template(TEMPLATES[name], QUESTION, PASSAGES, 4, tiny[1])
+    assert parts.k == 4
+    assert "[1] Hamlet is a play by Shakespeare." in parts.before
+    if name == "rlm-rag-prompt":  # the question comes first there: the block goes right after the context
+        assert QUESTION in parts.before and parts.after.startswith("Answer:")
+    else:
+        assert QUESTION not in parts.before and QUESTION in parts.after
+    assert parts.special_tokens is not TEMPLATES[name].is_chat
+    assert render_template(TEMPLATES[name], QUESTION, PASSAGES, 0, tiny[1]).k == 0
+
+
+def test_the_templates_agree_with_the_integrations():
+    assert render_template(TEMPLATES["spring-raw"], QUESTION, PASSAGES, 3).render() == (
+        "[1] Hamlet is a play by Shakespeare.\n\n[r1][r2][r3]Question: Who wrote Hamlet?\nAnswer:")
+    assert render_template(TEMPLATES["llamaindex-text-qa"], QUESTION, PASSAGES, 1).after == (
+        "Query: Who wrote Hamlet?\nAnswer: ")
+    assert TEMPLATE_SETS["varied"] == tuple(TEMPLATES) and TEMPLATE_SETS["spring"] == ()
+
+
+def test_answers_follow_a_cue_with_a_space_and_a_trailing_space_or_chat_turn_without(tiny):
+    sm = SpringModel(*tiny)
+    spaced = build_example(sm, question=QUESTION, passages=PASSAGES, answer="Shakespeare", k=0,
+                           template=TEMPLATES["langchain-retrievalqa"])
+    tight = build_example(sm, question=QUESTION, passages=PASSAGES, answer="Shakespeare", k=0,
+                          template=TEMPLATES["llamaindex-text-qa"])
+    answer = sm.tokenizer(" Shakespeare", add_special_tokens=False)["input_ids"]
+    assert spaced.input_ids[-spaced.answer_length:-1] == answer
+    assert tight.input_ids[-tight.answer_length:-1] == sm.tokenizer("Shakespeare", add_special_tokens=False)[
+        "input_ids"]
+
+
+def template_loss(sm: SpringModel, rows: list[dict]) -> float:
+    """Mean answer loss over every template and ``rows``, with all of ``sm``'s tokens."""
+    examples = [build_example(sm, question=r["question"], passages=r["passages"], answer=r["answers"][0], k=sm.n,
+                              template=t) for t in TEMPLATES.values() for r in rows]
+    batch = collate(examples, pad_id=sm.pad_token_id)
+    with torch.inference_mode():
+        logits = sm.model(inputs_embeds=sm.embed(batch.input_ids), attention_mask=batch.attention_mask).logits
+    return float(answer_loss_sum(logits[:, -(batch.labels.shape[1] + 1):], batch.labels)) / batch.answer_tokens
+
+
+def test_training_with_varied_templates_lowers_the_loss_in_every_template(tiny, tiny_dir, tmp_path):
+    qa = write_qa(tmp_path / "qa.jsonl")
+    rows = [json.loads(line) for line in qa.read_text().splitlines()][:4]
+    before = template_loss(SpringModel(*tiny, VirtualTokens.from_text(tiny[0], n=6, tokenizer=tiny[1])), rows)
+    train(config(tiny_dir, qa, tmp_path / "art", epochs=6, templates="varied"), show_progress=False)
+    after = template_loss(SpringModel(*tiny, VirtualTokens.load(tmp_path / "art", model=tiny[0])), rows)
+    assert after < before
+    manifest = json.loads((tmp_path / "art" / "spring.json").read_text())
+    assert manifest["training"]["templates"] == "varied"
