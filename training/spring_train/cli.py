@@ -178,7 +178,10 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--base-lora", help="LoRA artifact that --method spring+ trains on top of")
     train.add_argument("--keep-checkpoints", action="store_true",
                        help="keep OUT/checkpoints and OUT/cache after a finished run")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out; refused "
+                                                             "when a --data file changed since (SHA-256)")
+    train.add_argument("--allow-data-change", action="store_true",
+                       help="with --resume: continue even though a --data file changed (the new data are recorded)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -343,7 +346,8 @@ def _run(args: argparse.Namespace) -> int:
 
         fields = set(TrainConfig.__dataclass_fields__)
         config = TrainConfig(**{key: value for key, value in vars(args).items() if key in fields})
-        result = train(config, resume=args.resume, show_progress=not args.quiet)
+        result = train(config, resume=args.resume, show_progress=not args.quiet,
+                       allow_data_change=args.allow_data_change)
         print(f"wrote {result.artifact}: {result.steps} steps in {result.seconds:.0f} s, final loss "
               f"{result.final_loss:.4f}, {result.trainable_parameters:,} trained parameters")
     elif args.command == "eval":
