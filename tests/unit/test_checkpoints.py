@@ -14,9 +14,11 @@ import torch
 from test_trainer import config, write_qa
 
 from spring_core import VirtualTokens
+from spring_core.errors import DataError
 from spring_train.checkpoint import CheckpointError, load_state, save_state
 from spring_train.cli import main
 from spring_train.config import ConfigError
+from spring_train.data import parse_source_spec
 from spring_train.trainer import TrainingInterrupted, train
 
 PACKAGE_ROOTS = [Path(__file__).parents[2] / name for name in ("spring_core", "training", "integrations")]
@@ -124,3 +126,41 @@ def test_allow_data_change_resumes_on_the_new_data_and_records_it(tiny_dir, tmp_
     train(config(tiny_dir, qa, out), resume=True, show_progress=False, allow_data_change=True)
     recorded = VirtualTokens.load(out).manifest["data_sources"][0]
     assert recorded["sha256"] == __import__("hashlib").sha256(qa.read_bytes()).hexdigest()
+
+
+def _with_passage(tmp_path: Path, text: str) -> Path:
+    qa = write_qa(tmp_path / "qa.jsonl", count=8)
+    row = {"id": "odd", "question": "What is it?", "answers": ["x"], "passages": [text]}
+    with qa.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+    return qa
+
+
+def test_a_prompt_longer_than_the_context_stops_before_step_one_naming_file_and_row(tiny_dir, tmp_path):
+    qa = _with_passage(tmp_path, "river mountain " * 3000)  # ~6000 tokens; the tiny model reads 2048
+    steps = []
+    with pytest.raises(DataError, match=r"qa.jsonl: row 'odd': its prompt .* longer than the model's context"):
+        train(config(tiny_dir, qa, tmp_path / "out"), show_progress=False, on_step=steps.append)
+    assert steps == [] and not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_marker_like_text_in_a_passage_never_fails_after_step_one(tiny_dir, tmp_path):
+    qa = _with_passage(tmp_path, "See [r1] and [r3] in the table.")
+    steps = []
+    try:
+        train(config(tiny_dir, qa, tmp_path / "out"), show_progress=False, on_step=steps.append)
+    except DataError as exc:  # today's strict marker check: it must stop before step 1 and name file and row
+        assert steps == [] and "qa.jsonl: row 'odd'" in str(exc)
+
+
+@pytest.mark.xfail(strict=False, reason="issue #14 makes marker-like text in content plain text; until "
+                                        "spring_core/prompts.py drops check_user_text, training refuses it")
+def test_marker_like_text_in_a_passage_trains_as_plain_text(tiny_dir, tmp_path):
+    qa = _with_passage(tmp_path, "See [r1] and [r3] in the table.")
+    assert train(config(tiny_dir, qa, tmp_path / "out"), show_progress=False).steps == 3
+
+
+@pytest.mark.parametrize("weight", ["inf", "1e300", "nan", "-1", "0"])
+def test_data_weights_outside_the_range_are_refused(weight):
+    with pytest.raises(DataError, match=r"the weight after ':' must be a number in \(0, 1000\]"):
+        parse_source_spec(f"qa.jsonl:{weight}")

@@ -31,13 +31,14 @@ import numpy as np
 import torch
 
 from spring_core.artifacts import MANIFEST_NAME
-from spring_core.errors import SpringError
+from spring_core.errors import DataError, SpringError
 from spring_core.models import load_model
 from spring_core.spring_model import SpringModel
 from spring_train.batching import Example, build_example, collate
 from spring_train.checkpoint import STATE_JSON, CheckpointError, load_state, save_state
 from spring_train.config import ConfigError, TrainConfig
 from spring_train.data import (
+    DataSource,
     EpochPlan,
     attach_retrieved,
     load_sources,
@@ -109,6 +110,7 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
     target = build_target(config, model, tokenizer)
     # What turns rows into ids: for SPRING the target's own SpringModel, which reads its trainable table.
     encoder = target.spring if config.trains_tokens else SpringModel(target.model, tokenizer, layout=config.layout)
+    _preflight(sources, encoder, config, getattr(model.config, "max_position_embeddings", None))
     steps_per_epoch = math.ceil(plan.size / config.batch_size)
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
     trainable = [p for p in target.parameters() if p.requires_grad]
@@ -236,9 +238,37 @@ def _global_batch(plan: EpochPlan, encoder: SpringModel, config: TrainConfig, st
                                    rng=rng)
         row_k = 0 if not config.trains_tokens else (
             sample_k(config, rng) if config.k_sampling == "sample" else k)
-        examples.append(build_example(encoder, question=row["question"], passages=passages,
-                                      answer=row["answers"][0], k=row_k, max_answer_tokens=config.max_answer_tokens))
+        try:
+            examples.append(build_example(encoder, question=row["question"], passages=passages,
+                                          answer=row["answers"][0], k=row_k,
+                                          max_answer_tokens=config.max_answer_tokens))
+        except SpringError as exc:  # _preflight tries every row first; this names the row should one still fail
+            raise DataError(f"{plan.sources[pair[0]].path}: row {row['id']!r}: {exc}") from exc
     return examples
+
+
+def _preflight(sources: list[DataSource], encoder: SpringModel, config: TrainConfig, context: int | None) -> None:
+    """Before step 1, build every row's largest prompt (all its first ``max_passages`` passages, the full block),
+    so that what would stop a step (a prompt the encoder refuses, a prompt longer than the model's context)
+    stops the run now, naming the file and row."""
+    k = config.n if config.trains_tokens else 0
+    for source in sources:
+        for row in source.rows:
+            passages = list(row["passages"][:config.max_passages])
+            try:
+                parts = encoder.prompt_parts(row["question"], passages, k)
+                size = len((parts.before + parts.after + row["answers"][0]).encode("utf-8"))
+                # A token spans at least one byte, so only prompts longer in bytes than the context need counting.
+                if context and size + k + 2 > context:
+                    tokens = len(build_example(encoder, question=row["question"], passages=passages,
+                                               answer=row["answers"][0], k=k,
+                                               max_answer_tokens=config.max_answer_tokens).input_ids)
+                    if tokens > context:
+                        raise DataError(
+                            f"its prompt with {config.max_passages} passages is {tokens:,} tokens, longer than the "
+                            f"model's context of {context:,}; shorten its passages or lower --max-passages")
+            except SpringError as exc:
+                raise DataError(f"{source.path}: row {row['id']!r}: {exc}") from exc
 
 
 def _corpus_source(config: TrainConfig) -> list[dict[str, Any]]:
