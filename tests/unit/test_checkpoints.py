@@ -162,5 +162,5 @@ def test_marker_like_text_in_a_passage_trains_as_plain_text(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("weight", ["inf", "1e300", "nan", "-1", "0"])
 def test_data_weights_outside_the_range_are_refused(weight):
-    with pytest.raises(DataError, match=r"the weight after ':' must be a number in \(0, 1000\]"):
+    with pytest.raises(DataError, match=r"the weight after ':' must be a positive number of at most 1000"):
         parse_source_spec(f"qa.jsonl:{weight}")

@@ -51,7 +51,8 @@ def parse_source_spec(spec: str) -> tuple[Path, float]:
         except ValueError:
             return Path(spec), 1.0
         if not 0 < weight <= MAX_WEIGHT:
-            raise DataError(f"{spec}: the weight after ':' must be a number in (0, {MAX_WEIGHT:g}], got {weight_text}")
+            raise DataError(f"{spec}: the weight after ':' must be a positive number of at most {MAX_WEIGHT:g}, "
+                            f"got {weight_text}")
         return Path(path), weight
     return Path(spec), 1.0
 
