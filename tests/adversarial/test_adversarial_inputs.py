@@ -221,7 +221,16 @@ def _planted_pickle(folder: Path, tiny_dir: Path) -> list[str]:
             "--resume", "--quiet"]
 
 
+def _train_into_a_store(folder: Path, tiny_dir: Path) -> list[str]:
+    corpus = folder / "corpus.jsonl"
+    corpus.write_text(json.dumps(GOOD_PASSAGE) + "\n")
+    assert main(["index", str(corpus), "--store", str(folder / "store"), "--backend", "bm25"]) == 0
+    return ["train", "--model", str(tiny_dir), "--data", str(_qa_file(folder)), "--out", str(folder / "store"),
+            "--quiet"]
+
+
 OUTPUT_CASES = [
+    Case("train-out-is-a-store", _train_into_a_store, ("store", "passages.jsonl")),
     Case("import-spring-over-an-artifact", _import_over_artifact, ("art",)),
     Case("index-into-a-store-of-another-kind", _index_into_other_kind, ("store", "bm25")),
     Case("index-into-an-artifact-folder", _index_into_artifact, ("art", "store.json")),

@@ -194,6 +194,12 @@ def _check_output_folder(out: Path, resume: bool) -> None:
                           "or choose another --out")
     if not resume and (out / MANIFEST_NAME).exists():
         raise ConfigError(f"{out} already holds a finished artifact; choose another --out (nothing was overwritten)")
+    # What a run killed before its first checkpoint leaves (the retrieval cache, the log) may be written again.
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in (CACHE, LOG_FILE, CHECKPOINTS)) \
+        if not resume and out.is_dir() else []
+    if foreign:
+        raise ConfigError(f"{out} already holds {', '.join(foreign[:3])}, which no training run wrote; choose another "
+                          "--out (nothing was overwritten)")
 
 
 def _seed_everything(seed: int) -> None:
