@@ -179,10 +179,14 @@ def _read_passages(folder: Path) -> list[dict[str, Any]]:
 
 
 def _remove_stale_staging(folder: Path) -> None:
-    """Delete the staging folders a killed writer left behind, unless a writer is at work right now."""
-    stale = [p for p in folder.iterdir() if p.name.startswith((STAGING_PREFIX, OLD_PREFIX)) and p.is_dir()]
+    """Delete the staging folders and temp files a killed writer left behind, unless a writer is at work now."""
+    stale = [p for p in folder.iterdir() if p.name.startswith((STAGING_PREFIX, OLD_PREFIX))
+             or (p.name.startswith(f".{PASSAGES_FILE}.") and p.name.endswith(".tmp"))]  # atomic_write_bytes' temp
     if not stale:
         return
     with contextlib.suppress(StoreLockedError), write_lock(folder):
         for path in stale:
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)

@@ -126,6 +126,11 @@ def _edit_table(table: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Path
     return build
 
 
+def _demo(info_argv: list[str], tiny_dir: Path) -> list[str]:
+    """The same damaged artifact given to the demo, which used to load it and crash while generating."""
+    return ["demo", "--model", str(tiny_dir), "--tokens", info_argv[1], "--count", "1", "--max-new-tokens", "2"]
+
+
 def _huge_number_manifest(folder: Path, tiny_dir: Path) -> list[str]:
     art = _artifact(folder, tiny_dir)
     text = (art / "spring.json").read_text()
@@ -157,6 +162,8 @@ ARTIFACT_CASES = [
          ("spring.json", "[49152, 576]")),
     Case("artifact-values-1e30", _edit_table(lambda t: torch.full_like(t, 1e30)), ("tokens.safetensors", "1e+30")),
     Case("artifact-int64-table", _edit_table(lambda t: t.round().to(torch.int64)), ("tokens.safetensors", "int64")),
+    Case("demo-with-prompt-layout-bogus", lambda folder, tiny_dir: _demo(
+        _edit_manifest(lambda m: m.update(prompt_layout="bogus"))(folder, tiny_dir), tiny_dir), ("prompt_layout",)),
     Case("artifact-manifest-5000-digits", lambda folder, tiny_dir: _huge_number_manifest(folder, tiny_dir),
          ("spring.json",)),
 ]

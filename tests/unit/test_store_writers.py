@@ -41,6 +41,7 @@ def test_stale_staging_folders_are_removed_on_the_next_open_unless_a_writer_is_b
     for name in (".index.tmp-abc123", ".index.old-4242"):
         (tmp_path / "s" / name).mkdir()
         (tmp_path / "s" / name / "params.index.json").write_text("{}")
+    (tmp_path / "s" / ".passages.jsonl.x1y2.tmp").write_text("half a write")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, sys, time; h = open(sys.argv[1], 'a'); fcntl.flock(h, fcntl.LOCK_EX); "
          "print('locked', flush=True); time.sleep(60)", str(tmp_path / "s" / ".lock")],

@@ -296,8 +296,9 @@ def _save_checkpoint(out: Path, config: TrainConfig, target: TrainTarget, optimi
     folder = out / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:07d}"
+    for stale in folder.glob(".tmp-step-*"):  # this run's last attempt, or one a killed run left behind
+        shutil.rmtree(stale, ignore_errors=True)
     scratch = folder / f".tmp-step-{step:07d}-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     state = {
         "step": step,
