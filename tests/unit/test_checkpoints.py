@@ -144,20 +144,13 @@ def test_a_prompt_longer_than_the_context_stops_before_step_one_naming_file_and_
     assert steps == [] and not (tmp_path / "out" / "checkpoints").exists()
 
 
-def test_marker_like_text_in_a_passage_never_fails_after_step_one(tiny_dir, tmp_path):
+def test_marker_like_text_in_a_passage_trains_as_plain_text(tiny_dir, tmp_path):
+    # Issue #14's rule: markers in content are plain characters. Before it, this row passed validation and then
+    # stopped training at step 2 with an error that named no file or row.
     qa = _with_passage(tmp_path, "See [r1] and [r3] in the table.")
     steps = []
-    try:
-        train(config(tiny_dir, qa, tmp_path / "out"), show_progress=False, on_step=steps.append)
-    except DataError as exc:  # today's strict marker check: it must stop before step 1 and name file and row
-        assert steps == [] and "qa.jsonl: row 'odd'" in str(exc)
-
-
-@pytest.mark.xfail(strict=False, reason="issue #14 makes marker-like text in content plain text; until "
-                                        "spring_core/prompts.py drops check_user_text, training refuses it")
-def test_marker_like_text_in_a_passage_trains_as_plain_text(tiny_dir, tmp_path):
-    qa = _with_passage(tmp_path, "See [r1] and [r3] in the table.")
-    assert train(config(tiny_dir, qa, tmp_path / "out"), show_progress=False).steps == 3
+    assert train(config(tiny_dir, qa, tmp_path / "out"), show_progress=False, on_step=steps.append).steps == 3
+    assert [record["step"] for record in steps] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("weight", ["inf", "1e300", "nan", "-1", "0"])
