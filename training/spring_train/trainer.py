@@ -194,9 +194,10 @@ def _check_output_folder(out: Path, resume: bool) -> None:
                           "or choose another --out")
     if not resume and (out / MANIFEST_NAME).exists():
         raise ConfigError(f"{out} already holds a finished artifact; choose another --out (nothing was overwritten)")
+    if resume or not out.is_dir():
+        return
     # What a run killed before its first checkpoint leaves (the retrieval cache, the log) may be written again.
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in (CACHE, LOG_FILE, CHECKPOINTS)) \
-        if not resume and out.is_dir() else []
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in (CACHE, LOG_FILE, CHECKPOINTS))
     if foreign:
         raise ConfigError(f"{out} already holds {', '.join(foreign[:3])}, which no training run wrote; choose another "
                           "--out (nothing was overwritten)")
@@ -265,7 +266,7 @@ def _preflight(sources: list[DataSource], encoder: SpringModel, config: TrainCon
                 parts = encoder.prompt_parts(row["question"], passages, k)
                 size = len((parts.before + parts.after + row["answers"][0]).encode("utf-8"))
                 # A token spans at least one byte, so only prompts longer in bytes than the context need counting.
-                if context and size + k + 2 > context:
+                if context and size + k + 16 > context:  # 16: BOS, EOS, template ids
                     tokens = len(build_example(encoder, question=row["question"], passages=passages,
                                                answer=row["answers"][0], k=k,
                                                max_answer_tokens=config.max_answer_tokens).input_ids)
