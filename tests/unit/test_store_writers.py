@@ -119,7 +119,10 @@ def test_two_processes_indexing_at_once_lose_no_passage(tmp_path):
 
 
 @pytest.mark.slow
-def test_twenty_races_lose_no_passage(tmp_path):
+def test_twenty_races_lose_no_passage(tmp_path, request):
+    selection = request.config.getoption("markexpr") or ""
+    if "slow" not in selection.replace("not slow", ""):  # ~3 minutes: only when asked for, as in `pytest -m slow`
+        pytest.skip("20 races take minutes; run them with -m slow")
     corpora = _corpora(tmp_path)
     for seed in range(20):
         _race(tmp_path, corpora, seed)
