@@ -134,3 +134,17 @@ def test_a_held_lock_blocks_a_writer_but_not_a_reader(halves, tmp_path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert len(BM25Store.open(tmp_path / "s")) == 0
     assert store.add(halves[0][:2]) == 2
+
+
+def test_a_second_hybrid_writer_is_refused_before_it_changes_either_half(halves, tmp_path):
+    from spring_core.retrieval import HybridStore, StoreLockedError
+
+    store = HybridStore.create(tmp_path / "h")
+    store.add(halves[0][:3])
+    with open(tmp_path / "h" / ".lock", "a") as handle:  # another hybrid writer at work
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(StoreLockedError, match="being written by another process"):
+            store.add(halves[0][3:6])
+    reopened = open_store(tmp_path / "h")
+    assert len(reopened.dense) == len(reopened.sparse) == 3
+    assert store.add(halves[0][3:6]) == 3 and len(open_store(tmp_path / "h")) == 6
