@@ -3,8 +3,9 @@
 The same code runs on a CPU, on one GPU and under ``accelerate launch`` on many. Each optimizer step reads a
 global batch from the seeded epoch plan, draws ``k`` (scalable training), splits the batch into micro-batches
 (gradient accumulation), and logs loss, tokens/s and the learning rate. Checkpoints hold only the trained
-parameters plus optimizer, scheduler and RNG state; they are written atomically, and ``resume=True`` continues
-exactly where the last one stopped. Ctrl-C saves a checkpoint and stops cleanly.
+parameters plus optimizer, scheduler and RNG state, as safetensors + JSON (never a pickle, so loading one runs no
+code), with the data files' SHA-256; they are written atomically, and ``resume=True`` continues exactly where the
+last one stopped, on the same data. Ctrl-C saves a checkpoint and stops cleanly.
 
 Example:
     >>> from spring_train.config import TrainConfig
