@@ -138,8 +138,8 @@ def read_json_object(path: Path, error: type[SpringError], remedy: str) -> dict[
     """A JSON file that must hold an object; anything else raises ``error`` naming the file and ``remedy``."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{path} is not valid JSON ({exc}); {remedy}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # ValueError: bad JSON or a 5000-digit number
+        raise error(f"{path} is not valid JSON ({str(exc)[:120]}); {remedy}") from exc
     if not isinstance(value, dict):
         raise error(f"{path} must hold a JSON object, not {type(value).__name__}; {remedy}")
     return value
@@ -171,7 +171,59 @@ def read_manifest(folder: Path | str, kind: str | None = None) -> dict[str, Any]
         missing.append("base_model.fingerprint")
     if missing:
         raise ArtifactError(f"{path} lacks the field(s) {', '.join(sorted(set(missing)))}; the manifest is damaged")
+    _check_base_model(manifest["base_model"], path)
+    _check_files(manifest["files"], path)
     return manifest
+
+
+def schema_error(path: Path | str, field: str, expected: str, value: Any) -> ArtifactError:
+    """The error for a manifest field of the wrong type or range: file, field, what was expected, what was found."""
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return ArtifactError(f"{path}: field {field} must be {expected}, got {shown}; the manifest is damaged — copy "
+                         "the artifact folder again")
+
+
+def positive_int(value: Any) -> bool:
+    """A JSON integer >= 1 (``true`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_base_model(base: dict[str, Any], path: Path) -> None:
+    """Types, ranges and consistency: the fingerprint's shape is [vocab_size, hidden_size]."""
+    if not isinstance(base.get("name", ""), str):
+        raise schema_error(path, "base_model.name", "a string", base.get("name"))
+    for key in ("hidden_size", "vocab_size"):
+        if not positive_int(base.get(key)):
+            raise schema_error(path, f"base_model.{key}", "a positive integer", base.get(key))
+    fp = base["fingerprint"]
+    shape = fp.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(positive_int(v) for v in shape)):
+        raise schema_error(path, "base_model.fingerprint.shape", "[rows, width] of positive integers", shape)
+    digest = fp.get("sample_sha256")
+    if not (isinstance(digest, str) and len(digest) == 16 and all(c in "0123456789abcdef" for c in digest)):
+        raise schema_error(path, "base_model.fingerprint.sample_sha256", "16 hex digits", digest)
+    if shape != [base["vocab_size"], base["hidden_size"]]:
+        raise ArtifactError(
+            f"{path}: base_model says vocab_size {base['vocab_size']} and hidden_size {base['hidden_size']}, but its "
+            f"fingerprint is of a {shape} embedding; the manifest is inconsistent — copy the artifact folder again"
+        )
+
+
+def _check_files(files: dict[str, Any], path: Path) -> None:
+    """Every entry: a relative name inside the folder, a SHA-256 of 64 hex digits, a byte count."""
+    for name, entry in files.items():
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts:
+            raise schema_error(path, "files", "names of files inside the artifact folder", name)
+        if not isinstance(entry, dict):
+            raise schema_error(path, f"files[{name!r}]", 'an object {"sha256", "bytes"}', entry)
+        digest = entry.get("sha256")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise schema_error(path, f"files[{name!r}].sha256", "64 hex digits", digest)
+        size = entry.get("bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise schema_error(path, f"files[{name!r}].bytes", "a byte count", size)
 
 
 def artifact_bytes(folder: Path | str) -> int:

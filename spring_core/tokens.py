@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from spring_core.artifacts import (
+    MANIFEST_NAME,
     check_fingerprint,
     new_manifest,
+    positive_int,
     read_manifest,
+    schema_error,
     verified_file,
     write_artifact,
 )
@@ -219,6 +223,7 @@ class VirtualTokens(torch.nn.Module):
         ``model``, also the fingerprint."""
         folder = resolve_artifact(folder)
         manifest = read_manifest(folder, KIND)
+        _check_token_manifest(manifest, folder / MANIFEST_NAME)
         path = verified_file(folder, manifest, TOKENS_FILE)
         try:
             tensors = load_file(path)
@@ -233,10 +238,11 @@ class VirtualTokens(torch.nn.Module):
                 f"{path} holds a {list(weight.shape)} table but {folder / 'spring.json'} says [n, hidden] = "
                 f"{expected}; the artifact is inconsistent"
             )
-        _check_finite(weight, path)
+        _check_values(weight, path)
         tokens = cls(weight, manifest)
         if model is not None:
             tokens.check_compatible(model, str(folder))
+            _warn_if_far_outside(weight, _base_embedding(model), path)
         return tokens
 
 
@@ -263,3 +269,46 @@ def _check_finite(weight: torch.Tensor, where: Path | str) -> None:
             f"{where} has NaN or infinite values in {len(bad_rows)} row(s): {shown}; the training run that wrote it "
             "diverged — retrain with a lower learning rate or use an earlier checkpoint"
         )
+
+
+MAX_ABS_VALUE = 1e4
+"""No trained table comes near this (embeddings are O(1)); a larger value means a damaged or hand-made file."""
+FAR_OUTSIDE = 100.0
+"""Warn when the table's largest magnitude exceeds the base embedding's by this factor."""
+
+
+def _check_token_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """The virtual-token fields: ``n``, the marker template this library reads, a known layout, dict sections."""
+    if not positive_int(manifest.get("n")):
+        raise schema_error(path, "n", "a positive integer", manifest.get("n"))
+    if manifest.get("marker_template") != MARKER_TEMPLATE:
+        raise schema_error(path, "marker_template", f"{MARKER_TEMPLATE!r} (the only template spring-rag reads)",
+                           manifest.get("marker_template"))
+    if manifest.get("prompt_layout") not in LAYOUTS:
+        raise schema_error(path, "prompt_layout", f"one of {', '.join(LAYOUTS)}", manifest.get("prompt_layout"))
+    for key in ("init", "training", "metrics"):
+        if not isinstance(manifest.get(key, {}), dict):
+            raise schema_error(path, key, "an object", manifest.get(key))
+    if not isinstance(manifest.get("data_sources", []), list):
+        raise schema_error(path, "data_sources", "a list", manifest.get("data_sources"))
+
+
+def _check_values(weight: torch.Tensor, where: Path) -> None:
+    """float32 (what ``save`` writes), finite, and of a magnitude an embedding can have."""
+    if weight.dtype != torch.float32:
+        raise ArtifactError(f"{where} holds a {str(weight.dtype).removeprefix('torch.')} table; virtual tokens are "
+                            "float32 — re-export the artifact with VirtualTokens.save")
+    _check_finite(weight, where)
+    largest = float(weight.abs().max())
+    if largest > MAX_ABS_VALUE:
+        raise ArtifactError(f"{where} holds values up to {largest:.3g}, far beyond any embedding (limit "
+                            f"{MAX_ABS_VALUE:g}); the table is damaged — retrain or copy the artifact again")
+
+
+def _warn_if_far_outside(weight: torch.Tensor, base: torch.Tensor, where: Path) -> None:
+    base_largest = float(base.detach().abs().max())
+    largest = float(weight.abs().max())
+    if base_largest > 0 and largest > FAR_OUTSIDE * base_largest:
+        warnings.warn(f"{where}: the virtual tokens reach {largest:.3g}, over {FAR_OUTSIDE:g}x the base embedding's "
+                      f"largest value ({base_largest:.3g}); answers may be poor — check the training run",
+                      stacklevel=3)

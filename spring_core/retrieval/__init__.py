@@ -61,10 +61,14 @@ def create_store(folder: str | Path, backend: str = "dense", embedder: str | Non
     if backend not in BACKENDS:
         raise StoreError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if (Path(folder) / "store.json").exists():
-        store = open_store(folder, None if backend == "bm25" else embedder)
-        if store.backend != backend:
-            raise StoreError(f"{folder} already holds a {store.backend} store; use --backend {store.backend}")
-        return store
+        found = read_store_manifest(Path(folder))["backend"]
+        if found != backend:  # checked before opening, so nothing in the folder is touched
+            raise StoreError(f"{folder} already holds a {found} store; use --backend {found}, or choose another "
+                             "folder (nothing was changed)")
+        return open_store(folder, None if backend == "bm25" else embedder)
+    if Path(folder).is_dir() and any(Path(folder).iterdir()):
+        raise StoreError(f"{folder} already holds files but no store.json, so it is not a retrieval store; choose a "
+                         "new or empty folder (nothing was changed)")
     if backend == "bm25":
         return BM25Store.create(folder)
     if backend == "hybrid":

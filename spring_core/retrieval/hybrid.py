@@ -66,14 +66,19 @@ class HybridStore:
 
     def add(self, rows: Sequence[dict[str, Any]], *, batch_size: int = 64,
             progress: Callable[[int], None] | None = None) -> int:
-        """Add rows to both stores (each skips ids it already has); returns how many were new to the dense one."""
-        added = self.dense.add(rows, batch_size=batch_size, progress=progress)
-        self.sparse.add(rows)
+        """Add rows to both stores (each skips ids it already has); returns how many were new to the dense one.
+
+        The hybrid folder's lock is held throughout, so a second writer is refused before it changes either half.
+        """
+        with write_lock(self.folder):
+            added = self.dense.add(rows, batch_size=batch_size, progress=progress)
+            self.sparse.add(rows)
         return added
 
     def delete(self, ids: Sequence[str]) -> None:
-        self.dense.delete(ids)
-        self.sparse.delete(ids)
+        with write_lock(self.folder):
+            self.dense.delete(ids)
+            self.sparse.delete(ids)
 
     def get(self, ids: Sequence[str]) -> list[RetrievedPassage]:
         return self.sparse.get(ids)

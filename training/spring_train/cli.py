@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from spring_core.errors import SpringError
 from spring_core.models import DEFAULT_MODEL
-from spring_train.parametric_cli import add_parametric_parsers, run_augment, run_parametrize
+from spring_train.parametric_cli import add_parametric_parsers, refuse_existing_output, run_augment, run_parametrize
 
 DESCRIPTION = """\
 spring-rag: scalable, pluggable virtual tokens (SPRING) for local Hugging Face LLMs.
@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "re-running after an interruption resumes where it stopped.",
     )
     index.add_argument("corpus", help="corpus JSONL file")
-    index.add_argument("--store", required=True, help="store folder (created if missing)")
+    index.add_argument("--store", required=True, help="store folder: created if missing, extended if it holds a store "
+                                                      "of this --backend; any other folder is refused")
     index.add_argument("--backend", choices=["dense", "bm25", "hybrid"], default="dense",
                        help="dense: sentence-transformers embeddings in chromadb (default); bm25: sparse BM25; "
                             "hybrid: both, ranks fused (best recall)")
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("pt_file", help="the .pt file")
     imp.add_argument("--model", default=DEFAULT_MODEL, help=f"the base model they belong to (default: {DEFAULT_MODEL})")
     imp.add_argument("--layout", choices=["raw", "chat"], default="raw", help="prompt layout to record (default: raw)")
-    imp.add_argument("--out", required=True, help="artifact folder to write")
+    imp.add_argument("--out", required=True, help="artifact folder to write (must not exist yet, or be empty)")
     add_train_parser(commands)
     add_eval_parser(commands)
     add_parametric_parsers(commands)
@@ -182,7 +183,10 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--base-lora", help="LoRA artifact that --method spring+ trains on top of")
     train.add_argument("--keep-checkpoints", action="store_true",
                        help="keep OUT/checkpoints and OUT/cache after a finished run")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out; refused "
+                                                             "when a --data file changed since (SHA-256)")
+    train.add_argument("--allow-data-change", action="store_true",
+                       help="with --resume: continue even though a --data file changed (the new data are recorded)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -213,7 +217,9 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
         epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument("--data", action="append", required=True, metavar="FILE", help="QA JSONL file, repeatable")
-    ev.add_argument("--out", required=True, help="folder for predictions and reports (a rerun resumes)")
+    ev.add_argument("--out", required=True, help="folder for predictions and reports; by design a rerun with the same "
+                                                 "--out resumes: answers already in its predictions.jsonl are kept "
+                                                 "and the reports are rewritten")
     ev.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL})")
     ev.add_argument("--methods", default="closed-book,concat,prompt,prompt-chat,spring",
                     help="comma-separated methods (default: closed-book,concat,prompt,prompt-chat,spring)")
@@ -347,7 +353,8 @@ def _run(args: argparse.Namespace) -> int:
 
         fields = set(TrainConfig.__dataclass_fields__)
         config = TrainConfig(**{key: value for key, value in vars(args).items() if key in fields})
-        result = train(config, resume=args.resume, show_progress=not args.quiet)
+        result = train(config, resume=args.resume, show_progress=not args.quiet,
+                       allow_data_change=args.allow_data_change)
         print(f"wrote {result.artifact}: {result.steps} steps in {result.seconds:.0f} s, final loss "
               f"{result.final_loss:.4f}, {result.trainable_parameters:,} trained parameters")
     elif args.command == "eval":
@@ -359,6 +366,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "import-spring":
         from spring_core.tokens import VirtualTokens
 
+        refuse_existing_output(args.out, "--out")
         tokens = VirtualTokens.from_official_pt(args.pt_file, args.model, layout=args.layout)
         tokens.save(args.out)
         print(f"wrote {args.out}: {tokens.n} tokens x {tokens.hidden_size} for {tokens.base_model_name}")

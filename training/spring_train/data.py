@@ -24,6 +24,9 @@ from spring_core.data import read_qa
 from spring_core.errors import DataError
 from spring_core.retrieval import Store, index_corpus, open_store
 
+MAX_WEIGHT = 1000.0
+"""Largest ``FILE:WEIGHT`` weight (reads per epoch); ``inf`` or 1e300 would overflow the epoch plan."""
+
 
 @dataclass
 class DataSource:
@@ -47,8 +50,9 @@ def parse_source_spec(spec: str) -> tuple[Path, float]:
             weight = float(weight_text)
         except ValueError:
             return Path(spec), 1.0
-        if not weight > 0:
-            raise DataError(f"{spec}: the weight after ':' must be positive, got {weight_text}")
+        if not 0 < weight <= MAX_WEIGHT:
+            raise DataError(f"{spec}: the weight after ':' must be a positive number of at most {MAX_WEIGHT:g}, "
+                            f"got {weight_text}")
         return Path(path), weight
     return Path(spec), 1.0
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spring_core.data import MAX_LINE_BYTES
 from spring_core.errors import SpringError
 from spring_core.models import DEFAULT_MODEL
 
@@ -48,7 +50,8 @@ def add_parametric_parsers(commands: argparse._SubParsersAction) -> None:
         epilog=AUGMENT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     augment.add_argument("corpus", help="corpus JSONL file")
-    augment.add_argument("--out", required=True, help="augmented JSONL to write (appended; a rerun resumes)")
+    augment.add_argument("--out", required=True, help="augmented JSONL to write: appended to, so a rerun resumes; "
+                                                       "an existing file that is not augment output is refused")
     augment.add_argument("--model", default=DEFAULT_MODEL, help=f"the LLM that writes (default: {DEFAULT_MODEL})")
     augment.add_argument("--augmenter", choices=["llm", "cloze"], default="llm",
                          help="llm: the model writes a rewrite and QA pairs (the paper's); cloze: fill-in-the-blank "
@@ -69,7 +72,9 @@ def add_parametric_parsers(commands: argparse._SubParsersAction) -> None:
         epilog=PARAMETRIZE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     encode.add_argument("augmented", help="augmented JSONL from `spring-rag augment`")
-    encode.add_argument("--out", required=True, help="adapter store (prag) or expert artifact (poly) folder")
+    encode.add_argument("--out", required=True, help="adapter store (prag) or expert artifact (poly) folder: new, or "
+                                                      "an earlier prag store (resumed) / poly folder (with --add); "
+                                                      "any other non-empty folder is refused")
     encode.add_argument("--method", choices=["prag", "poly"], default="prag", help="default: prag")
     encode.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL})")
     encode.add_argument("--rank", type=int, default=2, help="LoRA rank (default: 2)")
@@ -88,6 +93,32 @@ def add_parametric_parsers(commands: argparse._SubParsersAction) -> None:
     encode.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def refuse_existing_output(path: str | Path, flag: str) -> None:
+    """A command that writes a new folder refuses one that already holds anything (nothing is overwritten)."""
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        raise SpringError(f"{flag} {path} already exists and is not empty; choose a new folder (nothing was "
+                          "overwritten)")
+
+
+def _check_augment_output(out: Path, corpus: Path) -> None:
+    """``--out`` is appended to (a rerun resumes), so it must be new or earlier augment output, never another file."""
+    if out.exists() and (out.is_dir() or out.resolve() == corpus.resolve()):
+        raise SpringError(f"--out {out} is {'a folder' if out.is_dir() else 'the corpus itself'}; give a new "
+                          "JSONL file (nothing was changed)")
+    if not out.is_file() or out.stat().st_size == 0:
+        return
+    with out.open("rb") as handle:
+        first = handle.readline(MAX_LINE_BYTES).strip()
+    try:
+        row = json.loads(first.decode("utf-8")) if first else None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        row = None
+    if not (isinstance(row, dict) and isinstance(row.get("id"), str) and row.get("status") in ("ok", "failed")):
+        raise SpringError(f"--out {out} already exists and is not `spring-rag augment` output; choose a new file "
+                          "(nothing was changed)")
+
+
 def run_augment(args: argparse.Namespace) -> None:
     from spring_core.data import read_corpus
     from spring_core.parametric.augment import augment_corpus
@@ -95,6 +126,7 @@ def run_augment(args: argparse.Namespace) -> None:
 
     if args.limit is not None and args.limit < 1:
         raise SpringError("--limit must be at least 1")
+    _check_augment_output(Path(args.out), Path(args.corpus))
     corpus = read_corpus(args.corpus)[: args.limit]
     sm = SpringModel.from_pretrained(args.model) if args.augmenter == "llm" else None
     report = augment_corpus(sm, corpus, args.out, seed=args.seed, pairs=args.pairs, max_attempts=args.max_attempts,
@@ -111,6 +143,9 @@ def run_parametrize(args: argparse.Namespace) -> None:
     from spring_core.spring_model import SpringModel
     from spring_train import parametrize as encoders
 
+    out = Path(args.out)
+    if not (out / "spring.json").exists():  # a store of this method resumes; any other folder is refused
+        refuse_existing_output(out, "--out")
     augmented = read_augmented(args.augmented)
     if not augmented:
         raise SpringError(f"{args.augmented} holds no augmented documents; run `spring-rag augment` first")

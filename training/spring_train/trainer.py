@@ -3,8 +3,9 @@
 The same code runs on a CPU, on one GPU and under ``accelerate launch`` on many. Each optimizer step reads a
 global batch from the seeded epoch plan, draws ``k`` (scalable training), splits the batch into micro-batches
 (gradient accumulation), and logs loss, tokens/s and the learning rate. Checkpoints hold only the trained
-parameters plus optimizer, scheduler and RNG state; they are written atomically, and ``resume=True`` continues
-exactly where the last one stopped. Ctrl-C saves a checkpoint and stops cleanly.
+parameters plus optimizer, scheduler and RNG state, as safetensors + JSON (never a pickle, so loading one runs no
+code), with the data files' SHA-256; they are written atomically, and ``resume=True`` continues exactly where the
+last one stopped, on the same data. Ctrl-C saves a checkpoint and stops cleanly.
 
 Example:
     >>> from spring_train.config import TrainConfig
@@ -31,13 +32,15 @@ import numpy as np
 import torch
 
 from spring_core.artifacts import MANIFEST_NAME
-from spring_core.errors import SpringError
+from spring_core.errors import DataError, SpringError
 from spring_core.models import load_model
 from spring_core.spring_model import SpringModel
 from spring_core.templates import TEMPLATES
 from spring_train.batching import Example, build_example, collate
+from spring_train.checkpoint import STATE_JSON, CheckpointError, load_state, save_state
 from spring_train.config import ConfigError, TrainConfig, template_names
 from spring_train.data import (
+    DataSource,
     EpochPlan,
     attach_retrieved,
     load_sources,
@@ -50,7 +53,7 @@ from spring_train.methods import TrainTarget, build_target
 CHECKPOINTS = "checkpoints"
 CACHE = "cache"  # the retrieval store built from --corpus
 LOG_FILE = "train_log.jsonl"
-STATE_FILE = "trainer_state.pt"
+LEGACY_STATE_FILE = "trainer_state.pt"  # the old pickle format: refused, never loaded
 
 
 class TrainingInterrupted(SpringError):
@@ -78,8 +81,11 @@ def choose_precision(precision: str) -> str:
 
 
 def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = True,
-          on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train ``config.method`` and write the artifact folder ``config.out``; see the module docstring."""
+          on_step: Callable[[dict[str, Any]], None] | None = None, allow_data_change: bool = False) -> TrainResult:
+    """Train ``config.method`` and write the artifact folder ``config.out``; see the module docstring.
+
+    A resume whose data files differ from the checkpoint's (by SHA-256) is refused unless ``allow_data_change``.
+    """
     from accelerate import Accelerator
 
     out = Path(config.out)
@@ -98,25 +104,30 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
         attach_retrieved(sources, retriever, config.max_passages)
     require_passages(sources)
     plan = EpochPlan(sources, config.seed)
+    data_digests = [s.describe() for s in sources]
+    if resume:  # settings and data are checked before the model loads, so a refused resume costs nothing
+        _check_resume(_latest_state(out), config, data_digests, allow_data_change)
 
     model, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=torch.float32)
     target = build_target(config, model, tokenizer)
     # What turns rows into ids: for SPRING the target's own SpringModel, which reads its trainable table.
     encoder = target.spring if config.trains_tokens else SpringModel(target.model, tokenizer, layout=config.layout)
+    _preflight(sources, encoder, config, getattr(model.config, "max_position_embeddings", None))
     steps_per_epoch = math.ceil(plan.size / config.batch_size)
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
     trainable = [p for p in target.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear(config.warmup_ratio, total_steps))
 
-    start_step = _restore(out, config, target, optimizer, scheduler) if resume else 0
+    start_step, seconds_before = _restore(out, target, optimizer, scheduler) if resume else (0, 0.0)
     module, optimizer = accelerator.prepare(target, optimizer)
     log = _TrainLog(out / LOG_FILE, keep_until=start_step)
     progress = _progress(total_steps, start_step, show_progress and accelerator.is_local_main_process)
     accelerator.print(f"training {config.method}: {target.trainable_count():,} trainable parameters, "
                       f"{plan.size:,} examples per epoch, {total_steps:,} steps of {config.batch_size}, "
                       f"precision {mixed}")
-    started, last_loss, completed = time.perf_counter(), float("nan"), start_step
+    # `seconds` in the manifest covers the whole run: the time before the checkpoint plus this part.
+    started, last_loss, completed = time.perf_counter() - seconds_before, float("nan"), start_step
     try:
         for step in range(start_step, total_steps):
             step_started = time.perf_counter()
@@ -149,11 +160,13 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
             progress.update(1)
             progress.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", k=k)
             if completed % config.checkpoint_every == 0 and completed < total_steps:
-                _save_checkpoint(out, config, target, optimizer, scheduler, completed, accelerator)
+                _save_checkpoint(out, config, target, optimizer, scheduler, completed, accelerator,
+                                 data=data_digests, seconds=time.perf_counter() - started)
             if on_step is not None:
                 on_step(record)
     except KeyboardInterrupt:
-        _save_checkpoint(out, config, target, optimizer, scheduler, completed, accelerator)
+        _save_checkpoint(out, config, target, optimizer, scheduler, completed, accelerator,
+                         data=data_digests, seconds=time.perf_counter() - started)
         progress.close()
         raise TrainingInterrupted(
             f"interrupted after step {completed} of {total_steps}; a checkpoint is saved in {out / CHECKPOINTS}. "
@@ -166,7 +179,7 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
                "processes": accelerator.num_processes}
     if accelerator.is_main_process:
         target.export(out, training={**config.record(), **summary},
-                      data_sources=[s.describe() for s in sources] + _corpus_source(config))
+                      data_sources=data_digests + _corpus_source(config))
         if not config.keep_checkpoints:
             shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
             shutil.rmtree(out / CACHE, ignore_errors=True)
@@ -183,6 +196,13 @@ def _check_output_folder(out: Path, resume: bool) -> None:
                           "or choose another --out")
     if not resume and (out / MANIFEST_NAME).exists():
         raise ConfigError(f"{out} already holds a finished artifact; choose another --out (nothing was overwritten)")
+    if resume or not out.is_dir():
+        return
+    # What a run killed before its first checkpoint leaves (the retrieval cache, the log) may be written again.
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in (CACHE, LOG_FILE, CHECKPOINTS))
+    if foreign:
+        raise ConfigError(f"{out} already holds {', '.join(foreign[:3])}, which no training run wrote; choose another "
+                          "--out (nothing was overwritten)")
 
 
 def _seed_everything(seed: int) -> None:
@@ -229,10 +249,40 @@ def _global_batch(plan: EpochPlan, encoder: SpringModel, config: TrainConfig, st
             sample_k(config, rng) if config.k_sampling == "sample" else k)
         names = template_names(config.templates)
         template = TEMPLATES[names[int(rng.integers(len(names)))]] if names else None
-        examples.append(build_example(encoder, question=row["question"], passages=passages,
-                                      answer=row["answers"][0], k=row_k, max_answer_tokens=config.max_answer_tokens,
-                                      template=template))
+        try:
+            examples.append(build_example(encoder, question=row["question"], passages=passages,
+                                          answer=row["answers"][0], k=row_k,
+                                          max_answer_tokens=config.max_answer_tokens, template=template))
+        except SpringError as exc:  # _preflight tries every row first; this names the row should one still fail
+            raise DataError(f"{plan.sources[pair[0]].path}: row {row['id']!r}: {exc}") from exc
     return examples
+
+
+def _preflight(sources: list[DataSource], encoder: SpringModel, config: TrainConfig, context: int | None) -> None:
+    """Before step 1, build every row's largest prompt (all its first ``max_passages`` passages, the full block),
+    so that what would stop a step (a prompt the encoder refuses, a prompt longer than the model's context)
+    stops the run now, naming the file and row."""
+    k = config.n if config.trains_tokens else 0
+    templates = [TEMPLATES[name] for name in template_names(config.templates)]
+    wording = max((sum(len(text.encode("utf-8")) for _, text in t.turns) for t in templates), default=0)
+    for source in sources:
+        for row in source.rows:
+            passages = list(row["passages"][:config.max_passages])
+            try:
+                parts = encoder.prompt_parts(row["question"], passages, k)
+                size = len((parts.before + parts.after + row["answers"][0]).encode("utf-8")) + wording
+                # A token spans at least one byte, so only prompts longer in bytes than the context need counting.
+                if context and size + k + 16 > context:  # 16: BOS, EOS, template ids
+                    tokens = max(len(build_example(encoder, question=row["question"], passages=passages,
+                                                   answer=row["answers"][0], k=k, template=template,
+                                                   max_answer_tokens=config.max_answer_tokens).input_ids)
+                                 for template in templates or [None])
+                    if tokens > context:
+                        raise DataError(
+                            f"its prompt with {config.max_passages} passages is {tokens:,} tokens, longer than the "
+                            f"model's context of {context:,}; shorten its passages or lower --max-passages")
+            except SpringError as exc:
+                raise DataError(f"{source.path}: row {row['id']!r}: {exc}") from exc
 
 
 def _corpus_source(config: TrainConfig) -> list[dict[str, Any]]:
@@ -247,24 +297,28 @@ def _corpus_source(config: TrainConfig) -> list[dict[str, Any]]:
 
 
 def _save_checkpoint(out: Path, config: TrainConfig, target: TrainTarget, optimizer: Any, scheduler: Any,
-                     step: int, accelerator: Any) -> None:
+                     step: int, accelerator: Any, *, data: list[dict[str, Any]], seconds: float) -> None:
+    """Write ``checkpoints/step-N`` atomically: tensors in safetensors, the rest in JSON (no pickle)."""
     if not accelerator.is_main_process:
         return
     folder = out / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:07d}"
+    for stale in folder.glob(".tmp-step-*"):  # this run's last attempt, or one a killed run left behind
+        shutil.rmtree(stale, ignore_errors=True)
     scratch = folder / f".tmp-step-{step:07d}-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     state = {
         "step": step,
+        "seconds": seconds,
         "config": config.to_dict(),
+        "data": data,
         "trainable": target.trainable_state(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
     }
-    torch.save(state, scratch / STATE_FILE)
+    save_state(scratch, state)
     if final.exists():
         shutil.rmtree(final)
     os.replace(scratch, final)  # a checkpoint folder exists complete or not at all
@@ -272,24 +326,66 @@ def _save_checkpoint(out: Path, config: TrainConfig, target: TrainTarget, optimi
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _restore(out: Path, config: TrainConfig, target: TrainTarget, optimizer: Any, scheduler: Any) -> int:
+def _latest_state(out: Path) -> dict[str, Any]:
+    """The newest checkpoint's state; a pickle checkpoint of an older spring-rag is refused unread."""
     latest = sorted((out / CHECKPOINTS).glob("step-*"))[-1]
+    if not (latest / STATE_JSON).exists() and (latest / LEGACY_STATE_FILE).exists():
+        raise ConfigError(
+            f"{latest / LEGACY_STATE_FILE} is a pickle checkpoint of an older spring-rag; a pickle can run code when "
+            "loaded, so it is not read. Start the run again in a new --out"
+        )
+    state = load_state(latest)
+    state["folder"] = latest
+    return state
+
+
+def _check_resume(state: dict[str, Any], config: TrainConfig, data: list[dict[str, Any]],
+                  allow_data_change: bool) -> None:
+    """Refuse a resume whose settings or data files differ from the checkpoint's."""
+    latest = state["folder"]
     try:
-        state = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a damaged pickle raises several unrelated types
-        raise ConfigError(f"{latest / STATE_FILE} cannot be read ({exc}); delete {latest} to resume from the "
-                          "checkpoint before it") from exc
-    mismatches = config.resume_mismatches(state["config"])
+        mismatches = config.resume_mismatches(state["config"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{latest / STATE_JSON} lacks a field ({exc}); delete {latest} to resume from the "
+                              "checkpoint before it") from exc
     if mismatches:
         raise ConfigError(f"--resume with settings that differ from the checkpoint in {latest}: "
                           + "; ".join(mismatches) + ". Resume with the original settings.")
-    target.load_trainable_state(state["trainable"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
-    torch.set_rng_state(state["rng"]["torch"])
-    return int(state["step"])
+    changed = _changed_data(state.get("data"), data)
+    if changed and not allow_data_change:
+        raise ConfigError(f"--resume: {changed} since the checkpoint in {latest}; resume with the original data, "
+                          "or pass --allow-data-change to continue on the new data")
+
+
+def _restore(out: Path, target: TrainTarget, optimizer: Any, scheduler: Any) -> tuple[int, float]:
+    """Load the latest checkpoint into the run; returns its step and the seconds trained before it."""
+    state = _latest_state(out)
+    try:
+        target.load_trainable_state(state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        return int(state["step"]), float(state.get("seconds", 0.0))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{state['folder']} does not fit this run ({exc}); delete it to resume from the "
+                              "checkpoint before it") from exc
+
+
+def _changed_data(recorded: Any, current: list[dict[str, Any]]) -> str:
+    """Which data file differs from the checkpoint's record ('' when none does)."""
+    if not isinstance(recorded, list):
+        return "the checkpoint records no data digests, so the data cannot be checked"
+    before = {entry.get("file"): entry.get("sha256") for entry in recorded if isinstance(entry, dict)}
+    for entry in current:
+        if entry["file"] not in before:
+            return f"the data file {entry['file']} was not part of the run"
+        if before[entry["file"]] != entry["sha256"]:
+            return f"the data file {entry['file']} changed (SHA-256 {entry['sha256'][:12]}, was " \
+                   f"{str(before[entry['file']])[:12]})"
+    gone = sorted(set(before) - {entry["file"] for entry in current})
+    return f"the data file {gone[0]} is no longer passed" if gone else ""
 
 
 class _TrainLog:
