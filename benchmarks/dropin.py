@@ -50,7 +50,8 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=DATA, help="the shared data folder")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--k", type=int, default=50)
-    parser.add_argument("--only", default="", help="comma-separated configuration names to run (default: all)")
+    parser.add_argument("--only", action="append", default=[],
+                        help="a configuration to run, repeatable (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS / "dropin")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -61,7 +62,10 @@ def main() -> int:
     rows = read_qa(args.data_dir / "squad" / "dev.jsonl")[: args.limit]
     corpus = args.data_dir / "corpus" / "combined.jsonl"
     configs = build_configs(corpus, args.out / "cache", args.k)
-    wanted = {name for name in args.only.split(",") if name}
+    wanted = set(args.only)
+    unknown = wanted - set(configs)
+    if unknown:
+        parser.error(f"unknown configuration(s) {sorted(unknown)}; choose from {sorted(configs)}")
     store = Predictions(args.out / "predictions.jsonl")
     results = []
     for name, answer in configs.items():
@@ -75,9 +79,12 @@ def main() -> int:
         results.append({"config": name, "questions": len(rows), "em": round(scores["em"], 1),
                         "f1": round(scores["f1"], 1), "seconds": round(time.perf_counter() - began, 1)})
         print(f"{name:<48} EM {results[-1]['em']:5.1f}  F1 {results[-1]['f1']:5.1f}", flush=True)
-    payload = {"setup": {"questions": len(rows), "k": args.k, "tokens": TOKENS, "passages": 2, "max_new_tokens": 16,
-                         "model": "smollm2-135m"}, "results": results}
-    (RESULTS / "dropin.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    path = RESULTS / "dropin.json"
+    previous = json.loads(path.read_text(encoding="utf-8"))["results"] if path.exists() else []
+    merged = {(r["config"], r["questions"]): r for r in [*previous, *results]}  # a rerun replaces its own rows
+    payload = {"setup": {"k": args.k, "tokens": TOKENS, "passages": 2, "max_new_tokens": 16, "model": "smollm2-135m"},
+               "results": list(merged.values())}
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     print_table(results)
     return 0
 

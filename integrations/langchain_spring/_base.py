@@ -218,10 +218,6 @@ class SpringParams(BaseModel):
             return custom(text)
         return list(self.spring.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def default_k(self) -> int:
-        """The block size prompts should carry for this model: ``k`` if set, else every loaded token (``n``)."""
-        return self.k if self.k is not None else self.spring.n
-
     # ----- requests ------------------------------------------------------------------------------------------
 
     def _call_settings(self, stop: Sequence[str] | None,

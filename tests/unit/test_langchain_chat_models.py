@@ -263,7 +263,6 @@ def test_models_loaded_by_name_share_weights_and_load_tokens_from_a_folder(tiny_
     second = ChatSpring(model=str(tiny_dir))
     assert first.spring.model is second.spring.model
     assert (first.spring.n, second.spring.n) == (8, 0)
-    assert first.default_k() == 8 and ChatSpring(model=str(tiny_dir), k=2).default_k() == 2
     chat_layout = ChatSpring(model=str(tiny_dir), model_kwargs={"layout": "chat"}).spring
     assert (chat_layout.layout, chat_layout.model) == ("chat", first.spring.model)
 
