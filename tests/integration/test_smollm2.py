@@ -156,7 +156,7 @@ def test_virtual_tokens_change_logits_only_after_the_block(smollm2, tokens50, ro
     sm = SpringModel(model, tokenizer, tokens50, layout="raw")
     row = rows[6]
     prompt = sm.prompt_parts(row["question"], short_passages(row), k=k)
-    parts = sm.parse(prompt)
+    parts = prompt
     assert parts.k == k
     ids = sm.encode(parts)
     start = ids.index(sm.vocab_rows)  # first virtual id ([r1])
