@@ -218,8 +218,14 @@ def load_model(
     model: Any = None,
     tokenizer: Any = None,
     trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` ready for inference; ``model=``/``tokenizer=`` objects are used as they are.
+
+    ``device`` (``"cuda"``, ``"cpu"``, ``None``/``"auto"``: CUDA when available) puts the whole model on one
+    device; ``device_map`` (e.g. ``"auto"``) lets accelerate spread it over the available GPUs instead, and wins
+    over ``device``. ``dtype`` (``"bfloat16"``, ``"float16"``, ``"float32"``, ``None``/``"auto"``: bf16 on CUDA,
+    fp32 on CPU) is the model's dtype; virtual-token tables are cast to it when spliced in.
 
     Nothing is downloaded unless ``name_or_path`` is a hub id that is not cached locally and the machine can
     reach the hub; with ``HF_HUB_OFFLINE=1`` the error says so instead.
@@ -233,10 +239,13 @@ def load_model(
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         if model is None:
-            target = resolve_device(device)
+            target = resolve_device("cuda" if device_map is not None and torch.cuda.is_available() else device)
+            placement = {"device_map": device_map} if device_map is not None else {}
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=resolve_dtype(dtype, target), trust_remote_code=trust_remote_code
-            ).to(target)
+                source, dtype=resolve_dtype(dtype, target), trust_remote_code=trust_remote_code, **placement
+            )
+            if device_map is None:
+                model = model.to(target)
             model.eval()
             # Manifests and error messages name the model by what the user asked for, not a cache path.
             model.config._name_or_path = display_name

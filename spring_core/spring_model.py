@@ -103,9 +103,15 @@ class SpringModel:
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, tokens: VirtualTokens | str | Path | None = None,
                         *, device: str | None = None, dtype: str | torch.dtype | None = None, model: Any = None,
-                        tokenizer: Any = None, layout: str | None = None) -> SpringModel:
-        """Load a base model (HF id, local folder, ``.gguf`` file or alias such as ``smollm2-135m``) with tokens."""
-        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, model=model, tokenizer=tokenizer)
+                        tokenizer: Any = None, layout: str | None = None,
+                        device_map: str | dict[str, Any] | None = None) -> SpringModel:
+        """Load a base model (HF id, local folder, ``.gguf`` file or alias such as ``smollm2-135m``) with tokens.
+
+        ``device="cuda"``, ``dtype="bfloat16"`` (or ``device_map="auto"``) run it on GPUs; the token table stays
+        float32 and is cast to the model's dtype and device when spliced in (see ``load_model``).
+        """
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, model=model, tokenizer=tokenizer,
+                                      device_map=device_map)
         return cls(model, tokenizer, tokens, layout=layout)
 
     def with_tokens(self, tokens: VirtualTokens | str | Path | None, *, layout: str | None = None) -> SpringModel:
