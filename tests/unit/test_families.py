@@ -6,6 +6,8 @@ the README's compatibility table from the outcomes). Init exactness records its 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import weights_digest
@@ -154,3 +156,28 @@ def test_prag_adapters_hook_the_familys_mlp_projections(family):
         again = model(input_ids=ids).logits
     assert not torch.allclose(adapted, base)
     assert torch.equal(again, base)
+
+
+@feature("SPRING+ (LoRA merged)")
+def test_spring_plus_tokens_on_a_merged_lora_load_back_end_to_end(family, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from spring_train.adapters import apply_peft_artifact, load_trained, save_peft_artifact
+
+    model, tokenizer = build(family)
+    base_dir = tmp_path / "base"
+    model.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=list(FAMILIES[family].mlp), init_lora_weights=False)
+    save_peft_artifact(get_peft_model(copy.deepcopy(model), config), tmp_path / "lora", method="lora")
+    merged = apply_peft_artifact(copy.deepcopy(model), tmp_path / "lora", merge=True)
+    target = SpringTarget(merged, tokenizer, VirtualTokens.from_text(merged, n=4, tokenizer=tokenizer),
+                          base_lora=tmp_path / "lora")
+    target.export(tmp_path / "plus")
+    loaded = load_trained(str(base_dir), tmp_path / "plus")
+    expected = target.spring.generate(QUESTION, PASSAGES, 4, max_new_tokens=5)
+    assert loaded.generate(QUESTION, PASSAGES, 4, max_new_tokens=5).text == expected.text
+    with torch.inference_mode():
+        prompt = loaded.build_prompt(QUESTION, PASSAGES, 0)
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        assert not torch.allclose(loaded.logits(prompt), model(input_ids=ids).logits)  # the LoRA is in there
