@@ -31,7 +31,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from spring_core.errors import InputError, MarkerError, ModelMismatchError
+from spring_core.errors import MarkerError, ModelMismatchError
 from spring_core.inputs import InputLayer
 from spring_core.models import DEFAULT_MODEL, load_model, model_display_name
 from spring_core.modes import MODES
@@ -96,11 +96,6 @@ class SpringModel:
         self.tokens: VirtualTokens | None = tokens
         self.layout = layout or (tokens.layout if tokens is not None else "raw")
         self.name = model_display_name(model)
-        if self.layout == "chat" and not getattr(tokenizer, "chat_template", None):
-            raise InputError(
-                f"the chat layout needs a tokenizer with a chat template, and {self.name!r} has none (a base model, "
-                "such as Gemma 3 270M); use layout='raw' (the paper's completion prompt), or tokens trained in it"
-            )
         self.inputs = InputLayer(model, tokenizer)
         self.vocab_rows = self.inputs.vocab_rows
         self.pad_token_id = self.inputs.pad_token_id  # None when the tokenizer has neither pad nor eos

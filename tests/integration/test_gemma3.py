@@ -13,8 +13,7 @@ import torch
 from conftest import weights_digest
 
 from spring_core import SpringModel, VirtualTokens
-from spring_core.errors import InputError
-from spring_core.prompts import build_prompt
+from spring_core.prompts import LayoutError, build_prompt
 from spring_train.batching import build_example, collate
 from spring_train.methods import SpringTarget
 
@@ -30,7 +29,7 @@ def test_gemma_without_tokens_is_bit_identical_to_plain_transformers(gemma3):
     model, tokenizer = gemma3
     sm = SpringModel(model, tokenizer)
     for question in QUESTIONS[:2]:
-        prompt = sm.build_prompt(question, PASSAGES)
+        prompt = sm.prompt_parts(question, PASSAGES).render()
         inputs = tokenizer(prompt, return_tensors="pt")
         assert inputs["input_ids"][0].tolist().count(tokenizer.bos_token_id) == 1
         with torch.inference_mode():
@@ -87,8 +86,9 @@ def test_the_raw_layout_end_to_end_on_the_hybrid_cache(gemma3):
 def test_the_chat_layout_is_refused_with_a_clear_error(gemma3):
     model, tokenizer = gemma3
     assert not tokenizer.chat_template
-    with pytest.raises(InputError, match="chat template.*layout='raw'"):
-        SpringModel(model, tokenizer, layout="chat")
+    sm = SpringModel(model, tokenizer, VirtualTokens.from_text(model, n=4, tokenizer=tokenizer), layout="chat")
+    with pytest.raises(LayoutError, match="no chat template.*'raw' layout"):
+        sm.generate(QUESTIONS[0], PASSAGES, k=4, max_new_tokens=2)
 
 
 def test_a_short_training_run_lowers_the_loss(gemma3):

@@ -30,7 +30,7 @@ def test_bf16_without_tokens_is_bit_identical_and_the_table_is_cast(bf16):
     tokens = VirtualTokens.from_text(model, n=4, tokenizer=tokenizer)
     assert tokens.weight.dtype == torch.float32
     sm = SpringModel(model, tokenizer, tokens)
-    prompt = sm.build_prompt(QUESTION, PASSAGES, 0)
+    prompt = sm.prompt_parts(QUESTION, PASSAGES, 0).render()
     with torch.inference_mode():
         assert torch.equal(sm.logits(prompt), model(input_ids=torch.tensor([tokenizer(prompt)["input_ids"]])).logits)
         embeds = sm.model_inputs([sm.encode(sm.prompt_parts(QUESTION, PASSAGES, 4))])["inputs_embeds"]

@@ -43,7 +43,7 @@ def spring(family: str, n: int = 4, seed: int = 0) -> SpringModel:
 def test_no_tokens_is_bit_identical_to_the_base_model(family):
     model, tokenizer = build(family)
     sm = spring(family)
-    prompt = sm.build_prompt(QUESTION, PASSAGES, 0)
+    prompt = sm.prompt_parts(QUESTION, PASSAGES, 0).render()
     with torch.inference_mode():
         expected = model(input_ids=torch.tensor([tokenizer(prompt)["input_ids"]])).logits
         assert torch.equal(sm.logits(prompt), expected)
@@ -178,6 +178,6 @@ def test_spring_plus_tokens_on_a_merged_lora_load_back_end_to_end(family, tmp_pa
     expected = target.spring.generate(QUESTION, PASSAGES, 4, max_new_tokens=5)
     assert loaded.generate(QUESTION, PASSAGES, 4, max_new_tokens=5).text == expected.text
     with torch.inference_mode():
-        prompt = loaded.build_prompt(QUESTION, PASSAGES, 0)
+        prompt = loaded.prompt_parts(QUESTION, PASSAGES, 0).render()
         ids = torch.tensor([tokenizer(prompt)["input_ids"]])
         assert not torch.allclose(loaded.logits(prompt), model(input_ids=ids).logits)  # the LoRA is in there

@@ -28,7 +28,7 @@ def test_bf16_cuda_inference_matches_the_base_and_reads_the_table(cuda_model):
     model.load_state_dict(cpu_model.state_dict())
     tokens = VirtualTokens.from_text(model, n=4, tokenizer=tokenizer)
     sm = SpringModel(model, tokenizer, tokens)
-    prompt = sm.build_prompt(QUESTION, PASSAGES, 0)
+    prompt = sm.prompt_parts(QUESTION, PASSAGES, 0).render()
     with torch.inference_mode():
         ids = torch.tensor([tokenizer(prompt)["input_ids"]], device="cuda")
         assert torch.equal(sm.logits(prompt), model(input_ids=ids).logits)
