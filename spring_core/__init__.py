@@ -9,6 +9,7 @@ Example:
 from spring_core.errors import (
     ArtifactError,
     DataError,
+    InputError,
     MarkerError,
     ModelLoadError,
     ModelMismatchError,
@@ -24,6 +25,7 @@ __all__ = [
     "DataError",
     "Generation",
     "GenerationStream",
+    "InputError",
     "MarkerError",
     "ModelLoadError",
     "ModelMismatchError",

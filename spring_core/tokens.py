@@ -1,7 +1,9 @@
 """VirtualTokens: the SPRING table of ``n`` trainable embeddings ``[r1]..[rn]`` for one base model.
 
 The table is an ``n x d`` float32 parameter that lives beside the base model; the model's vocabulary, input
-embeddings and lm_head are never touched. Any prefix ``[r1]..[rk]`` (k <= n) can be used at inference.
+embeddings and lm_head are never touched. Any prefix ``[r1]..[rk]`` (k <= n) can be used at inference. Its rows
+live in the embedding module's *output* space (``spring_core.inputs``): Gemma scales ``weight[ids]`` by
+``sqrt(hidden)`` inside the module, so every initialiser reads the module's output, never the raw ``.weight``.
 
 Example:
     >>> from spring_core import VirtualTokens
@@ -34,7 +36,8 @@ from spring_core.artifacts import (
     verified_file,
     write_artifact,
 )
-from spring_core.errors import ArtifactError
+from spring_core.errors import ArtifactError, InputError
+from spring_core.inputs import InputLayer
 from spring_core.models import load_model, model_display_name
 from spring_core.prompts import DEFAULT_INSTRUCTION, LAYOUTS, MARKER_TEMPLATE
 
@@ -94,30 +97,32 @@ class VirtualTokens(torch.nn.Module):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError("the initialisation text tokenizes to nothing; give a non-empty sentence")
-        table = _base_embedding(model)
-        rows = torch.tensor([ids[i % len(ids)] for i in range(n)], device=table.device)
-        weight = table[rows]
+        weight = InputLayer(model, tokenizer).token_embeddings([ids[i % len(ids)] for i in range(n)])
         return cls._new(weight, model, layout, {"method": "text", "text": text})
 
     @classmethod
     def from_vocab(cls, model: Any, n: int = 50, *, seed: int = 0, tokenizer: Any = None,
                    layout: str = "raw") -> VirtualTokens:
         """Init from ``n`` embeddings of vocabulary tokens drawn at random (with ``seed``)."""
-        model, _ = _model_and_tokenizer(model, tokenizer)
-        table = _base_embedding(model)
+        model, tokenizer = _model_and_tokenizer(model, tokenizer)
+        layer = InputLayer(model, tokenizer)
         generator = torch.Generator().manual_seed(seed)
-        rows = torch.randint(0, table.shape[0], (n,), generator=generator)
-        return cls._new(table[rows.to(table.device)], model, layout, {"method": "vocab", "seed": seed})
+        rows = torch.randint(0, layer.vocab_rows, (n,), generator=generator)
+        return cls._new(layer.token_embeddings(rows), model, layout,
+                        {"method": "vocab", "seed": seed})
 
     @classmethod
     def random(cls, model: Any, n: int = 50, *, seed: int = 0, tokenizer: Any = None,
                layout: str = "raw") -> VirtualTokens:
-        """Init from a normal distribution matched to the base embedding's mean and standard deviation."""
-        model, _ = _model_and_tokenizer(model, tokenizer)
-        table = _base_embedding(model).float()
+        """Init from a normal distribution matched to the mean and standard deviation of the embedding module's
+        output (the weight's statistics times the measured module/weight ratio)."""
+        model, tokenizer = _model_and_tokenizer(model, tokenizer)
+        layer = InputLayer(model, tokenizer)
+        table = layer.embedding.weight.detach().float()
+        scale = layer.embedding_scale()
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn(n, table.shape[1], generator=generator)
-        weight = noise * table.std().cpu() + table.mean().cpu()
+        weight = noise * (table.std().cpu() * scale) + table.mean().cpu() * scale
         return cls._new(weight, model, layout, {"method": "random", "seed": seed})
 
     @classmethod
@@ -134,10 +139,19 @@ class VirtualTokens(torch.nn.Module):
         return cls._new(start.weight, model, start.layout, {"method": "artifact", "source": Path(folder).name})
 
     @classmethod
-    def from_official_pt(cls, path: str | Path, model: Any, *, tokenizer: Any = None,
-                         layout: str = "raw") -> VirtualTokens:
-        """Import a ``.pt`` file of the official SPRING code (an ``[n, d]`` tensor for tokens ``[ref1]..``)."""
-        model, _ = _model_and_tokenizer(model, tokenizer)
+    def from_official_pt(cls, path: str | Path, model: Any, *, tokenizer: Any = None, layout: str = "raw",
+                         space: str = "weight") -> VirtualTokens:
+        """Import a ``.pt`` file of the official SPRING code (an ``[n, d]`` tensor for tokens ``[ref1]..``).
+
+        The official code adds its tokens as rows of the embedding *weight* (``space="weight"``), which the
+        embedding module then scales like any other row; they are mapped into the module's output space by the
+        measured module/weight ratio (1 for most families, ``sqrt(hidden)`` for Gemma), and a module whose ratio
+        is not one scalar is refused. ``space="output"``: the rows are already module outputs, used as they are.
+        """
+        if space not in ("weight", "output"):
+            raise ValueError(f"space must be 'weight' or 'output', got {space!r}")
+        model, tokenizer = _model_and_tokenizer(model, tokenizer)
+        layer = InputLayer(model, tokenizer)
         path = Path(path)
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -152,14 +166,21 @@ class VirtualTokens(torch.nn.Module):
             loaded = tensors[0]
         if not isinstance(loaded, torch.Tensor) or loaded.ndim != 2:
             raise ArtifactError(f"{path} must hold one [n, d] tensor, got {getattr(loaded, 'shape', type(loaded))}")
-        hidden = _base_embedding(model).shape[1]
+        hidden = layer.width
         if loaded.shape[1] != hidden:
             raise ArtifactError(
                 f"{path} holds {loaded.shape[1]}-dimensional tokens but {model_display_name(model)!r} has "
-                f"hidden size {hidden}; import it into the model it was trained for"
+                f"hidden size {hidden} (the width of its input embedding); import it into the model it was trained for"
             )
         _check_finite(loaded, path)
-        return cls._new(loaded, model, layout, {"method": "official-spring-pt", "source": path.name})
+        scale = 1.0
+        if space == "weight":
+            try:
+                scale = layer.embedding_scale()
+            except InputError as exc:
+                raise ArtifactError(f"cannot import {path} into {model_display_name(model)!r}: {exc}") from exc
+        rows = loaded.float() * scale if scale != 1.0 else loaded
+        return cls._new(rows, model, layout, {"method": "official-spring-pt", "source": path.name})
 
     @classmethod
     def _new(cls, weight: torch.Tensor, model: Any, layout: str, init: dict[str, Any]) -> VirtualTokens:
@@ -242,23 +263,16 @@ class VirtualTokens(torch.nn.Module):
         tokens = cls(weight, manifest)
         if model is not None:
             tokens.check_compatible(model, str(folder))
-            _warn_if_far_outside(weight, _base_embedding(model), path)
+            _warn_if_far_outside(weight, _embedding_largest(model), path)
         return tokens
 
 
 def _model_and_tokenizer(model: Any, tokenizer: Any) -> tuple[Any, Any]:
-    """Accept a model alias/path (loaded here), a model object, or anything with ``.model``/``.tokenizer``."""
-    from spring_core.spring_model import SpringModel  # spring_model imports this module
-
     if isinstance(model, (str, Path)):
         return load_model(str(model), tokenizer=tokenizer)
-    if isinstance(model, SpringModel):
-        return model.model, tokenizer or model.tokenizer
+    if not isinstance(model, torch.nn.Module) and hasattr(model, "model") and hasattr(model, "tokenizer"):
+        return model.model, tokenizer or model.tokenizer  # a SpringModel, or anything that pairs the two
     return model, tokenizer
-
-
-def _base_embedding(model: Any) -> torch.Tensor:
-    return model.get_input_embeddings().weight.detach()
 
 
 def _check_finite(weight: torch.Tensor, where: Path | str) -> None:
@@ -305,8 +319,18 @@ def _check_values(weight: torch.Tensor, where: Path) -> None:
                             f"{MAX_ABS_VALUE:g}); the table is damaged — retrain or copy the artifact again")
 
 
-def _warn_if_far_outside(weight: torch.Tensor, base: torch.Tensor, where: Path) -> None:
-    base_largest = float(base.detach().abs().max())
+def _embedding_largest(model: Any) -> float:
+    """The largest magnitude the embedding module outputs (its weight's, times the measured module/weight ratio:
+    the tables live in the module's output space, e.g. ``sqrt(hidden)`` times the weight on Gemma)."""
+    layer = InputLayer(model, None)
+    try:
+        scale = layer.embedding_scale()
+    except InputError:
+        scale = 1.0
+    return float(layer.embedding.weight.detach().abs().max()) * abs(scale)
+
+
+def _warn_if_far_outside(weight: torch.Tensor, base_largest: float, where: Path) -> None:
     largest = float(weight.abs().max())
     if base_largest > 0 and largest > FAR_OUTSIDE * base_largest:
         warnings.warn(f"{where}: the virtual tokens reach {largest:.3g}, over {FAR_OUTSIDE:g}x the base embedding's "

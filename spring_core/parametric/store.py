@@ -52,6 +52,54 @@ INDEX_PREFIX = "index-"
 SHARD_DIR = "shards"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_TARGETS = ("gate_proj", "up_proj", "down_proj")
+"""The MLP projections of the Llama family (Llama, Qwen, Mistral, Gemma, SmolLM); see ``mlp_targets``."""
+MLP_TARGETS: dict[str, tuple[str, ...]] = {
+    **{family: DEFAULT_TARGETS for family in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
+                                              "gemma3", "gemma3_text", "smollm3", "granite", "olmo", "olmo2")},
+    "phi3": ("gate_up_proj", "down_proj"),  # gate and up fused in one Linear
+    "gpt2": ("mlp.c_fc", "mlp.c_proj"),  # Conv1D; attn.c_proj shares the leaf name, hence the "mlp." suffix
+    "opt": ("fc1", "fc2"),
+    "gpt_neox": ("dense_h_to_4h", "dense_4h_to_h"),
+    "bloom": ("dense_h_to_4h", "dense_4h_to_h"),
+    "falcon": ("dense_h_to_4h", "dense_4h_to_h"),
+    "gptj": ("fc_in", "fc_out"),
+}
+"""PRAG's targets (the feed-forward projections) per ``config.model_type``."""
+
+
+def mlp_targets(model: Any) -> tuple[str, ...]:
+    """The feed-forward (MLP) projection names of ``model``'s architecture, e.g. ``("mlp.c_fc", "mlp.c_proj")``
+    for GPT-2; an unknown architecture falls back to the Linear/Conv1D modules under a ``.mlp.`` block.
+
+    Example:
+        >>> mlp_targets(model)                                  # doctest: +SKIP
+        ('gate_proj', 'up_proj', 'down_proj')
+    """
+    model_type = str(getattr(getattr(model, "config", None), "model_type", "") or "")
+    if model_type in MLP_TARGETS:
+        return MLP_TARGETS[model_type]
+    found = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                    if _linear_shape(module) is not None and ".mlp." in f".{name}"})
+    if not found:
+        raise ArtifactError(
+            f"spring-rag does not know the MLP module names of the {model_type or type(model).__name__!r} "
+            "architecture and found no Linear layer under an '.mlp.' block; pass targets= (the names of its "
+            "feed-forward projections)"
+        )
+    return tuple(found)
+
+
+def _linear_shape(module: torch.nn.Module) -> tuple[int, int] | None:
+    """``(out, in)`` of a ``torch.nn.Linear`` or a transformers ``Conv1D`` (GPT-2's, weight ``[in, out]``)."""
+    if isinstance(module, torch.nn.Linear):
+        return int(module.out_features), int(module.in_features)
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return int(module.nf), int(module.weight.shape[0])
+    return None
+
+
+def _matches(name: str, targets: Sequence[str]) -> bool:
+    return any(name == target or name.endswith(f".{target}") for target in targets)
 
 
 class UnknownDocumentError(ArtifactError, KeyError):
@@ -84,14 +132,17 @@ class LoraSpec:
         return self.alpha / self.rank
 
     @classmethod
-    def for_model(cls, model: Any, *, rank: int = 2, alpha: float = 32, targets: Sequence[str] = DEFAULT_TARGETS,
+    def for_model(cls, model: Any, *, rank: int = 2, alpha: float = 32, targets: Sequence[str] | None = None,
                   dtype: str = "float32") -> LoraSpec:
-        """The spec for every ``torch.nn.Linear`` of ``model`` whose name ends in one of ``targets``."""
-        modules = {name: (int(module.out_features), int(module.in_features))
-                   for name, module in model.named_modules()
-                   if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets}
+        """The spec for every Linear (or GPT-2 Conv1D) of ``model`` whose name ends in one of ``targets``
+        (a leaf name such as ``up_proj`` or a dotted suffix such as ``mlp.c_proj``); ``None`` or empty: the
+        architecture's MLP projections (``mlp_targets``)."""
+        targets = tuple(targets or ()) or mlp_targets(model)
+        modules = {name: shape for name, module in model.named_modules()
+                   if (shape := _linear_shape(module)) is not None and _matches(name, targets)}
         if not modules:
-            raise ArtifactError(f"the model has no Linear module named {', '.join(targets)}; pick other targets")
+            raise ArtifactError(f"the model has no Linear module named {', '.join(targets)}; pick other targets "
+                                f"(its MLP projections are {', '.join(mlp_targets(model))})")
         return cls(rank=rank, alpha=alpha, modules=modules, dtype=dtype)
 
     def __post_init__(self) -> None:

@@ -228,7 +228,7 @@ def test_a_candidate_ending_in_eos_is_scored_with_its_eos(plain, monkeypatch):
     prompts = [prompt_ids(plain, p, 0) for p in PASSAGES[:2]]
     first_id = rag_token(plain, QUESTION, PASSAGES[:1], [0.0], max_new_tokens=1).token_ids
     assert first_id != rag_token(plain, QUESTION, PASSAGES[1:2], [0.0], max_new_tokens=1).token_ids
-    monkeypatch.setattr(plain, "_eos_ids", lambda: {first_id[0]})  # passage 0 now stops after its first token
+    monkeypatch.setattr(plain, "eos_ids", lambda: {first_id[0]})  # passage 0 now stops after its first token
     out = rag_sequence(plain, QUESTION, PASSAGES[:2], [5.0, 0.0], max_new_tokens=4)
     assert out.token_ids == first_id and out.finish_reason == "stop"
     log_w = torch.log(passage_weights([5.0, 0.0])).double()
@@ -309,3 +309,14 @@ def test_generate_mode_dispatches_to_marginal_decoding(tiny):
         sm.generate(question, [passage], mode="rag-everything")
     with pytest.raises(ValueError, match="only rag-token samples"):
         sm.generate(question, [passage], mode="rag-sequence", temperature=0.7)
+
+
+@pytest.mark.parametrize("mode", ["rag-token", "rag-sequence", "rag-sequence-fast"])
+def test_marginal_modes_stop_at_a_stop_string_and_count_tokens_like_concat(sm_k, mode):
+    sm, k = sm_k
+    ids = rag_token(sm, QUESTION, PASSAGES[:1], [0.0], k=k, max_new_tokens=8).token_ids
+    stop = next(text for token in ids[2:] if (text := sm.tokenizer.decode([token])).strip())
+    concat = sm.generate(QUESTION, PASSAGES[:1], k, max_new_tokens=8, stop=[stop])
+    out = sm.generate(QUESTION, PASSAGES[:1], k, max_new_tokens=8, stop=[stop], mode=mode)
+    assert (out.text, out.usage, out.finish_reason) == (concat.text, concat.usage, concat.finish_reason)
+    assert out.finish_reason == "stop" and stop not in out.text and out.usage.completion_tokens < len(ids)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from spring_core.inputs import left_pad
 from spring_core.spring_model import SpringModel
 from spring_core.templates import RagTemplate, render_template
 
@@ -56,7 +57,7 @@ def answer_ids(tokenizer: Any, answer: str, layout: str, max_tokens: int) -> lis
     """The target: the answer (after a space in the raw layout, which ends with ``Answer:``) and end-of-sequence."""
     text = f" {answer.strip()}" if layout == "raw" else answer.strip()
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])[:max_tokens]
-    return ids + [tokenizer.eos_token_id]
+    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
 
 
 def build_example(sm: SpringModel, *, question: str, passages: Sequence[Any], answer: str, k: int,
@@ -73,17 +74,17 @@ def build_example(sm: SpringModel, *, question: str, passages: Sequence[Any], an
     return Example(sm.encode(parts) + target, len(target))
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> Batch:
-    """Left-pad to the longest sequence; labels cover the last ``max answer length`` positions."""
-    width = max(len(e.input_ids) for e in examples)
+def collate(examples: Sequence[Example], pad_id: int | None) -> Batch:
+    """Left-pad to the longest sequence; labels cover the last ``max answer length`` positions.
+
+    ``pad_id`` may be ``None`` (a model with neither pad nor eos) only when every sequence has the same length;
+    otherwise ``InputError`` says how to give the tokenizer a pad token.
+    """
+    input_ids, attention_mask = left_pad([e.input_ids for e in examples], pad_id)
     answer_width = max(e.answer_length for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
     labels = torch.full((len(examples), answer_width), IGNORE, dtype=torch.long)
     for row, example in enumerate(examples):
         ids = torch.tensor(example.input_ids, dtype=torch.long)
-        input_ids[row, width - len(ids):] = ids
-        attention_mask[row, width - len(ids):] = 1
         labels[row, answer_width - example.answer_length:] = ids[len(ids) - example.answer_length:]
     return Batch(input_ids, attention_mask, labels)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from spring_core.inputs import position_ids
 from spring_core.spring_model import SpringModel
 from spring_core.tokens import VirtualTokens
 from spring_train.adapters import SPRING_PLUS_LORA, adapter_sha256, apply_peft_artifact, save_peft_artifact
@@ -65,8 +66,10 @@ class SpringTarget(TrainTarget):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         embeds = self.spring.embed(input_ids)
+        # Left padding: positions follow the mask, so a row's loss never depends on its batch mates (GPT-2 and
+        # other absolute-position models would otherwise train the tokens at shifted positions).
         logits = self.model(inputs_embeds=embeds, attention_mask=attention_mask,
-                            logits_to_keep=labels.shape[1] + 1).logits
+                            position_ids=position_ids(attention_mask), logits_to_keep=labels.shape[1] + 1).logits
         return answer_loss_sum(logits, labels)
 
     def export(self, folder: Path, **manifest_fields: Any) -> Path:
@@ -89,8 +92,10 @@ class PeftTarget(TrainTarget):
                 raise AssertionError(f"base parameter {name} would be trained by {method}")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                            logits_to_keep=labels.shape[1] + 1).logits
+        positions = {"position_ids": position_ids(attention_mask)} if self.method == "lora" else {}  # peft's
+        # prompt learning ignores position ids with a warning
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=labels.shape[1] + 1,
+                            **positions).logits
         return answer_loss_sum(logits, labels)
 
     def export(self, folder: Path, **manifest_fields: Any) -> Path:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from spring_core.data import MAX_LINE_BYTES
 from spring_core.errors import SpringError
 from spring_core.models import DEFAULT_MODEL
+from spring_core.parametric.store import mlp_targets
 
 if TYPE_CHECKING:
     from spring_core.spring_model import SpringModel
@@ -186,6 +187,7 @@ def _run_poly(args: argparse.Namespace, sm: SpringModel, augmented: dict[str, di
             raise SpringError(f"{out} already holds experts; pass --add to route new documents through them, or "
                               "pick a new --out")
         poly, report = encoders.train_poly(sm, augmented, settings, show_progress=not args.quiet)
-        manifest = {"encoding": {"method": "poly", "settings": {**asdict(settings), "targets": list(settings.targets)}}}
+        targets = list(settings.targets or mlp_targets(sm.model))
+        manifest = {"encoding": {"method": "poly", "settings": {**asdict(settings), "targets": targets}}}
     poly.save(out, base_model_name=args.model, encoding=manifest.get("encoding"))
     return report

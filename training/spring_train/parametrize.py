@@ -31,7 +31,7 @@ import torch
 
 from spring_core.errors import SpringError
 from spring_core.parametric import AdapterStore, LoraSpec, active_update, install_hooks
-from spring_core.parametric.store import DEFAULT_TARGETS
+from spring_core.parametric.store import mlp_targets
 from spring_core.spring_model import SpringModel
 from spring_train.batching import Example, answer_ids, answer_loss_sum, collate
 from spring_train.methods import freeze
@@ -43,7 +43,7 @@ class PragSettings:
 
     rank: int = 2
     alpha: float = 32.0
-    targets: tuple[str, ...] = DEFAULT_TARGETS
+    targets: tuple[str, ...] = ()  # empty: the architecture's MLP projections (mlp_targets)
     lr: float = 3e-4
     epochs: int = 1
     docs_per_batch: int = 8
@@ -137,11 +137,11 @@ def parametrize(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], sto
     if (store_folder / "spring.json").exists():
         store = AdapterStore.open(store_folder, model=model, model_name=model_name)
         recorded = store.manifest.get("encoding", {}).get("settings")
-        if store.spec != spec or recorded != _recorded(settings):
+        if store.spec != spec or recorded != _recorded(settings, model):
             raise SpringError(f"{store_folder} was encoded with other settings ({recorded}); use a new --out folder")
     else:
         store = AdapterStore.create(store_folder, model, spec, base_model_name=model_name,
-                                    encoding={"method": "prag", "settings": _recorded(settings)})
+                                    encoding={"method": "prag", "settings": _recorded(settings, model)})
     docs, report = _usable(augmented)
     todo = [(doc_id, document_examples(sm, row, settings.max_answer_tokens)) for doc_id, row in docs
             if doc_id not in store]
@@ -202,9 +202,9 @@ def _groups(todo: Sequence[tuple[str, list[Example]]], size: int) -> list[list[t
     return [docs[i:i + size] for _, docs in sorted(by_count.items()) for i in range(0, len(docs), size)]
 
 
-def _recorded(settings: PragSettings) -> dict[str, Any]:
-    """The settings that shape an adapter (how many documents share a batch does not)."""
-    recorded = {**asdict(settings), "targets": list(settings.targets)}
+def _recorded(settings: PragSettings, model: Any) -> dict[str, Any]:
+    """The settings that shape an adapter (how many documents share a batch does not), targets resolved."""
+    recorded = {**asdict(settings), "targets": list(settings.targets or mlp_targets(model))}
     recorded.pop("docs_per_batch")
     return recorded
 
@@ -226,7 +226,7 @@ class PolySettings:
     top_experts: int = 4
     rank: int = 2
     alpha: float = 32.0
-    targets: tuple[str, ...] = DEFAULT_TARGETS
+    targets: tuple[str, ...] = ()  # empty: the architecture's MLP projections (mlp_targets)
     lr: float = 3e-4
     routing_lr: float = 1e-2
     epochs: int = 2
