@@ -106,3 +106,27 @@ def test_a_short_training_run_lowers_the_loss(gemma3):
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
+
+
+def test_one_llama_index_and_one_langchain_rag_call_get_the_block_on_gemma(gemma3, tmp_path):
+    from langchain_core.runnables import RunnablePassthrough
+    from llama_index.core import PromptTemplate
+    from llama_index.llms.spring import SpringLLM as LlamaSpringLLM
+
+    from langchain_spring import SPRING_RAG_PROMPT, SpringLLM, SpringRetriever, format_docs
+    from spring_core.retrieval import create_store
+
+    sm = SpringModel(*gemma3, VirtualTokens.from_text(gemma3[0], n=8, tokenizer=gemma3[1], text=SENTENCE))
+    template = PromptTemplate("{context_str}\nQuery: {query_str}\nAnswer:")
+    llm = LlamaSpringLLM(spring_model=sm, max_new_tokens=6)
+    parts = llm.rag_prompt(template, context_str=PASSAGES[0], query_str=QUESTIONS[0])
+    assert parts.k == 8 and parts.after.startswith("Query:")
+    answer = llm.predict(template, context_str=PASSAGES[0], query_str=QUESTIONS[0])
+    assert answer == sm.generate_from_prompt(parts, max_new_tokens=6).text
+
+    create_store(tmp_path / "s", "bm25").add([{"id": str(i), "title": "", "text": p} for i, p in enumerate(PASSAGES)])
+    retriever = SpringRetriever(store=str(tmp_path / "s"), k=1)
+    chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | SPRING_RAG_PROMPT | SpringLLM(
+        spring_model=sm, max_tokens=6)
+    expected = sm.generate(QUESTIONS[1], [PASSAGES[1]], 8, max_new_tokens=6).text
+    assert chain.invoke(QUESTIONS[1]) == expected
