@@ -115,6 +115,7 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
 
     model, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=torch.float32)
     target = build_target(config, model, tokenizer)
+    target.to(accelerator.device)  # e.g. --init-tokens read onto the CPU (accelerator.prepare placed it before)
     # What turns rows into ids: for SPRING the target's own SpringModel, which reads its trainable table.
     encoder = target.spring if config.trains_tokens else SpringModel(target.model, tokenizer, layout=config.layout)
     _preflight(sources, encoder, config, getattr(model.config, "max_position_embeddings", None))
@@ -127,7 +128,7 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
     start_step, seconds_before = _restore(out, target, optimizer, scheduler) if resume else (0, 0.0)
     # The target is not wrapped in DistributedDataParallel: DDP averages per-process means (wrong weights when the
     # processes' slices hold different numbers of answer tokens) and hangs when a process gets no example (a global
-    # batch smaller than the process count). _sum_across_processes below does the exact reduction instead.
+    # batch smaller than the process count). _sum_gradients below does the exact reduction instead.
     optimizer = accelerator.prepare(optimizer)
     _same_start_everywhere(accelerator, trainable)
     log = _TrainLog(out / LOG_FILE, keep_until=start_step) if accelerator.is_main_process else None
