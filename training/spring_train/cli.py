@@ -355,8 +355,11 @@ def _run(args: argparse.Namespace) -> int:
         config = TrainConfig(**{key: value for key, value in vars(args).items() if key in fields})
         result = train(config, resume=args.resume, show_progress=not args.quiet,
                        allow_data_change=args.allow_data_change)
-        print(f"wrote {result.artifact}: {result.steps} steps in {result.seconds:.0f} s, final loss "
-              f"{result.final_loss:.4f}, {result.trainable_parameters:,} trained parameters")
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:  # under `accelerate launch`, one line for the run, not one per process
+            print(f"wrote {result.artifact}: {result.steps} steps in {result.seconds:.0f} s, final loss "
+                  f"{result.final_loss:.4f}, {result.trainable_parameters:,} trained parameters")
     elif args.command == "eval":
         _run_eval(args)
     elif args.command == "augment":

@@ -2,7 +2,10 @@
 
 The same code runs on a CPU, on one GPU and under ``accelerate launch`` on many. Each optimizer step reads a
 global batch from the seeded epoch plan, draws ``k`` (scalable training), splits the batch into micro-batches
-(gradient accumulation), and logs loss, tokens/s and the learning rate. Checkpoints hold only the trained
+(gradient accumulation), and logs loss, tokens/s and the learning rate. With N processes each takes every N-th
+example of the global batch; the summed answer loss is divided by the answer tokens of the whole global batch and
+the gradients are summed across processes, so N processes give the step one process gives (up to float rounding).
+Only the main process writes the log, the checkpoints and the artifact. Checkpoints hold only the trained
 parameters plus optimizer, scheduler and RNG state, as safetensors + JSON (never a pickle, so loading one runs no
 code), with the data files' SHA-256; they are written atomically, and ``resume=True`` continues exactly where the
 last one stopped, on the same data. Ctrl-C saves a checkpoint and stops cleanly.
@@ -94,12 +97,14 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
     # Autocast is applied here rather than through Accelerator(mixed_precision=...), whose process-wide state
     # cannot change between two runs in one process.
     accelerator = Accelerator()
+    _check_launch(accelerator)
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=mixed == "bf16")
     _seed_everything(config.seed)
 
     sources = load_sources(config.data)
-    retriever = open_retriever(corpus=config.corpus, store=config.store, backend=config.retriever,
-                               cache_dir=out / CACHE)
+    with accelerator.main_process_first():  # the main process builds the store in OUT/cache, the others read it
+        retriever = open_retriever(corpus=config.corpus, store=config.store, backend=config.retriever,
+                                   cache_dir=out / CACHE)
     if retriever is not None:
         attach_retrieved(sources, retriever, config.max_passages)
     require_passages(sources)
@@ -110,6 +115,7 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
 
     model, tokenizer = load_model(config.model, device=str(accelerator.device), dtype=torch.float32)
     target = build_target(config, model, tokenizer)
+    target.to(accelerator.device)  # e.g. --init-tokens read onto the CPU (accelerator.prepare placed it before)
     # What turns rows into ids: for SPRING the target's own SpringModel, which reads its trainable table.
     encoder = target.spring if config.trains_tokens else SpringModel(target.model, tokenizer, layout=config.layout)
     _preflight(sources, encoder, config, getattr(model.config, "max_position_embeddings", None))
@@ -120,8 +126,12 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear(config.warmup_ratio, total_steps))
 
     start_step, seconds_before = _restore(out, target, optimizer, scheduler) if resume else (0, 0.0)
-    module, optimizer = accelerator.prepare(target, optimizer)
-    log = _TrainLog(out / LOG_FILE, keep_until=start_step)
+    # The target is not wrapped in DistributedDataParallel: DDP averages per-process means (wrong weights when the
+    # processes' slices hold different numbers of answer tokens) and hangs when a process gets no example (a global
+    # batch smaller than the process count). _sum_gradients below does the exact reduction instead.
+    optimizer = accelerator.prepare(optimizer)
+    _same_start_everywhere(accelerator, trainable)
+    log = _TrainLog(out / LOG_FILE, keep_until=start_step) if accelerator.is_main_process else None
     progress = _progress(total_steps, start_step, show_progress and accelerator.is_local_main_process)
     accelerator.print(f"training {config.method}: {target.trainable_count():,} trainable parameters, "
                       f"{plan.size:,} examples per epoch, {total_steps:,} steps of {config.batch_size}, "
@@ -137,25 +147,29 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
             mine = sorted(batch[accelerator.process_index::accelerator.num_processes], key=lambda e: len(e.input_ids))
             micro = config.micro_batch_size
             chunks = [collate(mine[i:i + micro], encoder.pad_token_id) for i in range(0, len(mine), micro)]
-            answer_tokens = max(sum(c.answer_tokens for c in chunks), 1)
+            # The loss is the mean over the answer tokens of the whole global batch, whichever process holds them.
+            answer_tokens, tokens = _sum_across_processes(
+                accelerator, [sum(c.answer_tokens for c in chunks), sum(c.real_tokens for c in chunks)])
+            answer_tokens = max(answer_tokens, 1)
             loss_total = 0.0
-            for index, chunk in enumerate(chunks):
-                sync = index == len(chunks) - 1
-                with (contextlib.nullcontext() if sync else accelerator.no_sync(module)), autocast:
+            for chunk in chunks:
+                with autocast:
                     chunk = chunk.to(accelerator.device)
-                    loss = module(chunk.input_ids, chunk.attention_mask, chunk.labels) / answer_tokens
+                    loss = target(chunk.input_ids, chunk.attention_mask, chunk.labels) / answer_tokens
                 accelerator.backward(loss)
                 loss_total += float(loss.detach())
+            if accelerator.num_processes > 1:
+                _sum_gradients(accelerator, trainable)
+                (loss_total,) = _sum_across_processes(accelerator, [loss_total])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             last_loss, completed = loss_total, step + 1
             seconds = time.perf_counter() - step_started
-            tokens = sum(c.real_tokens for c in chunks)
             record = {"step": completed, "epoch": round(completed / steps_per_epoch, 4), "loss": round(last_loss, 5),
                       "k": k if config.trains_tokens else None, "lr": scheduler.get_last_lr()[0],
                       "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 3)}
-            if accelerator.is_main_process:
+            if log is not None:
                 log.write(record)
             progress.update(1)
             progress.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", k=k)
@@ -203,6 +217,48 @@ def _check_output_folder(out: Path, resume: bool) -> None:
     if foreign:
         raise ConfigError(f"{out} already holds {', '.join(foreign[:3])}, which no training run wrote; choose another "
                           "--out (nothing was overwritten)")
+
+
+def _check_launch(accelerator: Any) -> None:
+    """Refuse launches in which the processes would not train one run together."""
+    from accelerate.utils import DistributedType
+
+    launched = os.environ.get("WORLD_SIZE", "1")
+    if launched.isdigit() and int(launched) != accelerator.num_processes:
+        raise ConfigError(
+            f"launched as {launched} processes, but Accelerate set up {accelerator.num_processes} "
+            f"({accelerator.distributed_type.value}): each would train alone and write the same --out. Without a "
+            "GPU, set ACCELERATE_USE_CPU=1 for `accelerate launch --multi_gpu` or torchrun")
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM):
+        raise ConfigError(f"{accelerator.distributed_type.value} is not supported: the trainer runs plain data "
+                          "parallel (the trained parameters are small); launch without DeepSpeed, FSDP or Megatron")
+
+
+def _sum_across_processes(accelerator: Any, values: list[Any]) -> list[Any]:
+    """Each value summed over all processes (the values themselves in a single process)."""
+    if accelerator.num_processes == 1:
+        return list(values)
+    total = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), reduction="sum")
+    return [round(x) if isinstance(v, int) else x for v, x in zip(values, total.tolist(), strict=True)]
+
+
+def _sum_gradients(accelerator: Any, params: list[torch.Tensor]) -> None:
+    """Replace every gradient by its sum over the processes (one all-reduce); a process without examples adds 0."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    total = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
+    for param, part in zip(params, total.split([p.numel() for p in params]), strict=True):
+        param.grad = part.view_as(param)
+
+
+def _same_start_everywhere(accelerator: Any, params: list[torch.Tensor]) -> None:
+    """Every process starts from the main process's trained parameters (as DDP would broadcast them)."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import broadcast
+
+    with torch.no_grad():
+        for param in params:
+            param.copy_(broadcast(param.detach().clone(), from_process=0))
 
 
 def _seed_everything(seed: int) -> None:
