@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from spring_core.parametric.online import ParametricDocument, activated, check_parametric_mode, plan_call
+from spring_core.parametric.online import ParametricDocument, activated, plan_call
 from spring_core.prompts import PromptParts
 from spring_core.spring_model import Generation, GenerationStream, SpringModel
 
@@ -88,7 +88,6 @@ class Engine:
         return [self.generate(request) for request in requests]
 
     def _plan(self, request: Request) -> tuple[str, Any]:
-        check_parametric_mode(request.parametric_mode, self.adapters)
         call = plan_call(self.adapters, list(request.documents or []), mode=request.parametric_mode, k=request.k,
                          missing=request.missing_adapter)
         return str(request.question), call

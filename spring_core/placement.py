@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from spring_core.prompts import BlockAt
@@ -67,6 +67,30 @@ def place_block(texts: Sequence[str], context: Sequence[Span], questions: Sequen
     if question.message == end.message:
         line_start = max(line_start, end.end)
     return Placement(BlockAt(question.message, line_start))
+
+
+def fill_placeholders(text: str, placeholders: Mapping[str, str],
+                      values: Mapping[str, object]) -> tuple[str, list[tuple[str, int, int]]]:
+    """``text`` with each variable's placeholder (``placeholders[name]``, e.g. ``"{context}"`` or a sentinel)
+    replaced by ``str(values[name])``, and ``(name, start, end)`` of where each value landed. The values are
+    inserted, never searched, so whatever they hold cannot move a span.
+
+    Example:
+        >>> fill_placeholders("{c}\\nQ: {q}", {"c": "{c}", "q": "{q}"}, {"c": "ctx", "q": "why?"})
+        ('ctx\\nQ: why?', [('c', 0, 3), ('q', 7, 11)])
+    """
+    by_placeholder = {placeholder: name for name, placeholder in placeholders.items()}
+    out, spans, rest = "", [], text
+    while True:
+        hits = [(rest.find(p), p) for p in by_placeholder if p in rest]
+        if not hits:
+            return out + rest, spans
+        at, placeholder = min(hits)
+        name = by_placeholder[placeholder]
+        out += rest[:at]
+        spans.append((name, len(out), len(out) + len(str(values[name]))))
+        out += str(values[name])
+        rest = rest[at + len(placeholder):]
 
 
 def _after_context(text: str, end: Span) -> BlockAt:

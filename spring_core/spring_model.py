@@ -181,8 +181,6 @@ class SpringModel:
         """The ids that end a generation (the model's generation config first, else the tokenizer's eos)."""
         return set(self.inputs.eos_token_ids())
 
-    _eos_ids = eos_ids  # the name older code used
-
     def _table(self) -> torch.Tensor | None:
         return None if self.tokens is None else self.tokens.weight
 

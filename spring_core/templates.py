@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spring_core.placement import Span, place_block
+from spring_core.placement import Span, fill_placeholders, place_block
 from spring_core.prompts import Passage, PromptParts, format_passages, render_chat, spring_template
 
 
@@ -75,7 +75,7 @@ def render_template(template: RagTemplate, question: str, passages: Sequence[Pas
     values = {"context": format_passages(passages), "question": question}
     texts, context, questions = [], [], []
     for index, (_, text) in enumerate(template.turns):
-        filled, spans = _fill(text, values)
+        filled, spans = fill_placeholders(text, {name: "{" + name + "}" for name in values}, values)
         texts.append(filled)
         context += [Span(index, a, b) for name, a, b in spans if name == "context"]
         questions += [Span(index, a, b) for name, a, b in spans if name == "question"]
@@ -88,17 +88,3 @@ def render_template(template: RagTemplate, question: str, passages: Sequence[Pas
         return PromptParts(text)
     return PromptParts(text[:placement.at.offset], k, text[placement.at.offset:])
 
-
-def _fill(text: str, values: dict[str, str]) -> tuple[str, list[tuple[str, int, int]]]:
-    """``text`` with ``{name}`` replaced by ``values[name]``, and where each value landed."""
-    out, spans, rest = "", [], text
-    while rest:
-        hits = [(rest.find("{" + name + "}"), name) for name in values if "{" + name + "}" in rest]
-        if not hits:
-            return out + rest, spans
-        at, name = min(hits)
-        out += rest[:at]
-        spans.append((name, len(out), len(out) + len(values[name])))
-        out += values[name]
-        rest = rest[at + len(name) + 2:]
-    return out, spans

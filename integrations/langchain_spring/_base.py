@@ -257,9 +257,9 @@ class SpringParams(BaseModel):
                        settings=settings)
 
     def _placement(self, texts: Sequence[str], roles: Sequence[str], run_id: UUID | None,
-                   kwargs: Mapping[str, Any]) -> tuple[Placement | None, int]:
-        """Where the block goes in these messages and how many tokens it holds (``None``/0: not a RAG call)."""
-        _, k = self._call_settings(None, kwargs)
+                   k: int | None) -> tuple[Placement | None, int]:
+        """Where the block goes in these messages and how many tokens it holds (``None``/0: not a RAG call);
+        ``k`` is the call's (``None``: all ``n``)."""
         k = self.spring.check_k(self.spring.n if k is None else k)
         if k == 0:
             return None, 0

@@ -142,8 +142,8 @@ class ChatSpring(SpringParams, BaseChatModel):
                 )
             return self._documents_request(turns[0]["content"], stop, kwargs)
         run_id = getattr(run_manager, "run_id", None) or TRACKER.run_for(messages)
-        placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, kwargs)
-        settings, _ = self._call_settings(stop, kwargs)
+        settings, k = self._call_settings(stop, kwargs)
+        placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, k)
         return Request(prompt=render_messages(turns, self.spring.tokenizer, placement, k), settings=settings)
 
     def _metadata(self, generation: Generation) -> dict[str, Any]:

@@ -65,8 +65,8 @@ class SpringLLM(SpringParams, LLM):
             return self._documents_request(prompt, stop, kwargs)
         # LangChain hands _generate the first prompt's run manager only: find each prompt's own run
         run_id = TRACKER.run_for(prompt) or getattr(run_manager, "run_id", None)
-        placement, k = self._placement([prompt], ["user"], run_id, kwargs)
-        settings, _ = self._call_settings(stop, kwargs)
+        settings, k = self._call_settings(stop, kwargs)
+        placement, k = self._placement([prompt], ["user"], run_id, k)
         if placement is None:
             return Request(prompt=PromptParts(prompt), settings=settings)
         offset = placement.at.offset

@@ -64,7 +64,7 @@ from spring_core.decoding import MODES
 from spring_core.engine import Engine, Request
 from spring_core.models import DEFAULT_MODEL, shared_model
 from spring_core.parametric.online import PARAMETRIC_MODES, ParametricDocument, check_parametric_mode, open_adapters
-from spring_core.placement import Span, place_block
+from spring_core.placement import Span, fill_placeholders, place_block
 from spring_core.prompts import Passage, PromptParts, has_chat_template, render_chat, unique_sentinel
 
 CONTEXT_VARIABLES = ("context_str", "context_msg")
@@ -177,16 +177,19 @@ class SpringLLM(CustomLLM):
         variables = {**getattr(prompt, "kwargs", {}), **prompt_args}
         if not any(str(variables.get(name) or "") for name in CONTEXT_VARIABLES):
             return None
-        k = self._block_size(prompt)
+        selected = _selected(prompt, self)
+        k = self._block_size(selected)
         if k == 0:
             return None
-        if getattr(_selected(prompt, self), "function_mappings", None):
+        if getattr(selected, "function_mappings", None):
             self._warn_once("function_mappings", "a prompt template with function_mappings computes its variables, "
                             "so SpringLLM cannot tell where the context ends: it runs without virtual tokens")
             return None
         sentinels = {name: unique_sentinel(str(v) for v in variables.values()) for name in variables}
         rendered = self._get_prompt(prompt, **sentinels)
-        text, context, questions = _fill(rendered, sentinels, variables)
+        text, spans = fill_placeholders(rendered, sentinels, variables)
+        context = [Span(0, start, end) for name, start, end in spans if name in CONTEXT_VARIABLES]
+        questions = [Span(0, start, end) for name, start, end in spans if name in QUERY_VARIABLES]
         placement = place_block([text], context, questions)
         if placement is None:
             return None
@@ -194,19 +197,21 @@ class SpringLLM(CustomLLM):
             self._warn_once("question_first", "this RAG template states the question before the context, an order "
                             "SPRING's tokens were not trained on; the block goes right after the context")
         offset = placement.at.offset
-        return PromptParts(text[:offset], k, text[offset:], special_tokens=not self._renders_chat(prompt))
+        chat = self._renders_chat(messages=isinstance(selected, ChatPromptTemplate))
+        return PromptParts(text[:offset], k, text[offset:], special_tokens=not chat)
 
-    def _block_size(self, prompt: BasePromptTemplate) -> int:
-        metadata = getattr(_selected(prompt, self), "metadata", None) or {}
+    def _block_size(self, template: BasePromptTemplate) -> int:
+        metadata = getattr(template, "metadata", None) or {}
         k = metadata.get(BLOCK_SIZE_KEY, self.k)
         return self.spring_model.check_k(self.spring_model.n if k is None else k)
 
-    def _renders_chat(self, prompt: BasePromptTemplate) -> bool:
-        """Whether this LLM renders ``prompt`` through the tokenizer's chat template (which adds its own BOS)."""
+    def _renders_chat(self, *, messages: bool) -> bool:
+        """Whether this LLM renders chat ``messages`` (else a completion prompt) through the tokenizer's chat
+        template, which writes the template's own special tokens into the text."""
         if not has_chat_template(self.spring_model.tokenizer):
             return False
-        if isinstance(_selected(prompt, self), ChatPromptTemplate):
-            return isinstance(self.messages_to_prompt, functools.partial)
+        if messages:
+            return isinstance(self.messages_to_prompt, functools.partial)  # ours: chat_template_prompt
         return self.prompt_layout == "chat"
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -325,7 +330,7 @@ class SpringLLM(CustomLLM):
         parts = kwargs.get("spring_prompt")
         settings = self._settings(kwargs, extra=("spring_prompt",))
         if parts is None:
-            chat = not formatted and self.prompt_layout == "chat" and has_chat_template(self.spring_model.tokenizer)
+            chat = not formatted and self._renders_chat(messages=False)
             parts = PromptParts(prompt if formatted else self.completion_to_prompt(prompt), special_tokens=not chat)
         return Request(prompt=parts, settings=settings)
 
@@ -362,9 +367,8 @@ class SpringLLM(CustomLLM):
     # ----- chat ----------------------------------------------------------------------------------------------
 
     def _chat_request(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Request:
-        prompt = self.messages_to_prompt(messages)
-        chat = isinstance(self.messages_to_prompt, functools.partial) and has_chat_template(self.spring_model.tokenizer)
-        return Request(prompt=PromptParts(prompt, special_tokens=not chat), settings=self._settings(kwargs))
+        prompt = PromptParts(self.messages_to_prompt(messages), special_tokens=not self._renders_chat(messages=True))
+        return Request(prompt=prompt, settings=self._settings(kwargs))
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -403,30 +407,6 @@ def user_turn_prompt(tokenizer: Any, completion: str) -> str:
 def _selected(prompt: BasePromptTemplate, llm: Any) -> BasePromptTemplate:
     """The template a ``SelectorPromptTemplate`` picks for ``llm``; any other template as it is."""
     return prompt.select(llm) if isinstance(prompt, SelectorPromptTemplate) else prompt
-
-
-def _fill(rendered: str, sentinels: dict[str, str], values: dict[str, Any]) -> tuple[str, list[Span], list[Span]]:
-    """The rendered prompt with each sentinel replaced by its variable's value, and the spans of the context and
-    question variables in the result."""
-    by_sentinel = {sentinel: name for name, sentinel in sentinels.items()}
-    text, context, questions = "", [], []
-    rest = rendered
-    while rest:
-        hits = [(rest.find(s), s) for s in by_sentinel if s in rest]
-        if not hits:
-            text += rest
-            break
-        at, sentinel = min(hits)
-        name = by_sentinel[sentinel]
-        text += rest[:at]
-        start = len(text)
-        text += str(values[name])
-        if name in CONTEXT_VARIABLES:
-            context.append(Span(0, start, len(text)))
-        elif name in QUERY_VARIABLES:
-            questions.append(Span(0, start, len(text)))
-        rest = rest[at + len(sentinel):]
-    return text, context, questions
 
 
 def _response(generation: Generation, delta: str | None = None) -> CompletionResponse:
