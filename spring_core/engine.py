@@ -16,10 +16,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from spring_core.aio import iterate_in_thread
+from spring_core.errors import ServerError
 from spring_core.parametric.online import ParametricDocument, activated, plan_call
 from spring_core.prompts import PromptParts
 from spring_core.spring_model import Generation, GenerationStream, SpringModel
@@ -50,7 +54,8 @@ class Request:
 
 
 class Engine:
-    """A ``SpringModel`` and (optionally) document adapters, answering ``Request``\\ s.
+    """A ``SpringModel`` and (optionally) document adapters, answering ``Request``\\ s in this process, or on a
+    server ``backend`` (``spring_core.serving.VLLMBackend``) that gets the same prompts, built by the same code.
 
     Adapters are active for one call only (per thread and task), so concurrent requests never see each other's.
 
@@ -59,12 +64,15 @@ class Engine:
         >>> engine.generate(Request(prompt=sm.prompt_parts("Who?", ["X is Y."], k=5))).text    # doctest: +SKIP
     """
 
-    def __init__(self, spring: SpringModel, adapters: Any = None):
+    def __init__(self, spring: SpringModel, adapters: Any = None, backend: Any = None):
         self.spring = spring
         self.adapters = adapters
+        self.backend = backend
 
     def generate(self, request: Request) -> Generation:
         """The answer to one request."""
+        if self.backend is not None:
+            return self.backend.generate(self.spring, *self._served(request))
         if request.prompt is not None:
             return self.spring.generate_from_prompt(request.prompt, **request.settings)
         question, call = self._plan(request)
@@ -73,6 +81,8 @@ class Engine:
 
     def stream(self, request: Request) -> GenerationStream:
         """The answer as a stream of text deltas (``result`` holds the ``Generation`` once it is read)."""
+        if self.backend is not None:
+            return self.backend.stream(self.spring, *self._served(request))
         if request.prompt is not None:
             return self.spring.stream_from_prompt(request.prompt, **request.settings)
         question, call = self._plan(request)
@@ -80,12 +90,45 @@ class Engine:
         with activated(self.adapters, call.adapter_ids):
             return self.spring.stream(question, call.passages, call.k, **self._passage_kwargs(request, call))
 
+    async def agenerate(self, request: Request) -> Generation:
+        """Async twin of ``generate``: a server backend is awaited, the in-process model runs in a worker thread."""
+        if self.backend is not None:
+            served = await asyncio.to_thread(self._served, request)
+            return await self.backend.agenerate(self.spring, *served)
+        return await asyncio.to_thread(self.generate, request)
+
+    async def astream(self, request: Request) -> AsyncIterator[str]:
+        """Async twin of ``stream``: text deltas."""
+        if self.backend is not None:
+            served = await asyncio.to_thread(self._served, request)
+            async for delta in self.backend.astream(self.spring, *served):
+                yield delta
+            return
+        async for delta in iterate_in_thread(lambda: self.stream(request)):
+            yield delta
+
     def generate_batch(self, requests: Sequence[Request]) -> list[Generation]:
-        """Answers in order; finished prompts with equal settings run as one left-padded batch."""
+        """Answers in order; finished prompts with equal settings run as one left-padded batch in process, and
+        as concurrent requests (which the server batches) on a server backend."""
+        if self.backend is not None:
+            with ThreadPoolExecutor(max_workers=max(1, min(32, len(requests)))) as pool:
+                return list(pool.map(self.generate, requests))
         prompts = [r.prompt for r in requests if r.prompt is not None]
         if requests and len(prompts) == len(requests) and all(r.settings == requests[0].settings for r in requests):
             return self.spring.generate_batch(prompts, **requests[0].settings)
         return [self.generate(request) for request in requests]
+
+    def _served(self, request: Request) -> tuple[PromptParts | str, Mapping[str, Any], str | None]:
+        """A request as a server backend takes it: the finished prompt, the settings and the merged adapter's name."""
+        if request.prompt is not None:
+            return request.prompt, request.settings, None
+        if request.mode != "concat":
+            raise ServerError(f"mode {request.mode!r} cannot be served by {self.backend!r}: marginal decoding needs "
+                              "every passage's full next-token distribution at each step, which a server's top-n "
+                              "log-probabilities do not give. Use mode='concat', or the in-process backend")
+        question, call = self._plan(request)
+        lora = self.backend.adapter_name(self.spring, self.adapters, call.adapter_ids) if call.adapter_ids else None
+        return self.spring.prompt_parts(question, call.passages, call.k), request.settings, lora
 
     def _plan(self, request: Request) -> tuple[str, Any]:
         call = plan_call(self.adapters, list(request.documents or []), mode=request.parametric_mode, k=request.k,

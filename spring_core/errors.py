@@ -43,3 +43,8 @@ class DataError(SpringError):
 class InputError(SpringError, ValueError):
     """A prompt cannot be turned into model inputs: no pad/eos id for a batch, an embedding space that cannot be
     mapped, a table of the wrong width."""
+
+
+class ServerError(SpringError):
+    """A serving backend (a vLLM server) is unreachable, refuses a request or lacks a feature it needs; the message
+    says which flag or command fixes it."""

@@ -203,7 +203,7 @@ class SpringModel:
         Settings: ``max_new_tokens`` (64), ``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop`` (strings).
         """
         if mode == "concat":
-            return self._generate_parts([self.prompt_parts(question, passages, k)], _settings(settings))[0]
+            return self._generate_parts([self.prompt_parts(question, passages, k)], parse_settings(settings))[0]
         return self._generate_marginal(question, passages, k, mode, scores, weight_temperature, settings)
 
     def _generate_marginal(self, question: str, passages: Sequence[Passage] | None, k: int | None, mode: str,
@@ -213,7 +213,7 @@ class SpringModel:
 
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        parsed = _settings(settings)
+        parsed = parse_settings(settings)
         if parsed.top_p < 1 or (mode != "rag-token" and parsed.temperature > 0):
             raise ValueError(f"mode {mode!r} does not support top_p, and only rag-token samples (temperature > 0)")
         passages = list(passages or [])
@@ -233,7 +233,7 @@ class SpringModel:
 
     def generate_from_prompt(self, prompt: PromptParts | str, **settings: Any) -> Generation:
         """Generate from a finished prompt: ``PromptParts`` (with its block) or a plain string (no block)."""
-        return self._generate_parts([self.as_parts(prompt)], _settings(settings))[0]
+        return self._generate_parts([self.as_parts(prompt)], parse_settings(settings))[0]
 
     def generate_batch(self, items: Sequence[PromptParts | str | Mapping[str, Any]], *, batch_size: int = 8,
                        **settings: Any) -> list[Generation]:
@@ -242,7 +242,7 @@ class SpringModel:
         Each item is a prompt (``PromptParts`` or a plain string, as for ``generate_from_prompt``) or a mapping
         with ``question`` and optional ``passages`` and ``k`` (as for ``generate``).
         """
-        parsed = _settings(settings)
+        parsed = parse_settings(settings)
         parts = [self._item_parts(item) for item in items]
         results: list[Generation] = []
         for start in range(0, len(parts), batch_size):
@@ -259,7 +259,7 @@ class SpringModel:
         candidates), so they yield it as one delta.
         """
         if mode == "concat":
-            return self._stream_parts(self.prompt_parts(question, passages, k), _settings(settings))
+            return self._stream_parts(self.prompt_parts(question, passages, k), parse_settings(settings))
         generation = self._generate_marginal(question, passages, k, mode, scores, weight_temperature, settings)
         stream = GenerationStream()
         stream._deltas = iter([generation.text] if generation.text else [])
@@ -268,7 +268,7 @@ class SpringModel:
 
     def stream_from_prompt(self, prompt: PromptParts | str, **settings: Any) -> GenerationStream:
         """Streaming twin of ``generate_from_prompt``."""
-        return self._stream_parts(self.as_parts(prompt), _settings(settings))
+        return self._stream_parts(self.as_parts(prompt), parse_settings(settings))
 
     def _item_parts(self, item: PromptParts | str | Mapping[str, Any]) -> PromptParts:
         if isinstance(item, (str, PromptParts)):
@@ -420,7 +420,8 @@ def _check_adapter(tokens: VirtualTokens | None, model: Any) -> None:
         )
 
 
-def _settings(settings: Mapping[str, Any]) -> GenerationSettings:
+def parse_settings(settings: Mapping[str, Any]) -> GenerationSettings:
+    """``GenerationSettings`` from keyword settings; an unknown name raises ``TypeError`` naming the known ones."""
     known = {"max_new_tokens", "temperature", "top_p", "seed", "stop"}
     unknown = sorted(set(settings) - known)
     if unknown:
@@ -429,8 +430,6 @@ def _settings(settings: Mapping[str, Any]) -> GenerationSettings:
     stop = values.get("stop")
     values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
     return GenerationSettings(**values)
-
-
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:

@@ -29,6 +29,7 @@ from spring_core.engine import Engine, Request
 from spring_core.models import DEFAULT_MODEL, shared_model
 from spring_core.parametric.online import MISSING, ParametricDocument, check_parametric_mode, open_adapters
 from spring_core.placement import Placement
+from spring_core.serving import as_backend
 from spring_core.spring_model import GenerationStream
 
 LOAD_KWARGS = ("device", "dtype", "layout")
@@ -111,7 +112,11 @@ class SpringParams(BaseModel):
     """Seconds one call may take, checked between generated tokens: past it, generation is stopped and
     ``TimeoutError`` raised. With a timeout, ``invoke``/``batch`` answer through the token stream (same result)."""
     max_retries: int = Field(default=0, ge=0)
-    """Accepted for drop-in compatibility; a local model has no transient failures, so nothing is retried."""
+    """Retries of a server ``backend`` that is starting or overloaded (in process nothing is retried)."""
+    backend: Any = None
+    r"""Where generation runs: ``None`` (this process, transformers), a vLLM server URL such as
+    ``"http://127.0.0.1:8000"`` (``spring-rag serve`` starts one), or a ``spring_core.serving.VLLMBackend``. The
+    prompts, the block placement and the adapters are the same; marginal ``mode``\ s run in process only."""
     mode: str = "concat"
     """How a call with ``documents=`` reads them: ``concat`` (one prompt) or marginal decoding over the documents
     one by one (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``). Prompts that arrive rendered (the
@@ -137,6 +142,7 @@ class SpringParams(BaseModel):
 
     _spring: SpringModel | None = PrivateAttr(default=None)
     _adapters: Any = PrivateAttr(default=None)
+    _backend: Any = PrivateAttr(default=None)
     _warned: set[str] = PrivateAttr(default_factory=set)
 
     @model_validator(mode="before")
@@ -208,8 +214,13 @@ class SpringParams(BaseModel):
 
     @property
     def engine(self) -> Engine:
-        """The core call path over ``spring`` and ``parametric_adapters``."""
-        return Engine(self.spring, self.parametric_adapters)
+        """The core call path over ``spring`` and ``parametric_adapters``, on ``backend``."""
+        if self._backend is None and self.backend is not None:
+            with _LOCK:
+                if self._backend is None:
+                    self._backend = (as_backend(self.backend, timeout=self.timeout, max_retries=self.max_retries)
+                                     if isinstance(self.backend, str) else self.backend)
+        return Engine(self.spring, self.parametric_adapters, self._backend)
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` with the model's own tokenizer (LangChain's default would fetch GPT-2's)."""

@@ -53,6 +53,11 @@ class LoraUpdate:
 
     factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
+    @property
+    def rank(self) -> int:
+        """The stacked rank: the sum of the documents' ranks (an expert mix keeps the experts' rank)."""
+        return max((a.shape[0] for a, _ in self.factors.values()), default=0)
+
     def delta(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
         """What module ``name`` adds to its output for input ``x`` (``None``: nothing)."""
         factors = self.factors.get(name)

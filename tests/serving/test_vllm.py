@@ -1,0 +1,170 @@
+"""The vLLM backend against a real vLLM server (SmolLM2-135M-Instruct, float32, CPU): greedy answers equal the
+transformers backend's for the same SPRING prompts and for a merged document adapter; streaming, async, stop,
+seed and usage; the model check; both integrations pointed at the server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import torch
+from vllm_server import start_server, stop_server
+
+from spring_core import SpringModel
+from spring_core.data import demo_qa_path
+from spring_core.engine import Engine, Request
+from spring_core.errors import ModelMismatchError, ServerError
+from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec
+from spring_core.parametric.online import ParametricDocument
+from spring_core.serving import VLLMBackend
+
+pytestmark = pytest.mark.vllm
+TOKENS = "smollm2-135m-squad"
+GREEDY = {"max_new_tokens": 12}
+
+
+@pytest.fixture(scope="module")
+def rows():
+    with open(demo_qa_path(), encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle][:3]
+
+
+@pytest.fixture(scope="module")
+def springs(smollm2):
+    raw = SpringModel(*smollm2, tokens=TOKENS, layout="raw")
+    return {"raw": raw, "chat": raw.with_tokens(TOKENS, layout="chat")}
+
+
+@pytest.fixture(scope="module")
+def backend(vllm_url):
+    return VLLMBackend(vllm_url)
+
+
+def passages(row):
+    return [f"{p['title']}: {p['text']}" for p in row["passages"][:2]]
+
+
+@pytest.mark.parametrize("layout", ["raw", "chat"])
+def test_greedy_answers_equal_transformers_for_k_0_1_and_50(springs, backend, rows, layout):
+    spring = springs[layout]
+    prompts = [spring.prompt_parts(row["question"], passages(row), k) for row in rows for k in (0, 1, 50)]
+    local = [spring.generate_from_prompt(p, **GREEDY) for p in prompts]
+    served = [backend.generate(spring, p, GREEDY) for p in prompts]
+    assert [g.text for g in served] == [g.text for g in local]
+    assert [g.usage.as_dict() for g in served] == [g.usage.as_dict() for g in local]
+    assert [g.finish_reason for g in served] == [g.finish_reason for g in local]
+    assert len({g.text for g in served}) > 1  # the block changes answers: the comparison is not vacuous
+
+
+def test_a_text_prompt_and_the_same_text_as_embeddings_answer_identically(springs, vllm_url, rows):
+    spring = springs["raw"]
+    as_embeds = VLLMBackend(vllm_url, embeds="always")
+    as_ids = VLLMBackend(vllm_url)
+    for row in rows:
+        prompt = spring.prompt_parts(row["question"], passages(row), 0)
+        assert as_embeds.generate(spring, prompt, GREEDY).text == as_ids.generate(spring, prompt, GREEDY).text
+
+
+def test_a_merged_document_adapter_answers_as_the_hooked_update(smollm2, tmp_path, rows, vllm_url):
+    model, tokenizer = smollm2
+    spec = LoraSpec.for_model(model, rank=2, alpha=4)
+    generator = torch.Generator().manual_seed(0)
+    store = AdapterStore.create(tmp_path / "adapters", model, spec, base_model_name="smollm2-135m")
+    store.add({doc: {f"{name}.lora_{part}": torch.randn(*shape, generator=generator) * 0.02
+                     for name, (out_f, in_f) in spec.modules.items()
+                     for part, shape in (("A", (2, in_f)), ("B", (out_f, 2)))} for doc in ("d1", "d2")})
+    adapters = DocumentAdapters(store, model)
+    spring = SpringModel(model, tokenizer, TOKENS)
+    docs = [ParametricDocument("d1", passages(rows[2])[0], 1.0), ParametricDocument("d2", passages(rows[2])[1], 0.5)]
+    request = Request(question=rows[2]["question"], documents=docs, k=10, parametric_mode="combine", settings=GREEDY)
+    local = Engine(spring, adapters).generate(request)
+    backend = VLLMBackend(vllm_url, adapter_dir=tmp_path / "served")
+    served = Engine(spring, adapters, backend).generate(request)
+    base = Engine(spring).generate(Request(question=request.question, documents=docs, k=10, settings=GREEDY))
+    assert served.text == local.text
+    assert local.text != base.text  # the adapter matters here
+    names = backend.served_models()
+    assert sum(name.startswith("spring-rag-") for name in names) == 1
+    Engine(spring, adapters, backend).generate(request)  # the same documents reuse the loaded adapter
+    assert backend.served_models() == names
+
+
+def test_streaming_yields_deltas_whose_join_and_usage_equal_generate(springs, backend, rows):
+    spring = springs["raw"]
+    prompt = spring.prompt_parts(rows[0]["question"], passages(rows[0]), 50)
+    stream = backend.stream(spring, prompt, {"max_new_tokens": 16})
+    deltas = list(stream)
+    whole = backend.generate(spring, prompt, {"max_new_tokens": 16})
+    assert len(deltas) > 1 and "".join(deltas) == whole.text
+    assert stream.result.usage == whole.usage and stream.result.usage.virtual_tokens == 50
+
+
+def test_async_concurrent_requests_stop_strings_and_seeds(springs, backend, rows):
+    spring = springs["raw"]
+    prompts = [spring.prompt_parts(row["question"], passages(row), 50) for row in rows] * 3
+
+    async def run():
+        answers = await asyncio.gather(*(backend.agenerate(spring, p, GREEDY) for p in prompts))
+        deltas = [d async for d in backend.astream(spring, prompts[0], GREEDY)]
+        return answers, deltas
+
+    answers, deltas = asyncio.run(run())
+    one_by_one = [backend.generate(spring, p, GREEDY).text for p in prompts[:3]]
+    assert [a.text for a in answers] == one_by_one * 3
+    assert "".join(deltas) == one_by_one[0]
+    sampled = [backend.generate(spring, prompts[0], {"max_new_tokens": 12, "temperature": 1.0, "seed": s}).text
+               for s in (1, 1, 2)]
+    assert sampled[0] == sampled[1]
+    stop = one_by_one[0].strip().split()[0]
+    cut = backend.generate(spring, prompts[0], {**GREEDY, "stop": [stop]})
+    assert stop not in cut.text and cut.finish_reason == "stop"
+
+
+def test_a_client_with_another_model_is_refused_at_connect(tiny, vllm_url):
+    with pytest.raises(ModelMismatchError, match="does not answer like this model"):
+        VLLMBackend(vllm_url).generate(SpringModel(*tiny), "Hello", GREEDY)
+    with pytest.raises(ServerError, match="serves smollm2-135m, not 'llama-70b'"):
+        VLLMBackend(vllm_url, model="llama-70b").generate(SpringModel(*tiny), "Hello", GREEDY)
+
+
+def test_a_server_without_spring_flags_gets_errors_that_name_them(springs, tmp_path, rows):
+    process, url = start_server(tmp_path / "plain.log", plain=True)
+    try:
+        spring = springs["raw"]
+        with pytest.raises(ServerError, match="--enable-prompt-embeds"):
+            VLLMBackend(url).generate(spring, spring.prompt_parts(rows[0]["question"], passages(rows[0]), 5), GREEDY)
+        backend = VLLMBackend(url, check_model=False)
+        assert backend.generate(spring, "Hello", {"max_new_tokens": 2}).usage.completion_tokens == 2
+        model, tokenizer = spring.model, spring.tokenizer
+        spec = LoraSpec.for_model(model, rank=1, alpha=1)
+        store = AdapterStore.create(tmp_path / "a", model, spec, base_model_name="smollm2-135m")
+        store.add({"d": {f"{n}.lora_{p}": torch.zeros(*((1, i) if p == "A" else (o, 1)))
+                         for n, (o, i) in spec.modules.items() for p in "AB"}})
+        with pytest.raises(ServerError, match="--enable-lora"):
+            backend.adapter_name(SpringModel(model, tokenizer), DocumentAdapters(store, model), ["d"])
+    finally:
+        stop_server(process)
+
+
+def test_both_integrations_answer_through_the_server_as_in_process(smollm2, vllm_url, rows):
+    from langchain_core.prompts import ChatPromptTemplate
+    from llama_index.core.prompts import PromptTemplate
+    from llama_index.llms.spring import SpringLLM
+
+    from langchain_spring import ChatSpring
+
+    row = rows[2]
+    context = "\n\n".join(passages(row))
+    template = PromptTemplate("Context:\n{context_str}\n\nQuery: {query_str}\nAnswer:")
+    answers = {}
+    for backend in (None, vllm_url):
+        llm = SpringLLM(model=smollm2[0], tokenizer=smollm2[1], tokens=TOKENS, max_new_tokens=12, backend=backend)
+        answers[("llama_index", backend)] = llm.predict(template, context_str=context, query_str=row["question"])
+        chat = ChatSpring(model="smollm2-135m", tokens=TOKENS, max_tokens=12, backend=backend)
+        prompt = ChatPromptTemplate.from_messages([("system", "Answer from this context:\n{context}"),
+                                                   ("human", "{question}")])
+        answers[("langchain", backend)] = (prompt | chat).invoke({"context": context, "question": row["question"]},
+                                                                  ).content
+    assert answers[("llama_index", vllm_url)] == answers[("llama_index", None)]
+    assert answers[("langchain", vllm_url)] == answers[("langchain", None)]

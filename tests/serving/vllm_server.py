@@ -1,0 +1,59 @@
+"""Start and stop a real vLLM server on 127.0.0.1 for the tests (SmolLM2-135M-Instruct, float32), with the command
+``spring-rag serve`` builds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from spring_core.serving import vllm_command, vllm_python
+
+START_TIMEOUT_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(log: Path, *, plain: bool = False) -> tuple[subprocess.Popen, str]:
+    """Start a server (raising with its log when it does not come up) and return it with its URL; ``plain``: without
+    the flags spring-rag needs (no prompt embeddings, no LoRA), as a user might start one by hand."""
+    port = free_port()
+    argv, env = vllm_command("smollm2-135m", python=vllm_python(), port=port, dtype="float32", adapters=not plain,
+                             max_lora_rank=16, extra=("--max-model-len", "2048"))
+    if plain:
+        argv.remove("--enable-prompt-embeds")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache: plenty for 2048 tokens x 32 requests
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the vLLM server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url + "/v1/models", timeout=5).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    stop_server(process)
+    raise RuntimeError(f"the vLLM server did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
