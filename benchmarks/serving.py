@@ -1,13 +1,14 @@
 """Serving throughput: the in-process transformers backend against a vLLM server, and SPRING's block through vLLM
 against a plain prompt of the same length, side by side in one run.
 
-What is measured (SmolLM2-135M-Instruct, float32, greedy, ``--new-tokens`` (16) new tokens, raw layout, SQuAD
-questions of the bundled demo slice with their passages):
+What is measured (SmolLM2-135M-Instruct, float32, greedy, exactly ``--new-tokens`` (16) new tokens
+(``min_new_tokens``: the end of sequence is ignored until then, so every configuration decodes as much), raw
+layout, SQuAD questions of the bundled demo slice with their passages):
 
 - ``hf``: ``Engine(spring)`` in this process; concurrent requests are threads sharing the one model.
 - ``vllm``: ``Engine(spring, backend=VLLMBackend(url))``: the same prompts, the block sent as ``prompt_embeds``.
 - at 1, 8 and 32 concurrent requests (``--concurrency``), each configuration sends ``--requests`` requests
-  (default: 4 x the concurrency, at least 8) through a pool of that many workers, streaming, and records
+  (default: 2 x the concurrency, at least 8) through a pool of that many workers, streaming, and records
   requests/s (requests / wall time) and the median time to the first streamed delta.
 - ``vllm plain``: through vLLM, the same prompts with the 50 virtual tokens replaced by 50 ordinary tokens (the
   same prompt length, sent as token ids): what the block costs over a prompt of the same length.
@@ -66,7 +67,8 @@ def run_load(engine: Engine, items: list[PromptParts], concurrency: int, new_tok
     """Stream every prompt through ``engine`` with ``concurrency`` workers; requests/s and first-delta times."""
     def one(prompt: PromptParts) -> tuple[float, str]:
         start = time.perf_counter()
-        stream = engine.stream(Request(prompt=prompt, settings={"max_new_tokens": new_tokens}))
+        settings = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens}  # every answer has the same length
+        stream = engine.stream(Request(prompt=prompt, settings=settings))
         first = None
         text = ""
         for delta in stream:
@@ -98,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True, help="the vLLM server (spring-rag serve smollm2-135m --dtype float32)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, help="requests per configuration (default: 4 x concurrency, >= 8)")
+    parser.add_argument("--requests", type=int, help="requests per configuration (default: 2 x concurrency, >= 8)")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--burst", type=int, default=200, help="requests of the lost/duplicated check (0: skip)")
@@ -115,7 +117,7 @@ def main() -> None:
     samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for _ in range(args.rounds):
         for concurrency in args.concurrency:
-            count = args.requests or max(8, 4 * concurrency)
+            count = args.requests or max(8, 2 * concurrency)
             configs = [("hf", spring_prompts), ("vllm", spring_prompts), ("vllm plain", plain_prompts)]
             random.shuffle(configs)
             for name, items in configs:

@@ -57,6 +57,7 @@ class GenerationSettings:
     """Decoding options; ``temperature == 0`` means greedy decoding."""
 
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # end-of-sequence is ignored until this many tokens (benchmarks of equal lengths)
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
@@ -65,6 +66,8 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -200,7 +203,8 @@ class SpringModel:
         ``mode``: ``concat`` (all passages in one prompt, the default), or marginal decoding over the passages
         read one by one (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``; see ``spring_core.decoding``),
         weighted by ``softmax(scores / weight_temperature)`` (uniform without ``scores``).
-        Settings: ``max_new_tokens`` (64), ``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop`` (strings).
+        Settings: ``max_new_tokens`` (64), ``min_new_tokens`` (0), ``temperature`` (0 = greedy), ``top_p``, ``seed``,
+        ``stop`` (strings).
         """
         if mode == "concat":
             return self._generate_parts([self.prompt_parts(question, passages, k)], parse_settings(settings))[0]
@@ -214,8 +218,9 @@ class SpringModel:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         parsed = parse_settings(settings)
-        if parsed.top_p < 1 or (mode != "rag-token" and parsed.temperature > 0):
-            raise ValueError(f"mode {mode!r} does not support top_p, and only rag-token samples (temperature > 0)")
+        if parsed.top_p < 1 or parsed.min_new_tokens or (mode != "rag-token" and parsed.temperature > 0):
+            raise ValueError(f"mode {mode!r} does not support top_p or min_new_tokens, and only rag-token samples "
+                             "(temperature > 0)")
         passages = list(passages or [])
         scores = [0.0] * len(passages) if scores is None else scores
         k = self.n if k is None else k
@@ -280,6 +285,7 @@ class SpringModel:
         eos = self.inputs.eos_token_ids()
         config = GenerationConfig(
             max_new_tokens=settings.max_new_tokens,
+            min_new_tokens=settings.min_new_tokens or None,
             do_sample=sample,
             temperature=settings.temperature if sample else None,
             top_p=settings.top_p if sample else None,
@@ -422,7 +428,7 @@ def _check_adapter(tokens: VirtualTokens | None, model: Any) -> None:
 
 def parse_settings(settings: Mapping[str, Any]) -> GenerationSettings:
     """``GenerationSettings`` from keyword settings; an unknown name raises ``TypeError`` naming the known ones."""
-    known = {"max_new_tokens", "temperature", "top_p", "seed", "stop"}
+    known = {"max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed", "stop"}
     unknown = sorted(set(settings) - known)
     if unknown:
         raise TypeError(f"unknown generation setting(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")

@@ -184,15 +184,18 @@ class VLLMBackend:
 
     # ----- the model check -----------------------------------------------------------------------------------
 
-    def served_models(self) -> list[str]:
-        """The model names the server lists (``/v1/models``), LoRA adapters included."""
-        return [entry["id"] for entry in self._request("GET", "/v1/models").json().get("data", [])]
+    def served_models(self, *, adapters: bool = True) -> list[str]:
+        """The model names the server lists (``/v1/models``): base models first, then (``adapters``) the LoRA
+        adapters it has loaded."""
+        entries = self._request("GET", "/v1/models").json().get("data", [])
+        names = [entry["id"] for entry in entries if not entry.get("parent")]
+        return names + ([entry["id"] for entry in entries if entry.get("parent")] if adapters else [])
 
     def check(self, spring: SpringModel) -> None:
         """Refuse a server that runs another model than ``spring``'s (see ``check_model``); once per model."""
         if id(spring.model) in self._checked:
             return
-        served = self.served_models()
+        served = self.served_models(adapters=False)
         if not served:
             raise ServerError(f"the server at {self.base_url} lists no model")
         if self.model is None:
@@ -358,6 +361,8 @@ class VLLMBackend:
 def _sampling(settings: GenerationSettings) -> dict[str, Any]:
     body: dict[str, Any] = {"max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
                             "top_p": settings.top_p if settings.temperature > 0 else 1.0}
+    if settings.min_new_tokens:
+        body["min_tokens"] = settings.min_new_tokens
     if settings.seed is not None:
         body["seed"] = settings.seed
     if settings.stop:

@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-from vllm_server import start_server, stop_server
 
 from spring_core import SpringModel
 from spring_core.data import demo_qa_path
@@ -27,7 +26,7 @@ GREEDY = {"max_new_tokens": 12}
 @pytest.fixture(scope="module")
 def rows():
     with open(demo_qa_path(), encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle][:3]
+        return [json.loads(line) for line in handle][:3]  # the third has a single passage
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,7 @@ def passages(row):
 @pytest.mark.parametrize("layout", ["raw", "chat"])
 def test_greedy_answers_equal_transformers_for_k_0_1_and_50(springs, backend, rows, layout):
     spring = springs[layout]
-    prompts = [spring.prompt_parts(row["question"], passages(row), k) for row in rows for k in (0, 1, 50)]
+    prompts = [spring.prompt_parts(row["question"], passages(row), k) for row in rows[1:] for k in (0, 1, 50)]
     local = [spring.generate_from_prompt(p, **GREEDY) for p in prompts]
     served = [backend.generate(spring, p, GREEDY) for p in prompts]
     assert [g.text for g in served] == [g.text for g in local]
@@ -68,7 +67,7 @@ def test_a_text_prompt_and_the_same_text_as_embeddings_answer_identically(spring
 
 def test_a_merged_document_adapter_answers_as_the_hooked_update(smollm2, tmp_path, rows, vllm_url):
     model, tokenizer = smollm2
-    spec = LoraSpec.for_model(model, rank=2, alpha=4)
+    spec = LoraSpec.for_model(model, rank=2, alpha=32)
     generator = torch.Generator().manual_seed(0)
     store = AdapterStore.create(tmp_path / "adapters", model, spec, base_model_name="smollm2-135m")
     store.add({doc: {f"{name}.lora_{part}": torch.randn(*shape, generator=generator) * 0.02
@@ -76,7 +75,7 @@ def test_a_merged_document_adapter_answers_as_the_hooked_update(smollm2, tmp_pat
                      for part, shape in (("A", (2, in_f)), ("B", (out_f, 2)))} for doc in ("d1", "d2")})
     adapters = DocumentAdapters(store, model)
     spring = SpringModel(model, tokenizer, TOKENS)
-    docs = [ParametricDocument("d1", passages(rows[2])[0], 1.0), ParametricDocument("d2", passages(rows[2])[1], 0.5)]
+    docs = [ParametricDocument("d1", passages(rows[2])[0], 1.0), ParametricDocument("d2", passages(rows[0])[0], 0.5)]
     request = Request(question=rows[2]["question"], documents=docs, k=10, parametric_mode="combine", settings=GREEDY)
     local = Engine(spring, adapters).generate(request)
     backend = VLLMBackend(vllm_url, adapter_dir=tmp_path / "served")
@@ -128,23 +127,20 @@ def test_a_client_with_another_model_is_refused_at_connect(tiny, vllm_url):
         VLLMBackend(vllm_url, model="llama-70b").generate(SpringModel(*tiny), "Hello", GREEDY)
 
 
-def test_a_server_without_spring_flags_gets_errors_that_name_them(springs, tmp_path, rows):
-    process, url = start_server(tmp_path / "plain.log", plain=True)
-    try:
-        spring = springs["raw"]
-        with pytest.raises(ServerError, match="--enable-prompt-embeds"):
-            VLLMBackend(url).generate(spring, spring.prompt_parts(rows[0]["question"], passages(rows[0]), 5), GREEDY)
-        backend = VLLMBackend(url, check_model=False)
-        assert backend.generate(spring, "Hello", {"max_new_tokens": 2}).usage.completion_tokens == 2
-        model, tokenizer = spring.model, spring.tokenizer
-        spec = LoraSpec.for_model(model, rank=1, alpha=1)
-        store = AdapterStore.create(tmp_path / "a", model, spec, base_model_name="smollm2-135m")
-        store.add({"d": {f"{n}.lora_{p}": torch.zeros(*((1, i) if p == "A" else (o, 1)))
-                         for n, (o, i) in spec.modules.items() for p in "AB"}})
-        with pytest.raises(ServerError, match="--enable-lora"):
-            backend.adapter_name(SpringModel(model, tokenizer), DocumentAdapters(store, model), ["d"])
-    finally:
-        stop_server(process)
+def test_a_server_without_spring_flags_gets_errors_that_name_them(springs, tmp_path, rows, plain_vllm_url):
+    spring = springs["raw"]
+    with pytest.raises(ServerError, match="--enable-prompt-embeds"):
+        VLLMBackend(plain_vllm_url).generate(spring, spring.prompt_parts(rows[0]["question"], passages(rows[0]), 5),
+                                             GREEDY)
+    backend = VLLMBackend(plain_vllm_url, check_model=False)
+    assert backend.generate(spring, "Hello", {"max_new_tokens": 2}).usage.completion_tokens == 2
+    model, tokenizer = spring.model, spring.tokenizer
+    spec = LoraSpec.for_model(model, rank=1, alpha=1)
+    store = AdapterStore.create(tmp_path / "a", model, spec, base_model_name="smollm2-135m")
+    store.add({"d": {f"{n}.lora_{p}": torch.zeros(*((1, i) if p == "A" else (o, 1)))
+                     for n, (o, i) in spec.modules.items() for p in "AB"}})
+    with pytest.raises(ServerError, match="--enable-lora"):
+        backend.adapter_name(SpringModel(model, tokenizer), DocumentAdapters(store, model), ["d"])
 
 
 def test_both_integrations_answer_through_the_server_as_in_process(smollm2, vllm_url, rows):

@@ -23,9 +23,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(log: Path, *, plain: bool = False) -> tuple[subprocess.Popen, str]:
-    """Start a server (raising with its log when it does not come up) and return it with its URL; ``plain``: without
-    the flags spring-rag needs (no prompt embeddings, no LoRA), as a user might start one by hand."""
+def launch_server(log: Path, *, plain: bool = False) -> tuple[subprocess.Popen, str]:
+    """Start a server in the background and return it with its URL; ``plain``: without the flags spring-rag needs
+    (no prompt embeddings, no LoRA), as a user might start one by hand."""
     port = free_port()
     argv, env = vllm_command("smollm2-135m", python=vllm_python(), port=port, dtype="float32", adapters=not plain,
                              max_lora_rank=16, extra=("--max-model-len", "2048"))
@@ -34,14 +34,18 @@ def start_server(log: Path, *, plain: bool = False) -> tuple[subprocess.Popen, s
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache: plenty for 2048 tokens x 32 requests
     with log.open("wb") as out:
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_for_server(process: subprocess.Popen, url: str, log: Path) -> str:
+    """``url`` once the server answers; raises with the end of its log when it exits or does not come up."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the vLLM server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
             if httpx.get(url + "/v1/models", timeout=5).status_code == 200:
-                return process, url
+                return url
         except httpx.TransportError:
             pass
         time.sleep(1)

@@ -72,7 +72,7 @@ CONTEXT_VARIABLES = ("context_str", "context_msg")
 QUERY_VARIABLES = ("query_str",)
 """Template variables that hold the question."""
 
-_SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed", "stop")
+_SETTINGS = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed", "stop")
 dispatcher = get_dispatcher(__name__)
 
 
