@@ -1,28 +1,12 @@
-"""Every Python snippet of the README runs as written (each in a scratch folder, on SmolLM2)."""
+"""Every Python snippet of the README runs as written (each in a scratch folder, on SmolLM2); the "Serve on vLLM"
+ones need a server and run in tests/serving."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
+from readme_blocks import python_blocks
 
 pytestmark = pytest.mark.integration
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def python_blocks() -> list[tuple[str, str]]:
-    """``(section heading, code)`` for each fenced Python block."""
-    blocks, heading = [], "top"
-    # Every fenced block is one piece, so a comment line inside a bash block is never taken for a heading.
-    for piece in re.split(r"(^#+ [^\n]*$|^```\w*\n.*?^```)", README.read_text(encoding="utf-8"), flags=re.M | re.S):
-        if piece.startswith("#"):
-            heading = piece.lstrip("#").strip()
-        elif piece.startswith("```python"):
-            blocks.append((heading, piece[len("```python\n"):-3]))
-    return blocks
-
 
 BLOCKS = python_blocks()
 

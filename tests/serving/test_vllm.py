@@ -1,6 +1,8 @@
 """The vLLM backend against a real vLLM server (SmolLM2-135M-Instruct, float32, CPU): greedy answers equal the
 transformers backend's for the same SPRING prompts and for a merged document adapter; streaming, async, stop,
-seed and usage; the model check; both integrations pointed at the server."""
+seed and usage; the model check; the errors of a server started without spring-rag's flags; both integrations
+pointed at the server. The servers (``vllm_server``) are started with ``spring-rag serve``'s own command builder,
+once per session."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 
 import pytest
 import torch
+from vllm_server import launch_server, stop_server, wait_for_server
 
 from spring_core import SpringModel
 from spring_core.data import demo_qa_path
@@ -21,6 +24,27 @@ from spring_core.serving import VLLMBackend
 pytestmark = pytest.mark.vllm
 TOKENS = "smollm2-135m-squad"
 GREEDY = {"max_new_tokens": 12}
+
+
+# Both servers start at once, so the plain one's start overlaps the first tests.
+@pytest.fixture(scope="session")
+def vllm_servers(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vllm")
+    servers = {"spring": (*launch_server(folder / "spring.log"), folder / "spring.log")}
+    servers["plain"] = (*launch_server(folder / "plain.log", plain=True), folder / "plain.log")
+    yield servers
+    for process, _url, _log in servers.values():
+        stop_server(process)
+
+
+@pytest.fixture(scope="session")
+def vllm_url(vllm_servers):
+    return wait_for_server(*vllm_servers["spring"])
+
+
+@pytest.fixture(scope="session")
+def plain_vllm_url(vllm_servers):
+    return wait_for_server(*vllm_servers["plain"])
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +188,15 @@ def test_both_integrations_answer_through_the_server_as_in_process(smollm2, vllm
                                                                   ).content
     assert answers[("llama_index", vllm_url)] == answers[("llama_index", None)]
     assert answers[("langchain", vllm_url)] == answers[("langchain", None)]
+
+
+def test_the_readme_serving_snippet_runs_against_the_server(vllm_url, tmp_path, monkeypatch, capsys):
+    from readme_blocks import python_blocks
+
+    blocks = python_blocks(server=True)
+    assert [heading for heading, _ in blocks] == ["Serve on vLLM"]
+    monkeypatch.chdir(tmp_path)
+    code = blocks[0][1].replace('"http://127.0.0.1:8000"', repr(vllm_url))
+    exec(compile(code, "README.md (Serve on vLLM)", "exec"), {})  # our own documentation
+    printed = capsys.readouterr().out.splitlines()
+    assert "Harvard" in printed[0] and len(printed) >= 2
