@@ -17,12 +17,11 @@ Example:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from spring_core.aio import iterate_in_thread
 from spring_core.errors import ServerError
 from spring_core.parametric.online import ParametricDocument, activated, plan_call
 from spring_core.prompts import PromptParts
@@ -96,16 +95,6 @@ class Engine:
             served = await asyncio.to_thread(self._served, request)
             return await self.backend.agenerate(self.spring, *served)
         return await asyncio.to_thread(self.generate, request)
-
-    async def astream(self, request: Request) -> AsyncIterator[str]:
-        """Async twin of ``stream``: text deltas."""
-        if self.backend is not None:
-            served = await asyncio.to_thread(self._served, request)
-            async for delta in self.backend.astream(self.spring, *served):
-                yield delta
-            return
-        async for delta in iterate_in_thread(lambda: self.stream(request)):
-            yield delta
 
     def generate_batch(self, requests: Sequence[Request]) -> list[Generation]:
         """Answers in order; finished prompts with equal settings run as one left-padded batch in process, and
