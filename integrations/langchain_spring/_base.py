@@ -218,8 +218,7 @@ class SpringParams(BaseModel):
         if self._backend is None and self.backend is not None:
             with _LOCK:
                 if self._backend is None:
-                    self._backend = (as_backend(self.backend, timeout=self.timeout, max_retries=self.max_retries)
-                                     if isinstance(self.backend, str) else self.backend)
+                    self._backend = as_backend(self.backend, timeout=self.timeout, max_retries=self.max_retries)
         return Engine(self.spring, self.parametric_adapters, self._backend)
 
     def get_token_ids(self, text: str) -> list[int]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 
 from spring_core.errors import ModelMismatchError, ServerError
@@ -132,25 +133,23 @@ class VLLMBackend:
     async def astream(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
                       lora: str | None = None) -> AsyncIterator[str]:
         """Async twin of ``stream``: yields text deltas."""
-        import httpx
-
         prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora=lora, stream=True)
+        reader = _StreamReader()
         async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers()) as client:
             for attempt in range(self.max_retries + 1):
                 try:
                     async with client.stream("POST", self.base_url + "/v1/completions", json=prepared.body) as reply:
-                        if reply.status_code in RETRY_STATUS and attempt < self.max_retries:
+                        if self._retry(attempt, reply.status_code):
                             await asyncio.sleep(self._delay(attempt))
                             continue
                         if reply.status_code != 200:
                             self._raise_for(reply.status_code, (await reply.aread()).decode("utf-8", "replace"))
                         async for line in reply.aiter_lines():
-                            event = _sse_event(line)
-                            if event is not None and (delta := _event_text(event)):
+                            if delta := reader.read(line):
                                 yield delta
                         return
                 except httpx.TransportError as exc:
-                    if attempt >= self.max_retries:
+                    if reader.text or not self._retry(attempt):
                         raise self._unreachable(exc) from exc
                     await asyncio.sleep(self._delay(attempt))
 
@@ -263,6 +262,11 @@ class VLLMBackend:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
+    def _retry(self, attempt: int, status: int | None = None) -> bool:
+        """Whether to try again after ``attempt`` failed: with a transport error (``status`` None) or a status that
+        says the server is starting or overloaded, while retries are left."""
+        return attempt < self.max_retries and (status is None or status in RETRY_STATUS)
+
     def _delay(self, attempt: int) -> float:
         return self.backoff * 2 ** attempt
 
@@ -272,18 +276,16 @@ class VLLMBackend:
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                  allow: set[int] = frozenset()) -> Any:
-        import httpx
-
         for attempt in range(self.max_retries + 1):
             try:
                 reply = httpx.request(method, self.base_url + path, json=body, timeout=self.timeout,
                                       headers=self._headers())
             except httpx.TransportError as exc:
-                if attempt >= self.max_retries:
+                if not self._retry(attempt):
                     raise self._unreachable(exc) from exc
                 time.sleep(self._delay(attempt))
                 continue
-            if reply.status_code in RETRY_STATUS and attempt < self.max_retries:
+            if self._retry(attempt, reply.status_code):
                 time.sleep(self._delay(attempt))
                 continue
             if reply.status_code != 200 and reply.status_code not in allow:
@@ -295,18 +297,16 @@ class VLLMBackend:
         return self._request("POST", path, body).json()
 
     async def _apost(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        import httpx
-
         async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers()) as client:
             for attempt in range(self.max_retries + 1):
                 try:
                     reply = await client.post(self.base_url + path, json=body)
                 except httpx.TransportError as exc:
-                    if attempt >= self.max_retries:
+                    if not self._retry(attempt):
                         raise self._unreachable(exc) from exc
                     await asyncio.sleep(self._delay(attempt))
                     continue
-                if reply.status_code in RETRY_STATUS and attempt < self.max_retries:
+                if self._retry(attempt, reply.status_code):
                     await asyncio.sleep(self._delay(attempt))
                     continue
                 if reply.status_code != 200:
@@ -315,36 +315,25 @@ class VLLMBackend:
         raise AssertionError("unreachable")
 
     def _stream_deltas(self, prepared: _Prepared, stream: GenerationStream) -> Iterator[str]:
-        import httpx
-
-        text: list[str] = []
-        finish, usage = "length", None
+        reader = _StreamReader()
         with httpx.Client(timeout=self.timeout, headers=self._headers()) as client:
             for attempt in range(self.max_retries + 1):
                 try:
                     with client.stream("POST", self.base_url + "/v1/completions", json=prepared.body) as reply:
-                        if reply.status_code in RETRY_STATUS and attempt < self.max_retries:
+                        if self._retry(attempt, reply.status_code):
                             time.sleep(self._delay(attempt))
                             continue
                         if reply.status_code != 200:
                             self._raise_for(reply.status_code, reply.read().decode("utf-8", "replace"))
                         for line in reply.iter_lines():
-                            event = _sse_event(line)
-                            if event is None:
-                                continue
-                            usage = event.get("usage") or usage
-                            for choice in event.get("choices") or []:
-                                finish = choice.get("finish_reason") or finish
-                            if delta := _event_text(event):
-                                text.append(delta)
+                            if delta := reader.read(line):
                                 yield delta
                         break
                 except httpx.TransportError as exc:
-                    if text or attempt >= self.max_retries:
+                    if reader.text or not self._retry(attempt):
                         raise self._unreachable(exc) from exc
                     time.sleep(self._delay(attempt))
-        reply_like = {"choices": [{"text": "".join(text), "finish_reason": finish}], "usage": usage or {}}
-        stream.result = _generation(reply_like, prepared)
+        stream.result = _generation(reader.reply(), prepared)
 
     def _raise_for(self, status: int, text: str) -> None:
         message = _error_message(text)
@@ -381,18 +370,32 @@ def _generation(reply: Mapping[str, Any], prepared: _Prepared) -> Generation:
                                   virtual_tokens=prepared.k))
 
 
-def _sse_event(line: str) -> dict[str, Any] | None:
-    """The JSON of one ``data:`` line of a server-sent event stream (``None`` for anything else)."""
-    if not line.startswith("data:"):
-        return None
-    data = line[5:].strip()
-    if not data or data == "[DONE]":
-        return None
-    return json.loads(data)
+class _StreamReader:
+    """The server-sent events of one streamed completion: ``read`` returns each ``data:`` line's text delta and
+    keeps the text, the finish reason and the usage (the last events carry them) for ``reply``."""
 
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.finish = "length"
+        self.usage: Mapping[str, Any] = {}
 
-def _event_text(event: Mapping[str, Any]) -> str:
-    return "".join(choice.get("text") or "" for choice in event.get("choices") or [])
+    def read(self, line: str) -> str:
+        data = line[5:].strip() if line.startswith("data:") else ""
+        if not data or data == "[DONE]":
+            return ""
+        event = json.loads(data)
+        self.usage = event.get("usage") or self.usage
+        choices = event.get("choices") or []
+        for choice in choices:
+            self.finish = choice.get("finish_reason") or self.finish
+        delta = "".join(choice.get("text") or "" for choice in choices)
+        if delta:
+            self.text.append(delta)
+        return delta
+
+    def reply(self) -> dict[str, Any]:
+        """What a non-streamed reply would have held."""
+        return {"choices": [{"text": "".join(self.text), "finish_reason": self.finish}], "usage": self.usage}
 
 
 def _error_message(text: str) -> str:

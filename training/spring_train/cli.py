@@ -347,8 +347,8 @@ def _run_serve(args: argparse.Namespace) -> None:
                              dtype=args.dtype, adapters=args.adapters, max_lora_rank=args.max_lora_rank,
                              max_loras=args.max_loras, served_model_name=args.served_model_name, extra=args.extra)
     if args.print_command:
-        runtime = " VLLM_ALLOW_RUNTIME_LORA_UPDATING=true" if args.adapters else ""
-        print(("env" + runtime + " " if runtime else "") + shlex.join(argv))
+        added = [f"{name}={value}" for name, value in env.items() if os.environ.get(name) != value]
+        print(shlex.join(["env", *added, *argv] if added else argv))
         return
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)  # the server replaces this process, so signals reach vLLM directly
