@@ -16,7 +16,8 @@ tokens, the bundled ``smollm2-135m-squad`` tokens at k = 50. EM / F1 in % (SQuAD
   documents handed over as documents.
 
 Predictions are kept in ``--out/predictions.jsonl`` keyed by configuration and question, so an interrupted run
-resumes. Results: ``benchmarks/results/dropin.json`` and a table on stdout.
+resumes; after the bundled tokens change, delete the predictions of the configurations that use them.
+Results: ``benchmarks/results/dropin.json`` and a table on stdout.
 
 Run (from the repository root, with the shared data folder beside the repository)::
 
@@ -83,9 +84,10 @@ def main() -> int:
                         "f1": round(scores["f1"], 1), "seconds": round(time.perf_counter() - began, 1)})
         print(f"{name:<48} EM {results[-1]['em']:5.1f}  F1 {results[-1]['f1']:5.1f}", flush=True)
     path = RESULTS / "dropin.json"
-    previous = json.loads(path.read_text(encoding="utf-8"))["results"] if path.exists() else []
-    merged = {(r["config"], r["questions"]): r for r in [*previous, *results]}  # a rerun replaces its own rows
-    payload = {"setup": {"k": args.k, "tokens": TOKENS, "passages": 2, "max_new_tokens": 16, "model": "smollm2-135m"},
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    merged = {(r["config"], r["questions"]): r for r in [*saved.get("results", []), *results]}  # reruns replace
+    payload = {**saved,  # keeps "earlier_tokens": rows measured with earlier versions of the bundled tokens
+               "setup": {"k": args.k, "tokens": TOKENS, "passages": 2, "max_new_tokens": 16, "model": "smollm2-135m"},
                "results": list(merged.values())}
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     print_table(results)
