@@ -94,7 +94,7 @@ def test_a_merged_document_adapter_answers_as_the_hooked_update(smollm2, tmp_pat
     spec = LoraSpec.for_model(model, rank=2, alpha=32)
     generator = torch.Generator().manual_seed(0)
     store = AdapterStore.create(tmp_path / "adapters", model, spec, base_model_name="smollm2-135m")
-    store.add({doc: {f"{name}.lora_{part}": torch.randn(*shape, generator=generator) * 0.02
+    store.add({doc: {f"{name}.lora_{part}": torch.randn(*shape, generator=generator) * 0.03
                      for name, (out_f, in_f) in spec.modules.items()
                      for part, shape in (("A", (2, in_f)), ("B", (out_f, 2)))} for doc in ("d1", "d2")})
     adapters = DocumentAdapters(store, model)
