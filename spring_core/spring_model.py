@@ -32,6 +32,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from transformers.generation.streamers import BaseStreamer
 
 from spring_core.errors import MarkerError, ModelMismatchError
+from spring_core.healing import allowed_first_ids, heal, visible
 from spring_core.inputs import InputLayer
 from spring_core.models import DEFAULT_MODEL, load_model, model_display_name
 from spring_core.modes import MODES
@@ -280,7 +281,8 @@ class SpringModel:
             return self.as_parts(item)
         return self.prompt_parts(item["question"], item.get("passages"), item.get("k"))
 
-    def _generation_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
+    def _generation_kwargs(self, settings: GenerationSettings, healed_spaces: Sequence[str] = (),
+                           inputs: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
         sample = settings.temperature > 0
         eos = self.inputs.eos_token_ids()
         config = GenerationConfig(
@@ -298,20 +300,38 @@ class SpringModel:
         kwargs: dict[str, Any] = {"generation_config": config}
         if settings.stop:
             kwargs["tokenizer"] = self.tokenizer
+        if any(healed_spaces):
+            kwargs["prefix_allowed_tokens_fn"] = self._first_token_rule(healed_spaces, inputs or {})
         return kwargs
 
+    def _first_token_rule(self, healed_spaces: Sequence[str], inputs: Mapping[str, torch.Tensor],
+                          ) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """``generate``'s ``prefix_allowed_tokens_fn`` for healed prompts: row ``i``'s first token must start with
+        ``healed_spaces[i]`` (see ``spring_core.healing``); later tokens, and rows not healed, are free."""
+        every = torch.arange(self.model.get_output_embeddings().weight.shape[0])
+        first = {row: allowed_first_ids(self.tokenizer, spaces) for row, spaces in enumerate(healed_spaces) if spaces}
+        # generate() hands over the prompt ids too when it was given input_ids (none with inputs_embeds)
+        prompt_width = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
+
+        def allowed(row: int, ids: torch.Tensor) -> torch.Tensor:
+            return first[row] if ids.shape[-1] == prompt_width and row in first else every
+
+        return allowed
+
     def _generate_parts(self, parts: Sequence[PromptParts], settings: GenerationSettings) -> list[Generation]:
-        encoded = [self.encode(p) for p in parts]
+        healed = [heal(p) for p in parts]
+        encoded = [self.encode(h) for h, _ in healed]
         with torch.inference_mode(), _seeded(settings.seed):
             inputs = self.model_inputs(encoded)
-            output = self.model.generate(**inputs, **self._generation_kwargs(settings))
+            kwargs = self._generation_kwargs(settings, [spaces for _, spaces in healed], inputs)
+            output = self.model.generate(**inputs, **kwargs)
         if "input_ids" in inputs:  # generate() returns prompt + new tokens for input_ids, only new ones for embeds
             output = output[:, inputs["input_ids"].shape[1]:]
-        rows = zip(parts, encoded, output, strict=True)
-        return [self._finish(part, ids, row.tolist(), settings) for part, ids, row in rows]
+        rows = zip(parts, healed, encoded, output, strict=True)
+        return [self._finish(part, ids, row.tolist(), settings, spaces) for part, (_, spaces), ids, row in rows]
 
     def _finish(self, part: PromptParts, prompt_ids: list[int], new_ids: list[int],
-                settings: GenerationSettings) -> Generation:
+                settings: GenerationSettings, spaces: str = "") -> Generation:
         eos_ids = self.eos_ids()
         generated: list[int] = []
         finish = "length"
@@ -320,24 +340,29 @@ class SpringModel:
             if token in eos_ids:
                 finish = "stop"
                 break
-        text, stopped = cut_at_stop(self.tokenizer.decode(generated, skip_special_tokens=True), settings.stop)
+        text, stopped = cut_at_stop(self._decode(generated, spaces), settings.stop)
         if stopped:
             # A batch pads a row once its stop string is complete: count only the tokens up to that point.
-            generated = generated[: self._tokens_until_stop(generated, settings.stop)]
+            generated = generated[: self._tokens_until_stop(generated, settings.stop, spaces)]
         usage = Usage(prompt_tokens=len(prompt_ids) - part.k, completion_tokens=len(generated), virtual_tokens=part.k)
         return Generation(text=text, usage=usage, finish_reason="stop" if stopped else finish, prompt=part.render())
 
-    def _tokens_until_stop(self, generated: list[int], stops: Sequence[str]) -> int:
+    def _decode(self, ids: list[int], spaces: str = "") -> str:
+        """The text of generated ``ids``, without the ``spaces`` a healed prompt left to its first token."""
+        return visible(self.tokenizer.decode(ids, skip_special_tokens=True), spaces)
+
+    def _tokens_until_stop(self, generated: list[int], stops: Sequence[str], spaces: str = "") -> int:
         """The length of the shortest prefix of ``generated`` whose text contains a stop string."""
-        return tokens_until_stop(generated, stops, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
+        return tokens_until_stop(generated, stops, lambda ids: self._decode(ids, spaces))
 
     def _stream_parts(self, parts: PromptParts, settings: GenerationSettings) -> GenerationStream:
-        prompt_ids = self.encode(parts)
+        healed, spaces = heal(parts)
+        prompt_ids = self.encode(healed)
         with torch.inference_mode():  # no autograd history for the spliced embeddings
             inputs = self.model_inputs([prompt_ids])
         streamer = _QueueStreamer()
         cancelled = threading.Event()
-        kwargs = self._generation_kwargs(settings)
+        kwargs = self._generation_kwargs(settings, [spaces], inputs)
         kwargs["stopping_criteria"] = StoppingCriteriaList([_CancelCriteria(cancelled)])
 
         def run() -> None:
@@ -354,13 +379,13 @@ class SpringModel:
         stream = GenerationStream()
 
         def finish(raw_ids: list[int]) -> None:
-            stream.result = self._finish(parts, prompt_ids, raw_ids, settings)
+            stream.result = self._finish(parts, prompt_ids, raw_ids, settings, spaces)
 
-        stream._deltas = self._deltas(streamer, worker, cancelled, settings, finish)
+        stream._deltas = self._deltas(streamer, worker, cancelled, settings, finish, spaces)
         return stream
 
     def _deltas(self, streamer: _QueueStreamer, worker: threading.Thread, cancelled: threading.Event,
-                settings: GenerationSettings, finish: Callable[[list[int]], None]) -> Iterator[str]:
+                settings: GenerationSettings, finish: Callable[[list[int]], None], spaces: str) -> Iterator[str]:
         eos_ids = self.eos_ids()
         generated: list[int] = []
         emitted = 0
@@ -370,7 +395,7 @@ class SpringModel:
                     finish([*generated, token])
                     break
                 generated.append(token)
-                text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                text = self._decode(generated, spaces)
                 cut, stopped = cut_at_stop(text, settings.stop)
                 if stopped:
                     finish(generated)
@@ -384,7 +409,7 @@ class SpringModel:
                     emitted = safe
             else:
                 finish(generated)
-            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            text = self._decode(generated, spaces)
             if len(text) > emitted:
                 yield text[emitted:]
         finally:

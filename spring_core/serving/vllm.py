@@ -5,7 +5,8 @@ splice is the same code: a prompt without a block goes to ``/v1/completions`` as
 ``[r1]..[rk]`` as its whole ``prompt_embeds`` (``(num_tokens, hidden)`` in the served dtype, base64 of
 ``torch.save``), in either layout. Document adapters are merged into one PEFT LoRA per set of documents (the exact
 sum; ``peft_export``), written once to ``adapter_dir`` (a folder the server reads) and loaded by name through
-``/v1/load_lora_adapter``.
+``/v1/load_lora_adapter``. A prompt healed for its trailing spaces (``spring_core.healing``) takes two requests: the
+first token alone, restricted to ids that start with those spaces (``allowed_token_ids``), then the rest after it.
 
 What the server cannot do exactly is refused: marginal decoding (RAG-Sequence / RAG-Token) needs each passage's full
 next-token distribution at every step, which vLLM's top-n logprobs do not give, so ``mode`` must be ``concat``.
@@ -28,7 +29,7 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import httpx
 import torch
 
 from spring_core.errors import ModelMismatchError, ServerError
+from spring_core.healing import allowed_first_ids, heal, visible
 from spring_core.models import spring_home
 from spring_core.prompts import PromptParts
 from spring_core.serving.peft_export import write_peft_adapter
@@ -48,11 +50,19 @@ RETRY_STATUS = {429, 502, 503, 504}
 
 @dataclass(frozen=True)
 class _Prepared:
-    """One request's body and what is needed to report usage."""
+    """One request's body and what is needed to report usage.
+
+    A healed prompt's first token was generated already (``head``, its text): ``body`` continues after it, or,
+    with ``finished`` set, nothing is left to ask for (``finished`` is then the stand-in reply).
+    """
 
     body: dict[str, Any]
     k: int
     prompt: str
+    spaces: str = ""
+    head: str = ""
+    head_tokens: int = 0
+    finished: dict[str, Any] | None = None
 
 
 class VLLMBackend:
@@ -112,7 +122,7 @@ class VLLMBackend:
                  lora: str | None = None) -> Generation:
         """The answer to one prompt (``lora``: a name from ``adapter_name``)."""
         prepared = self._prepare(spring, prompt, settings, lora=lora, stream=False)
-        reply = self._post("/v1/completions", prepared.body)
+        reply = prepared.finished or self._post("/v1/completions", prepared.body)
         return _generation(reply, prepared)
 
     def stream(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
@@ -127,13 +137,17 @@ class VLLMBackend:
                         lora: str | None = None) -> Generation:
         """Async twin of ``generate`` (the request itself is async; the prompt is built in a worker thread)."""
         prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora=lora, stream=False)
-        reply = await self._apost("/v1/completions", prepared.body)
+        reply = prepared.finished or await self._apost("/v1/completions", prepared.body)
         return _generation(reply, prepared)
 
     async def astream(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
                       lora: str | None = None) -> AsyncIterator[str]:
         """Async twin of ``stream``: yields text deltas."""
         prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora=lora, stream=True)
+        if head := visible(prepared.head, prepared.spaces):
+            yield head
+        if prepared.finished:
+            return
         reader = _StreamReader()
         async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers()) as client:
             for attempt in range(self.max_retries + 1):
@@ -239,18 +253,44 @@ class VLLMBackend:
                  lora: str | None, stream: bool) -> _Prepared:
         self.check(spring)
         parts = spring.as_parts(prompt)
+        healed, spaces = heal(parts)
         parsed = parse_settings(settings)
-        ids = spring.encode(parts)
+        ids = spring.encode(healed)
         body = _sampling(parsed)
         body["model"] = lora or self.model
         if parts.k > 0 or self.embeds == "always":
             body["prompt_embeds"] = self._embeds(spring, ids)
         else:
             body["prompt"] = ids
+        prepared = _Prepared(body, parts.k, parts.render())
+        if spaces:
+            prepared = self._first_healed_token(spring, prepared, ids, spaces)
         if stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        return _Prepared(body, parts.k, parts.render())
+            body = {**prepared.body, "stream": True, "stream_options": {"include_usage": True}}
+            prepared = replace(prepared, body=body)
+        return prepared
+
+    def _first_healed_token(self, spring: SpringModel, prepared: _Prepared, ids: list[int], spaces: str) -> _Prepared:
+        """Ask for the first token alone, among those that start with the healed ``spaces``; return the request
+        that continues after it (or, when the answer ended there, a stand-in reply)."""
+        body = prepared.body
+        allowed = allowed_first_ids(spring.tokenizer, spaces).tolist()
+        reply = self._post("/v1/completions", {**body, "max_tokens": 1, "min_tokens": 0, "return_token_ids": True,
+                                               "allowed_token_ids": allowed})
+        choice = reply["choices"][0]
+        head = choice.get("text") or ""
+        step = {"spaces": spaces, "head": head, "head_tokens": 1}
+        if choice.get("finish_reason") == "stop" or body["max_tokens"] <= 1:  # a stop string, or no tokens left
+            prompt_tokens = int((reply.get("usage") or {}).get("prompt_tokens") or 0) + 1
+            finished = {"choices": [{"text": "", "finish_reason": choice.get("finish_reason")}],
+                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 0}}
+            return replace(prepared, finished=finished, **step)
+        rest = {**body, "max_tokens": body["max_tokens"] - 1,
+                "prompt_embeds": self._embeds(spring, [*ids, *choice["token_ids"]])}
+        rest.pop("prompt", None)
+        if body.get("min_tokens"):
+            rest["min_tokens"] = body["min_tokens"] - 1
+        return replace(prepared, body=rest, **step)
 
     def _embeds(self, spring: SpringModel, ids: list[int]) -> str:
         with torch.inference_mode():
@@ -315,6 +355,11 @@ class VLLMBackend:
         raise AssertionError("unreachable")
 
     def _stream_deltas(self, prepared: _Prepared, stream: GenerationStream) -> Iterator[str]:
+        if head := visible(prepared.head, prepared.spaces):
+            yield head
+        if prepared.finished:
+            stream.result = _generation(prepared.finished, prepared)
+            return
         reader = _StreamReader()
         with httpx.Client(timeout=self.timeout, headers=self._headers()) as client:
             for attempt in range(self.max_retries + 1):
@@ -362,11 +407,13 @@ def _sampling(settings: GenerationSettings) -> dict[str, Any]:
 def _generation(reply: Mapping[str, Any], prepared: _Prepared) -> Generation:
     choice = reply["choices"][0]
     usage = reply.get("usage") or {}
-    prompt_tokens = int(usage.get("prompt_tokens") or 0) - prepared.k  # the server counts the block's embeddings
+    # the server counts the block's embeddings, and a healed prompt's first token, as prompt tokens
+    prompt_tokens = int(usage.get("prompt_tokens") or 0) - prepared.k - prepared.head_tokens
     finish = "length" if choice.get("finish_reason") == "length" else "stop"
-    return Generation(text=choice.get("text") or "", finish_reason=finish, prompt=prepared.prompt,
+    return Generation(text=visible(prepared.head + (choice.get("text") or ""), prepared.spaces), finish_reason=finish,
+                      prompt=prepared.prompt,
                       usage=Usage(prompt_tokens=max(prompt_tokens, 0),
-                                  completion_tokens=int(usage.get("completion_tokens") or 0),
+                                  completion_tokens=int(usage.get("completion_tokens") or 0) + prepared.head_tokens,
                                   virtual_tokens=prepared.k))
 
 

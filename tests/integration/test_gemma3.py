@@ -13,7 +13,8 @@ import torch
 from conftest import weights_digest
 
 from spring_core import SpringModel, VirtualTokens
-from spring_core.prompts import LayoutError, build_prompt
+from spring_core.healing import allowed_first_ids
+from spring_core.prompts import LayoutError, PromptParts, build_prompt
 from spring_train.batching import build_example, collate
 from spring_train.methods import SpringTarget
 
@@ -130,3 +131,15 @@ def test_one_llama_index_and_one_langchain_rag_call_get_the_block_on_gemma(gemma
         spring_model=sm, max_tokens=6)
     expected = sm.generate(QUESTIONS[1], [PASSAGES[1]], 8, max_new_tokens=6).text
     assert chain.invoke(QUESTIONS[1]) == expected
+
+
+def test_healing_a_trailing_space_works_with_gemmas_sentencepiece_style_tokenizer(gemma3):
+    model, tokenizer = gemma3
+    allowed = set(allowed_first_ids(tokenizer, " ").tolist())
+    assert tokenizer.convert_tokens_to_ids("▁Paris") in allowed
+    assert tokenizer.convert_tokens_to_ids("Paris") not in allowed
+    sm = SpringModel(model, tokenizer, VirtualTokens.from_text(model, n=4, text=SENTENCE, tokenizer=tokenizer))
+    parts = PromptParts(f"Context: {PASSAGES[0]}\n", 4, "Query: Where is the Eiffel Tower?\nAnswer: ")
+    out = sm.generate_from_prompt(parts, max_new_tokens=4)
+    assert out.text and not out.text.startswith(" ")
+    assert "".join(sm.stream_from_prompt(parts, max_new_tokens=4)) == out.text

@@ -1,8 +1,8 @@
 """The vLLM backend against a real vLLM server (SmolLM2-135M-Instruct, float32, CPU): greedy answers equal the
-transformers backend's for the same SPRING prompts and for a merged document adapter; streaming, async, stop,
-seed and usage; the model check; the errors of a server started without spring-rag's flags; both integrations
-pointed at the server. The servers (``vllm_server``) are started with ``spring-rag serve``'s own command builder,
-once per session."""
+transformers backend's for the same SPRING prompts, for prompts healed for a trailing space and for a merged
+document adapter; streaming, async, stop, seed and usage; the model check; the errors of a server started without
+spring-rag's flags; both integrations pointed at the server. The servers (``vllm_server``) are started with
+``spring-rag serve``'s own command builder, once per session."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from spring_core import SpringModel
 from spring_core.data import demo_qa_path
 from spring_core.engine import Engine, Request
 from spring_core.errors import ModelMismatchError, ServerError
+from spring_core.healing import heal
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec
 from spring_core.parametric.online import ParametricDocument
 from spring_core.serving import VLLMBackend
+from spring_core.templates import TEMPLATES, render_template
 
 pytestmark = pytest.mark.vllm
 TOKENS = "smollm2-135m-squad"
@@ -142,6 +144,31 @@ def test_async_concurrent_requests_stop_strings_and_seeds(springs, backend, rows
     stop = one_by_one[0].strip().split()[0]
     cut = backend.generate(spring, prompts[0], {**GREEDY, "stop": [stop]})
     assert stop not in cut.text and cut.finish_reason == "stop"
+
+
+def test_a_prompt_healed_for_its_trailing_space_answers_as_transformers(springs, backend, rows):
+    spring = springs["raw"]
+    template = TEMPLATES["llamaindex-text-qa"]  # ends with "Answer: "
+    prompts = [render_template(template, row["question"], passages(row), k) for row in rows for k in (1, 50)]
+    assert all(heal(p)[1] == " " for p in prompts)
+    for settings in (GREEDY, {"max_new_tokens": 1}):
+        local = [spring.generate_from_prompt(p, **settings) for p in prompts]
+        served = [backend.generate(spring, p, settings) for p in prompts]
+        assert [g.text for g in served] == [g.text for g in local]
+        assert [g.usage for g in served] == [g.usage for g in local]
+        assert [g.finish_reason for g in served] == [g.finish_reason for g in local]
+    stream = backend.stream(spring, prompts[-1], GREEDY)
+    assert "".join(stream) == local_text(spring, prompts[-1]) and stream.result.usage.virtual_tokens == 50
+
+    async def deltas():
+        return [d async for d in backend.astream(spring, prompts[-1], GREEDY)]
+
+    assert "".join(asyncio.run(deltas())) == local_text(spring, prompts[-1])
+    assert asyncio.run(backend.agenerate(spring, prompts[0], GREEDY)).text == local_text(spring, prompts[0])
+
+
+def local_text(spring, prompt):
+    return spring.generate_from_prompt(prompt, **GREEDY).text
 
 
 def test_a_client_with_another_model_is_refused_at_connect(tiny, vllm_url):
