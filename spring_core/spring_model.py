@@ -308,8 +308,9 @@ class SpringModel:
                           ) -> Callable[[int, torch.Tensor], torch.Tensor]:
         """``generate``'s ``prefix_allowed_tokens_fn`` for healed prompts: row ``i``'s first token must start with
         ``healed_spaces[i]`` (see ``spring_core.healing``); later tokens, and rows not healed, are free."""
-        every = torch.arange(self.model.get_output_embeddings().weight.shape[0])
-        first = {row: allowed_first_ids(self.tokenizer, spaces) for row, spaces in enumerate(healed_spaces) if spaces}
+        every = torch.arange(self.model.get_output_embeddings().weight.shape[0], device=self.device)
+        first = {row: allowed_first_ids(self.tokenizer, spaces).to(self.device)
+                 for row, spaces in enumerate(healed_spaces) if spaces}
         # generate() hands over the prompt ids too when it was given input_ids (none with inputs_embeds)
         prompt_width = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
 

@@ -8,6 +8,7 @@ from families import build
 
 from spring_core import SpringModel, VirtualTokens
 from spring_core.models import load_model
+from spring_core.prompts import PromptParts
 from spring_train.batching import build_example, collate
 from spring_train.methods import SpringTarget
 
@@ -38,6 +39,8 @@ def test_bf16_cuda_inference_matches_the_base_and_reads_the_table(cuda_model):
     assert batch[0].text == out.text
     for mode in ("rag-token", "rag-sequence"):
         assert sm.generate(QUESTION, PASSAGES, 4, max_new_tokens=6, mode=mode).usage.virtual_tokens == 8
+    healed = PromptParts(f"Context: {PASSAGES[0]}\n", 4, f"Query: {QUESTION}\nAnswer: ")  # healed on the GPU
+    assert sm.generate_from_prompt(healed, max_new_tokens=6).usage.virtual_tokens == 4
 
 
 def test_training_step_under_bf16_autocast_on_cuda(cuda_model):
