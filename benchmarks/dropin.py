@@ -13,7 +13,8 @@ tokens, the bundled ``smollm2-135m-squad`` tokens at k = 50. EM / F1 in % (SQuAD
   ``tutorial, plain`` / ``tutorial, automatic``: the RAG tutorial's chain (context in the system message, the
   question in the human one) with ``ChatSpring`` without / with tokens; ``RetrievalQA prompt`` likewise with the
   completion ``SpringLLM`` and langchain-classic's ``RetrievalQA`` prompt; ``create_spring_rag_chain``: the
-  documents handed over as documents.
+  documents handed over as documents, in SPRING's raw layout (the bundled tokens' own) and in its chat layout
+  (the reference for the tutorial chain).
 
 Predictions are kept in ``--out/predictions.jsonl`` keyed by configuration and question, so an interrupted run
 resumes; after the bundled tokens change, delete the predictions of the configurations that use them.
@@ -166,6 +167,10 @@ def build_configs(corpus: Path, cache: Path, k: int, tokens: str = TOKENS) -> di
     }
     spring_chain = create_spring_rag_chain(retriever, SpringLLM(spring_model=spring, k=k, max_tokens=16))
     configs["LangChain create_spring_rag_chain"] = lambda question: spring_chain.invoke(question).strip()
+    # SPRING's own chat layout, the reference for the tutorial chain, which reads its prompt as a chat
+    chat_spring = ChatSpring(spring_model=spring.with_tokens(tokens, layout="chat"), k=k, max_tokens=16)
+    chat_chain = create_spring_rag_chain(retriever, chat_spring)
+    configs["LangChain create_spring_rag_chain, chat layout"] = lambda question: chat_chain.invoke(question).strip()
     if tokens == TOKENS:
         return configs
     label = Path(tokens).name

@@ -286,8 +286,7 @@ class VLLMBackend:
                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 0}}
             return replace(prepared, finished=finished, **step)
         rest = {**body, "max_tokens": body["max_tokens"] - 1,
-                "prompt_embeds": self._embeds(spring, [*ids, *choice["token_ids"]])}
-        rest.pop("prompt", None)
+                "prompt_embeds": self._embeds(spring, [*ids, *choice["token_ids"]])}  # only blocks are healed
         if body.get("min_tokens"):
             rest["min_tokens"] = body["min_tokens"] - 1
         return replace(prepared, body=rest, **step)
