@@ -7,6 +7,9 @@ What is measured (SmolLM2-135M-Instruct, CPU, float32, greedy decoding, 16 new t
 - ``spring k=0``, ``k=1``, ``k=10``, ``k=50``: ``SpringModel.generate_from_prompt`` on the same prompt with a
   block of k virtual tokens between the passages and the question (``k=0``: no block, the ``base`` prompt). The
   50 virtual tokens are ``VirtualTokens.from_text`` (untrained: the values do not change the cost).
+- ``spring k=50 healed``: the ``k=50`` prompt with a space after its ``Answer:``, which ``SpringModel`` heals
+  (``spring_core.healing``): the model reads the same ids as ``k=50`` and the first new token is constrained to
+  those that start with a space, so the ratio of the two is the constraint's cost.
 - ``base 306 tokens``: the plain path on the 256-token prompt plus 50 ordinary tokens where the block would be
   (the tokens the virtual ones are initialised from), to compare ``k=50`` with reading 50 more real tokens.
 
@@ -68,6 +71,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "overhead.json"
 
 BASE = "base"
 BASE_LONG = f"base {PROMPT_TOKENS + EXTRA_TOKENS} tokens"
+HEALED = f"spring k={KS[-1]} healed"
 TARGETS = (  # (name, numerator, denominator, limit) from the issue
     ("k=0 / base", "spring k=0", BASE, 1.02),
     (f"k=50 / base-{PROMPT_TOKENS + EXTRA_TOKENS}", "spring k=50", BASE_LONG, 1.03),
@@ -233,6 +237,8 @@ def build_variants(sm: SpringModel, parts: PromptParts, long_prompt: str) -> lis
     for k in KS:
         prompt = parts.with_k(k)
         variants.append(Variant(f"spring k={k}", prompt.render(), k, spring_runner(sm, prompt)))
+    healed = PromptParts(parts.before, KS[-1], parts.after + " ")
+    variants.append(Variant(HEALED, healed.render(), KS[-1], spring_runner(sm, healed)))
     variants.append(Variant(BASE_LONG, long_prompt, 0, base_runner(sm.model, sm.tokenizer, long_prompt, config)))
     return variants
 
@@ -282,6 +288,7 @@ def ratios(medians: dict[str, float]) -> dict[str, float]:
     """Each spring variant over ``base``, and ``k=50`` over the plain prompt with 50 more real tokens."""
     out = {f"k={k} / base": medians[f"spring k={k}"] / medians[BASE] for k in KS}
     out[f"k=50 / base-{PROMPT_TOKENS + EXTRA_TOKENS}"] = medians["spring k=50"] / medians[BASE_LONG]
+    out["k=50 healed / k=50"] = medians[HEALED] / medians["spring k=50"]
     return out
 
 
