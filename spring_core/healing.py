@@ -39,6 +39,18 @@ def heal(parts: PromptParts) -> tuple[PromptParts, str]:
     return PromptParts(parts.before, parts.k, after, parts.special_tokens), parts.after[len(after):]
 
 
+def heal_for_model(parts: PromptParts, tokenizer: Any, vocab_size: int) -> tuple[PromptParts, str, torch.Tensor | None]:
+    """``heal`` for a model that can emit ids below ``vocab_size``: the prompt to feed, the healed spaces and the
+    ids its first token may take. A prompt whose spaces no such id starts with is fed as it is (``""``, ``None``).
+    """
+    healed, spaces = heal(parts)
+    if not spaces:
+        return parts, "", None
+    first = allowed_first_ids(tokenizer, spaces)
+    first = first[first < vocab_size]
+    return (healed, spaces, first) if len(first) else (parts, "", None)
+
+
 def visible(text: str, spaces: str) -> str:
     """The answer without the healed ``spaces`` its first token supplied (tokenizers that drop a leading space
     when decoding have none to cut)."""

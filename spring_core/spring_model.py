@@ -32,7 +32,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from transformers.generation.streamers import BaseStreamer
 
 from spring_core.errors import MarkerError, ModelMismatchError
-from spring_core.healing import allowed_first_ids, heal, visible
+from spring_core.healing import heal_for_model, visible
 from spring_core.inputs import InputLayer
 from spring_core.models import DEFAULT_MODEL, load_model, model_display_name
 from spring_core.modes import MODES
@@ -281,8 +281,8 @@ class SpringModel:
             return self.as_parts(item)
         return self.prompt_parts(item["question"], item.get("passages"), item.get("k"))
 
-    def _generation_kwargs(self, settings: GenerationSettings, healed_spaces: Sequence[str] = (),
-                           inputs: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    def _generation_kwargs(self, settings: GenerationSettings,
+                           first_ids: Sequence[torch.Tensor | None] = ()) -> dict[str, Any]:
         sample = settings.temperature > 0
         eos = self.inputs.eos_token_ids()
         config = GenerationConfig(
@@ -300,36 +300,42 @@ class SpringModel:
         kwargs: dict[str, Any] = {"generation_config": config}
         if settings.stop:
             kwargs["tokenizer"] = self.tokenizer
-        if any(healed_spaces):
-            kwargs["prefix_allowed_tokens_fn"] = self._first_token_rule(healed_spaces, inputs or {})
+        if any(ids is not None for ids in first_ids):
+            kwargs["prefix_allowed_tokens_fn"] = self._first_token_rule(first_ids)
         return kwargs
 
-    def _first_token_rule(self, healed_spaces: Sequence[str], inputs: Mapping[str, torch.Tensor],
+    def heal(self, parts: PromptParts) -> tuple[PromptParts, str, torch.Tensor | None]:
+        """The prompt generation feeds for ``parts``, the trailing spaces healed off it and the ids its first new
+        token may take (``""`` and ``None`` when nothing is healed; see ``spring_core.healing``)."""
+        return heal_for_model(parts, self.tokenizer, self._output_rows())
+
+    def _output_rows(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def _first_token_rule(self, first_ids: Sequence[torch.Tensor | None],
                           ) -> Callable[[int, torch.Tensor], torch.Tensor]:
-        """``generate``'s ``prefix_allowed_tokens_fn`` for healed prompts: row ``i``'s first token must start with
-        ``healed_spaces[i]`` (see ``spring_core.healing``); later tokens, and rows not healed, are free."""
-        every = torch.arange(self.model.get_output_embeddings().weight.shape[0], device=self.device)
-        first = {row: allowed_first_ids(self.tokenizer, spaces).to(self.device)
-                 for row, spaces in enumerate(healed_spaces) if spaces}
-        # generate() hands over the prompt ids too when it was given input_ids (none with inputs_embeds)
-        prompt_width = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
+        """``generate``'s ``prefix_allowed_tokens_fn`` for healed prompts: row ``i``'s first token is one of
+        ``first_ids[i]``; later tokens, and rows not healed (``None``), are free. Healed prompts hold a block, so
+        ``generate`` runs on ``inputs_embeds`` and hands over only the new ids."""
+        every = torch.arange(self._output_rows(), device=self.device)
+        first = {row: ids.to(self.device) for row, ids in enumerate(first_ids) if ids is not None}
 
         def allowed(row: int, ids: torch.Tensor) -> torch.Tensor:
-            return first[row] if ids.shape[-1] == prompt_width and row in first else every
+            return first[row] if ids.shape[-1] == 0 and row in first else every
 
         return allowed
 
     def _generate_parts(self, parts: Sequence[PromptParts], settings: GenerationSettings) -> list[Generation]:
-        healed = [heal(p) for p in parts]
-        encoded = [self.encode(h) for h, _ in healed]
+        healed = [self.heal(p) for p in parts]
+        encoded = [self.encode(fed) for fed, _, _ in healed]
         with torch.inference_mode(), _seeded(settings.seed):
             inputs = self.model_inputs(encoded)
-            kwargs = self._generation_kwargs(settings, [spaces for _, spaces in healed], inputs)
+            kwargs = self._generation_kwargs(settings, [first for _, _, first in healed])
             output = self.model.generate(**inputs, **kwargs)
         if "input_ids" in inputs:  # generate() returns prompt + new tokens for input_ids, only new ones for embeds
             output = output[:, inputs["input_ids"].shape[1]:]
         rows = zip(parts, healed, encoded, output, strict=True)
-        return [self._finish(part, ids, row.tolist(), settings, spaces) for part, (_, spaces), ids, row in rows]
+        return [self._finish(part, ids, row.tolist(), settings, spaces) for part, (_, spaces, _), ids, row in rows]
 
     def _finish(self, part: PromptParts, prompt_ids: list[int], new_ids: list[int],
                 settings: GenerationSettings, spaces: str = "") -> Generation:
@@ -357,13 +363,13 @@ class SpringModel:
         return tokens_until_stop(generated, stops, lambda ids: self._decode(ids, spaces))
 
     def _stream_parts(self, parts: PromptParts, settings: GenerationSettings) -> GenerationStream:
-        healed, spaces = heal(parts)
-        prompt_ids = self.encode(healed)
+        fed, spaces, first = self.heal(parts)
+        prompt_ids = self.encode(fed)
         with torch.inference_mode():  # no autograd history for the spliced embeddings
             inputs = self.model_inputs([prompt_ids])
         streamer = _QueueStreamer()
         cancelled = threading.Event()
-        kwargs = self._generation_kwargs(settings, [spaces], inputs)
+        kwargs = self._generation_kwargs(settings, [first])
         kwargs["stopping_criteria"] = StoppingCriteriaList([_CancelCriteria(cancelled)])
 
         def run() -> None:

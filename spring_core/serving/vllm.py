@@ -37,7 +37,7 @@ import httpx
 import torch
 
 from spring_core.errors import ModelMismatchError, ServerError
-from spring_core.healing import allowed_first_ids, heal, visible
+from spring_core.healing import visible
 from spring_core.models import spring_home
 from spring_core.prompts import PromptParts
 from spring_core.serving.peft_export import write_peft_adapter
@@ -253,9 +253,9 @@ class VLLMBackend:
                  lora: str | None, stream: bool) -> _Prepared:
         self.check(spring)
         parts = spring.as_parts(prompt)
-        healed, spaces = heal(parts)
+        fed, spaces, first = spring.heal(parts)
         parsed = parse_settings(settings)
-        ids = spring.encode(healed)
+        ids = spring.encode(fed)
         body = _sampling(parsed)
         body["model"] = lora or self.model
         if parts.k > 0 or self.embeds == "always":
@@ -263,18 +263,18 @@ class VLLMBackend:
         else:
             body["prompt"] = ids
         prepared = _Prepared(body, parts.k, parts.render())
-        if spaces:
-            prepared = self._first_healed_token(spring, prepared, ids, spaces)
+        if first is not None:
+            prepared = self._first_healed_token(spring, prepared, ids, spaces, first.tolist())
         if stream:
             body = {**prepared.body, "stream": True, "stream_options": {"include_usage": True}}
             prepared = replace(prepared, body=body)
         return prepared
 
-    def _first_healed_token(self, spring: SpringModel, prepared: _Prepared, ids: list[int], spaces: str) -> _Prepared:
-        """Ask for the first token alone, among those that start with the healed ``spaces``; return the request
-        that continues after it (or, when the answer ended there, a stand-in reply)."""
+    def _first_healed_token(self, spring: SpringModel, prepared: _Prepared, ids: list[int], spaces: str,
+                            allowed: list[int]) -> _Prepared:
+        """Ask for the first token alone, among the ``allowed`` ids (those that start with the healed ``spaces``);
+        return the request that continues after it (or, when the answer ended there, a stand-in reply)."""
         body = prepared.body
-        allowed = allowed_first_ids(spring.tokenizer, spaces).tolist()
         reply = self._post("/v1/completions", {**body, "max_tokens": 1, "min_tokens": 0, "return_token_ids": True,
                                                "allowed_token_ids": allowed})
         choice = reply["choices"][0]

@@ -111,14 +111,17 @@ def test_tokens_round_trip_through_an_artifact(family, tmp_path):
 @feature("generate/stream/batch")
 def test_generate_stream_and_a_left_padded_batch_agree(family):
     sm = spring(family)
+    healed = PromptParts(f"Context: {PASSAGES[0]}\n", 3, f"Query: {QUESTION}\nAnswer: ")  # ends in a space
     items = [{"question": QUESTION, "passages": PASSAGES[:1], "k": 4},
              {"question": "Where is the Eiffel Tower?", "passages": PASSAGES, "k": 2}]
     one_by_one = [sm.generate(item["question"], item["passages"], item["k"], max_new_tokens=6) for item in items]
-    batched = sm.generate_batch(items, max_new_tokens=6)
+    one_by_one.append(sm.generate_from_prompt(healed, max_new_tokens=6))
+    batched = sm.generate_batch([*items, healed], max_new_tokens=6)
     assert [g.text for g in batched] == [g.text for g in one_by_one]
     assert [g.usage for g in batched] == [g.usage for g in one_by_one]
     stream = sm.stream(QUESTION, PASSAGES[:1], 4, max_new_tokens=6)
     assert "".join(stream) == one_by_one[0].text and stream.result.usage == one_by_one[0].usage
+    assert "".join(sm.stream_from_prompt(healed, max_new_tokens=6)) == one_by_one[2].text
 
 
 @feature("RAG-Token / RAG-Sequence")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spring_core import SpringModel, VirtualTokens
-from spring_core.healing import allowed_first_ids, heal, visible
+from spring_core.healing import allowed_first_ids, heal, heal_for_model, visible
 from spring_core.prompts import PromptParts
 from spring_core.templates import TEMPLATES, render_template
 from spring_train.batching import build_example
@@ -59,6 +59,15 @@ def test_allowed_first_ids_are_exactly_the_ids_whose_text_starts_with_the_spaces
     for i in range(len(tokenizer)):
         assert (i in allowed) == tokenizer.decode([*anchor, i])[1:].startswith(" ")
     assert allowed_first_ids(tokenizer, " ") is allowed_first_ids(tokenizer, " ")  # computed once
+
+
+def test_only_ids_the_model_can_emit_are_allowed_and_without_any_the_prompt_is_not_healed(tiny):
+    _, tokenizer = tiny
+    parts = PromptParts(BEFORE, 2, AFTER)
+    every = allowed_first_ids(tokenizer, " ")
+    fed, spaces, first = heal_for_model(parts, tokenizer, vocab_size=int(every[3]))
+    assert (fed, spaces) == heal(parts) and first.tolist() == every[:3].tolist()
+    assert heal_for_model(parts, tokenizer, vocab_size=int(every[0])) == (parts, "", None)
 
 
 def test_a_healed_prompt_decodes_as_the_constrained_greedy_written_out(sm):
