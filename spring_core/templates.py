@@ -64,8 +64,10 @@ TEMPLATES: dict[str, RagTemplate] = {t.name: t for t in (
 )}
 """The templates ``--templates varied`` draws from: SPRING's two layouts, the ecosystems' defaults, paraphrases."""
 
-TEMPLATE_SETS = {"spring": (), "varied": tuple(TEMPLATES)}
-"""``spring``: the model's own layout only (``SpringModel.prompt_parts``); ``varied``: every template above."""
+TEMPLATE_SETS = {"spring": (), "varied": tuple(TEMPLATES),
+                 "chat": tuple(name for name, template in TEMPLATES.items() if template.is_chat)}
+"""``spring``: the model's own layout only (``SpringModel.prompt_parts``); ``varied``: every template above;
+``chat``: the chat ones (SPRING's chat layout, LangChain's RAG tutorial), for apps that run a chat model."""
 
 
 def render_template(template: RagTemplate, question: str, passages: Sequence[Passage], k: int,

@@ -35,6 +35,7 @@ def test_the_templates_agree_with_the_integrations():
     assert render_template(TEMPLATES["llamaindex-text-qa"], QUESTION, PASSAGES, 1).after == (
         "Query: Who wrote Hamlet?\nAnswer: ")
     assert TEMPLATE_SETS["varied"] == tuple(TEMPLATES) and TEMPLATE_SETS["spring"] == ()
+    assert TEMPLATE_SETS["chat"] == ("spring-chat", "langchain-tutorial")
 
 
 def test_answers_follow_a_cue_with_a_space_and_a_trailing_space_or_chat_turn_without(tiny):

@@ -199,10 +199,11 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--max-passages", type=int, default=5, help="most passages per example (default: 5)")
     train.add_argument("--layout", choices=["raw", "chat"], default="raw",
                        help="prompt layout, stored in the artifact (default: raw, the paper's)")
-    train.add_argument("--templates", choices=["spring", "varied"], default="spring",
+    train.add_argument("--templates", choices=["spring", "varied", "chat"], default="spring",
                        help="spring: every example in --layout (default); varied: each example in one of the RAG "
                             "templates apps use (SPRING's raw and chat layouts, LlamaIndex's and LangChain's "
-                            "defaults, paraphrases), the block placed as the integrations place it")
+                            "defaults, paraphrases), the block placed as the integrations place it; chat: only the "
+                            "chat ones (SPRING's chat layout, LangChain's RAG tutorial)")
     train.add_argument("--init-text", help="sentence to initialise the tokens from (default: the paper's)")
     train.add_argument("--init-tokens", help="start from the tokens of this artifact instead (a warm start, e.g. "
                                              "SPRING+ from trained SPRING tokens)")
