@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from spring_core.errors import SpringError
 from spring_core.models import DEFAULT_MODEL
+from spring_core.templates import TEMPLATE_SETS
 from spring_train.parametric_cli import add_parametric_parsers, refuse_existing_output, run_augment, run_parametrize
 
 DESCRIPTION = """\
@@ -199,7 +200,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--max-passages", type=int, default=5, help="most passages per example (default: 5)")
     train.add_argument("--layout", choices=["raw", "chat"], default="raw",
                        help="prompt layout, stored in the artifact (default: raw, the paper's)")
-    train.add_argument("--templates", choices=["spring", "varied", "chat"], default="spring",
+    train.add_argument("--templates", choices=list(TEMPLATE_SETS), default="spring",
                        help="spring: every example in --layout (default); varied: each example in one of the RAG "
                             "templates apps use (SPRING's raw and chat layouts, LlamaIndex's and LangChain's "
                             "defaults, paraphrases), the block placed as the integrations place it; chat: only the "
