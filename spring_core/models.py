@@ -161,14 +161,13 @@ def _convert_gguf(gguf_path: Path, staging: Path) -> None:
         raise ModelLoadError("reading GGUF weights needs accelerate: run `pip install accelerate`")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(staging)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # The GGUF loader de-quantises to float32 but leaves a quantizer marker that would stop save_pretrained.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
 
 
 def _remove_stale_conversions(cache_root: Path, name: str) -> None:

@@ -2,7 +2,7 @@
 transformers backend's for the same SPRING prompts, for prompts healed for a trailing space and for a merged
 document adapter; streaming, async, stop, seed and usage; the model check; the errors of a server started without
 spring-rag's flags; both integrations pointed at the server. The servers (``vllm_server``) are started with
-``spring-rag serve``'s own command builder, once per session."""
+``spring-rag serve``'s own command builder: the SPRING one once per session, the plain one for its test."""
 
 from __future__ import annotations
 
@@ -23,30 +23,31 @@ from spring_core.parametric.online import ParametricDocument
 from spring_core.serving import VLLMBackend
 from spring_core.templates import TEMPLATES, render_template
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("vllm")]  # one server per run: all on one worker
 TOKENS = "smollm2-135m-squad"
 GREEDY = {"max_new_tokens": 12}
 
 
-# Both servers start at once, so the plain one's start overlaps the first tests.
 @pytest.fixture(scope="session")
-def vllm_servers(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vllm")
-    servers = {"spring": (*launch_server(folder / "spring.log"), folder / "spring.log")}
-    servers["plain"] = (*launch_server(folder / "plain.log", plain=True), folder / "plain.log")
-    yield servers
-    for process, _url, _log in servers.values():
+def vllm_url(tmp_path_factory):
+    log = tmp_path_factory.mktemp("vllm") / "spring.log"
+    process, url = launch_server(log)
+    try:
+        yield wait_for_server(process, url, log)
+    finally:
         stop_server(process)
 
 
-@pytest.fixture(scope="session")
-def vllm_url(vllm_servers):
-    return wait_for_server(*vllm_servers["spring"])
-
-
-@pytest.fixture(scope="session")
-def plain_vllm_url(vllm_servers):
-    return wait_for_server(*vllm_servers["plain"])
+# Started for its one test and stopped after it: on 2 cores, a second server starting alongside the first tests
+# slows every one of them down more than its own start costs.
+@pytest.fixture
+def plain_vllm_url(tmp_path):
+    log = tmp_path / "plain.log"
+    process, url = launch_server(log, plain=True)
+    try:
+        yield wait_for_server(process, url, log)
+    finally:
+        stop_server(process)
 
 
 @pytest.fixture(scope="module")
