@@ -23,7 +23,7 @@ from spring_core.parametric.online import ParametricDocument
 from spring_core.serving import VLLMBackend
 from spring_core.templates import TEMPLATES, render_template
 
-pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("vllm")]  # one server per run: all on one worker
+pytestmark = pytest.mark.vllm
 TOKENS = "smollm2-135m-squad"
 GREEDY = {"max_new_tokens": 12}
 
