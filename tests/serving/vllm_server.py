@@ -27,9 +27,9 @@ def launch_server(log: Path, *, plain: bool = False) -> tuple[subprocess.Popen, 
     """Start a server in the background and return it with its URL; ``plain``: without the flags spring-rag needs
     (no prompt embeddings, no LoRA), as a user might start one by hand."""
     port = free_port()
+    extra = ("--max-model-len", "2048", "--distributed-executor-backend", "uni")
     argv, env = vllm_command("smollm2-135m", python=vllm_python(), port=port, dtype="float32", adapters=not plain,
-                             max_lora_rank=16, extra=("--max-model-len", "2048",
-                                                                "--distributed-executor-backend", "uni"))
+                             max_lora_rank=16, extra=extra)
     if plain:
         argv.remove("--enable-prompt-embeds")
         # vLLM's CPU build runs a LoRA-enabled model eager but torch.compiles any other (minutes on 2 cores, with
