@@ -10,15 +10,13 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
+import torch
+
 # Under pytest-xdist (pyproject's addopts) each worker, and each process a test starts, computes on one thread:
 # two workers with two OpenMP threads each on two cores spin-wait on each other and run slower than one alone.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 CHATML = (

@@ -1,7 +1,7 @@
 """The GGUF -> safetensors cache survives a conversion killed midway (SIGKILL while it writes).
 
 A fresh ``SPRING_RAG_HOME`` is used, so this converts SmolLM2's GGUF one and a half times: killed once the tokenizer
-is written (the conversion writes it first), then whole (~45 s).
+is written (the conversion writes it first), then whole (~60 s).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from vllm_server import launch_server, stop_server, wait_for_server
+from vllm_server import running_server
 
 from spring_core import SpringModel
 from spring_core.data import demo_qa_path
@@ -30,24 +30,16 @@ GREEDY = {"max_new_tokens": 12}
 
 @pytest.fixture(scope="session")
 def vllm_url(tmp_path_factory):
-    log = tmp_path_factory.mktemp("vllm") / "spring.log"
-    process, url = launch_server(log)
-    try:
-        yield wait_for_server(process, url, log)
-    finally:
-        stop_server(process)
+    with running_server(tmp_path_factory.mktemp("vllm") / "spring.log") as url:
+        yield url
 
 
 # Started for its one test and stopped after it: on 2 cores, a second server starting alongside the first tests
 # slows every one of them down more than its own start costs.
 @pytest.fixture
 def plain_vllm_url(tmp_path):
-    log = tmp_path / "plain.log"
-    process, url = launch_server(log, plain=True)
-    try:
-        yield wait_for_server(process, url, log)
-    finally:
-        stop_server(process)
+    with running_server(tmp_path / "plain.log", plain=True) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -68,3 +70,13 @@ def stop_server(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@contextmanager
+def running_server(log: Path, *, plain: bool = False) -> Iterator[str]:
+    """A started server's URL, once it answers; the server is stopped on leaving (see ``launch_server``)."""
+    process, url = launch_server(log, plain=plain)
+    try:
+        yield wait_for_server(process, url, log)
+    finally:
+        stop_server(process)
