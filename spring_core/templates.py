@@ -2,8 +2,9 @@
 
 Training with varied templates (``spring-rag train --templates varied``) teaches the tokens the layouts they meet
 after a one-line swap into an existing LlamaIndex or LangChain app, not only SPRING's own. Each template is
-filled here and the block is placed by ``spring_core.placement.place_block``, the rule the integrations apply at
-inference, so training and inference put it in the same place.
+filled here with its context written the way its ecosystem writes retrieved passages, and the block is placed by
+``spring_core.placement.place_block``, the rule the integrations apply at inference, so training and inference
+see the same prompt.
 
 Example:
     >>> template = TEMPLATES["llamaindex-text-qa"]
@@ -14,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,45 +23,67 @@ from spring_core.placement import Span, fill_placeholders, place_block
 from spring_core.prompts import Passage, PromptParts, format_passages, render_chat, spring_template
 
 
+def _text(passage: Passage) -> str:
+    return passage if isinstance(passage, str) else str(passage["text"])
+
+
+def _llamaindex_node(passage: Passage) -> str:
+    """A node as LlamaIndex shows it to the LLM (``MetadataMode.LLM``): ``title: t``, a blank line, the text."""
+    title = "" if isinstance(passage, str) else str(passage.get("title") or "").strip()
+    return f"title: {title}\n\n{_text(passage)}" if title else _text(passage)
+
+
+CONTEXT_FORMATS: dict[str, Callable[[Sequence[Passage]], str]] = {
+    "numbered": format_passages,
+    "joined": lambda passages: "\n\n".join(_text(p) for p in passages),
+    "llamaindex": lambda passages: "\n\n".join(_llamaindex_node(p) for p in passages),
+}
+"""How a template's ``{context}`` is written: ``numbered`` is SPRING's ``[1] (Title: t) text`` lines; ``joined``
+is the passages' text separated by blank lines (LangChain's ``format_docs`` and stuff-documents chain join
+``page_content`` so); ``llamaindex`` is each node with its title metadata, separated by blank lines."""
+
+
 @dataclass(frozen=True)
 class RagTemplate:
     """A RAG prompt: turns of ``(role, text)`` holding ``{context}`` and ``{question}``; the single role ``raw``
-    is a completion prompt, any other roles are chat turns rendered with the model's chat template."""
+    is a completion prompt, any other roles are chat turns rendered with the model's chat template. ``context``
+    names how the passages are written into ``{context}`` (a key of ``CONTEXT_FORMATS``)."""
 
     name: str
     turns: tuple[tuple[str, str], ...]
+    context: str = "numbered"
 
     @property
     def is_chat(self) -> bool:
         return self.turns[0][0] != "raw"
 
 
-def _raw(name: str, text: str) -> RagTemplate:
-    return RagTemplate(name, (("raw", text),))
+def _raw(name: str, text: str, context: str) -> RagTemplate:
+    return RagTemplate(name, (("raw", text),), context)
 
 
 TEMPLATES: dict[str, RagTemplate] = {t.name: t for t in (
-    _raw("spring-raw", spring_template("raw")),
+    _raw("spring-raw", spring_template("raw"), "numbered"),
     RagTemplate("spring-chat", (("user", spring_template("chat")),)),
     _raw("llamaindex-text-qa", "Context information is below.\n---------------------\n{context}\n"
                                "---------------------\nGiven the context information and not prior knowledge, "
-                               "answer the query.\nQuery: {question}\nAnswer: "),
+                               "answer the query.\nQuery: {question}\nAnswer: ", "llamaindex"),
     _raw("langchain-retrievalqa", "Use the following pieces of context to answer the question at the end. If you "
                                   "don't know the answer, just say that you don't know, don't try to make up an "
-                                  "answer.\n\n{context}\n\nQuestion: {question}\nHelpful Answer:"),
+                                  "answer.\n\n{context}\n\nQuestion: {question}\nHelpful Answer:", "joined"),
     RagTemplate("langchain-tutorial", (("system", "You are an assistant for question-answering tasks. Use the "
                                                   "following pieces of retrieved context to answer the question. "
                                                   "If you don't know the answer, say that you don't know. Use three "
                                                   "sentences maximum and keep the answer concise.\n\n{context}"),
-                                       ("user", "{question}"))),
+                                       ("user", "{question}")), "joined"),
     _raw("rlm-rag-prompt", "You are an assistant for question-answering tasks. Use the following pieces of "
                            "retrieved context to answer the question. If you don't know the answer, just say that "
                            "you don't know. Use three sentences maximum and keep the answer concise.\n"
-                           "Question: {question} \nContext: {context} \nAnswer:"),
+                           "Question: {question} \nContext: {context} \nAnswer:", "joined"),
     _raw("paraphrase-passages", "Passages:\n{context}\n\nAnswer the question using the passages above.\n"
-                                "Q: {question}\nA:"),
+                                "Q: {question}\nA:", "numbered"),
     _raw("paraphrase-background", "Here is some background information.\n\n{context}\n\nWith that in mind, "
-                                  "what is the answer to this question?\n{question}\nShort answer:"),
+                                  "what is the answer to this question?\n{question}\nShort answer:", "joined"),
 )}
 """The templates ``--templates varied`` draws from: SPRING's two layouts, the ecosystems' defaults, paraphrases."""
 
@@ -72,9 +95,9 @@ TEMPLATE_SETS = {"spring": (), "varied": tuple(TEMPLATES),
 
 def render_template(template: RagTemplate, question: str, passages: Sequence[Passage], k: int,
                     tokenizer: Any = None) -> PromptParts:
-    """``template`` filled with the numbered passages and the question, a ``k``-token block placed by the
-    integrations' rule (``place_block``)."""
-    values = {"context": format_passages(passages), "question": question}
+    """``template`` filled with the passages (written as ``template.context`` says) and the question, a
+    ``k``-token block placed by the integrations' rule (``place_block``)."""
+    values = {"context": CONTEXT_FORMATS[template.context](passages), "question": question}
     texts, context, questions = [], [], []
     for index, (_, text) in enumerate(template.turns):
         filled, spans = fill_placeholders(text, {name: "{" + name + "}" for name in values}, values)

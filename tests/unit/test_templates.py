@@ -9,7 +9,7 @@ import torch
 from test_trainer import config, write_qa
 
 from spring_core import SpringModel, VirtualTokens
-from spring_core.templates import TEMPLATE_SETS, TEMPLATES, render_template
+from spring_core.templates import CONTEXT_FORMATS, TEMPLATE_SETS, TEMPLATES, render_template
 from spring_train.batching import answer_loss_sum, build_example, collate
 from spring_train.trainer import train
 
@@ -20,7 +20,7 @@ QUESTION, PASSAGES = "Who wrote Hamlet?", ["Hamlet is a play by Shakespeare."]
 def test_every_template_puts_the_block_between_the_context_and_the_question(name, tiny):
     parts = render_template(TEMPLATES[name], QUESTION, PASSAGES, 4, tiny[1])
     assert parts.k == 4
-    assert "[1] Hamlet is a play by Shakespeare." in parts.before
+    assert CONTEXT_FORMATS[TEMPLATES[name].context](PASSAGES) in parts.before
     if name == "rlm-rag-prompt":  # the question comes first there: the block goes right after the context
         assert QUESTION in parts.before and parts.after.startswith("Answer:")
     else:
@@ -36,6 +36,27 @@ def test_the_templates_agree_with_the_integrations():
         "Query: Who wrote Hamlet?\nAnswer: ")
     assert TEMPLATE_SETS["varied"] == tuple(TEMPLATES) and TEMPLATE_SETS["spring"] == ()
     assert TEMPLATE_SETS["chat"] == ("spring-chat", "langchain-tutorial")
+
+
+def test_each_context_is_written_as_its_ecosystem_writes_retrieved_passages(tiny):
+    from llama_index.core import PromptHelper
+    from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT
+    from llama_index.core.schema import MetadataMode, TextNode
+
+    passages = [{"title": "Hamlet", "text": "Hamlet is a play."}, {"title": "", "text": "It is set in Denmark."}]
+    nodes = [TextNode(text=p["text"], metadata={"title": p["title"]} if p["title"] else {}) for p in passages]
+    # what LlamaIndex's compact synthesizer fills into text_qa's {context_str}
+    packed = PromptHelper(context_window=4096).repack(
+        DEFAULT_TEXT_QA_PROMPT, [node.get_content(metadata_mode=MetadataMode.LLM) for node in nodes])
+    assert packed == [CONTEXT_FORMATS["llamaindex"](passages)]
+    # LangChain's format_docs / stuff-documents chain: page_content joined by blank lines, no titles
+    assert CONTEXT_FORMATS["joined"](passages) == "Hamlet is a play.\n\nIt is set in Denmark."
+    assert CONTEXT_FORMATS["numbered"](passages) == "[1] (Title: Hamlet) Hamlet is a play.\n[2] It is set in Denmark."
+    chat = render_template(TEMPLATES["langchain-tutorial"], QUESTION, passages, 2, tiny[1])
+    assert "concise.\n\nHamlet is a play.\n\nIt is set in Denmark." in chat.before
+    assert [TEMPLATES[name].context for name in ("spring-raw", "spring-chat", "llamaindex-text-qa",
+                                                 "langchain-retrievalqa", "langchain-tutorial")] == [
+        "numbered", "numbered", "llamaindex", "joined", "joined"]
 
 
 def test_answers_follow_a_cue_with_a_space_and_a_trailing_space_or_chat_turn_without(tiny):
