@@ -14,7 +14,8 @@ tokens, the bundled ``smollm2-135m-squad`` tokens at k = 50. EM / F1 in % (SQuAD
   question in the human one) with ``ChatSpring`` without / with tokens; ``RetrievalQA prompt`` likewise with the
   completion ``SpringLLM`` and langchain-classic's ``RetrievalQA`` prompt; ``create_spring_rag_chain``: the
   documents handed over as documents, in SPRING's raw layout (the bundled tokens' own) and in its chat layout
-  (the reference for the tutorial chain).
+  (the reference for the tutorial chain); ``page_content only``: the same two shown the documents' text without
+  their titles, the context the tutorial and RetrievalQA chains' ``format_docs`` writes.
 
 Predictions are kept in ``--out/predictions.jsonl`` keyed by configuration and question, so an interrupted run
 resumes; after the bundled tokens change, delete the predictions of the configurations that use them.
@@ -100,9 +101,10 @@ def build_configs(corpus: Path, cache: Path, k: int, tokens: str = TOKENS) -> di
     the bundled ones, the configurations that use tokens carry the tokens' folder name)."""
     import chromadb
     from chromadb.config import Settings
+    from langchain_core.documents import Document as LangChainDocument
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
-    from langchain_core.runnables import RunnablePassthrough
+    from langchain_core.runnables import RunnableLambda, RunnablePassthrough
     from llama_index.core import Document, StorageContext, VectorStoreIndex
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
     from llama_index.llms.spring import SpringLLM as LlamaSpringLLM
@@ -171,6 +173,14 @@ def build_configs(corpus: Path, cache: Path, k: int, tokens: str = TOKENS) -> di
     chat_spring = ChatSpring(spring_model=spring.with_tokens(tokens, layout="chat"), k=k, max_tokens=16)
     chat_chain = create_spring_rag_chain(retriever, chat_spring)
     configs["LangChain create_spring_rag_chain, chat layout"] = lambda question: chat_chain.invoke(question).strip()
+    # the same two chains shown only the documents' page_content, as the tutorial and RetrievalQA chains are: the
+    # reference that separates where the block goes from what the context says (SPRING's layout adds the titles)
+    untitled = retriever | RunnableLambda(lambda docs: [LangChainDocument(page_content=d.page_content) for d in docs])
+    bare_chain = create_spring_rag_chain(untitled, SpringLLM(spring_model=spring, k=k, max_tokens=16))
+    configs["LangChain create_spring_rag_chain, page_content only"] = lambda q: bare_chain.invoke(q).strip()
+    bare_chat_chain = create_spring_rag_chain(untitled, chat_spring)
+    configs["LangChain create_spring_rag_chain, chat layout, page_content only"] = (
+        lambda q: bare_chat_chain.invoke(q).strip())
     if tokens == TOKENS:
         return configs
     label = Path(tokens).name
