@@ -11,11 +11,14 @@ tokens, the bundled ``smollm2-135m-squad`` tokens at k = 50. EM / F1 in % (SQuAD
   ``response_mode``; ``spring_query_engine``: SPRING's own templates on the same index.
 - LangChain: ``SpringRetriever`` over spring-rag's dense store (MiniLM in chromadb).
   ``tutorial, plain`` / ``tutorial, automatic``: the RAG tutorial's chain (context in the system message, the
-  question in the human one) with ``ChatSpring`` without / with tokens; ``RetrievalQA prompt`` likewise with the
-  completion ``SpringLLM`` and langchain-classic's ``RetrievalQA`` prompt; ``create_spring_rag_chain``: the
-  documents handed over as documents, in SPRING's raw layout (the bundled tokens' own) and in its chat layout
-  (the reference for the tutorial chain); ``page_content only``: the same two shown the documents' text without
-  their titles, the context the tutorial and RetrievalQA chains' ``format_docs`` writes.
+  question in the human one) with ``ChatSpring`` without / with tokens; ``context in the human message``: the
+  tutorial's instruction as the system message and the context above the question in the human one, a layout the
+  tokens were not trained on, which tells the system message's cost from the block's; ``RetrievalQA prompt``
+  likewise with the completion ``SpringLLM`` and langchain-classic's ``RetrievalQA`` prompt;
+  ``create_spring_rag_chain``: the documents handed over as documents, in SPRING's raw layout (the bundled tokens'
+  own) and in its chat layout (the reference for the tutorial chain); ``page_content only``: the same two shown
+  the documents' text without their titles, the context the tutorial and RetrievalQA chains' ``format_docs``
+  writes.
 
 Predictions are kept in ``--out/predictions.jsonl`` keyed by configuration and question, so an interrupted run
 resumes; after the bundled tokens change, delete the predictions of the configurations that use them.
@@ -40,9 +43,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKENS = "smollm2-135m-squad"
 MODES = ("compact", "refine", "tree_summarize", "simple_summarize", "accumulate", "compact_accumulate")
-TUTORIAL_SYSTEM = ("You are an assistant for question-answering tasks. Use the following pieces of retrieved context "
-                   "to answer the question. If you don't know the answer, say that you don't know. Use three "
-                   "sentences maximum and keep the answer concise.\n\n{context}")
+TUTORIAL_INSTRUCTION = ("You are an assistant for question-answering tasks. Use the following pieces of retrieved "
+                        "context to answer the question. If you don't know the answer, say that you don't know. Use "
+                        "three sentences maximum and keep the answer concise.")
+TUTORIAL_SYSTEM = TUTORIAL_INSTRUCTION + "\n\n{context}"
 RETRIEVAL_QA = ("Use the following pieces of context to answer the question at the end. If you don't know the "
                 "answer, just say that you don't know, don't try to make up an answer.\n\n{context}\n\n"
                 "Question: {question}\nHelpful Answer:")
@@ -154,6 +158,8 @@ def build_configs(corpus: Path, cache: Path, k: int, tokens: str = TOKENS) -> di
         return "\n\n".join(d.page_content for d in docs)
 
     tutorial = ChatPromptTemplate.from_messages([("system", TUTORIAL_SYSTEM), ("human", "{question}")])
+    context_in_human = ChatPromptTemplate.from_messages([("system", TUTORIAL_INSTRUCTION),
+                                                         ("human", "{context}\n\n{question}")])
     qa_prompt = PromptTemplate.from_template(RETRIEVAL_QA)
 
     def chain(prompt: Any, llm: Any) -> Callable[[str], str]:
@@ -163,6 +169,10 @@ def build_configs(corpus: Path, cache: Path, k: int, tokens: str = TOKENS) -> di
     configs |= {
         "LangChain tutorial chain, plain model": chain(tutorial, ChatSpring(spring_model=plain, max_tokens=16)),
         "LangChain tutorial chain, automatic": chain(tutorial, ChatSpring(spring_model=spring, k=k, max_tokens=16)),
+        "LangChain tutorial instruction, context in the human message, plain model": chain(
+            context_in_human, ChatSpring(spring_model=plain, max_tokens=16)),
+        "LangChain tutorial instruction, context in the human message, automatic": chain(
+            context_in_human, ChatSpring(spring_model=spring, k=k, max_tokens=16)),
         "LangChain RetrievalQA prompt, plain model": chain(qa_prompt, SpringLLM(spring_model=plain, max_tokens=16)),
         "LangChain RetrievalQA prompt, automatic": chain(qa_prompt,
                                                          SpringLLM(spring_model=spring, k=k, max_tokens=16)),
