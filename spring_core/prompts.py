@@ -85,15 +85,19 @@ class BlockAt:
     offset: int
 
 
+def passage_title_and_text(passage: Passage) -> tuple[str, str]:
+    """A passage's title (``""`` for a string or a mapping without one) and its text."""
+    if isinstance(passage, str):
+        return "", passage
+    if isinstance(passage, Mapping) and "text" in passage:
+        return str(passage.get("title") or "").strip(), str(passage["text"])
+    raise TypeError(f"a passage must be a string or a mapping with a 'text' key, got {type(passage).__name__}")
+
+
 def format_passage(passage: Passage) -> str:
     """One passage as text: a string as it is, a ``{"title", "text"}`` mapping as ``(Title: t) text``."""
-    if isinstance(passage, str):
-        return passage
-    if isinstance(passage, Mapping) and "text" in passage:
-        title = str(passage.get("title") or "").strip()
-        text = str(passage["text"])
-        return f"(Title: {title}) {text}" if title else text
-    raise TypeError(f"a passage must be a string or a mapping with a 'text' key, got {type(passage).__name__}")
+    title, text = passage_title_and_text(passage)
+    return f"(Title: {title}) {text}" if title else text
 
 
 def format_passages(passages: Sequence[Passage]) -> str:

@@ -20,22 +20,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from spring_core.placement import Span, fill_placeholders, place_block
-from spring_core.prompts import Passage, PromptParts, format_passages, render_chat, spring_template
-
-
-def _text(passage: Passage) -> str:
-    return passage if isinstance(passage, str) else str(passage["text"])
+from spring_core.prompts import (
+    Passage,
+    PromptParts,
+    format_passages,
+    passage_title_and_text,
+    render_chat,
+    spring_template,
+)
 
 
 def _llamaindex_node(passage: Passage) -> str:
     """A node as LlamaIndex shows it to the LLM (``MetadataMode.LLM``): ``title: t``, a blank line, the text."""
-    title = "" if isinstance(passage, str) else str(passage.get("title") or "").strip()
-    return f"title: {title}\n\n{_text(passage)}" if title else _text(passage)
+    title, text = passage_title_and_text(passage)
+    return f"title: {title}\n\n{text}" if title else text
 
 
 CONTEXT_FORMATS: dict[str, Callable[[Sequence[Passage]], str]] = {
     "numbered": format_passages,
-    "joined": lambda passages: "\n\n".join(_text(p) for p in passages),
+    "joined": lambda passages: "\n\n".join(passage_title_and_text(p)[1] for p in passages),
     "llamaindex": lambda passages: "\n\n".join(_llamaindex_node(p) for p in passages),
 }
 """How a template's ``{context}`` is written: ``numbered`` is SPRING's ``[1] (Title: t) text`` lines; ``joined``
