@@ -162,22 +162,25 @@ def build_configs(corpus: Path, cache: Path, k: int, tokens: str = TOKENS) -> di
                                                          ("human", "{context}\n\n{question}")])
     qa_prompt = PromptTemplate.from_template(RETRIEVAL_QA)
 
+    chat_plain = ChatSpring(spring_model=plain, max_tokens=16)
+    chat_auto = ChatSpring(spring_model=spring, k=k, max_tokens=16)
+    completion_plain = SpringLLM(spring_model=plain, max_tokens=16)
+    completion_auto = SpringLLM(spring_model=spring, k=k, max_tokens=16)
+
     def chain(prompt: Any, llm: Any) -> Callable[[str], str]:
         runnable = {"context": retriever | joined, "question": RunnablePassthrough()} | prompt | llm | StrOutputParser()
         return lambda question: runnable.invoke(question).strip()
 
     configs |= {
-        "LangChain tutorial chain, plain model": chain(tutorial, ChatSpring(spring_model=plain, max_tokens=16)),
-        "LangChain tutorial chain, automatic": chain(tutorial, ChatSpring(spring_model=spring, k=k, max_tokens=16)),
-        "LangChain tutorial instruction, context in the human message, plain model": chain(
-            context_in_human, ChatSpring(spring_model=plain, max_tokens=16)),
-        "LangChain tutorial instruction, context in the human message, automatic": chain(
-            context_in_human, ChatSpring(spring_model=spring, k=k, max_tokens=16)),
-        "LangChain RetrievalQA prompt, plain model": chain(qa_prompt, SpringLLM(spring_model=plain, max_tokens=16)),
-        "LangChain RetrievalQA prompt, automatic": chain(qa_prompt,
-                                                         SpringLLM(spring_model=spring, k=k, max_tokens=16)),
+        "LangChain tutorial chain, plain model": chain(tutorial, chat_plain),
+        "LangChain tutorial chain, automatic": chain(tutorial, chat_auto),
+        "LangChain tutorial instruction, context in the human message, plain model": chain(context_in_human,
+                                                                                          chat_plain),
+        "LangChain tutorial instruction, context in the human message, automatic": chain(context_in_human, chat_auto),
+        "LangChain RetrievalQA prompt, plain model": chain(qa_prompt, completion_plain),
+        "LangChain RetrievalQA prompt, automatic": chain(qa_prompt, completion_auto),
     }
-    spring_chain = create_spring_rag_chain(retriever, SpringLLM(spring_model=spring, k=k, max_tokens=16))
+    spring_chain = create_spring_rag_chain(retriever, completion_auto)
     configs["LangChain create_spring_rag_chain"] = lambda question: spring_chain.invoke(question).strip()
     # SPRING's own chat layout, the reference for the tutorial chain, which reads its prompt as a chat
     chat_spring = ChatSpring(spring_model=spring.with_tokens(tokens, layout="chat"), k=k, max_tokens=16)
@@ -186,7 +189,7 @@ def build_configs(corpus: Path, cache: Path, k: int, tokens: str = TOKENS) -> di
     # the same two chains shown only the documents' page_content, as the tutorial and RetrievalQA chains are: the
     # reference that separates where the block goes from what the context says (SPRING's layout adds the titles)
     untitled = retriever | RunnableLambda(lambda docs: [LangChainDocument(page_content=d.page_content) for d in docs])
-    bare_chain = create_spring_rag_chain(untitled, SpringLLM(spring_model=spring, k=k, max_tokens=16))
+    bare_chain = create_spring_rag_chain(untitled, completion_auto)
     configs["LangChain create_spring_rag_chain, page_content only"] = lambda q: bare_chain.invoke(q).strip()
     bare_chat_chain = create_spring_rag_chain(untitled, chat_spring)
     configs["LangChain create_spring_rag_chain, chat layout, page_content only"] = (
