@@ -1,16 +1,22 @@
 """The ``spring-rag`` command line.
 
 Every user error (a ``SpringError``) is printed as one line starting with ``error:`` and exits with code 2,
-without a traceback.
+without a traceback. So is the operating system refusing a write the user can fix on their side (a full disk or
+quota, a read-only file system, missing permissions): ``main`` names the path, the cause and what to do.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
+import re
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from spring_core.errors import SpringError
 from spring_core.models import DEFAULT_MODEL
@@ -389,6 +395,98 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = refused_write_message(exc, args)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+# ----- the operating system refusing a write ------------------------------------------------------------------
+
+# errno -> (the cause, what to do about it)
+_REFUSALS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on device", "free some space"),
+    errno.EROFS: ("read-only file system", "remount it read-write"),
+    errno.EACCES: ("permission denied", "give this user write permission there"),
+    errno.EPERM: ("operation not permitted", "check its permissions and attributes with ls -ld and lsattr"),
+}
+if hasattr(errno, "EDQUOT"):
+    _REFUSALS[errno.EDQUOT] = ("disk quota exceeded", "free some space within your quota")
+# The same refusals as libraries in other languages report them: Rust's io::Error (safetensors, chromadb,
+# tokenizers) ends with "(os error N)"; SQLite, under chromadb's dense store, has messages of its own.
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+_SQLITE_REFUSALS = {
+    "database or disk is full": (errno.ENOSPC, None),
+    "attempt to write a readonly database": (errno.EROFS, "the database is read-only (a read-only file system or "
+                                                          "no write permission)"),
+}
+# Temporary names of the atomic writers (".name.XXXX.tmp", ".tmp-step-N-pid", ".index.tmp-X", "name.tmp-pid-X"):
+# the message names the folder that holds them, not a file that is gone by the time it is read.
+_TEMPORARY = re.compile(r"^\..*\.tmp$|\.tmp-")
+
+
+def refused_write_message(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for a write the operating system refused (ENOSPC, EDQUOT, EROFS, EACCES, EPERM), found in ``exc`` or
+    the exceptions it came from: the path, the cause and what to do. ``None`` for any other exception."""
+    refusal = _find_refusal(exc)
+    if refusal is None:
+        return None
+    code, path, cause = refusal
+    output, other = _output_location(args)
+    if path is None:  # write() on a full disk, or a library that does not say: the command's output
+        path = output
+    ours = _related(path, output)
+    reason, remedy = _REFUSALS[code]
+    if code in (errno.EACCES, errno.EPERM) and not ours:  # e.g. an input file this user may not read
+        return f"cannot access {_shown_path(path)}: {cause or reason} (check its permissions)"
+    return f"cannot write {_shown_path(path)}: {cause or reason} ({remedy}{f' or {other}' if ours else ''})"
+
+
+def _find_refusal(exc: BaseException) -> tuple[int, str | None, str | None] | None:
+    """(errno, path or None, cause or None) of the first refused write in ``exc``'s chain of causes."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _REFUSALS:
+            name = current.filename2 if current.filename2 is not None else current.filename
+            return current.errno, os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else None, None
+        text = str(current)
+        rust = _RUST_OS_ERROR.search(text)
+        if rust and int(rust.group(1)) in _REFUSALS:
+            return int(rust.group(1)), None, None
+        for needle, (code, cause) in _SQLITE_REFUSALS.items():
+            if needle in text:
+                return code, None, cause
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _output_location(args: argparse.Namespace) -> tuple[str, str]:
+    """Where the command writes, and how the user picks another place."""
+    if getattr(args, "out", None):
+        return str(args.out), "choose another --out"
+    if args.command == "index":
+        return str(args.store), "choose another --store"
+    from spring_core.models import spring_home  # the rest write only the cache (converted GGUF models)
+
+    return str(spring_home()), "point SPRING_RAG_HOME at another folder"
+
+
+def _related(path: str, output: str) -> bool:
+    """Whether ``path`` is the output, lies inside it, or is a folder that creating it creates."""
+    path_, output_ = Path(os.path.abspath(path)), Path(os.path.abspath(output))
+    return path_ == output_ or output_ in path_.parents or path_ in output_.parents
+
+
+def _shown_path(path: str) -> str:
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        if i and _TEMPORARY.search(part):
+            return str(Path(*parts[:i]))
+    return path
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -437,9 +535,28 @@ def _run(args: argparse.Namespace) -> int:
 
         refuse_existing_output(args.out, "--out")
         tokens = VirtualTokens.from_official_pt(args.pt_file, args.model, layout=args.layout)
-        tokens.save(args.out)
+        _write_new_folder(Path(args.out), tokens.save)
         print(f"wrote {args.out}: {tokens.n} tokens x {tokens.hidden_size} for {tokens.base_model_name}")
     return 0
+
+
+def _write_new_folder(out: Path, write: Callable[[Path], object]) -> None:
+    """``write(out)`` into a folder that is absent or empty; if it fails, ``out`` is left as it was (a half-written
+    artifact would make the next try refuse a non-empty --out)."""
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        write(out)
+    except BaseException:
+        for child in out.iterdir() if out.is_dir() else ():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    child.unlink()
+        for folder in created:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 if __name__ == "__main__":

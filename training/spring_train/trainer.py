@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spring_core.artifacts import MANIFEST_NAME
+from spring_core.artifacts import MANIFEST_NAME, atomic_write_bytes
 from spring_core.errors import DataError, SpringError
 from spring_core.models import load_model
 from spring_core.spring_model import SpringModel
@@ -363,7 +363,6 @@ def _save_checkpoint(out: Path, config: TrainConfig, target: TrainTarget, optimi
     for stale in folder.glob(".tmp-step-*"):  # this run's last attempt, or one a killed run left behind
         shutil.rmtree(stale, ignore_errors=True)
     scratch = folder / f".tmp-step-{step:07d}-{os.getpid()}"
-    scratch.mkdir()
     state = {
         "step": step,
         "seconds": seconds,
@@ -374,10 +373,15 @@ def _save_checkpoint(out: Path, config: TrainConfig, target: TrainTarget, optimi
         "scheduler": scheduler.state_dict(),
         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
     }
-    save_state(scratch, state)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(scratch, final)  # a checkpoint folder exists complete or not at all
+    scratch.mkdir()
+    try:
+        save_state(scratch, state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(scratch, final)  # a checkpoint folder exists complete or not at all
+    except BaseException:  # e.g. a full disk: the earlier checkpoints stay, and so does the free space
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     for old in sorted(folder.glob("step-*"))[:-2]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -456,11 +460,20 @@ class _TrainLog:
                 with contextlib.suppress(json.JSONDecodeError):
                     if json.loads(line).get("step", 0) <= keep_until:
                         kept.append(line)
-        path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        # Atomically: a failed write (a full disk) must not lose the lines of the steps before the checkpoint.
+        atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
 
     def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        """Append one line, whole or not at all: a write that fails half-way is cut off again."""
+        line = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+        with self.path.open("ab", buffering=0) as handle:
+            size = handle.seek(0, os.SEEK_END)
+            try:
+                while line:
+                    line = line[handle.write(line):]
+            except OSError:
+                handle.truncate(size)
+                raise
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
