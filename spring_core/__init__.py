@@ -8,20 +8,25 @@ Example:
 
 from spring_core.errors import (
     ArtifactError,
+    ContextWindowError,
     DataError,
     InputError,
     MarkerError,
     ModelLoadError,
     ModelMismatchError,
+    OptionError,
     SpringError,
 )
-from spring_core.prompts import DEFAULT_INSTRUCTION, PromptParts, build_prompt, marker_block
-from spring_core.spring_model import Generation, GenerationStream, SpringModel, Usage
+from spring_core.generation import GenerationStream
+from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt
+from spring_core.spring_model import SpringModel
 from spring_core.tokens import VirtualTokens
+from spring_core.types import Generation, PromptParts, Usage, marker_block
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
     "ArtifactError",
+    "ContextWindowError",
     "DataError",
     "Generation",
     "GenerationStream",
@@ -29,6 +34,7 @@ __all__ = [
     "MarkerError",
     "ModelLoadError",
     "ModelMismatchError",
+    "OptionError",
     "PromptParts",
     "SpringError",
     "SpringModel",

@@ -22,19 +22,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from spring_core.errors import ServerError
-from spring_core.parametric.online import ParametricDocument, activated, plan_call
-from spring_core.prompts import PromptParts
-from spring_core.spring_model import Generation, GenerationStream, SpringModel
+from spring_core import options
+from spring_core.errors import OptionError, ServerError
+from spring_core.generation import GenerationStream, stream_generation
+from spring_core.parametric.online import ParametricCall, ParametricDocument, activated, plan_call
+from spring_core.spring_model import SpringModel
+from spring_core.types import Generation, GenerationSettings, PromptParts
 
 
 @dataclass(frozen=True)
 class Request:
     """One call: a finished ``prompt``, or a ``question`` with ``documents``, plus how to read them.
 
-    ``k`` is the block size for a question with documents (``None``: all ``n`` tokens, 0 in ``prag`` mode); a
-    finished prompt carries its own. ``settings`` are ``SpringModel.generate``'s (``max_new_tokens``,
-    ``temperature``, ``top_p``, ``seed``, ``stop``).
+    Every field is checked when the request is made (``spring_core.options``), so a bad value raises an
+    ``OptionError`` naming it before anything runs. ``k`` is the block size for a question with documents
+    (``None``: all ``n`` tokens, 0 in ``prag`` mode); a finished prompt carries its own. ``settings`` are
+    ``SpringModel.generate``'s (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``), given as a
+    mapping and held as ``GenerationSettings``.
     """
 
     prompt: PromptParts | str | None = None
@@ -45,11 +49,29 @@ class Request:
     parametric_mode: str = "icl"
     missing_adapter: str = "error"
     weight_temperature: float = 1.0
-    settings: Mapping[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, Any] | GenerationSettings = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if (self.prompt is None) == (self.question is None):
-            raise TypeError("a Request holds either a finished prompt or a question (with documents), not both")
+        if self.prompt is not None and self.question is not None:
+            raise OptionError("a Request holds a finished prompt or a question (with documents), not both")
+        if self.prompt is not None:
+            object.__setattr__(self, "prompt", options.prompt(self.prompt))
+        else:
+            object.__setattr__(self, "question", options.question(self.question))
+            documents = [] if self.documents is None else options.items("documents", self.documents, "documents")
+            for i, document in enumerate(documents):
+                if not isinstance(document, ParametricDocument):
+                    raise OptionError(f"documents[{i}] must be a ParametricDocument, got {type(document).__name__}")
+            options.passages([d.passage for d in documents])
+            object.__setattr__(self, "documents", tuple(documents))
+        if self.k is not None:
+            options.integer("k", self.k, low=0)
+        options.choice("mode", self.mode, options.DECODINGS)
+        options.choice("parametric_mode", self.parametric_mode, options.KNOWLEDGE)
+        options.choice("missing_adapter", self.missing_adapter, options.MISSING_ADAPTER)
+        options.number("weight_temperature", self.weight_temperature, low=0.0, low_open=True)
+        if not isinstance(self.settings, GenerationSettings):
+            object.__setattr__(self, "settings", options.generation_settings(self.settings))
 
 
 class Engine:
@@ -73,22 +95,26 @@ class Engine:
         if self.backend is not None:
             return self.backend.generate(self.spring, *self._served(request))
         if request.prompt is not None:
-            return self.spring.generate_from_prompt(request.prompt, **request.settings)
-        question, call = self._plan(request)
+            return self.spring.runner.generate([self._prompt(request)], request.settings)[0]
+        call = self._plan(request)
         with activated(self.adapters, call.adapter_ids):
-            return self.spring.generate(question, call.passages, call.k, **self._passage_kwargs(request, call))
+            return self.spring.answer(request.question, call.passages, self.spring.check_k(call.k), request.mode,
+                                      request.settings, scores=call.weights if request.mode != "concat" else None,
+                                      weight_temperature=request.weight_temperature)
 
     def stream(self, request: Request) -> GenerationStream:
         """The answer as a stream of text deltas (``result`` holds the ``Generation`` once it is read)."""
         if self.backend is not None:
             return self.backend.stream(self.spring, *self._served(request))
         if request.prompt is not None:
-            return self.spring.stream_from_prompt(request.prompt, **request.settings)
-        question, call = self._plan(request)
+            return stream_generation(self.spring.runner, self._prompt(request), request.settings)
+        call = self._plan(request)
         # the stream's worker thread starts inside the block, so it keeps this call's adapters
         with activated(self.adapters, call.adapter_ids):
-            return self.spring.stream(question, call.passages, call.k, **self._passage_kwargs(request, call))
-
+            return self.spring.answer_stream(request.question, call.passages, self.spring.check_k(call.k),
+                                             request.mode, request.settings,
+                                             scores=call.weights if request.mode != "concat" else None,
+                                             weight_temperature=request.weight_temperature)
     async def agenerate(self, request: Request) -> Generation:
         """Async twin of ``generate``: a server backend is awaited, the in-process model runs in a worker thread."""
         if self.backend is not None:
@@ -102,34 +128,32 @@ class Engine:
         if self.backend is not None:
             with ThreadPoolExecutor(max_workers=max(1, min(32, len(requests)))) as pool:
                 return list(pool.map(self.generate, requests))
-        prompts = [r.prompt for r in requests if r.prompt is not None]
+        prompts = [self._prompt(r) for r in requests if r.prompt is not None]
         if requests and len(prompts) == len(requests) and all(r.settings == requests[0].settings for r in requests):
-            return self.spring.generate_batch(prompts, **requests[0].settings)
+            return self.spring.runner.generate(prompts, requests[0].settings)
         return [self.generate(request) for request in requests]
 
-    def _served(self, request: Request) -> tuple[PromptParts | str, Mapping[str, Any], str | None]:
+    def _prompt(self, request: Request) -> PromptParts:
+        prompt = request.prompt
+        assert isinstance(prompt, PromptParts)  # Request made it so
+        self.spring.check_k(prompt.k)
+        return prompt
+
+    def _served(self, request: Request) -> tuple[PromptParts, GenerationSettings, str | None]:
         """A request as a server backend takes it: the finished prompt, the settings and the merged adapter's name."""
         if request.prompt is not None:
-            return request.prompt, request.settings, None
+            return self._prompt(request), request.settings, None
         if request.mode != "concat":
             raise ServerError(f"mode {request.mode!r} cannot be served by {self.backend!r}: marginal decoding needs "
                               "every passage's full next-token distribution at each step, which a server's top-n "
                               "log-probabilities do not give. Use mode='concat', or the in-process backend")
-        question, call = self._plan(request)
+        call = self._plan(request)
         lora = self.backend.adapter_name(self.spring, self.adapters, call.adapter_ids) if call.adapter_ids else None
-        return self.spring.prompt_parts(question, call.passages, call.k), request.settings, lora
+        return self.spring.prompt_parts(request.question, call.passages, call.k), request.settings, lora
 
-    def _plan(self, request: Request) -> tuple[str, Any]:
-        call = plan_call(self.adapters, list(request.documents or []), mode=request.parametric_mode, k=request.k,
+    def _plan(self, request: Request) -> ParametricCall:
+        return plan_call(self.adapters, list(request.documents or []), mode=request.parametric_mode, k=request.k,
                          missing=request.missing_adapter)
-        return str(request.question), call
-
-    @staticmethod
-    def _passage_kwargs(request: Request, call: Any) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(request.settings)
-        if request.mode != "concat":
-            kwargs.update(mode=request.mode, scores=call.weights, weight_temperature=request.weight_temperature)
-        return kwargs
 
 
 def answer_with_adapters(sm: SpringModel, adapters: Any, question: str, documents: Sequence[ParametricDocument], *,

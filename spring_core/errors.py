@@ -1,11 +1,14 @@
-"""Errors raised by spring-rag for problems the user can fix.
+"""Every error spring-rag raises for a problem the user can fix, in one place.
 
-Every error says what was wrong, where (a file, a line, a field) and what to do about it. The CLI turns any
-``SpringError`` into a one-line message and exit code 2, without a traceback.
+Every error says what was wrong, where (an argument, a file, a line, a field) and what to do about it. The CLI
+turns any ``SpringError`` into a one-line message and exit code 2, without a traceback.
+
+Argument errors (``OptionError`` and its subclasses) are deliberately not ``ValueError``\\ s: LlamaIndex's refine
+synthesizer catches ``ValueError`` and would turn the error into an empty answer.
 
 Example:
-    >>> from spring_core.errors import MarkerError, SpringError
-    >>> issubclass(MarkerError, SpringError)
+    >>> from spring_core.errors import MarkerError, OptionError, SpringError
+    >>> issubclass(MarkerError, OptionError) and issubclass(OptionError, SpringError)
     True
 """
 
@@ -14,6 +17,27 @@ from __future__ import annotations
 
 class SpringError(Exception):
     """Base class of every user-facing spring-rag error."""
+
+
+class OptionError(SpringError):
+    """An argument of a public call has a wrong type or value; the message names the argument and what is
+    allowed (see ``spring_core.options``)."""
+
+
+class MarkerError(OptionError):
+    """A virtual-token block asks for more tokens than are loaded (``k`` outside ``0..n``)."""
+
+
+class ContextWindowError(OptionError):
+    """A prompt is longer than the model's context window; the message gives both lengths."""
+
+
+class DecodingError(OptionError):
+    """Marginal decoding got inputs it cannot use (no passages, bad scores, bad settings)."""
+
+
+class LayoutError(SpringError):
+    """A prompt layout cannot be used with this model (e.g. ``chat`` without a chat template)."""
 
 
 class ModelLoadError(SpringError):
@@ -28,12 +52,11 @@ class ModelMismatchError(ArtifactError):
     """An artifact was made for a different base model than the one it is being loaded into."""
 
 
-class MarkerError(SpringError):
-    """A virtual-token block asks for more tokens than are loaded (``k`` outside ``0..n``).
+class UnknownDocumentError(ArtifactError, KeyError):
+    """A document id has no adapter in the store."""
 
-    Deliberately not a ``ValueError``: LlamaIndex's refine synthesizer catches ``ValueError`` and would turn the
-    error into an empty answer.
-    """
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 class DataError(SpringError):
@@ -43,6 +66,14 @@ class DataError(SpringError):
 class InputError(SpringError, ValueError):
     """A prompt cannot be turned into model inputs: no pad/eos id for a batch, an embedding space that cannot be
     mapped, a table of the wrong width."""
+
+
+class StoreError(SpringError):
+    """A retrieval store is missing, damaged, or was built differently from what is asked for."""
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing to the store right now."""
 
 
 class ServerError(SpringError):

@@ -18,14 +18,22 @@ Example:
 
 from __future__ import annotations
 
-import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from spring_core.prompts import PromptParts
+from spring_core.types import PromptParts
 
-_ALLOWED: weakref.WeakKeyDictionary[Any, dict[str, torch.Tensor]] = weakref.WeakKeyDictionary()
+
+@dataclass(frozen=True)
+class Healed:
+    """The prompt generation feeds (``parts``), the trailing spaces healed off it (``""``: none) and the ids its
+    first new token may take (``None``: any)."""
+
+    parts: PromptParts
+    spaces: str = ""
+    first_ids: torch.Tensor | None = None
 
 
 def heal(parts: PromptParts) -> tuple[PromptParts, str]:
@@ -39,16 +47,13 @@ def heal(parts: PromptParts) -> tuple[PromptParts, str]:
     return PromptParts(parts.before, parts.k, after, parts.special_tokens), parts.after[len(after):]
 
 
-def heal_for_model(parts: PromptParts, tokenizer: Any, vocab_size: int) -> tuple[PromptParts, str, torch.Tensor | None]:
-    """``heal`` for a model that can emit ids below ``vocab_size``: the prompt to feed, the healed spaces and the
-    ids its first token may take. A prompt whose spaces no such id starts with is fed as it is (``""``, ``None``).
-    """
+def heal_with(parts: PromptParts, emittable: torch.Tensor | None) -> Healed:
+    """``parts`` healed when ``emittable`` (the ids that start with its trailing spaces and that the model can emit)
+    holds any; else ``parts`` fed as they are. ``None``: ``parts`` end in no spaces to heal."""
     healed, spaces = heal(parts)
-    if not spaces:
-        return parts, "", None
-    first = allowed_first_ids(tokenizer, spaces)
-    first = first[first < vocab_size]
-    return (healed, spaces, first) if len(first) else (parts, "", None)
+    if not spaces or emittable is None or not len(emittable):
+        return Healed(parts)
+    return Healed(healed, spaces, emittable)
 
 
 def visible(text: str, spaces: str) -> str:
@@ -58,18 +63,12 @@ def visible(text: str, spaces: str) -> str:
 
 
 def allowed_first_ids(tokenizer: Any, spaces: str) -> torch.Tensor:
-    """The ids whose text starts with ``spaces``, computed once per tokenizer.
+    """The ids whose text starts with ``spaces`` (``InputLayer.heal`` caches them per input layer).
 
     Each id is decoded after an anchor token, because SentencePiece decoders drop the leading space of a
     sequence's first token.
     """
-    try:
-        cache = _ALLOWED.setdefault(tokenizer, {})
-    except TypeError:  # a tokenizer that cannot be weakly referenced is not cached
-        cache = {}
-    if spaces not in cache:
-        anchor = list(tokenizer("a", add_special_tokens=False)["input_ids"])
-        lead = len(tokenizer.decode(anchor))
-        texts = tokenizer.batch_decode([[*anchor, i] for i in range(len(tokenizer))])
-        cache[spaces] = torch.tensor([i for i, text in enumerate(texts) if text[lead:].startswith(spaces)])
-    return cache[spaces]
+    anchor = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    lead = len(tokenizer.decode(anchor))
+    texts = tokenizer.batch_decode([[*anchor, i] for i in range(len(tokenizer))])
+    return torch.tensor([i for i, text in enumerate(texts) if text[lead:].startswith(spaces)])

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 
 from spring_core.errors import InputError
+from spring_core.healing import Healed, allowed_first_ids, heal, heal_with
+from spring_core.types import PromptParts
 
 _SCALE_SAMPLE_ROWS = 64
 
@@ -58,6 +60,7 @@ class InputLayer:
         self.vocab_rows = int(embedding.weight.shape[0])
         self.lead_ids, self.trail_ids = special_token_wrap(tokenizer) if tokenizer is not None else ([], [])
         self._scale: float | None = None
+        self._first_ids: dict[str, torch.Tensor] = {}  # healing: spaces -> the ids that may start the answer
 
     # ----- the embedding module ------------------------------------------------------------------------------
 
@@ -118,9 +121,31 @@ class InputLayer:
             )
         return scale
 
+    @property
+    def output_rows(self) -> int:
+        """How many ids the model can emit (its lm_head's rows): virtual ids lie past them."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def context_window(self) -> int | None:
+        """The longest sequence the model reads (``max_position_embeddings``), ``None`` when it does not say."""
+        config = getattr(self.model, "config", None)
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        window = getattr(config, "max_position_embeddings", None)
+        return int(window) if isinstance(window, int) and window > 0 else None
+
     # ----- text -> ids ---------------------------------------------------------------------------------------
 
-    def encode(self, parts: Any) -> list[int]:
+    def heal(self, parts: PromptParts) -> Healed:
+        """The prompt to feed for ``parts`` with its trailing spaces healed (``spring_core.healing``), when some
+        id the model can emit starts with them; else ``parts`` as they are."""
+        spaces = heal(parts)[1]
+        if spaces and spaces not in self._first_ids:
+            first = allowed_first_ids(self.tokenizer, spaces)
+            self._first_ids[spaces] = first[first < self.output_rows]
+        return heal_with(parts, self._first_ids.get(spaces))
+
+    def encode(self, parts: PromptParts) -> list[int]:
         """Token ids of a ``PromptParts``: ``before``, ``k`` virtual ids, ``after``, with exactly one BOS.
 
         The tokenizer's special tokens (e.g. a BOS) are added unless ``parts.special_tokens`` is False (a

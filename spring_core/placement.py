@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from spring_core.prompts import BlockAt
+from spring_core.types import BlockAt
 
 
 @dataclass(frozen=True, order=True)

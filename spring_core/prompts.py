@@ -19,70 +19,17 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from spring_core.errors import SpringError
+from spring_core import options
+from spring_core.errors import LayoutError
+from spring_core.types import BlockAt, Passage, PromptParts
 
 DEFAULT_INSTRUCTION = (
     "According to the previous relevant passages, please answer the following question. "
     "Only return the answer without any other words."
 )
 """The sentence the SPRING paper initialises its virtual tokens from."""
-
-MARKER_TEMPLATE = "[r{i}]"
-LAYOUTS = ("raw", "chat")
-
-Passage = str | Mapping[str, Any]
-
-
-class LayoutError(SpringError):
-    """A prompt layout cannot be used with this model (e.g. ``chat`` without a chat template)."""
-
-
-def marker(i: int) -> str:
-    """The display string of virtual token ``i`` (1-based): ``marker(3) == "[r3]"``."""
-    return MARKER_TEMPLATE.format(i=i)
-
-
-def marker_block(k: int) -> str:
-    """The display string ``[r1][r2]..[rk]``; the empty string for ``k == 0``."""
-    return "".join(marker(i) for i in range(1, k + 1))
-
-
-@dataclass(frozen=True)
-class PromptParts:
-    """A prompt split around its virtual-token block: ``before + [r1..rk] + after``.
-
-    ``k == 0`` means no virtual tokens: the prompt is ``before + after`` and is fed to the base model unchanged.
-    ``special_tokens=False`` marks text rendered by a chat template, which already holds the template's BOS: it is
-    tokenized without adding the tokenizer's special tokens again (as ``apply_chat_template(tokenize=True)`` does).
-    """
-
-    before: str
-    k: int = 0
-    after: str = ""
-    special_tokens: bool = True
-
-    def render(self) -> str:
-        """The prompt for display, with the block written as ``[r1]..[rk]`` (never parsed back)."""
-        return self.before + marker_block(self.k) + self.after
-
-    def plain_text(self) -> str:
-        """The prompt without its block: what the base model alone would read."""
-        return self.before + self.after
-
-    def with_k(self, k: int) -> PromptParts:
-        """The same prompt with a block of ``k`` tokens at the same place."""
-        return PromptParts(self.before, k, self.after, self.special_tokens)
-
-
-@dataclass(frozen=True)
-class BlockAt:
-    """Where a block goes in a list of texts (chat turns, or one prompt): text ``message``, character ``offset``."""
-
-    message: int
-    offset: int
 
 
 def passage_title_and_text(passage: Passage) -> tuple[str, str]:
@@ -123,8 +70,7 @@ def build_prompt(
     ``layout="raw"`` is the paper's completion prompt; ``layout="chat"`` puts the same text in one user turn of
     the tokenizer's chat template (block right before the question) and opens the assistant turn.
     """
-    if layout not in LAYOUTS:
-        raise LayoutError(f"unknown prompt layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    options.choice("layout", layout, options.LAYOUTS)
     context = format_passages(passages or [])
     head = context + "\n\n" if context else ""
     if layout == "raw":

@@ -20,14 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from spring_core.placement import Span, fill_placeholders, place_block
-from spring_core.prompts import (
-    Passage,
-    PromptParts,
-    format_passages,
-    passage_title_and_text,
-    render_chat,
-    spring_template,
-)
+from spring_core.prompts import format_passages, passage_title_and_text, render_chat, spring_template
+from spring_core.types import Passage, PromptParts
 
 
 def _llamaindex_node(passage: Passage) -> str:

@@ -39,7 +39,9 @@ from spring_core.artifacts import (
 from spring_core.errors import ArtifactError, InputError
 from spring_core.inputs import InputLayer
 from spring_core.models import load_model, model_display_name
-from spring_core.prompts import DEFAULT_INSTRUCTION, LAYOUTS, MARKER_TEMPLATE
+from spring_core.options import LAYOUTS
+from spring_core.prompts import DEFAULT_INSTRUCTION
+from spring_core.types import MARKER_TEMPLATE
 
 TOKENS_FILE = "tokens.safetensors"
 KIND = "virtual-tokens"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.llm import LLMCompletionStartEvent
 
-from spring_core.prompts import PromptParts
+from spring_core.types import PromptParts
 
 
 class PromptRecorder(BaseEventHandler):

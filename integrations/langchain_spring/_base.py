@@ -23,14 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from langchain_spring.placement import find_placement
 from langchain_spring.tracking import TRACKER
-from spring_core import Generation, SpringModel, Usage, VirtualTokens
-from spring_core.decoding import MODES
+from spring_core import Generation, SpringModel, Usage, VirtualTokens, options
 from spring_core.engine import Engine, Request
+from spring_core.errors import OptionError
+from spring_core.generation import GenerationStream
 from spring_core.models import DEFAULT_MODEL, shared_model
-from spring_core.parametric.online import MISSING, ParametricDocument, check_parametric_mode, open_adapters
+from spring_core.parametric.online import ParametricDocument, check_parametric_mode, open_adapters
 from spring_core.placement import Placement
 from spring_core.serving import as_backend
-from spring_core.spring_model import GenerationStream
 
 LOAD_KWARGS = ("device", "dtype", "layout")
 """Keys ``model_kwargs`` accepts; they go to ``SpringModel.from_pretrained`` when the model is loaded by name."""
@@ -165,11 +165,9 @@ class SpringParams(BaseModel):
         unknown = sorted(set(self.model_kwargs) - set(LOAD_KWARGS))
         if unknown:
             raise ValueError(f"model_kwargs accepts {', '.join(LOAD_KWARGS)}; got {', '.join(unknown)}")
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        options.choice("mode", self.mode, options.DECODINGS)
         check_parametric_mode(self.parametric_mode, self.adapters)
-        if self.missing_adapter not in MISSING:
-            raise ValueError(f"missing_adapter must be one of {', '.join(MISSING)}, got {self.missing_adapter!r}")
+        options.choice("missing_adapter", self.missing_adapter, options.MISSING_ADAPTER)
         if self.spring_model is not None:
             if self.model_kwargs:
                 raise ValueError(
@@ -256,12 +254,13 @@ class SpringParams(BaseModel):
     def _documents_request(self, question: str, stop: Sequence[str] | None, kwargs: Mapping[str, Any]) -> Request:
         """A call with ``documents=``: the bare question, answered from the documents with ``mode``."""
         settings, k = self._call_settings(stop, kwargs)
-        mode = kwargs.get("mode", self.mode)
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        documents = [ParametricDocument(d.metadata.get(self.adapter_key), document_passage(d), document_score(d))
-                     for d in kwargs["documents"]]
-        return Request(question=question, documents=documents, k=k, mode=mode,
+        documents = []
+        for i, document in enumerate(options.items("documents", kwargs["documents"], "LangChain Documents")):
+            if not isinstance(document, Document):
+                raise OptionError(f"documents[{i}] must be a langchain_core Document, got {type(document).__name__}")
+            documents.append(ParametricDocument(document.metadata.get(self.adapter_key), document_passage(document),
+                                                document_score(document)))
+        return Request(question=question, documents=documents, k=k, mode=kwargs.get("mode", self.mode),
                        parametric_mode=kwargs.get("parametric_mode", self.parametric_mode),
                        missing_adapter=self.missing_adapter, weight_temperature=self.weight_temperature,
                        settings=settings)

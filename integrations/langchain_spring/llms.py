@@ -28,8 +28,8 @@ from langchain_spring.tracking import TRACKER
 from spring_core import Generation as SpringGeneration
 from spring_core.aio import iterate_in_thread
 from spring_core.engine import Request
-from spring_core.prompts import PromptParts
-from spring_core.spring_model import GenerationStream
+from spring_core.generation import GenerationStream
+from spring_core.types import PromptParts
 
 
 class SpringLLM(SpringParams, LLM):

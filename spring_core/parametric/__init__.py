@@ -8,18 +8,17 @@
 - ``spring_core.parametric.augment``: the LLM's rewrites and QA pairs per document (``spring-rag augment``)
 """
 
+from spring_core.errors import UnknownDocumentError
 from spring_core.parametric.lora import DocumentAdapters, LoraUpdate, active_update, install_hooks
 from spring_core.parametric.online import (
-    PARAMETRIC_MODES,
     ParametricDocument,
     activated,
     open_adapters,
     plan_call,
 )
-from spring_core.parametric.store import AdapterStore, LoraSpec, UnknownDocumentError
+from spring_core.parametric.store import AdapterStore, LoraSpec
 
 __all__ = [
-    "PARAMETRIC_MODES",
     "AdapterStore",
     "DocumentAdapters",
     "LoraSpec",

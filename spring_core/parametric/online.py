@@ -29,15 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spring_core import options
 from spring_core.artifacts import read_manifest
-from spring_core.decoding import optional_scores
-from spring_core.errors import SpringError
+from spring_core.errors import OptionError, SpringError, UnknownDocumentError
+from spring_core.generation import optional_scores
 from spring_core.parametric.lora import DocumentAdapters
-from spring_core.parametric.store import AdapterStore, UnknownDocumentError
-from spring_core.prompts import Passage
+from spring_core.parametric.store import AdapterStore
+from spring_core.types import Passage
 
-PARAMETRIC_MODES = ("icl", "prag", "combine")
-MISSING = ("error", "icl")
 logger = logging.getLogger("spring_rag.parametric")
 
 
@@ -63,12 +62,10 @@ def open_adapters(folder: str | Path, model: Any, *, model_name: str = "this mod
 
 
 def check_parametric_mode(mode: str, adapters: Any) -> None:
-    """Raise ``ValueError`` for an unknown mode, or for ``prag``/``combine`` without adapters."""
-    if mode not in PARAMETRIC_MODES:
-        raise ValueError(f"unknown parametric mode {mode!r}; choose one of {', '.join(PARAMETRIC_MODES)}")
-    if mode != "icl" and adapters is None:
-        raise ValueError(f"parametric mode {mode!r} needs adapters: pass adapters= (a folder from "
-                         "`spring-rag parametrize`)")
+    """``OptionError`` for an unknown mode, or for ``prag``/``combine`` without adapters."""
+    if options.choice("parametric_mode", mode, options.KNOWLEDGE) != "icl" and adapters is None:
+        raise OptionError(f"parametric_mode {mode!r} needs adapters: pass adapters= (a folder from "
+                          "`spring-rag parametrize`)")
 
 
 @dataclass(frozen=True)
@@ -93,8 +90,7 @@ def plan_call(adapters: Any, documents: Sequence[ParametricDocument], *, mode: s
     ``k`` defaults to 0 in ``prag`` (no passages for the tokens to follow) and to ``None`` (all tokens) otherwise.
     """
     check_parametric_mode(mode, adapters)
-    if missing not in MISSING:
-        raise ValueError(f"missing must be one of {', '.join(MISSING)}, got {missing!r}")
+    options.choice("missing_adapter", missing, options.MISSING_ADAPTER)
     with_adapter = [d for d in documents if mode != "icl" and d.adapter_id is not None and d.adapter_id in adapters]
     without = [d for d in documents if d not in with_adapter]
     if mode != "icl" and without:

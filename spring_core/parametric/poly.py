@@ -26,9 +26,9 @@ import torch
 from safetensors.torch import load, save
 
 from spring_core.artifacts import check_fingerprint, new_manifest, read_manifest, verified_file, write_artifact
-from spring_core.errors import ArtifactError
+from spring_core.errors import ArtifactError, UnknownDocumentError
 from spring_core.parametric.lora import CachedAdapters, LoraUpdate, install_hooks
-from spring_core.parametric.store import LoraSpec, UnknownDocumentError
+from spring_core.parametric.store import LoraSpec
 
 KIND = "poly-experts"
 EXPERTS = "experts.safetensors"

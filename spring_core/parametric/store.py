@@ -45,7 +45,7 @@ from spring_core.artifacts import (
     read_manifest,
     sha256_file,
 )
-from spring_core.errors import ArtifactError
+from spring_core.errors import ArtifactError, UnknownDocumentError
 
 KIND = "document-adapters"
 INDEX_PREFIX = "index-"
@@ -100,13 +100,6 @@ def _linear_shape(module: torch.nn.Module) -> tuple[int, int] | None:
 
 def _matches(name: str, targets: Sequence[str]) -> bool:
     return any(name == target or name.endswith(f".{target}") for target in targets)
-
-
-class UnknownDocumentError(ArtifactError, KeyError):
-    """A document id has no adapter in the store."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

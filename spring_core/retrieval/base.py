@@ -17,19 +17,11 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from spring_core.artifacts import atomic_write_bytes, read_json_object
-from spring_core.errors import SpringError
+from spring_core.errors import StoreError, StoreLockedError
 
 STORE_MANIFEST = "store.json"
 STORE_FORMAT_VERSION = 1
 BACKENDS = ("dense", "bm25", "hybrid")
-
-
-class StoreError(SpringError):
-    """A retrieval store is missing, damaged, or was built differently from what is asked for."""
-
-
-class StoreLockedError(StoreError):
-    """Another process is writing to the store right now."""
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,12 @@ import httpx
 import torch
 
 from spring_core.errors import ModelMismatchError, ServerError
+from spring_core.generation import GenerationStream
 from spring_core.healing import visible
 from spring_core.models import spring_home
-from spring_core.prompts import PromptParts
 from spring_core.serving.peft_export import write_peft_adapter
-from spring_core.spring_model import Generation, GenerationSettings, GenerationStream, SpringModel, parse_settings
-from spring_core.usage import Usage
+from spring_core.spring_model import SpringModel
+from spring_core.types import Generation, GenerationSettings, PromptParts, Usage
 
 PROBE_TEXT = "The history of the city begins in the year"
 RETRY_STATUS = {429, 502, 503, 504}
@@ -118,14 +118,14 @@ class VLLMBackend:
 
     # ----- generation ----------------------------------------------------------------------------------------
 
-    def generate(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
+    def generate(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
                  lora: str | None = None) -> Generation:
         """The answer to one prompt (``lora``: a name from ``adapter_name``)."""
         prepared = self._prepare(spring, prompt, settings, lora=lora, stream=False)
         reply = prepared.finished or self._post("/v1/completions", prepared.body)
         return _generation(reply, prepared)
 
-    def stream(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
+    def stream(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
                lora: str | None = None) -> GenerationStream:
         """The answer as text deltas as the server sends them (SSE); ``result`` is set once it is read."""
         prepared = self._prepare(spring, prompt, settings, lora=lora, stream=True)
@@ -133,14 +133,14 @@ class VLLMBackend:
         stream._deltas = self._stream_deltas(prepared, stream)
         return stream
 
-    async def agenerate(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
+    async def agenerate(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
                         lora: str | None = None) -> Generation:
         """Async twin of ``generate`` (the request itself is async; the prompt is built in a worker thread)."""
         prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora=lora, stream=False)
         reply = prepared.finished or await self._apost("/v1/completions", prepared.body)
         return _generation(reply, prepared)
 
-    async def astream(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
+    async def astream(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
                       lora: str | None = None) -> AsyncIterator[str]:
         """Async twin of ``stream``: yields text deltas."""
         prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora=lora, stream=True)
@@ -249,22 +249,21 @@ class VLLMBackend:
 
     # ----- requests ------------------------------------------------------------------------------------------
 
-    def _prepare(self, spring: SpringModel, prompt: PromptParts | str, settings: Mapping[str, Any],
+    def _prepare(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
                  lora: str | None, stream: bool) -> _Prepared:
         self.check(spring)
         parts = spring.as_parts(prompt)
-        fed, spaces, first = spring.heal(parts)
-        parsed = parse_settings(settings)
-        ids = spring.encode(fed)
-        body = _sampling(parsed)
+        healed = spring.heal(parts)
+        ids = spring.encode(healed.parts)
+        body = _sampling(settings)
         body["model"] = lora or self.model
         if parts.k > 0 or self.embeds == "always":
             body["prompt_embeds"] = self._embeds(spring, ids)
         else:
             body["prompt"] = ids
         prepared = _Prepared(body, parts.k, parts.render())
-        if first is not None:
-            prepared = self._first_healed_token(spring, prepared, ids, spaces, first.tolist())
+        if healed.first_ids is not None:
+            prepared = self._first_healed_token(spring, prepared, ids, healed.spaces, healed.first_ids.tolist())
         if stream:
             body = {**prepared.body, "stream": True, "stream_options": {"include_usage": True}}
             prepared = replace(prepared, body=body)

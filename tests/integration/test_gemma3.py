@@ -13,8 +13,10 @@ import torch
 from conftest import weights_digest
 
 from spring_core import SpringModel, VirtualTokens
+from spring_core.errors import LayoutError
 from spring_core.healing import allowed_first_ids
-from spring_core.prompts import LayoutError, PromptParts, build_prompt
+from spring_core.prompts import build_prompt
+from spring_core.types import PromptParts
 from spring_train.batching import build_example, collate
 from spring_train.methods import SpringTarget
 

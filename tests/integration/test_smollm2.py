@@ -13,7 +13,8 @@ from conftest import weights_digest  # tests/conftest.py (on sys.path under pyte
 
 from spring_core import SpringModel, VirtualTokens
 from spring_core.data import demo_qa_path, read_qa
-from spring_core.prompts import DEFAULT_INSTRUCTION, PromptParts, build_prompt
+from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt
+from spring_core.types import PromptParts
 
 pytestmark = pytest.mark.integration
 
@@ -206,7 +207,7 @@ def test_generate_batch_equals_one_by_one(smollm2, tokens50, rows):
         sm.prompt_parts(rows[8]["question"], short_passages(rows[8]), k=0),  # a finished prompt, no block
         {"question": rows[10]["question"], "k": 0},  # no passages: the shortest prompt
     ]
-    lengths = {len(sm.encode(sm._item_parts(item))) for item in items}
+    lengths = {len(sm.encode(sm._item_parts(i, item))) for i, item in enumerate(items)}
     assert len(lengths) == len(items), "the items should have different lengths, so left padding is exercised"
 
     batch = sm.generate_batch(items, max_new_tokens=12)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from spring_core.data import demo_qa_path
 from spring_core.engine import Engine, Request
 from spring_core.errors import ModelMismatchError, ServerError
 from spring_core.healing import heal
+from spring_core.options import generation_settings
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec
 from spring_core.parametric.online import ParametricDocument
 from spring_core.serving import VLLMBackend
@@ -25,7 +27,8 @@ from spring_core.templates import TEMPLATES, render_template
 
 pytestmark = pytest.mark.vllm
 TOKENS = "smollm2-135m-squad"
-GREEDY = {"max_new_tokens": 12}
+GREEDY_KW = {"max_new_tokens": 12}
+GREEDY = generation_settings(GREEDY_KW)
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +70,7 @@ def passages(row):
 def test_greedy_answers_equal_transformers_for_k_0_1_and_50(springs, backend, rows, layout):
     spring = springs[layout]
     prompts = [spring.prompt_parts(row["question"], passages(row), k) for row in rows[1:] for k in (0, 1, 50)]
-    local = [spring.generate_from_prompt(p, **GREEDY) for p in prompts]
+    local = [spring.generate_from_prompt(p, **GREEDY_KW) for p in prompts]
     served = [backend.generate(spring, p, GREEDY) for p in prompts]
     assert [g.text for g in served] == [g.text for g in local]
     assert [g.usage.as_dict() for g in served] == [g.usage.as_dict() for g in local]
@@ -111,9 +114,9 @@ def test_a_merged_document_adapter_answers_as_the_hooked_update(smollm2, tmp_pat
 def test_streaming_yields_deltas_whose_join_and_usage_equal_generate(springs, backend, rows):
     spring = springs["raw"]
     prompt = spring.prompt_parts(rows[0]["question"], passages(rows[0]), 50)
-    stream = backend.stream(spring, prompt, {"max_new_tokens": 16})
+    stream = backend.stream(spring, prompt, generation_settings({"max_new_tokens": 16}))
     deltas = list(stream)
-    whole = backend.generate(spring, prompt, {"max_new_tokens": 16})
+    whole = backend.generate(spring, prompt, generation_settings({"max_new_tokens": 16}))
     assert len(deltas) > 1 and "".join(deltas) == whole.text
     assert stream.result.usage == whole.usage and stream.result.usage.virtual_tokens == 50
 
@@ -131,11 +134,11 @@ def test_async_concurrent_requests_stop_strings_and_seeds(springs, backend, rows
     one_by_one = [backend.generate(spring, p, GREEDY).text for p in prompts[:3]]
     assert [a.text for a in answers] == one_by_one * 3
     assert "".join(deltas) == one_by_one[0]
-    sampled = [backend.generate(spring, prompts[0], {"max_new_tokens": 12, "temperature": 1.0, "seed": s}).text
+    sampled = [backend.generate(spring, prompts[0], replace(GREEDY, temperature=1.0, seed=s)).text
                for s in (1, 1, 2)]
     assert sampled[0] == sampled[1]
     stop = one_by_one[0].strip().split()[0]
-    cut = backend.generate(spring, prompts[0], {**GREEDY, "stop": [stop]})
+    cut = backend.generate(spring, prompts[0], replace(GREEDY, stop=(stop,)))
     assert stop not in cut.text and cut.finish_reason == "stop"
 
 
@@ -146,14 +149,14 @@ def test_a_prompt_healed_for_its_trailing_space_answers_as_transformers(springs,
                for row, k in zip(rows, (1, 50, 50), strict=True)]
     assert all(heal(p)[1] == " " for p in prompts)
     answers = {}
-    for settings, some in ((GREEDY, prompts), ({"max_new_tokens": 1}, prompts[:1])):  # 1 token: one request only
+    for settings, some in ((GREEDY_KW, prompts), ({"max_new_tokens": 1}, prompts[:1])):  # 1 token: one request
         local = [spring.generate_from_prompt(p, **settings) for p in some]
-        served = [backend.generate(spring, p, settings) for p in some]
+        served = [backend.generate(spring, p, generation_settings(settings)) for p in some]
         assert [g.text for g in served] == [g.text for g in local]
         assert [g.usage for g in served] == [g.usage for g in local]
         assert [g.finish_reason for g in served] == [g.finish_reason for g in local]
         answers[settings["max_new_tokens"]] = [g.text for g in local]
-    greedy = answers[GREEDY["max_new_tokens"]]
+    greedy = answers[GREEDY.max_new_tokens]
     stream = backend.stream(spring, prompts[-1], GREEDY)
     assert "".join(stream) == greedy[-1] and stream.result.usage.virtual_tokens == 50
 
@@ -177,7 +180,7 @@ def test_a_server_without_spring_flags_gets_errors_that_name_them(springs, tmp_p
         VLLMBackend(plain_vllm_url).generate(spring, spring.prompt_parts(rows[0]["question"], passages(rows[0]), 5),
                                              GREEDY)
     backend = VLLMBackend(plain_vllm_url, check_model=False)
-    assert backend.generate(spring, "Hello", {"max_new_tokens": 2}).usage.completion_tokens == 2
+    assert backend.generate(spring, "Hello", replace(GREEDY, max_new_tokens=2)).usage.completion_tokens == 2
     model, tokenizer = spring.model, spring.tokenizer
     spec = LoraSpec.for_model(model, rank=1, alpha=1)
     store = AdapterStore.create(tmp_path / "a", model, spec, base_model_name="smollm2-135m")

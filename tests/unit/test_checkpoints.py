@@ -137,7 +137,7 @@ def _with_passage(tmp_path: Path, text: str) -> Path:
 
 
 def test_a_prompt_longer_than_the_context_stops_before_step_one_naming_file_and_row(tiny_dir, tmp_path):
-    qa = _with_passage(tmp_path, "river mountain " * 3000)  # ~6000 tokens; the tiny model reads 2048
+    qa = _with_passage(tmp_path, "river mountain " * 3000)  # ~6000 tokens; the tiny model reads 4096
     steps = []
     with pytest.raises(DataError, match=r"qa.jsonl: row 'odd': its prompt .* longer than the model's context"):
         train(config(tiny_dir, qa, tmp_path / "out"), show_progress=False, on_step=steps.append)

@@ -8,16 +8,27 @@ import pytest
 import torch
 from conftest import weights_digest
 
-from spring_core import MarkerError, SpringModel, VirtualTokens
-from spring_core.decoding import (
-    DecodingError,
-    MarginalGeneration,
-    passage_weights,
-    rag_sequence,
-    rag_token,
-    sequence_log_probs,
-)
-from spring_core.spring_model import Usage
+from spring_core import MarkerError, OptionError, SpringModel, VirtualTokens
+from spring_core.errors import DecodingError
+from spring_core.generation import marginal, passage_weights
+from spring_core.types import Generation, Usage
+
+
+def rag_token(sm, question, passages, scores, *, k=0, weight_temperature=1.0, **settings):
+    """RAG-Token through the public entry point, ``SpringModel.generate(mode="rag-token")``."""
+    return sm.generate(question, passages, k, mode="rag-token", scores=scores, weight_temperature=weight_temperature,
+                       **settings)
+
+
+def rag_sequence(sm, question, passages, scores, *, k=0, fast=False, weight_temperature=1.0, **settings):
+    mode = "rag-sequence-fast" if fast else "rag-sequence"
+    return sm.generate(question, passages, k, mode=mode, scores=scores, weight_temperature=weight_temperature,
+                       **settings)
+
+
+def sequence_log_probs(sm, prompts, continuations, **kwargs):
+    return marginal.sequence_log_probs(sm.runner, prompts, continuations, **kwargs)
+
 
 QUESTION = "Who wrote Hamlet?"
 PASSAGES = [
@@ -59,7 +70,7 @@ def test_rag_token_with_one_passage_is_plain_greedy(sm_k):
     sm, k = sm_k
     out = rag_token(sm, QUESTION, [PASSAGES[0]], [0.3], k=k, max_new_tokens=8)
     expected = greedy(sm, PASSAGES[0], k)
-    assert isinstance(out, MarginalGeneration)
+    assert isinstance(out, Generation)
     assert out.text == expected.text
     assert out.finish_reason == expected.finish_reason
     assert out.usage == expected.usage
@@ -228,7 +239,7 @@ def test_a_candidate_ending_in_eos_is_scored_with_its_eos(plain, monkeypatch):
     prompts = [prompt_ids(plain, p, 0) for p in PASSAGES[:2]]
     first_id = rag_token(plain, QUESTION, PASSAGES[:1], [0.0], max_new_tokens=1).token_ids
     assert first_id != rag_token(plain, QUESTION, PASSAGES[1:2], [0.0], max_new_tokens=1).token_ids
-    monkeypatch.setattr(plain, "eos_ids", lambda: {first_id[0]})  # passage 0 now stops after its first token
+    monkeypatch.setattr(plain.inputs, "eos_token_ids", lambda: [first_id[0]])  # passage 0 stops after 1 token
     out = rag_sequence(plain, QUESTION, PASSAGES[:2], [5.0, 0.0], max_new_tokens=4)
     assert out.token_ids == first_id and out.finish_reason == "stop"
     log_w = torch.log(passage_weights([5.0, 0.0])).double()
@@ -249,7 +260,7 @@ def test_bad_input_is_refused_with_an_actionable_message(spring, decode):
         decode(spring, QUESTION, PASSAGES[:2], [1.0, float("nan")])
     with pytest.raises(DecodingError, match="temperature must be a finite number > 0"):
         decode(spring, QUESTION, PASSAGES[:2], [1.0, 2.0], weight_temperature=0)
-    with pytest.raises(DecodingError, match="max_new_tokens"):
+    with pytest.raises(OptionError, match="max_new_tokens"):
         decode(spring, QUESTION, PASSAGES[:2], [1.0, 2.0], max_new_tokens=0)
     with pytest.raises(MarkerError, match="k = 5 is out of range"):
         decode(spring, QUESTION, PASSAGES[:2], [1.0, 2.0], k=5)
@@ -266,7 +277,7 @@ def test_passage_weights_refuses_bad_scores_and_temperatures():
 
 
 def test_rag_token_refuses_a_negative_temperature(plain):
-    with pytest.raises(DecodingError, match="temperature must be a finite number >= 0"):
+    with pytest.raises(OptionError, match="temperature must be a finite number >= 0"):
         rag_token(plain, QUESTION, PASSAGES[:1], [0.0], temperature=-0.5)
 
 
@@ -305,9 +316,9 @@ def test_generate_mode_dispatches_to_marginal_decoding(tiny):
     two = sm.generate(question, [passage, "Rivers and mountains."], k=2, max_new_tokens=6, mode="rag-token",
                       scores=[1.0, 0.0])
     assert two.usage.virtual_tokens == 4  # each passage's sequence reads the block
-    with pytest.raises(ValueError, match="unknown mode"):
+    with pytest.raises(OptionError, match="mode must be one of concat, rag-token"):
         sm.generate(question, [passage], mode="rag-everything")
-    with pytest.raises(ValueError, match="only rag-token samples"):
+    with pytest.raises(DecodingError, match="only rag-token samples"):
         sm.generate(question, [passage], mode="rag-sequence", temperature=0.7)
 
 

@@ -17,7 +17,7 @@ from spring_core import SpringModel, VirtualTokens
 from spring_core.inputs import InputLayer
 from spring_core.parametric import LoraSpec, LoraUpdate
 from spring_core.parametric.lora import active_update, install_hooks
-from spring_core.prompts import PromptParts
+from spring_core.types import PromptParts
 from spring_train.batching import build_example, collate
 from spring_train.methods import SpringTarget
 

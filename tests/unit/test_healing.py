@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from spring_core import SpringModel, VirtualTokens
-from spring_core.healing import allowed_first_ids, heal, heal_for_model, visible
-from spring_core.prompts import PromptParts
+from spring_core.healing import Healed, allowed_first_ids, heal, heal_with, visible
+from spring_core.inputs import InputLayer
 from spring_core.templates import TEMPLATES, render_template
+from spring_core.types import PromptParts
 from spring_train.batching import build_example
 
 BEFORE = "Context information is below.\nHamlet is a play by William Shakespeare.\n"
@@ -58,16 +59,18 @@ def test_allowed_first_ids_are_exactly_the_ids_whose_text_starts_with_the_spaces
     anchor = tokenizer("a", add_special_tokens=False)["input_ids"]
     for i in range(len(tokenizer)):
         assert (i in allowed) == tokenizer.decode([*anchor, i])[1:].startswith(" ")
-    assert allowed_first_ids(tokenizer, " ") is allowed_first_ids(tokenizer, " ")  # computed once
+    layer = InputLayer(*tiny)
+    parts = PromptParts(BEFORE, 2, AFTER)
+    assert layer.heal(parts).first_ids is layer.heal(parts).first_ids  # computed once per input layer
 
 
 def test_only_ids_the_model_can_emit_are_allowed_and_without_any_the_prompt_is_not_healed(tiny):
     _, tokenizer = tiny
     parts = PromptParts(BEFORE, 2, AFTER)
     every = allowed_first_ids(tokenizer, " ")
-    fed, spaces, first = heal_for_model(parts, tokenizer, vocab_size=int(every[3]))
-    assert (fed, spaces) == heal(parts) and first.tolist() == every[:3].tolist()
-    assert heal_for_model(parts, tokenizer, vocab_size=int(every[0])) == (parts, "", None)
+    healed = heal_with(parts, every[every < every[3]])
+    assert (healed.parts, healed.spaces) == heal(parts) and healed.first_ids.tolist() == every[:3].tolist()
+    assert heal_with(parts, every[every < every[0]]) == Healed(parts)
 
 
 def test_a_healed_prompt_decodes_as_the_constrained_greedy_written_out(sm):
@@ -121,3 +124,28 @@ def test_training_encodes_a_template_that_ends_in_a_space_as_inference_heals_it(
     prompt = sm.encode(healed)
     target = sm.tokenizer(" Shakespeare", add_special_tokens=False)["input_ids"] + [sm.tokenizer.eos_token_id]
     assert example.input_ids == prompt + target and example.answer_length == len(target)
+
+
+def test_stop_strings_match_the_answer_as_returned_not_the_healed_spaces(sm):
+    healed_prompt = PromptParts(BEFORE, 8, AFTER)
+    full = sm.generate_from_prompt(healed_prompt, max_new_tokens=8)
+    assert len(full.text) > 2 and not full.text.startswith(" ")  # the healed space is not part of the answer
+    # " " + the answer's first characters is in the raw generated text only: it must not stop the answer
+    raw_only = " " + full.text[:2]
+    assert raw_only not in full.text
+    for run in (sm.generate_from_prompt, lambda p, **s: _streamed(sm, p, **s)):
+        out = run(healed_prompt, max_new_tokens=8, stop=[raw_only])
+        assert (out.text, out.usage, out.finish_reason) == (full.text, full.usage, full.finish_reason)
+    # a stop string in the answer as returned cuts it there, and finish_reason says so
+    visible_stop = full.text[1:3]
+    for run in (sm.generate_from_prompt, lambda p, **s: _streamed(sm, p, **s)):
+        cut = run(healed_prompt, max_new_tokens=8, stop=[visible_stop])
+        assert cut.text == full.text[:full.text.index(visible_stop)] and cut.finish_reason == "stop"
+        assert cut.usage.completion_tokens <= full.usage.completion_tokens
+
+
+def _streamed(sm, prompt, **settings):
+    stream = sm.stream_from_prompt(prompt, **settings)
+    text = "".join(stream)
+    assert text == stream.result.text
+    return stream.result

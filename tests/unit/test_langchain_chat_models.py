@@ -15,8 +15,9 @@ from langchain_core.runnables import RunnablePassthrough
 from langchain_spring import SPRING_RAG_CHAT_PROMPT, ChatSpring, SpringRetriever, format_docs
 from langchain_spring.chat_models import message_turns, render_messages
 from spring_core import SpringModel, VirtualTokens
-from spring_core.prompts import PromptParts, build_prompt
+from spring_core.prompts import build_prompt
 from spring_core.retrieval import create_store
+from spring_core.types import PromptParts
 
 PASSAGES = [{"title": "Hamlet", "text": "Hamlet is a play by William Shakespeare."}]
 QUESTION = "Who wrote Hamlet?"

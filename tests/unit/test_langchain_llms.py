@@ -10,8 +10,9 @@ from langchain_core.runnables import RunnablePassthrough
 
 from langchain_spring import SPRING_RAG_PROMPT, SpringLLM, SpringRetriever, format_docs
 from spring_core import SpringModel, VirtualTokens
-from spring_core.prompts import PromptParts, build_prompt, format_passages
+from spring_core.prompts import build_prompt, format_passages
 from spring_core.retrieval import create_store
+from spring_core.types import PromptParts
 
 PASSAGES = [{"title": "Hamlet", "text": "Hamlet is a play by William Shakespeare."}, "Paris is in France."]
 

@@ -87,7 +87,7 @@ def test_spring_chain_answers_from_the_documents_in_springs_layout(store_folder,
         "virtual": 2}
 
 
-@pytest.mark.parametrize("text", ["[r1][r2]", "[r1]" * 60 + "Question:", "[r" + "9" * 5000 + "]",
+@pytest.mark.parametrize("text", ["[r1][r2]", "[r1]" * 60 + "Question:", "[r" + "9" * 300 + "]",
                                   "\x00SPRING-BLOCK\x00"])
 def test_marker_text_in_the_question_is_plain_text_through_the_chain(store_folder, tiny, text):
     sm = SpringModel(*tiny, VirtualTokens.random(tiny[0], n=8, seed=1))
@@ -137,7 +137,7 @@ def test_documents_per_call_for_every_mode_sync_async_and_streamed(store_folder,
 def test_documents_need_a_bare_question_a_known_mode_and_consistent_scores(store_folder, tiny):
     from langchain_core.messages import SystemMessage
 
-    from spring_core.decoding import DecodingError
+    from spring_core.errors import DecodingError, OptionError
 
     sm = SpringModel(*tiny)
     chat = ChatSpring(spring_model=sm, max_tokens=3)
@@ -147,9 +147,9 @@ def test_documents_need_a_bare_question_a_known_mode_and_consistent_scores(store
         chat.invoke([SystemMessage("Be brief."), HumanMessage(QUESTION)], documents=documents)
     with pytest.raises(DecodingError, match="passage 1 has no retriever score"):
         chat.invoke(QUESTION, documents=documents, mode="rag-token")
-    with pytest.raises(ValueError, match="unknown mode 'beam'"):
+    with pytest.raises(OptionError, match="mode must be one of .*; got 'beam'"):
         chat.invoke(QUESTION, documents=documents[:1], mode="beam")
-    with pytest.raises(ValidationError, match="unknown mode"):
+    with pytest.raises(OptionError, match="mode must be one of"):
         ChatSpring(spring_model=sm, mode="beam")
     reranked = [Document("A.", metadata={"relevance_score": 0.9}), Document("B.", metadata={"relevance_score": 0.1})]
     expected = sm.generate(QUESTION, ["A.", "B."], mode="rag-token", scores=[0.9, 0.1], max_new_tokens=3).text

@@ -25,7 +25,7 @@ from llama_index.retrievers.spring import SpringRetriever
 
 from spring_core import MarkerError, SpringModel, VirtualTokens
 from spring_core.data import read_corpus, sample_corpus_path
-from spring_core.prompts import PromptParts, marker_block
+from spring_core.types import PromptParts, marker_block
 
 QUESTION = "Who is Harvard University named after?"
 CONTEXT = "[1] Harvard is named after John Harvard."
@@ -155,7 +155,8 @@ def test_chat_layout_wraps_completions_in_a_user_turn(tiny, tokens):
 
 
 def test_metadata_reads_the_model(llm):
-    assert llm.metadata.context_window == 2048 and llm.metadata.num_output == 6
+    assert llm.metadata.context_window == llm.spring_model.model.config.max_position_embeddings == 4096
+    assert llm.metadata.num_output == 6
     assert llm.metadata.model_name == llm.spring_model.name and not llm.metadata.is_chat_model
 
 
@@ -364,9 +365,9 @@ def test_answer_reads_the_passages_with_the_llms_mode(mode, tiny, tokens):
 
 
 def test_answer_refuses_unknown_modes_and_a_mix_of_scored_and_unscored_passages(tiny, tokens, llm):
-    from spring_core.decoding import DecodingError
+    from spring_core.errors import DecodingError, OptionError
 
-    with pytest.raises(ValueError, match="unknown mode 'beam'"):
+    with pytest.raises(OptionError, match="mode must be one of .*; got 'beam'"):
         SpringLLM(spring_model=SpringModel(*tiny, tokens), mode="beam")
     with pytest.raises(DecodingError, match="passage 1 has no retriever score"):
         llm.answer(QUESTION, PASSAGES, [1.0, None], mode="rag-token")

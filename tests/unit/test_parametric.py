@@ -12,7 +12,7 @@ import torch
 from conftest import weights_digest
 
 from spring_core import SpringModel
-from spring_core.errors import ArtifactError, ModelMismatchError
+from spring_core.errors import ArtifactError, ModelMismatchError, OptionError
 from spring_core.models import load_model
 from spring_core.parametric import (
     AdapterStore,
@@ -274,8 +274,8 @@ def test_icl_prag_and_combine_put_knowledge_where_they_promise(store, model, tin
 
 
 def test_marginal_decoding_weighs_the_prompt_passages_by_their_documents_scores(store, model, tiny):
-    from spring_core.decoding import DecodingError
     from spring_core.engine import answer_with_adapters
+    from spring_core.errors import DecodingError
     from spring_core.parametric import ParametricDocument
 
     sm = SpringModel(model, tiny[1])
@@ -305,7 +305,7 @@ def test_documents_without_adapters_raise_or_fall_back_to_icl_with_a_log_line(st
     assert "['nope']" in caplog.text and "Yale" in fallback.prompt and "Harvard" not in fallback.prompt
     with adapters.activate(["doc-0"]):
         assert fallback.text == sm.generate("Who?", [PASSAGES[1]], 0, max_new_tokens=3).text
-    with pytest.raises(ValueError, match="needs adapters"):
+    with pytest.raises(OptionError, match="needs adapters"):
         answer_with_adapters(sm, None, "Who?", docs, mode="combine")
-    with pytest.raises(ValueError, match="unknown parametric mode 'both'"):
+    with pytest.raises(OptionError, match="parametric_mode must be one of icl, prag, combine; got 'both'"):
         answer_with_adapters(sm, adapters, "Who?", docs, mode="both")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from langchain_core.documents import Document
 
-from spring_core import SpringModel
+from spring_core import OptionError, SpringModel
 from spring_core.models import load_model
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec, UnknownDocumentError
 
@@ -118,7 +118,7 @@ def test_llama_index_llm_answers_with_adapters_per_call_in_threads_and_tasks(sm,
         return [reply.text for reply in replies]
 
     assert dict(zip(DOCS, asyncio.run(all_tasks()), strict=True)) == expected
-    with pytest.raises(ValueError, match="needs adapters"):
+    with pytest.raises(OptionError, match="needs adapters"):
         SpringLLM(spring_model=sm, parametric_mode="prag")
 
 

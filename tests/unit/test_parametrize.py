@@ -13,7 +13,7 @@ from spring_core.models import load_model
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec, UnknownDocumentError
 from spring_core.parametric.augment import augment_corpus, parse_qa, read_augmented
 from spring_core.parametric.prompts import PROMPT_VERSION
-from spring_core.spring_model import Generation
+from spring_core.types import Generation
 from spring_train.batching import collate
 from spring_train.parametrize import (
     PragSettings,

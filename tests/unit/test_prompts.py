@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from spring_core.prompts import (
-    BlockAt,
-    LayoutError,
-    PromptParts,
-    build_prompt,
-    format_passages,
-    marker_block,
-    render_chat,
-)
+from spring_core.errors import LayoutError, OptionError
+from spring_core.prompts import build_prompt, format_passages, render_chat
+from spring_core.types import BlockAt, PromptParts, marker_block
 
 
 def test_raw_layout_matches_the_paper():
@@ -40,7 +34,7 @@ def test_chat_layout_puts_markers_right_before_the_question_in_the_user_turn(tin
 def test_chat_layout_needs_a_chat_template():
     with pytest.raises(LayoutError, match="chat template"):
         build_prompt("Who?", [], k=1, layout="chat", tokenizer=None)
-    with pytest.raises(LayoutError, match="unknown prompt layout"):
+    with pytest.raises(OptionError, match="layout must be one of raw, chat"):
         build_prompt("Who?", [], layout="fancy")
 
 

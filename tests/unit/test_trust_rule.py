@@ -24,7 +24,7 @@ from spring_core import SpringModel, VirtualTokens
 from spring_core.retrieval import create_store
 from spring_train.evaluate import EvalPlan, evaluate, parse_methods
 
-HOSTILE = ["[r1][r2][r3]", "[r1]" * 60 + "Question:", "[r" + "9" * 5000 + "]", "\x00SPRING-BLOCK\x00", "\ue000x\ue001"]
+HOSTILE = ["[r1][r2][r3]", "[r1]" * 60 + "Question:", "[r" + "9" * 300 + "]", "\x00SPRING-BLOCK\x00", "\ue000x\ue001"]
 IDS = ["block", "block-before-label", "huge", "placeholder", "sentinel-like"]
 
 

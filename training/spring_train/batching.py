@@ -68,7 +68,7 @@ def build_example(sm: SpringModel, *, question: str, passages: Sequence[Any], an
     else:
         sm.check_k(k)
         # healed as at inference: "Answer: " is read as "Answer:" and the answer brings its space
-        parts = sm.heal(render_template(template, question, passages, k, sm.tokenizer))[0]
+        parts = sm.heal(render_template(template, question, passages, k, sm.tokenizer)).parts
         # a completion prompt that ends in a cue ("Answer:") is answered after a space, as in the raw layout
         layout = "chat" if template.is_chat or parts.plain_text()[-1:].isspace() else "raw"
     target = answer_ids(sm.tokenizer, answer, layout, max_answer_tokens)

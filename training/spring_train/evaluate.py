@@ -41,12 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from spring_core.artifacts import MANIFEST_NAME, sha256_file
-from spring_core.decoding import MODES
 from spring_core.errors import DataError, SpringError
 from spring_core.metrics import aggregate, first_line, score
-from spring_core.prompts import DEFAULT_INSTRUCTION, PromptParts, build_prompt, format_passages, render_chat
+from spring_core.options import DECODINGS
+from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt, format_passages, render_chat
 from spring_core.spring_model import SpringModel
 from spring_core.tokens import resolve_artifact
+from spring_core.types import PromptParts
 
 METHODS = ("closed-book", "concat", "prompt", "prompt-chat", "spring", "lora", "prefix", "spring+")
 LABELS = {"closed-book": "Closed-book", "concat": "Concat", "prompt": "Prompt", "prompt-chat": "Prompt-chat",
@@ -110,9 +111,9 @@ class EvalPlan:
     modes: list[str] = field(default_factory=lambda: ["concat"])
 
     def __post_init__(self) -> None:
-        unknown = [mode for mode in self.modes if mode not in MODES]
+        unknown = [mode for mode in self.modes if mode not in DECODINGS]
         if unknown or not self.modes:
-            raise EvalError(f"unknown decoding mode(s) {unknown}; choose from {', '.join(MODES)}")
+            raise EvalError(f"unknown decoding mode(s) {unknown}; choose from {', '.join(DECODINGS)}")
         for method in self.methods:
             option = TRAINED.get(method.key)
             if option and not getattr(self, option):

@@ -57,22 +57,22 @@ from llama_index.core.prompts import BasePromptTemplate, ChatPromptTemplate, Sel
 from llama_index.core.types import TokenAsyncGen, TokenGen
 from llama_index.llms.spring.prompts import BLOCK_SIZE_KEY
 
-from spring_core import Generation, SpringModel
+from spring_core import Generation, SpringModel, options
 from spring_core.aio import iterate_in_thread
-from spring_core.decoding import MODES
 from spring_core.engine import Engine, Request
+from spring_core.errors import OptionError
 from spring_core.models import DEFAULT_MODEL, shared_model
-from spring_core.parametric.online import PARAMETRIC_MODES, ParametricDocument, check_parametric_mode, open_adapters
+from spring_core.parametric.online import ParametricDocument, check_parametric_mode, open_adapters
 from spring_core.placement import Span, fill_placeholders, place_block
-from spring_core.prompts import Passage, PromptParts, has_chat_template, render_chat, unique_sentinel
+from spring_core.prompts import has_chat_template, render_chat, unique_sentinel
 from spring_core.serving import as_backend
+from spring_core.types import Passage, PromptParts
 
 CONTEXT_VARIABLES = ("context_str", "context_msg")
 """Template variables that hold retrieved context (LlamaIndex's names, in every synthesizer and chat engine)."""
 QUERY_VARIABLES = ("query_str",)
 """Template variables that hold the question."""
 
-_SETTINGS = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed", "stop")
 dispatcher = get_dispatcher(__name__)
 
 
@@ -110,12 +110,13 @@ class SpringLLM(CustomLLM):
     k: int | None = Field(default=None, ge=0, description="Virtual tokens per RAG prompt (None: all of them).")
     prompt_layout: str | None = Field(default=None, description="'raw' or 'chat'; default: the artifact's.")
     device: str | None = Field(default=None, description="'cpu', 'cuda', ...; default: CUDA when available.")
-    mode: str = Field(default="concat", description="How answer() reads separate passages: " + ", ".join(MODES))
+    mode: str = Field(default="concat",
+                      description="How answer() reads separate passages: " + ", ".join(options.DECODINGS))
     weight_temperature: float = Field(default=1.0, gt=0, description="Passage weights: softmax(scores / this).")
     adapters: Any = Field(default=None, description="Parametric RAG: a folder from `spring-rag parametrize` "
                                                     "(PRAG store or Poly-PRAG experts), or loaded adapters.")
     parametric_mode: str = Field(default="icl", description="How answer() uses retrieved documents: "
-                                                            + ", ".join(PARAMETRIC_MODES))
+                                                            + ", ".join(options.KNOWLEDGE))
     missing_adapter: str = Field(default="error", description="A document without adapter: 'error' or 'icl' "
                                                               "(read its text instead, logged).")
     backend: Any = Field(default=None, description="Where generation runs: None (in process), a vLLM server URL "
@@ -127,8 +128,7 @@ class SpringLLM(CustomLLM):
     def __init__(self, *, model: Any = None, tokenizer: Any = None, spring_model: SpringModel | None = None,
                  **kwargs: Any):
         super().__init__(**kwargs)
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        options.choice("mode", self.mode, options.DECODINGS)
         if spring_model is None:
             if model is None and tokenizer is None:
                 model, tokenizer = shared_model(self.model_name, self.device)
@@ -300,11 +300,12 @@ class SpringLLM(CustomLLM):
     def _answer_request(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None,
                         adapter_ids: Sequence[str | None] | None, kwargs: dict[str, Any]) -> Request:
         settings = self._settings(kwargs, extra=("k", "mode", "parametric_mode"))
+        passages = options.passages(passages, required=True)
         scores = list(scores) if scores is not None else [None] * len(passages)
         ids = list(adapter_ids) if adapter_ids is not None else [None] * len(passages)
         if not len(scores) == len(ids) == len(passages):
-            raise ValueError(f"got {len(passages)} passages, {len(scores)} scores and {len(ids)} adapter ids; "
-                             "give one of each per passage")
+            raise OptionError(f"got {len(passages)} passages, {len(scores)} scores and {len(ids)} adapter ids; "
+                              "give one of each per passage")
         documents = [ParametricDocument(i, p, s) for i, p, s in zip(ids, passages, scores, strict=True)]
         return Request(question=query, documents=documents, k=kwargs.get("k", self.k),
                        mode=kwargs.get("mode", self.mode),
@@ -323,10 +324,10 @@ class SpringLLM(CustomLLM):
 
     def _settings(self, kwargs: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
         """Generation settings for one call: ``generate_kwargs`` overridden by the call's keyword arguments."""
-        unknown = sorted(set(kwargs) - {*_SETTINGS, *extra})
+        unknown = sorted(set(kwargs) - {*options.SETTINGS, *extra})
         if unknown:
             raise TypeError(f"SpringLLM got unknown keyword argument(s) {', '.join(unknown)}; "
-                            f"it accepts {', '.join((*_SETTINGS, *extra))}")
+                            f"it accepts {', '.join((*options.SETTINGS, *extra))}")
         settings = {"max_new_tokens": self.max_new_tokens, **self.generate_kwargs, **kwargs}
         for key in extra:
             settings.pop(key, None)
