@@ -1,4 +1,4 @@
-"""Decoding modes side by side: concat vs RAG-Token vs RAG-Sequence (thorough and fast), with and without SPRING.
+"""Decodings side by side: stuff vs RAG-Token vs RAG-Sequence (thorough and fast), with and without SPRING.
 
 What is measured: SmolLM2-135M-Instruct, greedy, 16 new tokens, on
 
@@ -7,7 +7,7 @@ What is measured: SmolLM2-135M-Instruct, greedy, 16 new tokens, on
 * the first 300 rows of SQuAD ``dev.jsonl`` with the 2 passages BM25 retrieves from ``corpus/combined.jsonl``
   (their BM25 scores give the passage weights ``p(z|x)``),
 
-each answered by Concat (no tokens) and by the bundled SPRING tokens at k = 50, in the four ``--mode`` values. EM /
+each answered by Concat (no tokens) and by the bundled SPRING tokens at k = 50, in the four ``--decoding`` values. EM /
 F1 / Acc and seconds per question go to ``benchmarks/results/decoding/results.{json,md}``. The committed results
 were measured with the bundled tokens' 200-step first stage (its ``REPRODUCE.md`` gives that version's SHA-256).
 
@@ -51,7 +51,7 @@ def main() -> int:
         "--data", str(args.data_dir / "squad" / "dev.jsonl"),
         "--corpus", str(args.data_dir / "corpus" / "combined.jsonl"), "--passages", args.passages,
         "--limit", str(args.limit), "--methods", "concat,spring", "--tokens", args.tokens, "--k", args.k,
-        "--mode", "concat,rag-token,rag-sequence,rag-sequence-fast", "--out", str(args.out),
+        "--decoding", "stuff,rag-token,rag-sequence,rag-sequence-fast", "--out", str(args.out),
     ])
 
 

@@ -155,8 +155,8 @@ def quality(sm: SpringModel, store: DocumentAdapters, poly: PolyAdapters, questi
         began = time.perf_counter()
         for row in questions:
             docs = retrieved(retrieval, row["question"])  # a document without adapter is read as text (logged)
-            out = answer_with_adapters(model, adapters, row["question"], docs, mode=parametric, k=k,
-                                       missing="icl", max_new_tokens=16)
+            out = answer_with_adapters(model, adapters, row["question"], docs, knowledge=parametric, k=k,
+                                       missing_adapter="icl", max_new_tokens=16)
             scores[row["dataset"]].append(score(out.text, row["answers"]))
         seconds = (time.perf_counter() - began) / len(questions)
         results[mode] = {"all": aggregate([s for rows in scores.values() for s in rows]),

@@ -53,7 +53,7 @@ def recall(store: Store, questions: list[dict[str, Any]], gold_ids: list[str]) -
 def throughput(store: Store, queries: list[str]) -> dict[str, float]:
     started = time.perf_counter()
     for query in queries:
-        store.retrieve(query, k=5)
+        store.retrieve(query, top_k=5)
     single = len(queries) / (time.perf_counter() - started)
     started = time.perf_counter()
     for start in range(0, len(queries), 64):

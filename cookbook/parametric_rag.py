@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
             documents = [ParametricDocument(hit.id, hit.as_passage(), hit.score) for hit in hits]
             print(f"\nQ: {row['question']}   (gold: {row['answers'][0]}; retrieved: {[hit.id for hit in hits]})")
             for mode in ("icl", "prag", "combine"):
-                out = answer_with_adapters(sm, adapters, row["question"], documents, mode=mode, k=0,
-                                           missing="icl", max_new_tokens=args.max_tokens)
+                out = answer_with_adapters(sm, adapters, row["question"], documents, knowledge=mode, k=0,
+                                           missing_adapter="icl", max_new_tokens=args.max_tokens)
                 print(f"  {mode:>7}: {out.text.strip()!r}")
 
 

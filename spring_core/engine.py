@@ -3,7 +3,7 @@
 Both integrations (LlamaIndex and LangChain) build a ``Request`` and hand it to an ``Engine``, so a feature lands
 here once and both ecosystems get it. A request is either a finished prompt (``PromptParts``, its block placed by
 the caller; a plain string has no block) or a question with retrieved documents, which the engine reads as
-``parametric_mode`` says (their text, their adapters, or both) and decodes with ``mode`` (``concat`` or marginal
+``knowledge`` says (their text, their adapters, or both) and decodes with ``decoding`` (``stuff`` or marginal
 decoding over the passages).
 
 Example:
@@ -36,7 +36,7 @@ class Request:
 
     Every field is checked when the request is made (``spring_core.options``), so a bad value raises an
     ``OptionError`` naming it before anything runs. ``k`` is the block size for a question with documents
-    (``None``: all ``n`` tokens, 0 in ``prag`` mode); a finished prompt carries its own. ``settings`` are
+    (``None``: all ``n`` tokens, 0 in ``prag`` decoding); a finished prompt carries its own. ``settings`` are
     ``SpringModel.generate``'s (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``), given as a
     mapping and held as ``GenerationSettings``.
     """
@@ -45,8 +45,8 @@ class Request:
     question: str | None = None
     documents: Sequence[ParametricDocument] | None = None
     k: int | None = None
-    mode: str = "concat"
-    parametric_mode: str = "icl"
+    decoding: str = "stuff"
+    knowledge: str = "icl"
     missing_adapter: str = "error"
     weight_temperature: float = 1.0
     settings: Mapping[str, Any] | GenerationSettings = field(default_factory=dict)
@@ -66,8 +66,8 @@ class Request:
             object.__setattr__(self, "documents", tuple(documents))
         if self.k is not None:
             options.integer("k", self.k, low=0)
-        options.choice("mode", self.mode, options.DECODINGS)
-        options.choice("parametric_mode", self.parametric_mode, options.KNOWLEDGE)
+        options.choice("decoding", self.decoding, options.DECODINGS)
+        options.choice("knowledge", self.knowledge, options.KNOWLEDGE)
         options.choice("missing_adapter", self.missing_adapter, options.MISSING_ADAPTER)
         options.number("weight_temperature", self.weight_temperature, low=0.0, low_open=True)
         if not isinstance(self.settings, GenerationSettings):
@@ -98,8 +98,8 @@ class Engine:
             return self.spring.runner.generate([self._prompt(request)], request.settings)[0]
         call = self._plan(request)
         with activated(self.adapters, call.adapter_ids):
-            return self.spring.answer(request.question, call.passages, self.spring.check_k(call.k), request.mode,
-                                      request.settings, scores=call.weights if request.mode != "concat" else None,
+            return self.spring.answer(request.question, call.passages, self.spring.check_k(call.k), request.decoding,
+                                      request.settings, scores=call.weights if request.decoding != "stuff" else None,
                                       weight_temperature=request.weight_temperature)
 
     def stream(self, request: Request) -> GenerationStream:
@@ -112,8 +112,8 @@ class Engine:
         # the stream's worker thread starts inside the block, so it keeps this call's adapters
         with activated(self.adapters, call.adapter_ids):
             return self.spring.answer_stream(request.question, call.passages, self.spring.check_k(call.k),
-                                             request.mode, request.settings,
-                                             scores=call.weights if request.mode != "concat" else None,
+                                             request.decoding, request.settings,
+                                             scores=call.weights if request.decoding != "stuff" else None,
                                              weight_temperature=request.weight_temperature)
     async def agenerate(self, request: Request) -> Generation:
         """Async twin of ``generate``: a server backend is awaited, the in-process model runs in a worker thread."""
@@ -143,27 +143,29 @@ class Engine:
         """A request as a server backend takes it: the finished prompt, the settings and the merged adapter's name."""
         if request.prompt is not None:
             return self._prompt(request), request.settings, None
-        if request.mode != "concat":
-            raise ServerError(f"mode {request.mode!r} cannot be served by {self.backend!r}: marginal decoding needs "
-                              "every passage's full next-token distribution at each step, which a server's top-n "
-                              "log-probabilities do not give. Use mode='concat', or the in-process backend")
+        if request.decoding != "stuff":
+            raise ServerError(f"decoding {request.decoding!r} cannot be served by {self.backend!r}: marginal "
+                              "decoding needs every passage's full next-token distribution at each step, which a "
+                              "server's top-n log-probabilities do not give. Use decoding='stuff', or the in-process "
+                              "backend")
         call = self._plan(request)
         lora = self.backend.adapter_name(self.spring, self.adapters, call.adapter_ids) if call.adapter_ids else None
         return self.spring.prompt_parts(request.question, call.passages, call.k), request.settings, lora
 
     def _plan(self, request: Request) -> ParametricCall:
-        return plan_call(self.adapters, list(request.documents or []), mode=request.parametric_mode, k=request.k,
-                         missing=request.missing_adapter)
+        return plan_call(self.adapters, list(request.documents or []), knowledge=request.knowledge, k=request.k,
+                         missing_adapter=request.missing_adapter)
 
 
 def answer_with_adapters(sm: SpringModel, adapters: Any, question: str, documents: Sequence[ParametricDocument], *,
-                         mode: str = "combine", k: int | None = None, decoding: str = "concat",
-                         missing: str = "error", weight_temperature: float = 1.0, **settings: Any) -> Generation:
-    """Answer ``question`` with the documents' knowledge as ``mode`` (``icl``, ``prag``, ``combine``) says;
-    ``decoding`` is ``SpringModel.generate``'s ``mode`` for the passages in the prompt, ``settings`` its generation
+                         knowledge: str = "combine", k: int | None = None, decoding: str = "stuff",
+                         missing_adapter: str = "error", weight_temperature: float = 1.0,
+                         **settings: Any) -> Generation:
+    """Answer ``question`` with the documents' knowledge as ``knowledge`` (``icl``, ``prag``, ``combine``) says;
+    ``decoding`` is ``SpringModel.generate``'s ``decoding`` for the passages in the prompt, ``settings`` its generation
     settings. With a marginal ``decoding`` the passages are weighted by their scores: all scored, or none (equal
     weights); a mix raises ``DecodingError``.
     """
-    request = Request(question=question, documents=documents, k=k, mode=decoding, parametric_mode=mode,
-                      missing_adapter=missing, weight_temperature=weight_temperature, settings=settings)
+    request = Request(question=question, documents=documents, k=k, decoding=decoding, knowledge=knowledge,
+                      missing_adapter=missing_adapter, weight_temperature=weight_temperature, settings=settings)
     return Engine(sm, adapters).generate(request)

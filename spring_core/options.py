@@ -8,7 +8,7 @@ numbers, and a string, bytes or a mapping is not a list of passages.
 Vocabularies:
 
 =====================  ==========================================================================================
-``DECODINGS``          how passages are read: ``concat`` (all in one prompt), ``rag-token``, ``rag-sequence``,
+``DECODINGS``          how passages are read: ``stuff`` (all in one prompt), ``rag-token``, ``rag-sequence``,
                        ``rag-sequence-fast`` (one by one, mixed by their retriever scores)
 ``KNOWLEDGE``          where documents' knowledge goes: ``icl`` (prompt), ``prag`` (adapters), ``combine`` (both)
 ``LAYOUTS``            the prompt layout: ``raw`` (the paper's completion prompt) or ``chat`` (the chat template)
@@ -33,7 +33,7 @@ from typing import Any
 from spring_core.errors import MarkerError, OptionError
 from spring_core.types import GenerationSettings, Passage, PromptParts
 
-DECODINGS = ("concat", "rag-token", "rag-sequence", "rag-sequence-fast")
+DECODINGS = ("stuff", "rag-token", "rag-sequence", "rag-sequence-fast")
 KNOWLEDGE = ("icl", "prag", "combine")
 LAYOUTS = ("raw", "chat")
 MISSING_ADAPTER = ("error", "icl")

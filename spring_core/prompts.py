@@ -94,7 +94,7 @@ def render_chat(tokenizer: Any, turns: Sequence[Mapping[str, str]], block: Block
     """
     if not has_chat_template(tokenizer):
         raise LayoutError("this model's tokenizer has no chat template, so the 'chat' layout cannot be used; use "
-                          "the 'raw' layout (layout='raw' / prompt_layout='raw')")
+                          "the 'raw' layout (layout='raw')")
     turns = [{"role": str(t["role"]), "content": str(t["content"])} for t in turns]
     if block is None or k == 0:
         rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)

@@ -161,31 +161,31 @@ class SpringModel:
 
     # ----- generation ----------------------------------------------------------------------------------------
 
-    def generate(self, question: Any, passages: Any = None, k: Any = None, *, mode: str = "concat",
+    def generate(self, question: Any, passages: Any = None, k: Any = None, *, decoding: str = "stuff",
                  scores: Sequence[float] | None = None, weight_temperature: float = 1.0,
                  **settings: Any) -> Generation:
         """Answer ``question`` from ``passages`` with ``k`` virtual tokens (default all ``n``) in the stored layout.
 
-        ``mode``: ``concat`` (all passages in one prompt, the default), or marginal decoding over the passages
+        ``decoding``: ``stuff`` (all passages in one prompt, the default), or marginal decoding over the passages
         read one by one (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``; see
         ``spring_core.generation.marginal``), weighted by ``softmax(scores / weight_temperature)`` (uniform
         without ``scores``). Settings: ``max_new_tokens`` (64), ``min_new_tokens`` (0), ``temperature``
         (0 = greedy), ``top_p``, ``seed``, ``stop`` (strings).
         """
         return self.answer(options.question(question), options.passages(passages), self.check_k(k),
-                           options.choice("mode", mode, options.DECODINGS), options.generation_settings(settings),
-                           scores=scores, weight_temperature=weight_temperature)
+                           options.choice("decoding", decoding, options.DECODINGS),
+                           options.generation_settings(settings), scores=scores, weight_temperature=weight_temperature)
 
-    def answer(self, question: str, passages: Sequence[Passage], k: int, mode: str, settings: GenerationSettings,
+    def answer(self, question: str, passages: Sequence[Passage], k: int, decoding: str, settings: GenerationSettings,
                *, scores: Sequence[float] | None = None, weight_temperature: float = 1.0) -> Generation:
         """``generate`` for arguments already checked (``spring_core.options``): the engine's entry."""
-        if mode == "concat":
+        if decoding == "stuff":
             return self.runner.generate([self._parts(question, passages, k)], settings)[0]
         parts = [self._parts(question, [passage], k) for passage in passages]
         scores = [0.0] * len(passages) if scores is None else scores
-        if mode == "rag-token":
+        if decoding == "rag-token":
             return rag_token(self.runner, parts, scores, settings, weight_temperature=weight_temperature)
-        return rag_sequence(self.runner, parts, scores, settings, fast=mode == "rag-sequence-fast",
+        return rag_sequence(self.runner, parts, scores, settings, fast=decoding == "rag-sequence-fast",
                             weight_temperature=weight_temperature)
 
     def generate_from_prompt(self, prompt: Any, **settings: Any) -> Generation:
@@ -206,7 +206,7 @@ class SpringModel:
         return [result for start in range(0, len(parts), size)
                 for result in self.runner.generate(parts[start:start + size], parsed)]
 
-    def stream(self, question: Any, passages: Any = None, k: Any = None, *, mode: str = "concat",
+    def stream(self, question: Any, passages: Any = None, k: Any = None, *, decoding: str = "stuff",
                scores: Sequence[float] | None = None, weight_temperature: float = 1.0,
                **settings: Any) -> GenerationStream:
         """Yield the answer as text deltas; joined they equal ``generate(...).text``.
@@ -216,16 +216,16 @@ class SpringModel:
         candidates), so they yield it as one delta.
         """
         return self.answer_stream(options.question(question), options.passages(passages), self.check_k(k),
-                                  options.choice("mode", mode, options.DECODINGS),
+                                  options.choice("decoding", decoding, options.DECODINGS),
                                   options.generation_settings(settings), scores=scores,
                                   weight_temperature=weight_temperature)
 
-    def answer_stream(self, question: str, passages: Sequence[Passage], k: int, mode: str,
+    def answer_stream(self, question: str, passages: Sequence[Passage], k: int, decoding: str,
                       settings: GenerationSettings, *, scores: Sequence[float] | None = None,
                       weight_temperature: float = 1.0) -> GenerationStream:
         """``stream`` for arguments already checked (``spring_core.options``): the engine's entry."""
-        if mode != "concat":
-            return GenerationStream.of(self.answer(question, passages, k, mode, settings, scores=scores,
+        if decoding != "stuff":
+            return GenerationStream.of(self.answer(question, passages, k, decoding, settings, scores=scores,
                                                    weight_temperature=weight_temperature))
         return stream_generation(self.runner, self._parts(question, passages, k), settings)
 

@@ -28,17 +28,17 @@ from spring_core.engine import Engine, Request
 from spring_core.errors import OptionError
 from spring_core.generation import GenerationStream
 from spring_core.models import DEFAULT_MODEL, shared_model
-from spring_core.parametric.online import ParametricDocument, check_parametric_mode, open_adapters
+from spring_core.parametric.online import ParametricDocument, check_knowledge, open_adapters
 from spring_core.placement import Placement
 from spring_core.serving import as_backend
 
-LOAD_KWARGS = ("device", "dtype", "layout")
+LOAD_KWARGS = ("device", "dtype")
 """Keys ``model_kwargs`` accepts; they go to ``SpringModel.from_pretrained`` when the model is loaded by name."""
 
-CALL_KWARGS = ("max_tokens", "temperature", "top_p", "seed", "k", "model", "documents", "mode", "parametric_mode")
+CALL_KWARGS = ("max_tokens", "temperature", "top_p", "seed", "k", "model", "documents", "decoding", "knowledge")
 """Per-call keyword arguments (``invoke(..., max_tokens=8)``, ``bind(k=0)``); ``stop`` is LangChain's own.
 ``documents`` (retrieved ``Document`` objects) makes the input the bare question, answered from those passages
-read with ``mode``."""
+read with ``decoding``."""
 
 _LOCK = threading.RLock()
 
@@ -95,6 +95,9 @@ class SpringParams(BaseModel):
     spring_model: SpringModel | None = Field(default=None, exclude=True)
     """A ``SpringModel`` you already loaded, shared as it is (``tokens``, if also given, replace its own through
     ``with_tokens``, which copies nothing). ``model_kwargs`` do not apply to it."""
+    layout: str | None = None
+    """The prompt layout of SPRING's own prompts (``documents=`` calls): ``raw`` or ``chat``; default: the one the
+    tokens were trained with."""
     k: int | None = Field(default=None, ge=0)
     """Virtual tokens per RAG call (``None``: all ``n``; ``0``: none, the plain base model). The model places them
     between the context and the question itself (see ``langchain_spring.placement``)."""
@@ -116,18 +119,18 @@ class SpringParams(BaseModel):
     backend: Any = None
     r"""Where generation runs: ``None`` (this process, transformers), a vLLM server URL such as
     ``"http://127.0.0.1:8000"`` (``spring-rag serve`` starts one), or a ``spring_core.serving.VLLMBackend``. The
-    prompts, the block placement and the adapters are the same; marginal ``mode``\ s run in process only."""
-    mode: str = "concat"
-    """How a call with ``documents=`` reads them: ``concat`` (one prompt) or marginal decoding over the documents
+    prompts, the block placement and the adapters are the same; marginal ``decoding``\ s run in process only."""
+    decoding: str = "stuff"
+    """How a call with ``documents=`` reads them: ``stuff`` (one prompt) or marginal decoding over the documents
     one by one (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``). Prompts that arrive rendered (the
-    documents already joined into one context) always run as ``concat``."""
+    documents already joined into one context) always run as ``stuff``."""
     weight_temperature: float = Field(default=1.0, gt=0)
     """Passage weights for the marginal modes: ``softmax(score / weight_temperature)`` over the documents'
     ``metadata["score"]`` (equal weights when they have none)."""
     adapters: Any = None
     """Parametric RAG: a folder from ``spring-rag parametrize`` (PRAG adapter store or Poly-PRAG experts), or
     adapters already loaded (``spring_core.parametric.open_adapters``)."""
-    parametric_mode: str = "icl"
+    knowledge: str = "icl"
     """How a call with ``documents=`` uses them: ``icl`` (their text in the prompt), ``prag`` (their adapters
     only), ``combine`` (both; with tokens loaded, combine + SPRING). Adapters are active for that call only."""
     missing_adapter: str = "error"
@@ -136,7 +139,7 @@ class SpringParams(BaseModel):
     adapter_key: str = "adapter_id"
     """The document metadata that names its adapter (``ParametricAdapterCompressor`` writes it)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Loading options for ``SpringModel.from_pretrained``: ``device``, ``dtype``, ``layout``."""
+    """Loading options for ``SpringModel.from_pretrained``: ``device``, ``dtype``."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
 
@@ -165,14 +168,14 @@ class SpringParams(BaseModel):
         unknown = sorted(set(self.model_kwargs) - set(LOAD_KWARGS))
         if unknown:
             raise ValueError(f"model_kwargs accepts {', '.join(LOAD_KWARGS)}; got {', '.join(unknown)}")
-        options.choice("mode", self.mode, options.DECODINGS)
-        check_parametric_mode(self.parametric_mode, self.adapters)
+        options.choice("decoding", self.decoding, options.DECODINGS)
+        check_knowledge(self.knowledge, self.adapters)
         options.choice("missing_adapter", self.missing_adapter, options.MISSING_ADAPTER)
         if self.spring_model is not None:
             if self.model_kwargs:
                 raise ValueError(
                     "model_kwargs are loading options, but spring_model= is already loaded: pass them to "
-                    "SpringModel.from_pretrained (or spring_model.with_tokens(tokens, layout=...)) instead"
+                    "SpringModel.from_pretrained instead"
                 )
             if "model" not in self.model_fields_set:
                 self.model = self.spring_model.name
@@ -184,7 +187,7 @@ class SpringParams(BaseModel):
     def spring(self) -> SpringModel:
         """The ``SpringModel`` in use: ``spring_model`` (with ``tokens``, if given), else the model loaded by name on
         first use (base weights shared per process)."""
-        if self.spring_model is not None and self.tokens is None:
+        if self.spring_model is not None and self.tokens is None and self.layout is None:
             return self.spring_model
         if self._spring is None:
             with _LOCK:
@@ -194,10 +197,9 @@ class SpringParams(BaseModel):
 
     def _load(self) -> SpringModel:
         if self.spring_model is not None:
-            return self.spring_model.with_tokens(self.tokens)
-        options = dict(self.model_kwargs)
-        model, tokenizer = shared_model(self.model, options.pop("device", None), options.pop("dtype", None))
-        return SpringModel(model, tokenizer, self.tokens, **options)
+            return self.spring_model.with_tokens(self.tokens or self.spring_model.tokens, layout=self.layout)
+        model, tokenizer = shared_model(self.model, self.model_kwargs.get("device"), self.model_kwargs.get("dtype"))
+        return SpringModel(model, tokenizer, self.tokens, layout=self.layout)
 
     @property
     def parametric_adapters(self) -> Any:
@@ -216,7 +218,8 @@ class SpringParams(BaseModel):
         if self._backend is None and self.backend is not None:
             with _LOCK:
                 if self._backend is None:
-                    self._backend = as_backend(self.backend, timeout=self.timeout, max_retries=self.max_retries)
+                    self._backend = as_backend(self.backend, request_timeout=self.timeout,
+                                               max_retries=self.max_retries)
         return Engine(self.spring, self.parametric_adapters, self._backend)
 
     def get_token_ids(self, text: str) -> list[int]:
@@ -252,7 +255,7 @@ class SpringParams(BaseModel):
         return settings, kwargs.get("k", self.k)
 
     def _documents_request(self, question: str, stop: Sequence[str] | None, kwargs: Mapping[str, Any]) -> Request:
-        """A call with ``documents=``: the bare question, answered from the documents with ``mode``."""
+        """A call with ``documents=``: the bare question, answered from the documents with ``decoding``."""
         settings, k = self._call_settings(stop, kwargs)
         documents = []
         for i, document in enumerate(options.items("documents", kwargs["documents"], "LangChain Documents")):
@@ -260,8 +263,8 @@ class SpringParams(BaseModel):
                 raise OptionError(f"documents[{i}] must be a langchain_core Document, got {type(document).__name__}")
             documents.append(ParametricDocument(document.metadata.get(self.adapter_key), document_passage(document),
                                                 document_score(document)))
-        return Request(question=question, documents=documents, k=k, mode=kwargs.get("mode", self.mode),
-                       parametric_mode=kwargs.get("parametric_mode", self.parametric_mode),
+        return Request(question=question, documents=documents, k=k, decoding=kwargs.get("decoding", self.decoding),
+                       knowledge=kwargs.get("knowledge", self.knowledge),
                        missing_adapter=self.missing_adapter, weight_temperature=self.weight_temperature,
                        settings=settings)
 
@@ -335,8 +338,9 @@ class SpringParams(BaseModel):
             "model": self.model,
             "tokens": tokens_fingerprint(tokens),
             "k": self.k,
-            "mode": self.mode,
-            "parametric_mode": self.parametric_mode,
+            "layout": self.layout,
+            "decoding": self.decoding,
+            "knowledge": self.knowledge,
             # a folder names its adapters; loaded ones only match themselves (no false cache hits)
             "adapters": self.adapters if self.adapters is None or isinstance(self.adapters, (str, Path))
             else f"{type(self.adapters).__name__}@{id(self.adapters):x}",

@@ -2,7 +2,7 @@
 
 Any LCEL chain works with ``ChatSpring`` / ``SpringLLM`` (the block is placed in whatever prompt it renders); this
 one gives the model the documents themselves (``documents=``), so it reads them in SPRING's own layout, one by one
-for a marginal ``mode``, or through their adapters for a parametric mode. For other LangChain models it is the
+for a marginal ``decoding``, or through their adapters for a knowledge mode. For other LangChain models it is the
 usual ``{"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | llm`` chain.
 
 Example:
@@ -47,7 +47,7 @@ def create_spring_rag_chain(retriever: RetrieverLike, llm: BaseLanguageModel | R
     Args:
         retriever: any LangChain retriever (e.g. ``SpringRetriever``).
         llm: ``ChatSpring`` or ``SpringLLM`` (they get the documents with ``documents=`` and read them with their
-            ``mode`` and ``parametric_mode``; put ``ParametricAdapterCompressor`` behind the retriever for
+            ``decoding`` and ``knowledge``; put ``ParametricAdapterCompressor`` behind the retriever for
             adapters); any other LangChain model gets SPRING's prompt with the documents as context.
         k: virtual tokens between the documents and the question; default: the model's ``k``, else all its tokens.
     """

@@ -96,9 +96,9 @@ class ChatSpring(SpringParams, BaseChatModel):
     output are not supported.
 
     ``invoke(question, documents=docs)`` answers from retrieved documents read as separate passages, with the
-    field ``mode`` (``concat``, ``rag-token``, ``rag-sequence``, ``rag-sequence-fast``; per call: ``mode=``) and
+    field ``decoding`` (``stuff``, ``rag-token``, ``rag-sequence``, ``rag-sequence-fast``; per call: ``decoding=``) and
     each document's ``metadata["score"]`` as its retriever score; ``create_spring_rag_chain`` does this for a
-    marginal ``mode``.
+    marginal ``decoding``.
 
     Example:
         >>> from langchain_spring import ChatSpring

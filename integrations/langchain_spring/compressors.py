@@ -1,7 +1,7 @@
 """``ParametricAdapterCompressor``: tags retrieved documents with the id of their parametric adapter.
 
 In parametric RAG each document has a trained adapter (``spring-rag parametrize``); ``ChatSpring`` /
-``SpringLLM`` with ``adapters=`` and ``parametric_mode="prag"`` or ``"combine"`` activate the adapters named in
+``SpringLLM`` with ``adapters=`` and ``knowledge="prag"`` or ``"combine"`` activate the adapters named in
 ``metadata[metadata_key]`` (default ``"adapter_id"``) for that call only. This compressor writes that id from the
 document's id; it never drops, reorders or rewrites a document. A document without an id gets ``None`` (no
 adapter: an error, or its text in the prompt with ``missing_adapter="icl"``).

@@ -40,7 +40,7 @@ class SpringLLM(SpringParams, LLM):
     ``finish_reason`` and ``usage_metadata`` (virtual tokens in ``input_token_details["virtual"]``);
     ``llm_output["token_usage"]`` sums prompt, virtual and completion tokens over the batch. With
     ``invoke(question, documents=docs)`` the prompt is the bare question, answered from the documents read with
-    ``mode`` (as ``ChatSpring`` does).
+    ``decoding`` (as ``ChatSpring`` does).
 
     Example:
         >>> from langchain_spring import SpringLLM

@@ -6,7 +6,7 @@ number the passages as SPRING was trained on.
 
 Example:
     >>> from langchain_spring import SpringRetriever
-    >>> retriever = SpringRetriever(store="store/", k=3)      # a folder built by `spring-rag index`  # doctest: +SKIP
+    >>> retriever = SpringRetriever(store="store/", k=3)  # a folder built by `spring-rag index`  # doctest: +SKIP
     >>> [d.metadata["title"] for d in retriever.invoke("Who founded Harvard?")]                    # doctest: +SKIP
     ['Harvard University', ...]
 """
@@ -38,8 +38,10 @@ class SpringRetriever(BaseRetriever):
 
     Args:
         store: a store folder (opened on first use, backend read from its ``store.json``) or an opened store /
-            any object with ``retrieve(query, k)`` returning ``RetrievedPassage`` objects.
-        k: how many documents to return; ``invoke(query, k=...)`` overrides it per call.
+            any object with ``retrieve(query, top_k)`` returning ``RetrievedPassage`` objects.
+        k: how many documents to return; ``invoke(query, k=...)`` overrides it per call. (LangChain names a
+            retriever's result count ``k``, and its standard retriever tests require it; spring-rag's own API calls
+            it ``top_k``, keeping ``k`` for the virtual-token count.)
         embedder: for a dense store folder, the embedder to check it against (default: the one it was built with).
 
     Example:
@@ -62,7 +64,7 @@ class SpringRetriever(BaseRetriever):
     def _check_store(cls, value: Any) -> Any:
         if isinstance(value, (str, Path)) or isinstance(value, Retriever):
             return value
-        raise ValueError(f"store must be a store folder or an object with retrieve(query, k); got {type(value)}")
+        raise ValueError(f"store must be a store folder or an object with retrieve(query, top_k); got {type(value)}")
 
     @property
     def opened_store(self) -> Retriever:
@@ -77,5 +79,5 @@ class SpringRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None) -> list[Document]:
-        hits = self.opened_store.retrieve(query, k=self.k if k is None else k)
+        hits = self.opened_store.retrieve(query, top_k=self.k if k is None else k)
         return [passage_document(hit) for hit in hits]

@@ -3,7 +3,7 @@
 Every passage ``z`` is read on its own: its prompt is ``[1] z`` + ``[r1]..[rk]`` + the question, in the model's
 layout (``SpringModel.generate(decoding=...)`` builds them). The retriever's scores give the passage weights
 ``p(z|x) = softmax(scores / weight_temperature)``. All passage prompts of a question run as one left-padded batch
-through the one ``Runner`` that ``concat`` decoding uses, so the generation config, healing, stop strings,
+through the one ``Runner`` that ``stuff`` decoding uses, so the generation config, healing, stop strings,
 end-of-sequence cuts and usage come from the same code.
 
 * ``rag_token`` mixes the passages at every step: ``p(y_t|x, y<t) = sum_z p(z|x) p(y_t|x, z, y<t)``; the chosen
@@ -156,7 +156,7 @@ def _score_chunk(runner: Runner, prompts: list[list[int]], continuations: list[l
 def _log_weights(scores: Sequence[float], temperature: float, passages: int | None = None) -> torch.Tensor:
     """``log p(z|x)`` in float64, after checking the scores (one per passage) and the temperature."""
     if passages == 0:
-        raise DecodingError("marginal decoding needs at least one passage; retrieve some, or use decoding='concat'")
+        raise DecodingError("marginal decoding needs at least one passage; retrieve some, or use decoding='stuff'")
     try:
         values = [float(s) for s in scores]
     except (TypeError, ValueError) as exc:
@@ -254,7 +254,7 @@ class MixtureProcessor(LogitsProcessor):
 def _check_settings(settings: GenerationSettings, *, sampling: bool) -> None:
     if settings.top_p < 1 or settings.min_new_tokens or (settings.temperature > 0 and not sampling):
         raise DecodingError("marginal decoding does not support top_p or min_new_tokens, and only rag-token samples "
-                            "(temperature > 0); drop those settings or use decoding='concat'")
+                            "(temperature > 0); drop those settings or use decoding='stuff'")
 
 
 def _check_pairs(runner: Runner, prompts: list[list[int]], continuations: list[list[int]]) -> None:

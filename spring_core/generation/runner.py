@@ -1,6 +1,6 @@
 """The one transformers runner: prompts in, ``Generation``\\ s out, for every decoding mode.
 
-Every path that generates in process comes here: ``concat`` prompts (one or a left-padded batch), streaming
+Every path that generates in process comes here: ``stuff`` prompts (one or a left-padded batch), streaming
 (``spring_core.generation.streaming``) and the marginal modes (``spring_core.generation.marginal``), so the
 generation config, the context-window check, token healing, stop strings, end-of-sequence cuts and usage
 counting exist once.

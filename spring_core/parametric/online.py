@@ -8,13 +8,13 @@ Modes (the Parametric RAG paper's):
 ``combine``    both; with SPRING tokens loaded and ``k > 0`` this is combine + SPRING
 =============  ================================================================================================
 
-A document without an adapter raises ``UnknownDocumentError`` unless ``missing="icl"``: then its passage goes into
-the prompt instead (in every mode) and a warning is logged, so the fallback is never silent.
+A document without an adapter raises ``UnknownDocumentError`` unless ``missing_adapter="icl"``: then its passage goes
+into the prompt instead (in every knowledge mode) and a warning is logged, so the fallback is never silent.
 
 Example:
     >>> adapters = open_adapters("adapters/", sm.model)                                     # doctest: +SKIP
     >>> docs = [ParametricDocument("doc-3", passage, 12.1), ParametricDocument("doc-9", other, 8.0)]  # doctest: +SKIP
-    >>> plan_call(adapters, docs, mode="combine", k=10).adapter_ids                          # doctest: +SKIP
+    >>> plan_call(adapters, docs, knowledge="combine", k=10).adapter_ids                          # doctest: +SKIP
     ['doc-3', 'doc-9']
 
 ``spring_core.engine`` answers with such a plan (``Engine``, ``answer_with_adapters``).
@@ -61,10 +61,10 @@ def open_adapters(folder: str | Path, model: Any, *, model_name: str = "this mod
     raise SpringError(f"{folder} holds a {kind!r} artifact, not document adapters (PRAG) or experts (Poly-PRAG)")
 
 
-def check_parametric_mode(mode: str, adapters: Any) -> None:
-    """``OptionError`` for an unknown mode, or for ``prag``/``combine`` without adapters."""
-    if options.choice("parametric_mode", mode, options.KNOWLEDGE) != "icl" and adapters is None:
-        raise OptionError(f"parametric_mode {mode!r} needs adapters: pass adapters= (a folder from "
+def check_knowledge(knowledge: str, adapters: Any) -> None:
+    """``OptionError`` for an unknown knowledge, or for ``prag``/``combine`` without adapters."""
+    if options.choice("knowledge", knowledge, options.KNOWLEDGE) != "icl" and adapters is None:
+        raise OptionError(f"knowledge {knowledge!r} needs adapters: pass adapters= (a folder from "
                           "`spring-rag parametrize`)")
 
 
@@ -83,25 +83,26 @@ class ParametricCall:
         return optional_scores(self.scores) if self.passages else None
 
 
-def plan_call(adapters: Any, documents: Sequence[ParametricDocument], *, mode: str, k: int | None,
-              missing: str = "error") -> ParametricCall:
-    """Split the documents between prompt and adapters as ``mode`` says (see the module docstring).
+def plan_call(adapters: Any, documents: Sequence[ParametricDocument], *, knowledge: str, k: int | None,
+              missing_adapter: str = "error") -> ParametricCall:
+    """Split the documents between prompt and adapters as ``knowledge`` says (see the module docstring).
 
     ``k`` defaults to 0 in ``prag`` (no passages for the tokens to follow) and to ``None`` (all tokens) otherwise.
     """
-    check_parametric_mode(mode, adapters)
-    options.choice("missing_adapter", missing, options.MISSING_ADAPTER)
-    with_adapter = [d for d in documents if mode != "icl" and d.adapter_id is not None and d.adapter_id in adapters]
+    check_knowledge(knowledge, adapters)
+    options.choice("missing_adapter", missing_adapter, options.MISSING_ADAPTER)
+    with_adapter = [d for d in documents
+                    if knowledge != "icl" and d.adapter_id is not None and d.adapter_id in adapters]
     without = [d for d in documents if d not in with_adapter]
-    if mode != "icl" and without:
+    if knowledge != "icl" and without:
         unknown = [d.adapter_id for d in without]
-        if missing == "error":
+        if missing_adapter == "error":
             raise UnknownDocumentError(f"no adapter for document(s) {unknown}; encode them with `spring-rag "
-                                       "parametrize`, or pass missing='icl' to read their text instead")
-        logger.warning("no adapter for document(s) %s: their passages go into the prompt instead (missing='icl')",
-                       unknown)
-    in_prompt = list(documents) if mode in ("icl", "combine") else without
-    if k is None and mode == "prag":
+                                       "parametrize`, or pass missing_adapter='icl' to read their text instead")
+        logger.warning("no adapter for document(s) %s: their passages go into the prompt instead "
+                       "(missing_adapter='icl')", unknown)
+    in_prompt = list(documents) if knowledge in ("icl", "combine") else without
+    if k is None and knowledge == "prag":
         k = 0
     return ParametricCall([d.passage for d in in_prompt], [d.score for d in in_prompt], k,
                           [str(d.adapter_id) for d in with_adapter])

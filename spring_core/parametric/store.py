@@ -245,7 +245,7 @@ class AdapterStore:
             shard = self._index.get(doc_id)
             if shard is None:
                 raise UnknownDocumentError(f"no adapter for document {doc_id!r} in {self.folder}; encode it with "
-                                           "`spring-rag parametrize`, or answer from its text (mode 'icl')")
+                                           "`spring-rag parametrize`, or answer from its text (knowledge='icl')")
             tensors = self._load_shard(shard)
         prefix = f"{doc_id}/"
         return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}

@@ -3,7 +3,7 @@
 Example:
     >>> from spring_core.retrieval import index_corpus, open_store
     >>> index_corpus("corpus.jsonl", "store/", backend="dense")        # doctest: +SKIP
-    >>> for hit in open_store("store/").retrieve("Who founded Harvard?", k=3):   # doctest: +SKIP
+    >>> for hit in open_store("store/").retrieve("Who founded Harvard?", top_k=3):   # doctest: +SKIP
     ...     print(hit.score, hit.title)
 """
 

@@ -43,14 +43,9 @@ class RetrievedPassage:
 class Retriever(Protocol):
     """Anything that maps a query to ranked passages."""
 
-    def retrieve(self, query: str, k: int = 5) -> list[RetrievedPassage]:
-        """The ``k`` best passages for ``query``, best first."""
+    def retrieve(self, query: str, top_k: int = 5) -> list[RetrievedPassage]:
+        """The ``top_k`` best passages for ``query``, best first."""
         ...
-
-
-def check_k(k: int) -> None:
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
 
 
 def passage_metadata(row: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ The folder keeps every passage in ``passages.jsonl`` and the BM25 index in ``ind
 Example:
     >>> store = BM25Store.create("bm25-store/")                     # doctest: +SKIP
     >>> store.add(read_corpus("corpus.jsonl"))                       # doctest: +SKIP
-    >>> BM25Store.open("bm25-store/").retrieve("Harvard founder", k=3)   # doctest: +SKIP
+    >>> BM25Store.open("bm25-store/").retrieve("Harvard founder", top_k=3)   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from spring_core import options
 from spring_core.artifacts import atomic_write_bytes
 from spring_core.data import iter_jsonl
 from spring_core.retrieval.base import (
@@ -27,7 +28,6 @@ from spring_core.retrieval.base import (
     RetrievedPassage,
     StoreError,
     StoreLockedError,
-    check_k,
     new_ids_in_order,
     passage_metadata,
     read_store_manifest,
@@ -115,17 +115,17 @@ class BM25Store:
         with write_lock(self.folder):
             self._rewrite([r for r in _read_passages(self.folder) if r["id"] not in doomed])
 
-    def retrieve(self, query: str, k: int = 5) -> list[RetrievedPassage]:
-        return self.retrieve_batch([query], k)[0]
+    def retrieve(self, query: str, top_k: int = 5) -> list[RetrievedPassage]:
+        return self.retrieve_batch([query], top_k)[0]
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 5) -> list[list[RetrievedPassage]]:
-        check_k(k)
+    def retrieve_batch(self, queries: Sequence[str], top_k: int = 5) -> list[list[RetrievedPassage]]:
+        options.integer("top_k", top_k, low=1)
         if not queries or self._index is None:
             return [[] for _ in queries]
         import bm25s
 
         tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
-        documents, scores = self._index.retrieve(tokens, k=min(k, len(self._rows)), show_progress=False)
+        documents, scores = self._index.retrieve(tokens, k=min(top_k, len(self._rows)), show_progress=False)
         return [
             [self._passage(int(doc), float(score)) for doc, score in zip(docs, row_scores, strict=True)]
             for docs, row_scores in zip(documents, scores, strict=True)

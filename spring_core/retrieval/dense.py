@@ -9,7 +9,7 @@ measured on SQuAD dev, prefixing the title changed recall@5 by 0.001 and lowered
 Example:
     >>> store = DenseStore.create("store/")                          # doctest: +SKIP
     >>> store.add(read_corpus("corpus.jsonl"))                        # doctest: +SKIP
-    >>> store.retrieve("Who founded Harvard?", k=3)                   # doctest: +SKIP
+    >>> store.retrieve("Who founded Harvard?", top_k=3)                   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from spring_core import options
 from spring_core.retrieval.base import (
     RetrievedPassage,
     StoreError,
-    check_k,
     new_ids_in_order,
     passage_metadata,
     read_store_manifest,
@@ -140,16 +140,16 @@ class DenseStore:
     def __len__(self) -> int:
         return self._collection.count()
 
-    def retrieve(self, query: str, k: int = 5) -> list[RetrievedPassage]:
-        return self.retrieve_batch([query], k)[0]
+    def retrieve(self, query: str, top_k: int = 5) -> list[RetrievedPassage]:
+        return self.retrieve_batch([query], top_k)[0]
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 5) -> list[list[RetrievedPassage]]:
-        """The ``k`` nearest passages (cosine similarity as score) for each query, best first."""
-        check_k(k)
+    def retrieve_batch(self, queries: Sequence[str], top_k: int = 5) -> list[list[RetrievedPassage]]:
+        """The ``top_k`` nearest passages (cosine similarity as score) for each query, best first."""
+        options.integer("top_k", top_k, low=1)
         if not queries or len(self) == 0:
             return [[] for _ in queries]
         result = self._collection.query(
-            query_embeddings=embed(self.embedder, list(queries)), n_results=min(k, len(self)),
+            query_embeddings=embed(self.embedder, list(queries)), n_results=min(top_k, len(self)),
             include=["documents", "metadatas", "distances"],
         )
         return [

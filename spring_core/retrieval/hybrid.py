@@ -7,7 +7,7 @@ wording often repeats the passage's. The folder holds ``dense/`` and ``bm25/`` s
 Example:
     >>> store = HybridStore.create("store/")                          # doctest: +SKIP
     >>> store.add(read_corpus("corpus.jsonl"))                         # doctest: +SKIP
-    >>> store.retrieve("Who founded Harvard?", k=3)                    # doctest: +SKIP
+    >>> store.retrieve("Who founded Harvard?", top_k=3)                    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from spring_core import options
 from spring_core.retrieval.base import (
     RetrievedPassage,
     StoreError,
-    check_k,
     read_store_manifest,
     write_lock,
     write_store_manifest,
@@ -83,26 +83,26 @@ class HybridStore:
     def get(self, ids: Sequence[str]) -> list[RetrievedPassage]:
         return self.sparse.get(ids)
 
-    def retrieve(self, query: str, k: int = 5) -> list[RetrievedPassage]:
-        return self.retrieve_batch([query], k)[0]
+    def retrieve(self, query: str, top_k: int = 5) -> list[RetrievedPassage]:
+        return self.retrieve_batch([query], top_k)[0]
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 5) -> list[list[RetrievedPassage]]:
-        """The ``k`` best passages per query by fused rank; ``score`` is the RRF score (higher is better)."""
-        check_k(k)
-        depth = k * CANDIDATES_PER_K
+    def retrieve_batch(self, queries: Sequence[str], top_k: int = 5) -> list[list[RetrievedPassage]]:
+        """The ``top_k`` best passages per query by fused rank; ``score`` is the RRF score (higher is better)."""
+        options.integer("top_k", top_k, low=1)
+        depth = top_k * CANDIDATES_PER_K
         return [
-            _fuse([dense, sparse], k)
+            _fuse([dense, sparse], top_k)
             for dense, sparse in zip(self.dense.retrieve_batch(queries, depth),
                                      self.sparse.retrieve_batch(queries, depth), strict=True)
         ]
 
 
-def _fuse(rankings: list[list[RetrievedPassage]], k: int) -> list[RetrievedPassage]:
+def _fuse(rankings: list[list[RetrievedPassage]], top_k: int) -> list[RetrievedPassage]:
     scores: dict[str, float] = {}
     passages: dict[str, RetrievedPassage] = {}
     for ranking in rankings:
         for rank, passage in enumerate(ranking, start=1):
             scores[passage.id] = scores.get(passage.id, 0.0) + 1.0 / (RRF_OFFSET + rank)
             passages.setdefault(passage.id, passage)
-    best = sorted(scores, key=lambda pid: (-scores[pid], pid))[:k]
+    best = sorted(scores, key=lambda pid: (-scores[pid], pid))[:top_k]
     return [replace(passages[pid], score=scores[pid]) for pid in best]

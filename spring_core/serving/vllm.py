@@ -9,7 +9,7 @@ sum; ``peft_export``), written once to ``adapter_dir`` (a folder the server read
 first token alone, restricted to ids that start with those spaces (``allowed_token_ids``), then the rest after it.
 
 What the server cannot do exactly is refused: marginal decoding (RAG-Sequence / RAG-Token) needs each passage's full
-next-token distribution at every step, which vLLM's top-n logprobs do not give, so ``mode`` must be ``concat``.
+next-token distribution at every step, which vLLM's top-n logprobs do not give, so ``decoding`` must be ``stuff``.
 
 Example:
     >>> backend = VLLMBackend("http://127.0.0.1:8000")                                   # doctest: +SKIP
@@ -73,7 +73,7 @@ class VLLMBackend:
         base_url: the server, e.g. ``"http://127.0.0.1:8000"`` (a trailing ``/v1`` is accepted).
         model: the served model name to use (default: the only / first one the server lists).
         api_key: sent as a bearer token (the server's ``--api-key``).
-        timeout: seconds per HTTP request.
+        request_timeout: seconds one HTTP request may take (connect, send, each read); not a whole-call deadline.
         max_retries: retries, with exponential backoff from ``backoff`` seconds, while the server is starting or
             overloaded (connection refused, 429, 502-504); streams retry only before their first byte.
         adapter_dir: where merged document adapters are written; the server must read the same paths (same machine
@@ -86,14 +86,14 @@ class VLLMBackend:
             the local model's (as ids, and as embeddings when they are used) and refuse a different model.
 
     Example:
-        >>> backend = VLLMBackend("http://127.0.0.1:8000", timeout=60)                       # doctest: +SKIP
+        >>> backend = VLLMBackend("http://127.0.0.1:8000", request_timeout=60)                       # doctest: +SKIP
         >>> parts = sm.prompt_parts("Who?", ["X is Y."], k=10)                               # doctest: +SKIP
         >>> backend.generate(sm, parts, {"max_new_tokens": 8}).text                           # doctest: +SKIP
         'Y'
     """
 
     def __init__(self, base_url: str, *, model: str | None = None, api_key: str | None = None,
-                 timeout: float = 120.0, max_retries: int = 6, backoff: float = 0.5,
+                 request_timeout: float = 120.0, max_retries: int = 6, backoff: float = 0.5,
                  adapter_dir: str | Path | None = None, embeds: str = "block", dtype: str | torch.dtype | None = None,
                  check_model: bool = True, probe_tolerance: float = 0.1):
         if embeds not in ("block", "always"):
@@ -101,7 +101,7 @@ class VLLMBackend:
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.model = model
         self.api_key = api_key
-        self.timeout = timeout
+        self.request_timeout = request_timeout
         self.max_retries = max_retries
         self.backoff = backoff
         self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else spring_home() / "vllm-adapters"
@@ -149,7 +149,7 @@ class VLLMBackend:
         if prepared.finished:
             return
         reader = _StreamReader()
-        async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers()) as client:
+        async with httpx.AsyncClient(timeout=self.request_timeout, headers=self._headers()) as client:
             for attempt in range(self.max_retries + 1):
                 try:
                     async with client.stream("POST", self.base_url + "/v1/completions", json=prepared.body) as reply:
@@ -316,7 +316,7 @@ class VLLMBackend:
                  allow: set[int] = frozenset()) -> Any:
         for attempt in range(self.max_retries + 1):
             try:
-                reply = httpx.request(method, self.base_url + path, json=body, timeout=self.timeout,
+                reply = httpx.request(method, self.base_url + path, json=body, timeout=self.request_timeout,
                                       headers=self._headers())
             except httpx.TransportError as exc:
                 if not self._retry(attempt):
@@ -335,7 +335,7 @@ class VLLMBackend:
         return self._request("POST", path, body).json()
 
     async def _apost(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers()) as client:
+        async with httpx.AsyncClient(timeout=self.request_timeout, headers=self._headers()) as client:
             for attempt in range(self.max_retries + 1):
                 try:
                     reply = await client.post(self.base_url + path, json=body)
@@ -359,7 +359,7 @@ class VLLMBackend:
             stream.result = _generation(prepared.finished, prepared)
             return
         reader = _StreamReader()
-        with httpx.Client(timeout=self.timeout, headers=self._headers()) as client:
+        with httpx.Client(timeout=self.request_timeout, headers=self._headers()) as client:
             for attempt in range(self.max_retries + 1):
                 try:
                     with client.stream("POST", self.base_url + "/v1/completions", json=prepared.body) as reply:
@@ -462,13 +462,13 @@ def _adapters_identity(adapters: Any, doc_ids: Sequence[str]) -> Any:
     return json.dumps(getattr(adapters, "manifest", None) or {}, sort_keys=True, default=str)
 
 
-def as_backend(backend: Any, *, timeout: float | None = None, max_retries: int | None = None) -> Any:
+def as_backend(backend: Any, *, request_timeout: float | None = None, max_retries: int | None = None) -> Any:
     """What the integrations' ``backend=`` takes: ``None`` (in process), a server URL (a ``VLLMBackend`` with
-    ``timeout`` and ``max_retries`` when given), or a backend object such as ``VLLMBackend``."""
+    ``request_timeout`` and ``max_retries`` when given), or a backend object such as ``VLLMBackend``."""
     if backend is None or not isinstance(backend, str):
         return backend
     if not backend.startswith(("http://", "https://")):
         raise ValueError(f"backend must be None, a server URL such as 'http://127.0.0.1:8000', or a VLLMBackend; "
                          f"got {backend!r}")
-    options = {"timeout": timeout, "max_retries": max_retries}
+    options = {"request_timeout": request_timeout, "max_retries": max_retries}
     return VLLMBackend(backend, **{key: value for key, value in options.items() if value is not None})

@@ -69,7 +69,7 @@ CASES = [
     Case("batch-items-string", lambda d: d.spring.generate_batch(Q), "items"),
     Case("stream-question-none", lambda d: d.spring.stream(None, P), "question"),
     Case("prompt-parts-bad-k", lambda d: d.spring.generate_from_prompt(PromptParts("ctx", 99, "Q?")), "k"),
-    Case("mode-unknown", lambda d: d.spring.generate(Q, P, mode="beam"), "mode"),
+    Case("decoding-unknown", lambda d: d.spring.generate(Q, P, decoding="beam"), "decoding"),
     # the integrations
     Case("langchain-documents-none-item", lambda d: d.chat.invoke(Q, documents=[None]), "documents[0]"),
     Case("langchain-documents-string", lambda d: d.chat.invoke(Q, documents="doc"), "documents"),
@@ -98,6 +98,6 @@ def test_a_prompt_longer_than_the_context_window_names_both_lengths(doors):
         doors.spring.generate(Q, [long_passage], k=2, max_new_tokens=2)
     with pytest.raises(ContextWindowError):
         doors.chat.invoke(long_passage + Q)
-    for stream in (doors.spring.stream, lambda q, p: doors.spring.generate(q, p, mode="rag-token")):
+    for stream in (doors.spring.stream, lambda q, p: doors.spring.generate(q, p, decoding="rag-token")):
         with pytest.raises(ContextWindowError):
             stream(Q, [long_passage])

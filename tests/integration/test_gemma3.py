@@ -81,7 +81,7 @@ def test_the_raw_layout_end_to_end_on_the_hybrid_cache(gemma3):
     assert batch[0].text == one.text
     assert batch[1].text == sm.generate(QUESTIONS[1], PASSAGES[1:], k=4, max_new_tokens=4).text
     for mode in ("rag-token", "rag-sequence"):
-        out = sm.generate(QUESTIONS[0], PASSAGES, k=4, max_new_tokens=4, mode=mode, scores=[2.0, 0.5])
+        out = sm.generate(QUESTIONS[0], PASSAGES, k=4, max_new_tokens=4, decoding=mode, scores=[2.0, 0.5])
         assert out.usage.virtual_tokens == 8 and out.usage.completion_tokens >= 1
     assert weights_digest(model) == before
 

@@ -98,7 +98,7 @@ def test_a_merged_document_adapter_answers_as_the_hooked_update(smollm2, tmp_pat
     adapters = DocumentAdapters(store, model)
     spring = SpringModel(model, tokenizer, TOKENS)
     docs = [ParametricDocument("d1", passages(rows[2])[0], 1.0), ParametricDocument("d2", passages(rows[0])[0], 0.5)]
-    request = Request(question=rows[2]["question"], documents=docs, k=10, parametric_mode="combine", settings=GREEDY)
+    request = Request(question=rows[2]["question"], documents=docs, k=10, knowledge="combine", settings=GREEDY)
     local = Engine(spring, adapters).generate(request)
     backend = VLLMBackend(vllm_url, adapter_dir=tmp_path / "served")
     served = Engine(spring, adapters, backend).generate(request)

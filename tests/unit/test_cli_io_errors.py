@@ -207,7 +207,7 @@ def test_index_on_a_full_disk_keeps_the_store(tmp_path, tmpfs, capsys):
     assert_refused(code, capsys.readouterr().err, str(store), "no space left on device", "--store")
     assert snapshot(disk) == before  # passages, index and manifest as they were: the store still opens
     assert_no_temporaries(disk)
-    assert main(["search", str(store), "capital", "-k", "1"]) == 0
+    assert main(["search", str(store), "capital", "--top-k", "1"]) == 0
 
 
 def test_index_on_a_read_only_file_system(tmp_path, tmpfs, capsys):

@@ -15,14 +15,14 @@ from spring_core.types import Generation, Usage
 
 
 def rag_token(sm, question, passages, scores, *, k=0, weight_temperature=1.0, **settings):
-    """RAG-Token through the public entry point, ``SpringModel.generate(mode="rag-token")``."""
-    return sm.generate(question, passages, k, mode="rag-token", scores=scores, weight_temperature=weight_temperature,
-                       **settings)
+    """RAG-Token through the public entry point, ``SpringModel.generate(decoding="rag-token")``."""
+    return sm.generate(question, passages, k, decoding="rag-token", scores=scores,
+                       weight_temperature=weight_temperature, **settings)
 
 
 def rag_sequence(sm, question, passages, scores, *, k=0, fast=False, weight_temperature=1.0, **settings):
     mode = "rag-sequence-fast" if fast else "rag-sequence"
-    return sm.generate(question, passages, k, mode=mode, scores=scores, weight_temperature=weight_temperature,
+    return sm.generate(question, passages, k, decoding=mode, scores=scores, weight_temperature=weight_temperature,
                        **settings)
 
 
@@ -311,15 +311,15 @@ def test_generate_mode_dispatches_to_marginal_decoding(tiny):
     question, passage = "Who wrote Hamlet?", "Hamlet is a play by William Shakespeare."
     plain = sm.generate(question, [passage], k=2, max_new_tokens=6)
     for mode in ("rag-token", "rag-sequence", "rag-sequence-fast"):
-        out = sm.generate(question, [passage], k=2, max_new_tokens=6, mode=mode)
+        out = sm.generate(question, [passage], k=2, max_new_tokens=6, decoding=mode)
         assert out.text == plain.text and out.usage.virtual_tokens == 2
-    two = sm.generate(question, [passage, "Rivers and mountains."], k=2, max_new_tokens=6, mode="rag-token",
+    two = sm.generate(question, [passage, "Rivers and mountains."], k=2, max_new_tokens=6, decoding="rag-token",
                       scores=[1.0, 0.0])
     assert two.usage.virtual_tokens == 4  # each passage's sequence reads the block
-    with pytest.raises(OptionError, match="mode must be one of concat, rag-token"):
-        sm.generate(question, [passage], mode="rag-everything")
+    with pytest.raises(OptionError, match="decoding must be one of stuff, rag-token"):
+        sm.generate(question, [passage], decoding="rag-everything")
     with pytest.raises(DecodingError, match="only rag-token samples"):
-        sm.generate(question, [passage], mode="rag-sequence", temperature=0.7)
+        sm.generate(question, [passage], decoding="rag-sequence", temperature=0.7)
 
 
 @pytest.mark.parametrize("mode", ["rag-token", "rag-sequence", "rag-sequence-fast"])
@@ -328,6 +328,6 @@ def test_marginal_modes_stop_at_a_stop_string_and_count_tokens_like_concat(sm_k,
     ids = rag_token(sm, QUESTION, PASSAGES[:1], [0.0], k=k, max_new_tokens=8).token_ids
     stop = next(text for token in ids[2:] if (text := sm.tokenizer.decode([token])).strip())
     concat = sm.generate(QUESTION, PASSAGES[:1], k, max_new_tokens=8, stop=[stop])
-    out = sm.generate(QUESTION, PASSAGES[:1], k, max_new_tokens=8, stop=[stop], mode=mode)
+    out = sm.generate(QUESTION, PASSAGES[:1], k, max_new_tokens=8, stop=[stop], decoding=mode)
     assert (out.text, out.usage, out.finish_reason) == (concat.text, concat.usage, concat.finish_reason)
     assert out.finish_reason == "stop" and stop not in out.text and out.usage.completion_tokens < len(ids)

@@ -50,7 +50,7 @@ def test_bf16_init_exactness_and_generation(bf16):
     assert torch.equal(a, b)  # bf16 rows survive the float32 table exactly
     out = sm.generate(QUESTION, PASSAGES, max_new_tokens=4)
     assert out.usage.completion_tokens >= 1
-    assert sm.generate(QUESTION, PASSAGES, max_new_tokens=4, mode="rag-token").text == out.text
+    assert sm.generate(QUESTION, PASSAGES, max_new_tokens=4, decoding="rag-token").text == out.text
 
 
 def test_load_model_honours_dtype_and_device(tiny_dir):

@@ -134,20 +134,20 @@ def test_a_rerun_recomputes_exactly_what_a_new_artifact_or_new_passages_change(t
     assert sorted((p["method"], p["id"]) for p in lines[9:]) == [("Concat", "c"), ("SPRING", "c")]
 
 
-def test_marginal_modes_run_next_to_concat_where_they_apply(tiny, tmp_path):
+def test_marginal_decodings_run_next_to_stuff_where_they_apply(tiny, tmp_path):
     sm = SpringModel(tiny[0], tiny[1], VirtualTokens.random(tiny[0], 2, tokenizer=tiny[1]))
     rows = [dict(ROWS[2], passage_scores=[3.0, 1.0])]
     plan = EvalPlan(model="tiny", methods=parse_methods("prompt,spring"), ks=[2], tokens="unused",
-                    max_new_tokens=3, modes=["concat", "rag-token"])
+                    max_new_tokens=3, decodings=["stuff", "rag-token"])
     results = evaluate(plan, {"toy/dev": rows}, tmp_path, load=lambda _: sm, progress=lambda _: None)
-    assert [(r["method"], r["mode"]) for r in results] == [("Prompt", "concat"), ("SPRING", "concat"),
+    assert [(r["method"], r["decoding"]) for r in results] == [("Prompt", "stuff"), ("SPRING", "stuff"),
                                                            ("SPRING [rag-token]", "rag-token")]
     predicted = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()][-1]
-    expected = sm.generate(rows[0]["question"], rows[0]["passages"], 2, mode="rag-token", scores=[3.0, 1.0],
+    expected = sm.generate(rows[0]["question"], rows[0]["passages"], 2, decoding="rag-token", scores=[3.0, 1.0],
                            max_new_tokens=3)
     assert predicted["prediction"] == expected.text
-    with pytest.raises(EvalError, match="decoding mode"):
-        EvalPlan(model="tiny", methods=parse_methods("concat"), modes=["beam"])
+    with pytest.raises(EvalError, match="unknown decoding"):
+        EvalPlan(model="tiny", methods=parse_methods("concat"), decodings=["beam"])
 
 
 def test_own_passages_files_keep_theirs_while_the_others_are_retrieved(tmp_path):

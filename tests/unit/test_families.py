@@ -129,12 +129,12 @@ def test_marginal_modes_run_and_one_passage_is_plain_greedy(family):
     sm = spring(family)
     greedy = sm.generate(QUESTION, PASSAGES[:1], 3, max_new_tokens=5)
     for mode in ("rag-token", "rag-sequence", "rag-sequence-fast"):
-        out = sm.generate(QUESTION, PASSAGES[:1], 3, max_new_tokens=5, mode=mode)
+        out = sm.generate(QUESTION, PASSAGES[:1], 3, max_new_tokens=5, decoding=mode)
         assert (out.text, out.usage) == (greedy.text, greedy.usage), mode
-    two = sm.generate(QUESTION, PASSAGES, 3, max_new_tokens=5, mode="rag-sequence", scores=[1.0, 0.5])
+    two = sm.generate(QUESTION, PASSAGES, 3, max_new_tokens=5, decoding="rag-sequence", scores=[1.0, 0.5])
     options = {sm.generate(QUESTION, [p], 3, max_new_tokens=5).text for p in PASSAGES}
     assert two.text in options and two.usage.virtual_tokens == 6
-    mixed = sm.generate(QUESTION, PASSAGES, 3, max_new_tokens=5, mode="rag-token", scores=[1.0, 0.5])
+    mixed = sm.generate(QUESTION, PASSAGES, 3, max_new_tokens=5, decoding="rag-token", scores=[1.0, 0.5])
     assert mixed.usage.virtual_tokens == 6 and mixed.usage.completion_tokens >= 1
 
 

@@ -38,7 +38,7 @@ def test_bf16_cuda_inference_matches_the_base_and_reads_the_table(cuda_model):
     batch = sm.generate_batch([{"question": QUESTION, "passages": PASSAGES, "k": 4}], max_new_tokens=6)
     assert batch[0].text == out.text
     for mode in ("rag-token", "rag-sequence"):
-        assert sm.generate(QUESTION, PASSAGES, 4, max_new_tokens=6, mode=mode).usage.virtual_tokens == 8
+        assert sm.generate(QUESTION, PASSAGES, 4, max_new_tokens=6, decoding=mode).usage.virtual_tokens == 8
     healed = PromptParts(f"Context: {PASSAGES[0]}\n", 4, f"Query: {QUESTION}\nAnswer: ")  # healed on the GPU
     assert sm.generate_from_prompt(healed, max_new_tokens=6).usage.virtual_tokens == 4
 

@@ -264,7 +264,7 @@ def test_models_loaded_by_name_share_weights_and_load_tokens_from_a_folder(tiny_
     second = ChatSpring(model=str(tiny_dir))
     assert first.spring.model is second.spring.model
     assert (first.spring.n, second.spring.n) == (8, 0)
-    chat_layout = ChatSpring(model=str(tiny_dir), model_kwargs={"layout": "chat"}).spring
+    chat_layout = ChatSpring(model=str(tiny_dir), layout="chat").spring
     assert (chat_layout.layout, chat_layout.model) == ("chat", first.spring.model)
 
 

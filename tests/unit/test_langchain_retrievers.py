@@ -32,7 +32,7 @@ def store_folder(tmp_path_factory):
 
 
 def test_documents_carry_text_id_title_and_score(store_folder):
-    hits = open_store(store_folder).retrieve(QUESTION, k=3)
+    hits = open_store(store_folder).retrieve(QUESTION, top_k=3)
     docs = SpringRetriever(store=str(store_folder), k=3).invoke(QUESTION)
     assert [d.page_content for d in docs] == [h.text for h in hits]
     for doc, hit in zip(docs, hits, strict=True):
@@ -109,11 +109,11 @@ def test_chain_with_a_marginal_mode_hands_each_document_and_its_score_to_the_mod
     retriever = SpringRetriever(store=store_folder, k=3)
     documents = retriever.invoke(QUESTION)
     passages = [{"title": d.metadata["title"], "text": d.page_content} for d in documents]
-    expected = sm.generate(QUESTION, passages, 2, mode=mode, scores=[d.metadata["score"] for d in documents],
+    expected = sm.generate(QUESTION, passages, 2, decoding=mode, scores=[d.metadata["score"] for d in documents],
                            max_new_tokens=4).text
-    chat_chain = create_spring_rag_chain(retriever, ChatSpring(spring_model=sm, max_tokens=4, mode=mode), k=2)
+    chat_chain = create_spring_rag_chain(retriever, ChatSpring(spring_model=sm, max_tokens=4, decoding=mode), k=2)
     assert chat_chain.invoke(QUESTION) == expected
-    llm_chain = create_spring_rag_chain(retriever, SpringLLM(spring_model=sm, mode=mode).bind(max_tokens=4), k=2)
+    llm_chain = create_spring_rag_chain(retriever, SpringLLM(spring_model=sm, decoding=mode).bind(max_tokens=4), k=2)
     assert llm_chain.invoke(QUESTION) == expected
 
 
@@ -125,13 +125,13 @@ def test_documents_per_call_for_every_mode_sync_async_and_streamed(store_folder,
     passages = [{"title": d.metadata["title"], "text": d.page_content} for d in documents]
     scores = [d.metadata["score"] for d in documents]
     chat = ChatSpring(spring_model=sm, max_tokens=5, k=3)
-    for mode in ("concat", "rag-token", "rag-sequence"):
-        expected = sm.generate(QUESTION, passages, 3, mode=mode, scores=scores, max_new_tokens=5)
-        answer = chat.invoke(QUESTION, documents=documents, mode=mode)
+    for mode in ("stuff", "rag-token", "rag-sequence"):
+        expected = sm.generate(QUESTION, passages, 3, decoding=mode, scores=scores, max_new_tokens=5)
+        answer = chat.invoke(QUESTION, documents=documents, decoding=mode)
         assert answer.content == expected.text
         assert answer.usage_metadata["input_token_details"]["virtual"] == expected.usage.virtual_tokens
-        assert "".join(c.content for c in chat.stream(QUESTION, documents=documents, mode=mode)) == expected.text
-        assert asyncio.run(chat.ainvoke(QUESTION, documents=documents, mode=mode)).content == expected.text
+        assert "".join(c.content for c in chat.stream(QUESTION, documents=documents, decoding=mode)) == expected.text
+        assert asyncio.run(chat.ainvoke(QUESTION, documents=documents, decoding=mode)).content == expected.text
 
 
 def test_documents_need_a_bare_question_a_known_mode_and_consistent_scores(store_folder, tiny):
@@ -146,11 +146,11 @@ def test_documents_need_a_bare_question_a_known_mode_and_consistent_scores(store
     with pytest.raises(ValueError, match="pass the question alone"):
         chat.invoke([SystemMessage("Be brief."), HumanMessage(QUESTION)], documents=documents)
     with pytest.raises(DecodingError, match="passage 1 has no retriever score"):
-        chat.invoke(QUESTION, documents=documents, mode="rag-token")
-    with pytest.raises(OptionError, match="mode must be one of .*; got 'beam'"):
-        chat.invoke(QUESTION, documents=documents[:1], mode="beam")
-    with pytest.raises(OptionError, match="mode must be one of"):
-        ChatSpring(spring_model=sm, mode="beam")
+        chat.invoke(QUESTION, documents=documents, decoding="rag-token")
+    with pytest.raises(OptionError, match="decoding must be one of .*; got 'beam'"):
+        chat.invoke(QUESTION, documents=documents[:1], decoding="beam")
+    with pytest.raises(OptionError, match="decoding must be one of"):
+        ChatSpring(spring_model=sm, decoding="beam")
     reranked = [Document("A.", metadata={"relevance_score": 0.9}), Document("B.", metadata={"relevance_score": 0.1})]
-    expected = sm.generate(QUESTION, ["A.", "B."], mode="rag-token", scores=[0.9, 0.1], max_new_tokens=3).text
-    assert chat.invoke(QUESTION, documents=reranked, mode="rag-token").content == expected
+    expected = sm.generate(QUESTION, ["A.", "B."], decoding="rag-token", scores=[0.9, 0.1], max_new_tokens=3).text
+    assert chat.invoke(QUESTION, documents=reranked, decoding="rag-token").content == expected

@@ -148,7 +148,7 @@ def test_chat_uses_the_chat_template(llm, tiny):
 
 def test_chat_layout_wraps_completions_in_a_user_turn(tiny, tokens):
     chat_llm = SpringLLM(spring_model=SpringModel(*tiny, tokens, layout="chat"), max_new_tokens=4)
-    assert chat_llm.prompt_layout == "chat"
+    assert chat_llm.layout == "chat"
     wrapped = chat_llm.completion_to_prompt(BLOCK_PROMPT)
     assert wrapped.startswith("<|im_start|>user\n") and wrapped.endswith("<|im_start|>assistant\n")
     assert chat_llm.complete(BLOCK_PROMPT).text == chat_llm.complete(wrapped, formatted=True).text
@@ -353,40 +353,40 @@ def test_adapter_postprocessor_in_a_query_engine_keeps_tags_out_of_the_prompt(ll
 PASSAGES = ["Harvard is named after John Harvard.", "Doctor Who is a television programme."]
 
 
-@pytest.mark.parametrize("mode", ["concat", "rag-token", "rag-sequence", "rag-sequence-fast"])
+@pytest.mark.parametrize("mode", ["stuff", "rag-token", "rag-sequence", "rag-sequence-fast"])
 def test_answer_reads_the_passages_with_the_llms_mode(mode, tiny, tokens):
-    llm = SpringLLM(spring_model=SpringModel(*tiny, tokens), max_new_tokens=5, mode=mode, k=3)
+    llm = SpringLLM(spring_model=SpringModel(*tiny, tokens), max_new_tokens=5, decoding=mode, k=3)
     response = llm.answer(QUESTION, PASSAGES, [2.0, 0.5])
-    expected = llm.spring_model.generate(QUESTION, PASSAGES, 3, mode=mode, scores=[2.0, 0.5], max_new_tokens=5)
+    expected = llm.spring_model.generate(QUESTION, PASSAGES, 3, decoding=mode, scores=[2.0, 0.5], max_new_tokens=5)
     assert response.text == expected.text
-    assert response.raw["usage"]["virtual_tokens"] == (3 if mode == "concat" else 6)  # k per passage prompt
-    per_call = llm.answer(QUESTION, PASSAGES, [2.0, 0.5], mode="concat", k=1)
+    assert response.raw["usage"]["virtual_tokens"] == (3 if mode == "stuff" else 6)  # k per passage prompt
+    per_call = llm.answer(QUESTION, PASSAGES, [2.0, 0.5], decoding="stuff", k=1)
     assert per_call.raw["usage"]["virtual_tokens"] == 1
 
 
 def test_answer_refuses_unknown_modes_and_a_mix_of_scored_and_unscored_passages(tiny, tokens, llm):
     from spring_core.errors import DecodingError, OptionError
 
-    with pytest.raises(OptionError, match="mode must be one of .*; got 'beam'"):
-        SpringLLM(spring_model=SpringModel(*tiny, tokens), mode="beam")
+    with pytest.raises(OptionError, match="decoding must be one of .*; got 'beam'"):
+        SpringLLM(spring_model=SpringModel(*tiny, tokens), decoding="beam")
     with pytest.raises(DecodingError, match="passage 1 has no retriever score"):
-        llm.answer(QUESTION, PASSAGES, [1.0, None], mode="rag-token")
+        llm.answer(QUESTION, PASSAGES, [1.0, None], decoding="rag-token")
     with pytest.raises(TypeError, match="unknown keyword argument"):
         llm.answer(QUESTION, PASSAGES, beams=2)
-    unscored = llm.answer(QUESTION, PASSAGES, [None, None], mode="rag-token", k=2).text
-    assert unscored == llm.spring_model.generate(QUESTION, PASSAGES, 2, mode="rag-token", max_new_tokens=6).text
+    unscored = llm.answer(QUESTION, PASSAGES, [None, None], decoding="rag-token", k=2).text
+    assert unscored == llm.spring_model.generate(QUESTION, PASSAGES, 2, decoding="rag-token", max_new_tokens=6).text
 
 
 @pytest.mark.parametrize("mode", ["rag-token", "rag-sequence"])
 def test_query_engine_with_a_marginal_mode_hands_over_each_node_and_its_score(mode, tiny, tokens, corpus_file,
                                                                                tmp_path, recorder):
-    llm = SpringLLM(spring_model=SpringModel(*tiny, tokens), max_new_tokens=5, mode=mode)
+    llm = SpringLLM(spring_model=SpringModel(*tiny, tokens), max_new_tokens=5, decoding=mode)
     retriever = SpringRetriever.from_corpus(corpus_file, tmp_path / "bm25", backend="bm25", similarity_top_k=3)
     engine = spring_query_engine(retriever, llm, k=4)
     response = engine.query(QUESTION)
     nodes = response.source_nodes
     texts = [n.node.get_content(metadata_mode="llm") for n in nodes]
-    expected = llm.spring_model.generate(QUESTION, texts, 4, mode=mode, scores=[n.score for n in nodes],
+    expected = llm.spring_model.generate(QUESTION, texts, 4, decoding=mode, scores=[n.score for n in nodes],
                                          max_new_tokens=5)
     assert len(nodes) == 3 and response.response == expected.text
     assert recorder.prompts == [QUESTION]  # one call with the question, no packed prompt
@@ -399,8 +399,8 @@ def test_query_engine_with_a_marginal_mode_hands_over_each_node_and_its_score(mo
 
 
 def test_a_packed_prompt_runs_as_concat_and_says_so_once(tiny, tokens):
-    llm = SpringLLM(spring_model=SpringModel(*tiny, tokens), max_new_tokens=4, mode="rag-token")
-    with pytest.warns(UserWarning, match="runs as 'concat'"):
+    llm = SpringLLM(spring_model=SpringModel(*tiny, tokens), max_new_tokens=4, decoding="rag-token")
+    with pytest.warns(UserWarning, match="runs as 'stuff'"):
         first = llm.predict(QA, context_str=CONTEXT, query_str=QUESTION)
     parts = llm.rag_prompt(QA, context_str=CONTEXT, query_str=QUESTION)
     assert first == llm.spring_model.generate_from_prompt(parts, max_new_tokens=4).text

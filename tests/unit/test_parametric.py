@@ -260,14 +260,14 @@ def test_icl_prag_and_combine_put_knowledge_where_they_promise(store, model, tin
     question = "Who is Harvard named after?"
     settings = {"max_new_tokens": 5}
 
-    icl = answer_with_adapters(sm, adapters, question, docs, mode="icl", k=0, **settings)
+    icl = answer_with_adapters(sm, adapters, question, docs, knowledge="icl", k=0, **settings)
     assert icl.text == sm.generate(question, PASSAGES, 0, **settings).text
     with adapters.activate(["doc-0", "doc-1"]):
         prag_expected = sm.generate(question, [], 0, **settings)
         combine_expected = sm.generate(question, PASSAGES, 4, **settings)
-    prag = answer_with_adapters(sm, adapters, question, docs, mode="prag", **settings)
+    prag = answer_with_adapters(sm, adapters, question, docs, knowledge="prag", **settings)
     assert prag.text == prag_expected.text and prag.usage.virtual_tokens == 0
-    combined = answer_with_adapters(sm, adapters, question, docs, mode="combine", **settings)  # + all 4 tokens
+    combined = answer_with_adapters(sm, adapters, question, docs, knowledge="combine", **settings)  # + all 4 tokens
     assert combined.text == combine_expected.text and combined.usage.virtual_tokens == 4
     assert combined.prompt.count("[1]") == 1 and "Yale" in combined.prompt
     assert sm.generate(question, PASSAGES, 0, **settings).text == icl.text  # nothing stays active
@@ -281,14 +281,14 @@ def test_marginal_decoding_weighs_the_prompt_passages_by_their_documents_scores(
     sm = SpringModel(model, tiny[1])
     adapters = DocumentAdapters(store, model)
     scored = [ParametricDocument("doc-0", PASSAGES[0], 3.0), ParametricDocument("doc-1", PASSAGES[1], 0.5)]
-    out = answer_with_adapters(sm, adapters, "Who?", scored, mode="combine", decoding="rag-token",
+    out = answer_with_adapters(sm, adapters, "Who?", scored, knowledge="combine", decoding="rag-token",
                                max_new_tokens=3)
     with adapters.activate(["doc-0", "doc-1"]):
-        expected = sm.generate("Who?", PASSAGES, 0, mode="rag-token", scores=[3.0, 0.5], max_new_tokens=3)
+        expected = sm.generate("Who?", PASSAGES, 0, decoding="rag-token", scores=[3.0, 0.5], max_new_tokens=3)
     assert out.text == expected.text
     half_scored = [scored[0], ParametricDocument("doc-1", PASSAGES[1])]
     with pytest.raises(DecodingError, match="passage 1 has no retriever score"):
-        answer_with_adapters(sm, adapters, "Who?", half_scored, mode="combine", decoding="rag-token")
+        answer_with_adapters(sm, adapters, "Who?", half_scored, knowledge="combine", decoding="rag-token")
 
 
 def test_documents_without_adapters_raise_or_fall_back_to_icl_with_a_log_line(store, model, tiny, caplog):
@@ -298,14 +298,15 @@ def test_documents_without_adapters_raise_or_fall_back_to_icl_with_a_log_line(st
     sm = SpringModel(model, tiny[1])
     adapters = DocumentAdapters(store, model)
     docs = [ParametricDocument("doc-0", PASSAGES[0]), ParametricDocument("nope", PASSAGES[1])]
-    with pytest.raises(UnknownDocumentError, match=r"\['nope'\].*missing='icl'"):
-        answer_with_adapters(sm, adapters, "Who?", docs, mode="prag", max_new_tokens=3)
+    with pytest.raises(UnknownDocumentError, match=r"\['nope'\].*missing_adapter='icl'"):
+        answer_with_adapters(sm, adapters, "Who?", docs, knowledge="prag", max_new_tokens=3)
     with caplog.at_level("WARNING", logger="spring_rag.parametric"):
-        fallback = answer_with_adapters(sm, adapters, "Who?", docs, mode="prag", missing="icl", max_new_tokens=3)
+        fallback = answer_with_adapters(sm, adapters, "Who?", docs, knowledge="prag", missing_adapter="icl",
+                                        max_new_tokens=3)
     assert "['nope']" in caplog.text and "Yale" in fallback.prompt and "Harvard" not in fallback.prompt
     with adapters.activate(["doc-0"]):
         assert fallback.text == sm.generate("Who?", [PASSAGES[1]], 0, max_new_tokens=3).text
     with pytest.raises(OptionError, match="needs adapters"):
-        answer_with_adapters(sm, None, "Who?", docs, mode="combine")
-    with pytest.raises(OptionError, match="parametric_mode must be one of icl, prag, combine; got 'both'"):
-        answer_with_adapters(sm, adapters, "Who?", docs, mode="both")
+        answer_with_adapters(sm, None, "Who?", docs, knowledge="combine")
+    with pytest.raises(OptionError, match="knowledge must be one of icl, prag, combine; got 'both'"):
+        answer_with_adapters(sm, adapters, "Who?", docs, knowledge="both")

@@ -55,7 +55,7 @@ def expected_answers(sm, adapters, max_new_tokens: int = 6) -> dict[str, str]:
 def test_chat_spring_prag_matches_sequential_answers_from_8_threads_and_8_tasks(sm, adapters):
     from langchain_spring import ChatSpring
 
-    chat = ChatSpring(spring_model=sm, adapters=adapters, parametric_mode="prag", max_tokens=6)
+    chat = ChatSpring(spring_model=sm, adapters=adapters, knowledge="prag", max_tokens=6)
     expected = expected_answers(sm, adapters)
 
     def ask(doc: str) -> str:
@@ -92,7 +92,7 @@ def test_langchain_chain_with_the_compressor_activates_the_retrieved_documents(s
 
     compressor = ParametricAdapterCompressor()
     retriever = TwoDocs() | RunnableLambda(lambda docs: compressor.compress_documents(docs, QUESTION))
-    llm = SpringLLM(spring_model=sm, adapters=str(store_folder), parametric_mode="combine", max_tokens=5)
+    llm = SpringLLM(spring_model=sm, adapters=str(store_folder), knowledge="combine", max_tokens=5)
     chain = create_spring_rag_chain(retriever, llm)
     with llm.parametric_adapters.activate(["doc-1", "doc-5"]):
         expected = sm.generate(QUESTION, [PASSAGE, "Yale is in New Haven."], 0, max_new_tokens=5).text
@@ -104,7 +104,7 @@ def test_langchain_chain_with_the_compressor_activates_the_retrieved_documents(s
 def test_llama_index_llm_answers_with_adapters_per_call_in_threads_and_tasks(sm, adapters, store_folder, tmp_path):
     from llama_index.llms.spring import SpringLLM
 
-    llm = SpringLLM(spring_model=sm, adapters=adapters, parametric_mode="prag", max_new_tokens=6)
+    llm = SpringLLM(spring_model=sm, adapters=adapters, knowledge="prag", max_new_tokens=6)
     expected = expected_answers(sm, adapters)
 
     def ask(doc: str) -> str:
@@ -119,7 +119,7 @@ def test_llama_index_llm_answers_with_adapters_per_call_in_threads_and_tasks(sm,
 
     assert dict(zip(DOCS, asyncio.run(all_tasks()), strict=True)) == expected
     with pytest.raises(OptionError, match="needs adapters"):
-        SpringLLM(spring_model=sm, parametric_mode="prag")
+        SpringLLM(spring_model=sm, knowledge="prag")
 
 
 def test_llama_index_query_engine_with_the_postprocessor_and_combine(sm, store_folder, tmp_path):
@@ -133,7 +133,7 @@ def test_llama_index_query_engine_with_the_postprocessor_and_combine(sm, store_f
     corpus.write_text("".join(json.dumps({"id": doc, "title": "", "text": f"Passage {i} about Harvard."}) + "\n"
                               for i, doc in enumerate(DOCS[:3])))
     retriever = SpringRetriever.from_corpus(corpus, tmp_path / "bm25", backend="bm25", similarity_top_k=2)
-    llm = SpringLLM(spring_model=sm, adapters=str(store_folder), parametric_mode="combine", max_new_tokens=5)
+    llm = SpringLLM(spring_model=sm, adapters=str(store_folder), knowledge="combine", max_new_tokens=5)
     engine = spring_query_engine(retriever, llm, node_postprocessors=[ParametricAdapterPostprocessor()])
     response = engine.query(QUESTION)
     ids = [node.node.metadata["adapter_id"] for node in response.source_nodes]

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from spring_core.data import read_corpus, sample_corpus_path
-from spring_core.errors import DataError
+from spring_core.errors import DataError, OptionError
 from spring_core.retrieval import (
     BM25Store,
     DenseStore,
@@ -46,12 +46,12 @@ def test_index_retrieve_reopen(backend, corpus_file, corpus, tmp_path):
     store, added = index_corpus(corpus_file, tmp_path / "store", backend=backend, show_progress=False)
     assert added == len(corpus) == len(store)
     assert isinstance(store, Retriever)
-    hits = store.retrieve(QUESTION, k=3)
+    hits = store.retrieve(QUESTION, top_k=3)
     assert hits[0].id == HARVARD_0 and hits[0].title == "Harvard University"
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     reopened = open_store(tmp_path / "store")
     assert len(reopened) == len(corpus)
-    assert [h.id for h in reopened.retrieve(QUESTION, k=3)] == [h.id for h in hits]
+    assert [h.id for h in reopened.retrieve(QUESTION, top_k=3)] == [h.id for h in hits]
     assert reopened.get([HARVARD_0])[0].text.startswith("Established originally")
 
 
@@ -72,7 +72,7 @@ def test_delete_and_metadata(backend, corpus, tmp_path):
     assert hit.metadata == {"source": "squad", "year": 2016}
     store.delete([corpus[0]["id"]])
     assert len(open_store(tmp_path / "store")) == 3
-    assert corpus[0]["id"] not in {h.id for h in open_store(tmp_path / "store").retrieve(QUESTION, k=3)}
+    assert corpus[0]["id"] not in {h.id for h in open_store(tmp_path / "store").retrieve(QUESTION, top_k=3)}
     with pytest.raises(StoreError, match="unknown passage id"):
         store.get([corpus[0]["id"]])
 
@@ -131,14 +131,14 @@ def test_bm25_index_that_lags_behind_its_passages_is_rebuilt(corpus, tmp_path):
     with (tmp_path / "store" / "passages.jsonl").open("a") as handle:  # as if cut off before the index swap
         handle.write(json.dumps({"id": corpus[5]["id"], "text": corpus[5]["text"]}) + "\n")
     reopened = BM25Store.open(tmp_path / "store")
-    assert len(reopened) == 6 and corpus[5]["id"] in {h.id for h in reopened.retrieve(corpus[5]["text"][:80], k=2)}
+    assert len(reopened) == 6 and corpus[5]["id"] in {h.id for h in reopened.retrieve(corpus[5]["text"][:80], top_k=2)}
 
 
-def test_bad_k_and_empty_store(tmp_path):
+def test_bad_top_k_and_empty_store(tmp_path):
     store = BM25Store.create(tmp_path / "store")
-    assert store.retrieve("anything", k=3) == []
-    with pytest.raises(ValueError, match="positive integer"):
-        store.retrieve("anything", k=0)
+    assert store.retrieve("anything", top_k=3) == []
+    with pytest.raises(OptionError, match="top_k must be an integer >= 1"):
+        store.retrieve("anything", top_k=0)
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_cli_index_and_search(corpus_file, tmp_path):
     built = cli("index", str(corpus_file), "--store", str(tmp_path / "s"), "--backend", "bm25")
     assert built.returncode == 0, built.stderr
     assert "added 20 passages" in built.stdout
-    found = cli("search", str(tmp_path / "s"), QUESTION, "-k", "2")
+    found = cli("search", str(tmp_path / "s"), QUESTION, "--top-k", "2")
     assert found.returncode == 0 and found.stdout.startswith("1. [") and HARVARD_0 in found.stdout
     missing = cli("search", str(tmp_path / "absent"), "q")
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
@@ -175,8 +175,8 @@ def test_cli_index_and_search(corpus_file, tmp_path):
 def test_hybrid_store_fuses_dense_and_bm25_ranks(corpus_file, corpus, tmp_path):
     store, added = index_corpus(corpus_file, tmp_path / "store", backend="hybrid", show_progress=False)
     assert added == len(corpus) == len(store)
-    dense, sparse = store.dense.retrieve(QUESTION, k=8), store.sparse.retrieve(QUESTION, k=8)
-    fused = store.retrieve(QUESTION, k=3)
+    dense, sparse = store.dense.retrieve(QUESTION, top_k=8), store.sparse.retrieve(QUESTION, top_k=8)
+    fused = store.retrieve(QUESTION, top_k=3)
     assert fused[0].id == HARVARD_0
     expected = {}
     for ranking in (dense, sparse):
@@ -185,6 +185,7 @@ def test_hybrid_store_fuses_dense_and_bm25_ranks(corpus_file, corpus, tmp_path):
     assert [h.id for h in fused] == sorted(expected, key=lambda i: (-expected[i], i))[:3]
     assert fused[0].score == pytest.approx(expected[HARVARD_0])
     reopened = open_store(tmp_path / "store")
-    assert reopened.backend == "hybrid" and [h.id for h in reopened.retrieve(QUESTION, k=3)] == [h.id for h in fused]
+    assert reopened.backend == "hybrid"
+    assert [h.id for h in reopened.retrieve(QUESTION, top_k=3)] == [h.id for h in fused]
     store.delete([HARVARD_0])
-    assert HARVARD_0 not in {h.id for h in open_store(tmp_path / "store").retrieve(QUESTION, k=3)}
+    assert HARVARD_0 not in {h.id for h in open_store(tmp_path / "store").retrieve(QUESTION, top_k=3)}

@@ -93,7 +93,7 @@ def closed_port() -> int:
 
 
 def test_an_unreachable_server_is_a_clear_error_after_the_retries(tiny):
-    backend = VLLMBackend(f"http://127.0.0.1:{closed_port()}/v1", max_retries=1, backoff=0.01, timeout=2)
+    backend = VLLMBackend(f"http://127.0.0.1:{closed_port()}/v1", max_retries=1, backoff=0.01, request_timeout=2)
     engine = Engine(SpringModel(*tiny), backend=backend)
     with pytest.raises(ServerError, match="cannot reach the vLLM server .* after 2 tries"):
         engine.generate(Request(prompt="Hello", settings={"max_new_tokens": 2}))
@@ -102,7 +102,7 @@ def test_an_unreachable_server_is_a_clear_error_after_the_retries(tiny):
 def test_marginal_decoding_is_refused_on_a_server_before_any_request(tiny):
     engine = Engine(SpringModel(*tiny), backend=as_backend(f"http://127.0.0.1:{closed_port()}"))
     docs = [ParametricDocument(None, "X is Y.", 1.0)]
-    with pytest.raises(ServerError, match="mode 'rag-token' cannot be served"):
-        engine.generate(Request(question="Who?", documents=docs, k=0, mode="rag-token"))
+    with pytest.raises(ServerError, match="decoding 'rag-token' cannot be served"):
+        engine.generate(Request(question="Who?", documents=docs, k=0, decoding="rag-token"))
     with pytest.raises(ValueError, match="server URL"):
         as_backend("127.0.0.1:8000")

@@ -29,7 +29,7 @@ def test_two_open_handles_keep_each_others_writes(halves, tmp_path):
     assert b.add(halves[1]) == 111  # b was opened before a wrote: it must not write its stale view back
     assert len(b) == len(BM25Store.open(tmp_path / "s")) == 222
     assert a.add(halves[1]) == 0 and len(a) == 222  # a catches up with b's write too
-    assert {hit.id for hit in a.retrieve(halves[1][0]["text"][:80], k=3)} & {halves[1][0]["id"]}
+    assert {hit.id for hit in a.retrieve(halves[1][0]["text"][:80], top_k=3)} & {halves[1][0]["id"]}
     b.delete([halves[0][0]["id"]])
     a.add(halves[1][:1])
     assert len(open_store(tmp_path / "s")) == 221

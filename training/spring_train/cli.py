@@ -35,7 +35,7 @@ examples:
   spring-rag demo                                  answer 3 SQuAD questions with and without the token block
   spring-rag demo --tokens my-tokens/ --k 10       the same with a trained artifact and 10 tokens
   spring-rag index corpus.jsonl --store store/     embed a {{"id","title","text"}} JSONL corpus into a chromadb store
-  spring-rag search store/ "who founded Harvard?" -k 3
+  spring-rag search store/ "who founded Harvard?" --top-k 3
   spring-rag train --data qa.jsonl --corpus corpus.jsonl --out my-tokens --lr 1e-3
                                                    train virtual tokens (see spring-rag train --help)
   spring-rag info my-tokens/                       show an artifact's manifest (base model, n, layout, metrics)
@@ -88,10 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--batch-size", type=int, default=64, help="passages embedded per batch (default: 64)")
 
     search = commands.add_parser("search", help="query a retrieval store",
-                                 description="Print the k best passages for QUERY with their scores.")
+                                 description="Print the --top-k best passages for QUERY with their scores.")
     search.add_argument("store", help="store folder built by `spring-rag index`")
     search.add_argument("query", help="the question or keywords")
-    search.add_argument("-k", type=int, default=5, help="how many passages (default: 5)")
+    search.add_argument("--top-k", type=int, default=5, help="how many passages (default: 5)")
     search.add_argument("--embedder", help="must match the store's embedder (default: the one it was built with)")
 
     info = commands.add_parser("info", help="print an artifact's manifest",
@@ -288,8 +288,8 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
                          "(e.g. HotpotQA's gold + distractor paragraphs); repeatable")
     ev.add_argument("--retriever", choices=["bm25", "dense", "hybrid"], default="bm25",
                     help="store backend built from --corpus (default: bm25)")
-    ev.add_argument("--mode", default="concat",
-                    help="comma-separated decoding modes: concat (default; all passages in one prompt), rag-token, "
+    ev.add_argument("--decoding", default="stuff",
+                    help="comma-separated decodings: stuff (default; all passages in one prompt), rag-token, "
                          "rag-sequence, rag-sequence-fast (passages read one by one, weighted by retriever scores)")
     ev.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default: 16)")
     ev.add_argument("--batch-size", type=int, default=16, help="questions per generate call (default: 16)")
@@ -326,7 +326,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     plan = EvalPlan(model=args.model, methods=parse_methods(args.methods), ks=ks, plus_ks=plus_ks, tokens=args.tokens,
                     lora=args.lora, prefix=args.prefix, spring_plus=args.spring_plus,
                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                    modes=[m.strip() for m in args.mode.split(",") if m.strip()])
+                    decodings=[m.strip() for m in args.decoding.split(",") if m.strip()])
     out = Path(args.out)
     datasets = load_datasets(args.data, limit=args.limit, passages=args.passages, corpus=args.corpus,
                              store=args.store, retriever=args.retriever, cache_dir=out / "cache",
@@ -504,7 +504,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "search":
         from spring_core.retrieval import open_store
 
-        for rank, hit in enumerate(open_store(args.store, args.embedder).retrieve(args.query, args.k), start=1):
+        for rank, hit in enumerate(open_store(args.store, args.embedder).retrieve(args.query, args.top_k), start=1):
             snippet = hit.text if len(hit.text) <= 160 else hit.text[:157] + "..."
             print(f"{rank}. [{hit.score:.3f}] {hit.id}  {hit.title}\n   {snippet}")
     elif args.command == "info":

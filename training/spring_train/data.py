@@ -77,13 +77,13 @@ def open_retriever(*, corpus: str | None, store: str | None, backend: str, cache
     return None
 
 
-def attach_retrieved(sources: Sequence[DataSource], retriever: Store, k: int, batch_size: int = 256) -> None:
-    """Replace every row's passages by the ``k`` best retrieved for its question (best first), with their
+def attach_retrieved(sources: Sequence[DataSource], retriever: Store, top_k: int, batch_size: int = 256) -> None:
+    """Replace every row's passages by the ``top_k`` best retrieved for its question (best first), with their
     retriever scores in ``passage_scores``."""
     for source in sources:
         for start in range(0, len(source.rows), batch_size):
             chunk = source.rows[start:start + batch_size]
-            hits = retriever.retrieve_batch([row["question"] for row in chunk], k)
+            hits = retriever.retrieve_batch([row["question"] for row in chunk], top_k)
             for row, row_hits in zip(chunk, hits, strict=True):
                 row["passages"] = [hit.as_passage() for hit in row_hits]
                 row["passage_scores"] = [hit.score for hit in row_hits]

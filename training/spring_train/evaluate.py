@@ -13,8 +13,8 @@ Methods (``--methods``; ``:closed-book`` after a trained method drops the passag
 ``spring+``        virtual tokens trained on top of a LoRA, once per ``k``
 =================  ==========================================================================================
 
-``modes`` adds RAG-Token / RAG-Sequence decoding (passages read one by one, weighted by their retriever scores)
-next to the default ``concat`` for the methods in the SPRING layout (concat, spring, spring+, lora, prefix).
+``decodings`` adds RAG-Token / RAG-Sequence decoding (passages read one by one, weighted by their retriever scores)
+next to the default ``stuff`` decoding for the methods in the SPRING layout (concat, spring, spring+, lora, prefix).
 
 Predictions are appended to ``predictions.jsonl`` as each batch finishes, so an interrupted run resumes where it
 stopped. Each line carries a digest of what produced it (model, artifact files, generation length, the question
@@ -108,12 +108,12 @@ class EvalPlan:
     spring_plus: str | None = None
     max_new_tokens: int = 16
     batch_size: int = 16
-    modes: list[str] = field(default_factory=lambda: ["concat"])
+    decodings: list[str] = field(default_factory=lambda: ["stuff"])
 
     def __post_init__(self) -> None:
-        unknown = [mode for mode in self.modes if mode not in DECODINGS]
-        if unknown or not self.modes:
-            raise EvalError(f"unknown decoding mode(s) {unknown}; choose from {', '.join(DECODINGS)}")
+        unknown = [decoding for decoding in self.decodings if decoding not in DECODINGS]
+        if unknown or not self.decodings:
+            raise EvalError(f"unknown decoding(s) {unknown}; choose from {', '.join(DECODINGS)}")
         for method in self.methods:
             option = TRAINED.get(method.key)
             if option and not getattr(self, option):
@@ -202,11 +202,11 @@ def evaluate(plan: EvalPlan, datasets: dict[str, list[dict[str, Any]]], out: str
         for k in ks:
             if k is not None:
                 sm.check_k(k)
-            for mode in plan.modes:
-                if mode != "concat" and not method.marginal:
+            for decoding in plan.decodings:
+                if decoding != "stuff" and not method.marginal:
                     continue  # marginal decoding reads passages one by one in the SPRING layout
                 for name, rows in datasets.items():
-                    results.append(_run_one(plan, sm, method, k, mode, name, rows, store, progress, setup))
+                    results.append(_run_one(plan, sm, method, k, decoding, name, rows, store, progress, setup))
     return results
 
 
@@ -252,23 +252,23 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, mode: str, dataset: str,
+def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, decoding: str, dataset: str,
              rows: list[dict[str, Any]], store: _PredictionStore, progress: Callable[[str], None],
              setup: str) -> dict[str, Any]:
-    label = method.label if mode == "concat" else f"{method.label} [{mode}]"
+    label = method.label if decoding == "stuff" else f"{method.label} [{decoding}]"
     key = (dataset, label, k)
     inputs = {str(row["id"]): _input_digest(setup, row, _passages(method, row)) for row in rows}
     todo = [row for row in rows if (*key, str(row["id"]), inputs[str(row["id"])]) not in store.done]
-    if mode == "concat":
+    if decoding == "stuff":
         _generate_batched(plan, sm, method, k, key, todo, store, inputs)
     else:
         for row in todo:
             began = time.perf_counter()
-            out = sm.generate(row["question"], _passages(method, row), k or 0, mode=mode,
+            out = sm.generate(row["question"], _passages(method, row), k or 0, decoding=decoding,
                               scores=row.get("passage_scores"), max_new_tokens=plan.max_new_tokens)
             store.add([_prediction(key, row, out.text, time.perf_counter() - began, inputs)])
     predictions = [store.done[(*key, str(row["id"]), inputs[str(row["id"])])] for row in rows]
-    result = {"dataset": dataset, "method": label, "k": k, "mode": mode,
+    result = {"dataset": dataset, "method": label, "k": k, "decoding": decoding,
               "retrieval": not method.closed_book and method.key != "closed-book"}
     result.update(aggregate([p["scores"] for p in predictions]))
     lines = aggregate([p["scores_line"] for p in predictions])

@@ -14,10 +14,10 @@ Example:
     >>> Settings.llm = SpringLLM(tokens="smollm2-135m-squad", k=10)                # doctest: +SKIP
     >>> index.as_query_engine().query("Who is Harvard named after?")               # doctest: +SKIP
 
-``mode`` (``concat``, ``rag-token``, ``rag-sequence``, ``rag-sequence-fast``) applies where the LLM receives the
+``decoding`` (``stuff``, ``rag-token``, ``rag-sequence``, ``rag-sequence-fast``) applies where the LLM receives the
 retrieved passages one by one: ``SpringLLM.answer`` and the ``SpringSynthesizer`` that ``spring_query_engine``
-uses for a marginal mode. LlamaIndex's own synthesizers (``compact``, ``refine``, ``tree_summarize``) repack the
-nodes into one context string before the LLM sees them, so their prompts always run as ``concat``.
+uses for a marginal decoding. LlamaIndex's own synthesizers (``compact``, ``refine``, ``tree_summarize``) repack the
+nodes into one context string before the LLM sees them, so their prompts always run as ``stuff``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from spring_core.aio import iterate_in_thread
 from spring_core.engine import Engine, Request
 from spring_core.errors import OptionError
 from spring_core.models import DEFAULT_MODEL, shared_model
-from spring_core.parametric.online import ParametricDocument, check_parametric_mode, open_adapters
+from spring_core.parametric.online import ParametricDocument, check_knowledge, open_adapters
 from spring_core.placement import Span, fill_placeholders, place_block
 from spring_core.prompts import has_chat_template, render_chat, unique_sentinel
 from spring_core.serving import as_backend
@@ -85,13 +85,13 @@ class SpringLLM(CustomLLM):
     Per-call keyword arguments override ``generate_kwargs``: ``max_new_tokens``, ``temperature``, ``top_p``,
     ``seed``, ``stop``.
 
-    ``prompt_layout="chat"`` wraps completion prompts in the tokenizer's chat template as one user turn (what
+    ``layout="chat"`` wraps completion prompts in the tokenizer's chat template as one user turn (what
     instruct models such as SmolLM2 expect); by default it is the layout the tokens were trained with.
 
-    ``mode`` picks how ``answer`` reads separate passages: ``concat`` (one prompt) or RAG-Token / RAG-Sequence
+    ``decoding`` picks how ``answer`` reads separate passages: ``stuff`` (one prompt) or RAG-Token / RAG-Sequence
     marginal decoding, each passage weighted by ``softmax(score / weight_temperature)``.
 
-    ``adapters`` (a folder from ``spring-rag parametrize``) with ``parametric_mode`` ``prag`` or ``combine`` makes
+    ``adapters`` (a folder from ``spring-rag parametrize``) with ``knowledge`` ``prag`` or ``combine`` makes
     ``answer`` activate the documents' adapters for that call only (``spring_query_engine`` with
     ``ParametricAdapterPostprocessor`` passes their ids); ``icl`` (the default) reads the passages as text.
 
@@ -108,14 +108,14 @@ class SpringLLM(CustomLLM):
                                             description="Defaults for temperature, top_p, seed, stop.")
     tokens: Any = Field(default=None, description="Artifact folder or VirtualTokens; None for the plain model.")
     k: int | None = Field(default=None, ge=0, description="Virtual tokens per RAG prompt (None: all of them).")
-    prompt_layout: str | None = Field(default=None, description="'raw' or 'chat'; default: the artifact's.")
+    layout: str | None = Field(default=None, description="'raw' or 'chat'; default: the artifact's.")
     device: str | None = Field(default=None, description="'cpu', 'cuda', ...; default: CUDA when available.")
-    mode: str = Field(default="concat",
+    decoding: str = Field(default="stuff",
                       description="How answer() reads separate passages: " + ", ".join(options.DECODINGS))
     weight_temperature: float = Field(default=1.0, gt=0, description="Passage weights: softmax(scores / this).")
     adapters: Any = Field(default=None, description="Parametric RAG: a folder from `spring-rag parametrize` "
                                                     "(PRAG store or Poly-PRAG experts), or loaded adapters.")
-    parametric_mode: str = Field(default="icl", description="How answer() uses retrieved documents: "
+    knowledge: str = Field(default="icl", description="How answer() uses retrieved documents: "
                                                             + ", ".join(options.KNOWLEDGE))
     missing_adapter: str = Field(default="error", description="A document without adapter: 'error' or 'icl' "
                                                               "(read its text instead, logged).")
@@ -128,24 +128,24 @@ class SpringLLM(CustomLLM):
     def __init__(self, *, model: Any = None, tokenizer: Any = None, spring_model: SpringModel | None = None,
                  **kwargs: Any):
         super().__init__(**kwargs)
-        options.choice("mode", self.mode, options.DECODINGS)
+        options.choice("decoding", self.decoding, options.DECODINGS)
         if spring_model is None:
             if model is None and tokenizer is None:
                 model, tokenizer = shared_model(self.model_name, self.device)
             spring_model = SpringModel.from_pretrained(self.model_name, self.tokens, device=self.device, model=model,
-                                                       tokenizer=tokenizer, layout=self.prompt_layout)
+                                                       tokenizer=tokenizer, layout=self.layout)
         adapters = self.adapters
         if isinstance(adapters, (str, Path)):
             adapters = open_adapters(adapters, spring_model.model, model_name=self.model_name)
-        check_parametric_mode(self.parametric_mode, adapters)
+        check_knowledge(self.knowledge, adapters)
         self._engine = Engine(spring_model, adapters, as_backend(self.backend))
-        self.prompt_layout = self.prompt_layout or spring_model.layout
+        self.layout = self.layout or spring_model.layout
         if not self.context_window:
             self.context_window = int(getattr(spring_model.model.config, "max_position_embeddings", 2048))
         # partials of module functions, not bound methods: a field holding self would make repr() recurse
         if self.messages_to_prompt is None or self.messages_to_prompt is generic_messages_to_prompt:
             self.messages_to_prompt = functools.partial(chat_template_prompt, spring_model.tokenizer)
-        if self.completion_to_prompt in (None, default_completion_to_prompt) and self.prompt_layout == "chat":
+        if self.completion_to_prompt in (None, default_completion_to_prompt) and self.layout == "chat":
             self.completion_to_prompt = functools.partial(user_turn_prompt, spring_model.tokenizer)
 
     @classmethod
@@ -214,7 +214,7 @@ class SpringLLM(CustomLLM):
             return False
         if messages:
             return isinstance(self.messages_to_prompt, functools.partial)  # ours: chat_template_prompt
-        return self.prompt_layout == "chat"
+        return self.layout == "chat"
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -267,10 +267,10 @@ class SpringLLM(CustomLLM):
     def _predict_start(self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]) -> None:
         dispatcher.event(LLMPredictStartEvent(template=prompt, template_args=prompt_args))
         self._log_template_data(prompt, **prompt_args)
-        if self.mode != "concat":
-            self._warn_once("packed", f"SpringLLM(mode={self.mode!r}) got one finished prompt (e.g. from a compact, "
-                            "refine or tree_summarize synthesizer, which pack every node into one context), so it "
-                            "runs as 'concat'. To read the nodes one by one, build the engine with "
+        if self.decoding != "stuff":
+            self._warn_once("packed", f"SpringLLM(decoding={self.decoding!r}) got one finished prompt (e.g. from a "
+                            "compact, refine or tree_summarize synthesizer, which pack every node into one context), "
+                            "so it runs as 'stuff'. To read the nodes one by one, build the engine with "
                             "spring_query_engine(...) or pass SpringSynthesizer(llm=...) as its response_synthesizer")
 
     def _refuse_output_parser(self, prompt: BasePromptTemplate) -> None:
@@ -282,16 +282,16 @@ class SpringLLM(CustomLLM):
     @llm_completion_callback()
     def answer(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None = None,
                adapter_ids: Sequence[str | None] | None = None, **kwargs: Any) -> CompletionResponse:
-        """Answer ``query`` from ``passages`` read as separate passages with ``mode`` (per call: ``mode=``).
+        """Answer ``query`` from ``passages`` read as separate passages with ``decoding`` (per call: ``decoding=``).
 
         LlamaIndex's instrumentation sees the call as a completion whose prompt is ``query``. ``scores`` are the
         retriever's (higher is better, e.g. ``NodeWithScore.score``); ``None`` or all-``None`` weighs the passages
-        equally. ``adapter_ids`` name each passage's document adapter for ``parametric_mode`` ``prag`` /
-        ``combine`` (per call: ``parametric_mode=``); they are active for this call only. Other keyword arguments:
+        equally. ``adapter_ids`` name each passage's document adapter for ``knowledge`` ``prag`` /
+        ``combine`` (per call: ``knowledge=``); they are active for this call only. Other keyword arguments:
         ``k`` and the generation settings of ``complete``.
 
         Example:
-            >>> llm = SpringLLM(tokens="my-tokens/", mode="rag-token", k=10)                 # doctest: +SKIP
+            >>> llm = SpringLLM(tokens="my-tokens/", decoding="rag-token", k=10)                 # doctest: +SKIP
             >>> llm.answer("Who founded X?", ["X was founded by Y.", "Z is in W."], [0.8, 0.3]).text  # doctest: +SKIP
             'Y'
         """
@@ -299,7 +299,7 @@ class SpringLLM(CustomLLM):
 
     def _answer_request(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None,
                         adapter_ids: Sequence[str | None] | None, kwargs: dict[str, Any]) -> Request:
-        settings = self._settings(kwargs, extra=("k", "mode", "parametric_mode"))
+        settings = self._settings(kwargs, extra=("k", "decoding", "knowledge"))
         passages = options.passages(passages, required=True)
         scores = list(scores) if scores is not None else [None] * len(passages)
         ids = list(adapter_ids) if adapter_ids is not None else [None] * len(passages)
@@ -308,8 +308,8 @@ class SpringLLM(CustomLLM):
                               "give one of each per passage")
         documents = [ParametricDocument(i, p, s) for i, p, s in zip(ids, passages, scores, strict=True)]
         return Request(question=query, documents=documents, k=kwargs.get("k", self.k),
-                       mode=kwargs.get("mode", self.mode),
-                       parametric_mode=kwargs.get("parametric_mode", self.parametric_mode),
+                       decoding=kwargs.get("decoding", self.decoding),
+                       knowledge=kwargs.get("knowledge", self.knowledge),
                        missing_adapter=self.missing_adapter, weight_temperature=self.weight_temperature,
                        settings=settings)
 

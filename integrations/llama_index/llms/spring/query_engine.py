@@ -29,7 +29,7 @@ def spring_prompt_kwargs(llm: SpringLLM, k: int | None = None) -> dict[str, Any]
     (default: the LLM's ``k``, else all of its tokens; none when it has no tokens)."""
     if k is not None:
         llm.spring_model.check_k(k)
-    layout = llm.prompt_layout or "raw"
+    layout = llm.layout or "raw"
     return {
         "text_qa_template": spring_text_qa_template(k, layout),
         "refine_template": spring_refine_template(k, layout),
@@ -41,21 +41,21 @@ def spring_query_engine(index_or_retriever: BaseIndex | BaseRetriever, llm: Spri
                         response_mode: str | None = None, **kwargs: Any) -> RetrieverQueryEngine:
     """A query engine over an index or a retriever that gives ``llm`` the SPRING layout.
 
-    With ``llm.mode == "concat"`` (the default) it is LlamaIndex's own synthesizer with the three SPRING templates
+    With ``llm.decoding == "stuff"`` (the default) it is LlamaIndex's own synthesizer with the three SPRING templates
     set; ``response_mode`` is any of LlamaIndex's (``compact`` by default, ``refine``, ``tree_summarize``, ...).
-    With a marginal mode (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``) or a parametric mode (``prag``,
+    With a marginal decoding (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``) or a knowledge mode (``prag``,
     ``combine``) the nodes must reach the LLM one by one, with their adapter ids (add
     ``ParametricAdapterPostprocessor`` to ``node_postprocessors``), so the engine uses ``SpringSynthesizer`` and a
     ``response_mode`` (which would repack them) is refused.
     ``kwargs`` go to ``as_query_engine`` / ``RetrieverQueryEngine.from_args`` (e.g. ``similarity_top_k``,
     ``node_postprocessors``, ``streaming``).
     """
-    if llm.mode != "concat" or llm.parametric_mode != "icl":
+    if llm.decoding != "stuff" or llm.knowledge != "icl":
         if response_mode is not None:
             raise ValueError(
-                f"SpringLLM(mode={llm.mode!r}, parametric_mode={llm.parametric_mode!r}) reads every retrieved node "
+                f"SpringLLM(decoding={llm.decoding!r}, knowledge={llm.knowledge!r}) reads every retrieved node "
                 f"on its own, but response_mode={response_mode!r} packs the nodes into one prompt; drop "
-                "response_mode, or use mode='concat' and parametric_mode='icl'"
+                "response_mode, or use decoding='stuff' and knowledge='icl'"
             )
         synthesizer = SpringSynthesizer(llm=llm, k=k, streaming=kwargs.pop("streaming", False))
         options: dict[str, Any] = {"response_synthesizer": synthesizer}

@@ -10,7 +10,7 @@ and ``NodeWithScore.score`` its retriever score.
 Example:
     >>> from llama_index.core.query_engine import RetrieverQueryEngine
     >>> from llama_index.llms.spring import SpringLLM, SpringSynthesizer
-    >>> llm = SpringLLM(tokens="my-tokens/", mode="rag-sequence", k=10)                 # doctest: +SKIP
+    >>> llm = SpringLLM(tokens="my-tokens/", decoding="rag-sequence", k=10)                 # doctest: +SKIP
     >>> engine = RetrieverQueryEngine(retriever, response_synthesizer=SpringSynthesizer(llm=llm))  # doctest: +SKIP
     >>> engine.query("Who founded Harvard?").response                                  # doctest: +SKIP
 """
@@ -29,14 +29,14 @@ from llama_index.llms.spring.base import SpringLLM
 
 
 class SpringSynthesizer(BaseSynthesizer):
-    """Answer from the retrieved nodes as separate passages with ``SpringLLM.answer`` (the LLM's ``mode``).
+    """Answer from the retrieved nodes as separate passages with ``SpringLLM.answer`` (the LLM's ``decoding``).
 
     Args:
         llm: the ``SpringLLM`` that answers.
         k: virtual tokens per passage (default: the LLM's ``k``, else all of its tokens).
         streaming: yield the answer as a stream; the marginal modes settle it at the end, so it comes as one piece.
         adapter_key: node metadata that names the document adapter (``ParametricAdapterPostprocessor`` writes it),
-            for the LLM's ``parametric_mode``.
+            for the LLM's ``knowledge``.
         **kwargs: the other ``BaseSynthesizer`` options (``callback_manager``, ``empty_response``, ...).
     """
 

@@ -3,7 +3,7 @@
 In parametric RAG each document has a trained adapter; the LLM activates the adapters of the documents retrieved
 for a query. This postprocessor is the hand-over point: it writes each node's document id into
 ``metadata[metadata_key]`` (default ``"adapter_id"``), hidden from the LLM and embedder text, and ``adapter_ids``
-reads them back in retrieval order; ``SpringLLM(adapters=..., parametric_mode="prag" | "combine")`` behind
+reads them back in retrieval order; ``SpringLLM(adapters=..., knowledge="prag" | "combine")`` behind
 ``spring_query_engine`` activates them for that query only. It never drops a node: nodes without a known adapter
 are passed on untagged (``SpringLLM(missing_adapter="icl")`` then reads them as ordinary context).
 
