@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from spring_core import SpringModel
-from spring_core.artifacts import artifact_bytes
+from spring_core.artifacts.manifest import artifact_bytes
 from spring_core.data import read_qa
 from spring_core.engine import answer_with_adapters
 from spring_core.metrics import aggregate, score

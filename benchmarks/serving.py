@@ -40,7 +40,7 @@ import torch
 from spring_core import PromptParts, SpringModel
 from spring_core.data import demo_qa_path, read_qa
 from spring_core.engine import Engine, Request
-from spring_core.models import shared_model
+from spring_core.models import DEFAULT_POOL
 from spring_core.serving import VLLMBackend
 
 TOKENS = "smollm2-135m-squad"
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
 
-    model, tokenizer = shared_model("smollm2-135m")
+    model, tokenizer = DEFAULT_POOL.get("smollm2-135m")
     spring = SpringModel(model, tokenizer, TOKENS, layout="raw")
     spring_prompts, plain_prompts = prompts(spring)
     engines = {"hf": Engine(spring), "vllm": Engine(spring, backend=VLLMBackend(args.url))}

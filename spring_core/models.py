@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import logging
@@ -22,6 +21,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,16 +264,44 @@ def model_display_name(model: Any, fallback: str = "unknown-model") -> str:
     return Path(name).name if os.path.isabs(name) else name
 
 
-_SHARED_LOCK = threading.RLock()
+class ModelPool:
+    """Base models loaded by name and shared by every component that names the same one (weights are only read).
+
+    The integrations load through ``DEFAULT_POOL`` when they are given a model name; pass ``spring_model=`` (or
+    ``model=``/``tokenizer=``) to share a model you loaded yourself instead. The ``capacity`` most recently used
+    models stay loaded; ``clear()`` lets the rest of the process free them.
+
+    Example:
+        >>> pool = ModelPool(capacity=1)
+        >>> model, tokenizer = pool.get("smollm2-135m")              # doctest: +SKIP
+        >>> pool.get("smollm2-135m")[0] is model                      # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, capacity: int = 2):
+        self.capacity = capacity
+        self._models: OrderedDict[tuple[str, str | None, str | None], tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def get(self, name: str, device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` for ``name`` on ``device`` in ``dtype``, loaded on first use."""
+        key = (name, None if device is None else str(device), None if dtype is None else str(dtype))
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load_model(name, device=device, dtype=dtype)
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)
+            self._models.move_to_end(key)
+            return self._models[key]
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def clear(self) -> None:
+        """Forget every loaded model (components that hold one keep it)."""
+        with self._lock:
+            self._models.clear()
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_model(name: str, device: str | None, dtype: Any) -> tuple[Any, Any]:
-    return load_model(name, device=device, dtype=dtype)
-
-
-def shared_model(name: str, device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for ``name``, loaded once per process and shared (base weights are only read);
-    the two most recently used models stay cached. What the integrations use when a model is named."""
-    with _SHARED_LOCK:
-        return _cached_model(name, device, dtype)
+DEFAULT_POOL = ModelPool()
+"""The pool the integrations load named models from."""

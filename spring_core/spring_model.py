@@ -245,8 +245,9 @@ class SpringModel:
 def _check_adapter(tokens: VirtualTokens | None, model: Any) -> None:
     """SPRING+ tokens were trained on a LoRA-adapted model: refuse them on a model without that LoRA merged."""
     adapter = tokens.manifest.get("adapter") if tokens is not None else None
-    if adapter and getattr(model, "spring_rag_adapter", None) != adapter.get("sha256"):
+    if adapter and getattr(model, "spring_rag_merged_lora", None) != adapter.get("sha256"):
         raise ModelMismatchError(
             "these virtual tokens were trained on top of a LoRA (SPRING+), which this model does not carry; load "
-            "them with spring_train.adapters.load_trained(model_name, artifact_folder), which merges the LoRA"
+            "them with spring_core.artifacts.registry.load_spring_model(model_name, artifact_folder), which "
+            "merges the LoRA"
         )

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from spring_core.artifacts import (
+from spring_core.artifacts.manifest import (
     MANIFEST_NAME,
     check_fingerprint,
     new_manifest,

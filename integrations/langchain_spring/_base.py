@@ -2,7 +2,7 @@
 
 Both classes inherit ``SpringParams`` next to their LangChain base class, so every field, default and helper is
 written once; every call becomes a ``spring_core.engine.Request``. Models loaded by name are shared per process
-(``spring_core.models.shared_model``); pass ``spring_model=`` to share a model you loaded yourself.
+(``spring_core.models.DEFAULT_POOL``); pass ``spring_model=`` to share a model you loaded yourself.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from langchain_core.messages.ai import UsageMetadata
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from langchain_spring.placement import find_placement
-from langchain_spring.tracking import TRACKER
+from langchain_spring.tracking import TRACKER, install_tracker
 from spring_core import Generation, SpringModel, Usage, VirtualTokens, options
 from spring_core.engine import Engine, Request
 from spring_core.errors import OptionError
 from spring_core.generation import GenerationStream
-from spring_core.models import DEFAULT_MODEL, shared_model
+from spring_core.models import DEFAULT_MODEL, DEFAULT_POOL
 from spring_core.parametric.online import ParametricDocument, check_knowledge, open_adapters
 from spring_core.placement import Placement
 from spring_core.serving import as_backend
@@ -165,6 +165,7 @@ class SpringParams(BaseModel):
 
     @model_validator(mode="after")
     def _check_model_source(self) -> SpringParams:
+        install_tracker()
         unknown = sorted(set(self.model_kwargs) - set(LOAD_KWARGS))
         if unknown:
             raise ValueError(f"model_kwargs accepts {', '.join(LOAD_KWARGS)}; got {', '.join(unknown)}")
@@ -198,7 +199,7 @@ class SpringParams(BaseModel):
     def _load(self) -> SpringModel:
         if self.spring_model is not None:
             return self.spring_model.with_tokens(self.tokens or self.spring_model.tokens, layout=self.layout)
-        model, tokenizer = shared_model(self.model, self.model_kwargs.get("device"), self.model_kwargs.get("dtype"))
+        model, tokenizer = DEFAULT_POOL.get(self.model, self.model_kwargs.get("device"), self.model_kwargs.get("dtype"))
         return SpringModel(model, tokenizer, self.tokens, layout=self.layout)
 
     @property

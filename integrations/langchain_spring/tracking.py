@@ -2,10 +2,12 @@
 
 LangChain hands a model only rendered messages, so the model cannot see which part of them is retrieved context.
 LangChain's callbacks can: every retriever (``vector_store.as_retriever()``, ``SpringRetriever``, any
-``BaseRetriever``) reports its query and documents. ``RetrievalTracker`` is a callback handler that langchain_spring
-registers as a configure hook (the mechanism LangSmith's tracer uses), so it sees every run in the process without
-any change to the user's chain. It keeps, per root run (one ``chain.invoke``), the retrievals made so far; a model
-call in the same root run looks them up by its own run id. Records are dropped when the root run ends.
+``BaseRetriever``) reports its query and documents. ``RetrievalTracker`` is a callback handler that is registered
+as a LangChain configure hook (the mechanism LangSmith's tracer uses) when the first ``ChatSpring`` or ``SpringLLM``
+is built (``install_tracker``; importing the package registers nothing), so from then on it sees every run in the
+process without any change to the user's chain. It keeps, per root run (one ``chain.invoke``), the retrievals made
+so far; a model call in the same root run looks them up by its own run id. Records are dropped when the root run
+ends.
 
 Example:
     >>> chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | chat
@@ -151,7 +153,18 @@ def prompt_key(prompt: str | Sequence[Any]) -> str:
 
 
 TRACKER = RetrievalTracker()
-"""The process-wide tracker the models read."""
+"""The tracker the models read, once ``install_tracker`` has registered it."""
 
 _tracker_var: ContextVar[RetrievalTracker | None] = ContextVar("spring_rag_retrieval_tracker", default=TRACKER)
-register_configure_hook(_tracker_var, inheritable=True)
+_installed = threading.Event()
+_install_lock = threading.Lock()
+
+
+def install_tracker() -> RetrievalTracker:
+    """Register ``TRACKER`` with LangChain's callback configuration, once per process; ``ChatSpring`` and
+    ``SpringLLM`` call this when they are built, so only apps that use them carry the tracker."""
+    with _install_lock:
+        if not _installed.is_set():
+            register_configure_hook(_tracker_var, inheritable=True)
+            _installed.set()
+    return TRACKER

@@ -9,7 +9,8 @@
 """
 
 from spring_core.errors import UnknownDocumentError
-from spring_core.parametric.lora import DocumentAdapters, LoraUpdate, active_update, install_hooks
+from spring_core.parametric.hooks import AdapterHooks
+from spring_core.parametric.lora import DocumentAdapters, LoraUpdate
 from spring_core.parametric.online import (
     ParametricDocument,
     activated,
@@ -19,6 +20,7 @@ from spring_core.parametric.online import (
 from spring_core.parametric.store import AdapterStore, LoraSpec
 
 __all__ = [
+    "AdapterHooks",
     "AdapterStore",
     "DocumentAdapters",
     "LoraSpec",
@@ -26,8 +28,6 @@ __all__ = [
     "ParametricDocument",
     "UnknownDocumentError",
     "activated",
-    "active_update",
-    "install_hooks",
     "open_adapters",
     "plan_call",
 ]

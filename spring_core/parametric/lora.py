@@ -5,9 +5,10 @@ that update is never merged: forward hooks on the target modules add ``x @ A^T @
 ``A`` and ``B`` are the documents' factors stacked along the rank (``[sum r, in]``, ``[out, sum r]``, the scale
 folded into ``B``), which is exactly the sum of the per-document updates.
 
-Which update a forward pass sees is held in a ``contextvars.ContextVar``: every thread and every asyncio task has
-its own, so concurrent requests with different documents never see each other's adapters, and a pass with no
-active update runs the untouched modules (the hooks return ``None``), bit for bit the base model.
+The hooks belong to the adapter set that installed them (``spring_core.parametric.hooks.AdapterHooks``):
+``close()`` takes them off the model again. Which update a forward pass sees is held per thread and per asyncio
+task, so concurrent requests with different documents never see each other's adapters, and a pass with no active
+update runs the untouched modules (the hooks return ``None``), bit for bit the base model.
 
 Example:
     >>> adapters = DocumentAdapters(AdapterStore.open("adapters/", model=model), model)   # doctest: +SKIP
@@ -21,24 +22,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
+from spring_core.errors import SpringError
+from spring_core.parametric.hooks import AdapterHooks
 from spring_core.parametric.store import AdapterStore, LoraSpec
-
-
-class Update(Protocol):
-    """Anything a hooked module can ask for its extra output: ``LoraUpdate``, or a per-row update in training."""
-
-    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor | None: ...
-
-
-_ACTIVE: ContextVar[Update | None] = ContextVar("spring_rag_active_lora_update", default=None)
-_INSTALL_LOCK = threading.Lock()
-_HOOKED = "_spring_rag_lora_hooks"
 
 
 @dataclass(frozen=True)
@@ -84,42 +75,6 @@ class LoraUpdate:
         return cls(factors)
 
 
-def install_hooks(model: Any, module_names: Sequence[str]) -> None:
-    """Hook ``module_names`` of ``model`` once (idempotent); a hook adds the active update of the calling context."""
-    with _INSTALL_LOCK:
-        hooked: set[str] = getattr(model, _HOOKED, None) or set()
-        modules = dict(model.named_modules())
-        for name in module_names:
-            if name in hooked:
-                continue
-            if name not in modules:
-                raise KeyError(f"the model has no module {name!r}; the adapters were made for another architecture")
-            modules[name].register_forward_hook(_make_hook(name))
-            hooked.add(name)
-        setattr(model, _HOOKED, hooked)
-
-
-def _make_hook(name: str) -> Any:
-    def add_active_update(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
-        update = _ACTIVE.get()
-        delta = None if update is None else update.delta(name, args[0])
-        if delta is None:
-            return None  # the module's own output, untouched
-        return output + delta.to(output.dtype)
-
-    return add_active_update
-
-
-@contextmanager
-def active_update(update: Update | None) -> Iterator[None]:
-    """Make ``update`` the one forward passes in this context (thread / asyncio task) see, until the block ends."""
-    token = _ACTIVE.set(update)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
-
-
 class CachedAdapters:
     """What both kinds of parametric knowledge share: a cache of the updates of recent document combinations, and
     ``activate``, which makes one of them the update of the calling context for a block.
@@ -127,7 +82,8 @@ class CachedAdapters:
     Subclasses say which documents they know (``__contains__``) and how an update is made (``_compute``).
     """
 
-    def __init__(self, cache_size: int = 32):
+    def __init__(self, hooks: AdapterHooks | None, cache_size: int = 32):
+        self.hooks = hooks
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, ...], LoraUpdate] = OrderedDict()
         self._lock = threading.Lock()
@@ -158,8 +114,22 @@ class CachedAdapters:
     def activate(self, doc_ids: Sequence[str]) -> Iterator[LoraUpdate | None]:
         """Forward passes in this block (this thread / task only) run with the documents' update."""
         update = self.update_for(doc_ids)
-        with active_update(update):
+        if self.hooks is None:
+            raise SpringError(f"{type(self).__name__} was opened without a model, so there is nothing to activate its "
+                              "adapters on; open it with the model")
+        with self.hooks.active(update):
             yield update
+
+    def close(self) -> None:
+        """Take this adapter set's hooks off the model (the model is then exactly the base model again)."""
+        if self.hooks is not None:
+            self.hooks.remove()
+
+    def __enter__(self) -> CachedAdapters:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class DocumentAdapters(CachedAdapters):
@@ -177,10 +147,9 @@ class DocumentAdapters(CachedAdapters):
     """
 
     def __init__(self, store: AdapterStore, model: Any, *, cache_size: int = 32):
-        super().__init__(cache_size)
+        super().__init__(AdapterHooks(model, list(store.spec.modules)), cache_size)
         self.store = store
         self.model = model
-        install_hooks(model, list(store.spec.modules))
 
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self.store

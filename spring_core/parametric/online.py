@@ -30,11 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from spring_core import options
-from spring_core.artifacts import read_manifest
-from spring_core.errors import OptionError, SpringError, UnknownDocumentError
+from spring_core.artifacts.registry import open_artifact
+from spring_core.errors import OptionError, UnknownDocumentError
 from spring_core.generation import optional_scores
-from spring_core.parametric.lora import DocumentAdapters
-from spring_core.parametric.store import AdapterStore
 from spring_core.types import Passage
 
 logger = logging.getLogger("spring_rag.parametric")
@@ -51,14 +49,7 @@ class ParametricDocument:
 
 def open_adapters(folder: str | Path, model: Any, *, model_name: str = "this model") -> Any:
     """The adapters in ``folder`` for ``model``: a PRAG store (``DocumentAdapters``) or Poly-PRAG experts."""
-    kind = read_manifest(folder)["kind"]
-    if kind == "document-adapters":
-        return DocumentAdapters(AdapterStore.open(folder, model=model, model_name=model_name), model)
-    if kind == "poly-experts":
-        from spring_core.parametric.poly import PolyAdapters
-
-        return PolyAdapters.open(folder, model, model_name=model_name)
-    raise SpringError(f"{folder} holds a {kind!r} artifact, not document adapters (PRAG) or experts (Poly-PRAG)")
+    return open_artifact(folder, model, model_name=model_name, kinds=("document-adapters", "poly-experts"))
 
 
 def check_knowledge(knowledge: str, adapters: Any) -> None:

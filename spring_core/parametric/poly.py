@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
-from spring_core.artifacts import check_fingerprint, new_manifest, read_manifest, verified_file, write_artifact
+from spring_core.artifacts.manifest import check_fingerprint, new_manifest, read_manifest, verified_file, write_artifact
 from spring_core.errors import ArtifactError, UnknownDocumentError
-from spring_core.parametric.lora import CachedAdapters, LoraUpdate, install_hooks
+from spring_core.parametric.hooks import AdapterHooks
+from spring_core.parametric.lora import CachedAdapters, LoraUpdate
 from spring_core.parametric.store import LoraSpec
 
 KIND = "poly-experts"
@@ -67,15 +68,13 @@ class PolyAdapters(CachedAdapters):
                  cache_size: int = 32):
         if routing.shape[0] != len(doc_ids):
             raise ArtifactError(f"routing has {routing.shape[0]} rows for {len(doc_ids)} documents")
-        super().__init__(cache_size)
+        super().__init__(None if model is None else AdapterHooks(model, list(spec.modules)), cache_size)
         self.spec, self.experts, self.model = spec, dict(experts), model
         self.routing = routing.float()
         self.doc_ids = list(doc_ids)
         self.rows = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
         self.top_experts = top_experts
         self.manifest = manifest or {}
-        if model is not None:
-            install_hooks(model, list(spec.modules))
 
     @property
     def num_experts(self) -> int:

@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from spring_core.artifacts import (
+from spring_core.artifacts.manifest import (
     MANIFEST_NAME,
     artifact_bytes,
     atomic_write_bytes,

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from spring_core.artifacts import atomic_write_bytes, read_json_object
+from spring_core.artifacts.manifest import atomic_write_bytes, read_json_object
 from spring_core.errors import StoreError, StoreLockedError
 
 STORE_MANIFEST = "store.json"

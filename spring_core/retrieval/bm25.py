@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from spring_core import options
-from spring_core.artifacts import atomic_write_bytes
+from spring_core.artifacts.manifest import atomic_write_bytes
 from spring_core.data import iter_jsonl
 from spring_core.retrieval.base import (
     STORE_MANIFEST,

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from spring_core import VirtualTokens
-from spring_core.artifacts import sha256_file
+from spring_core.artifacts.manifest import sha256_file
 from spring_core.models import load_model
 from spring_train.cli import main
 

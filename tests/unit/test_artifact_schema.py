@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from spring_core import VirtualTokens
-from spring_core.artifacts import read_manifest, sha256_file
+from spring_core.artifacts.manifest import read_manifest, sha256_file
 from spring_core.errors import ArtifactError
 
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 from test_trainer import write_qa
 
-from spring_core.artifacts import MANIFEST_NAME
+from spring_core.artifacts.manifest import MANIFEST_NAME
 from spring_train.checkpoint import load_state
 from spring_train.config import ConfigError, TrainConfig
 from spring_train.trainer import train

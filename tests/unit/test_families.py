@@ -16,7 +16,7 @@ from families import FAMILIES, build
 from spring_core import SpringModel, VirtualTokens
 from spring_core.inputs import InputLayer
 from spring_core.parametric import LoraSpec, LoraUpdate
-from spring_core.parametric.lora import active_update, install_hooks
+from spring_core.parametric.hooks import AdapterHooks
 from spring_core.types import PromptParts
 from spring_train.batching import build_example, collate
 from spring_train.methods import SpringTarget
@@ -150,11 +150,11 @@ def test_prag_adapters_hook_the_familys_mlp_projections(family):
     for name, (out_features, in_features) in spec.modules.items():
         adapter[f"{name}.lora_A"] = torch.randn(2, in_features, generator=generator)
         adapter[f"{name}.lora_B"] = torch.randn(out_features, 2, generator=generator)
-    install_hooks(model, list(spec.modules))
+    hooks = AdapterHooks(model, list(spec.modules))
     ids = torch.tensor([tokenizer(PromptParts(QUESTION).plain_text())["input_ids"]])
     with torch.inference_mode():
         base = model(input_ids=ids).logits
-        with active_update(LoraUpdate.sum(spec, [adapter], model)):
+        with hooks.active(LoraUpdate.sum(spec, [adapter], model)):
             adapted = model(input_ids=ids).logits
         again = model(input_ids=ids).logits
     assert not torch.allclose(adapted, base)
@@ -165,6 +165,7 @@ def test_prag_adapters_hook_the_familys_mlp_projections(family):
 def test_spring_plus_tokens_on_a_merged_lora_load_back_end_to_end(family, tmp_path):
     from peft import LoraConfig, get_peft_model
 
+    from spring_core.artifacts.registry import merge_lora
     from spring_train.adapters import apply_peft_artifact, load_trained, save_peft_artifact
 
     model, tokenizer = build(family)
@@ -173,7 +174,10 @@ def test_spring_plus_tokens_on_a_merged_lora_load_back_end_to_end(family, tmp_pa
     tokenizer.save_pretrained(base_dir)
     config = LoraConfig(r=2, lora_alpha=4, target_modules=list(FAMILIES[family].mlp), init_lora_weights=False)
     save_peft_artifact(get_peft_model(copy.deepcopy(model), config), tmp_path / "lora", method="lora")
-    merged = apply_peft_artifact(copy.deepcopy(model), tmp_path / "lora", merge=True)
+    merged = merge_lora(copy.deepcopy(model), tmp_path / "lora")  # the runtime's merge, without peft
+    by_peft = apply_peft_artifact(copy.deepcopy(model), tmp_path / "lora").merge_and_unload()
+    for name, weight in by_peft.state_dict().items():
+        torch.testing.assert_close(merged.state_dict()[name], weight, rtol=1e-5, atol=1e-6)
     target = SpringTarget(merged, tokenizer, VirtualTokens.from_text(merged, n=4, tokenizer=tokenizer),
                           base_lora=tmp_path / "lora")
     target.export(tmp_path / "plus")

@@ -16,7 +16,7 @@ PACKAGES = {"spring_core": ROOT / "spring_core", "spring_train": ROOT / "trainin
             "langchain_spring": ROOT / "integrations" / "langchain_spring",
             "llama_index": ROOT / "integrations" / "llama_index"}
 LOWER_LAYERS = ("spring_core.types", "spring_core.options", "spring_core.errors", "spring_core.healing",
-                "spring_core.inputs", "spring_core.tokens", "spring_core.prompts", "spring_core.artifacts",
+                "spring_core.inputs", "spring_core.tokens", "spring_core.prompts", "spring_core.artifacts.manifest",
                 "spring_core.models", "spring_core.generation")
 
 

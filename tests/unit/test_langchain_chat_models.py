@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -303,3 +305,17 @@ def test_identifying_params_name_the_model_and_tell_token_tables_apart(tiny, sm)
         "ls_provider": "spring", "ls_model_name": sm.name, "ls_model_type": "chat", "ls_temperature": 0.0,
         "ls_max_tokens": 256,
     }
+
+
+def test_the_retrieval_tracker_is_registered_when_a_model_is_built_not_on_import(tiny_dir):
+    folder = repr(str(tiny_dir))
+    code = "\n".join([
+        "import langchain_core.tracers.context as context",
+        "before = len(context._configure_hooks)",
+        "import langchain_spring",
+        "assert len(context._configure_hooks) == before, 'importing registered a hook'",
+        f"langchain_spring.ChatSpring(model={folder})",
+        f"langchain_spring.SpringLLM(model={folder})",
+        "assert len(context._configure_hooks) == before + 1, 'not registered exactly once'",
+    ])
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -87,3 +87,18 @@ def test_stale_staging_folders_are_removed_but_live_ones_kept(tmp_path):
         (folder / "model.safetensors").write_bytes(b"half")
     _remove_stale_conversions(tmp_path, "model-abc")
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_model_pool_shares_by_name_keeps_the_most_recent_and_clears(tiny_dir, tmp_path):
+    from spring_core.models import ModelPool
+
+    other = tmp_path / "other"
+    load_model(str(tiny_dir))[0].save_pretrained(other)
+    load_model(str(tiny_dir))[1].save_pretrained(other)
+    pool = ModelPool(capacity=1)
+    model, tokenizer = pool.get(str(tiny_dir))
+    assert pool.get(str(tiny_dir)) == (model, tokenizer) and len(pool) == 1  # shared, not loaded again
+    pool.get(str(other))
+    assert len(pool) == 1 and pool.get(str(tiny_dir))[0] is not model  # the older one was let go
+    pool.clear()
+    assert len(pool) == 0

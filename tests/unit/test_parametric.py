@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import json
 import threading
 
@@ -20,7 +21,7 @@ from spring_core.parametric import (
     LoraSpec,
     LoraUpdate,
     UnknownDocumentError,
-    active_update,
+    open_adapters,
 )
 
 PROMPT = "Question: Who is Harvard named after?\nAnswer:"
@@ -165,6 +166,30 @@ def test_hooks_without_an_active_update_leave_the_model_bit_identical(store, mod
     assert weights_digest(model) == digest  # never written
 
 
+def test_hooks_belong_to_their_adapter_set_and_come_off_with_it(store, model, tiny):
+    ids = prompt_ids(tiny)
+    before = model(ids).logits
+    gc.collect()
+    hook_count = sum(len(m._forward_hooks) for m in model.modules())
+    first, second = DocumentAdapters(store, model), DocumentAdapters(store, model)
+    with first.activate(["doc-0"]):
+        once = model(ids).logits  # only the first set's hooks add an update, the second set's stay silent
+    with second.activate(["doc-0"]):
+        assert torch.equal(model(ids).logits, once)
+    first.close()
+    assert not first.hooks.installed and second.hooks.installed
+    with second.activate(["doc-0"]):
+        assert torch.equal(model(ids).logits, once)
+    with DocumentAdapters(store, model) as third:
+        with third.activate(["doc-0"]):
+            assert torch.equal(model(ids).logits, once)
+    assert not third.hooks.installed
+    del second
+    gc.collect()
+    assert sum(len(m._forward_hooks) for m in model.modules()) == hook_count  # dropped with their owner
+    assert torch.equal(model(ids).logits, before)
+
+
 def test_active_update_equals_merging_the_summed_adapters(store, spec, model, tiny):
     ids = prompt_ids(tiny)
     adapters = DocumentAdapters(store, model)
@@ -234,9 +259,9 @@ def test_eight_threads_and_eight_tasks_never_see_each_others_adapters(store, mod
 
 def test_weighted_updates_and_a_bare_active_update(spec, store, model, tiny):
     ids = prompt_ids(tiny)
-    DocumentAdapters(store, model)  # installs the hooks
+    adapters = DocumentAdapters(store, model)  # installs the hooks
     half = LoraUpdate.sum(spec, [store.get("doc-0")], model, weights=[0.5])
-    with active_update(half):
+    with adapters.hooks.active(half):
         hooked = model(ids).logits
     halved = {k: v * (0.5 if k.endswith("lora_B") else 1.0) for k, v in random_adapter(spec, 0).items()}
     torch.testing.assert_close(hooked, merged_logits(model, [halved], spec, ids), rtol=1e-4, atol=1e-4)
@@ -310,3 +335,19 @@ def test_documents_without_adapters_raise_or_fall_back_to_icl_with_a_log_line(st
         answer_with_adapters(sm, None, "Who?", docs, knowledge="combine")
     with pytest.raises(OptionError, match="knowledge must be one of icl, prag, combine; got 'both'"):
         answer_with_adapters(sm, adapters, "Who?", docs, knowledge="both")
+
+
+# ----- the artifact registry ---------------------------------------------------------------------------------
+
+
+def test_the_registry_opens_each_kind_for_a_model_and_refuses_the_wrong_one(store, model, tmp_path):
+    from spring_core import VirtualTokens
+    from spring_core.artifacts.registry import open_artifact
+
+    VirtualTokens.random(model, n=3, seed=1).save(tmp_path / "tokens")
+    tokens = open_artifact(tmp_path / "tokens", model)
+    assert isinstance(tokens, VirtualTokens) and tokens.n == 3
+    with open_artifact(store.folder, model) as adapters:
+        assert isinstance(adapters, DocumentAdapters) and "doc-0" in adapters
+    with pytest.raises(ArtifactError, match="holds a 'virtual-tokens' artifact, not 'document-adapters'"):
+        open_adapters(tmp_path / "tokens", model)

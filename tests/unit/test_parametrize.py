@@ -144,15 +144,15 @@ def test_each_qa_pair_trains_with_passage_with_rewrite_and_alone(tiny_sm):
 def test_documents_trained_side_by_side_get_the_adapters_they_would_get_alone(tiny_sm):
     settings = PragSettings(lr=1e-2, epochs=2)
     spec = LoraSpec.for_model(tiny_sm.model, rank=2, alpha=32)
-    from spring_core.parametric import install_hooks
+    from spring_core.parametric import AdapterHooks
 
-    install_hooks(tiny_sm.model, list(spec.modules))
+    hooks = AdapterHooks(tiny_sm.model, list(spec.modules))
     init = shared_initialisation(spec, 0)
     rows = augmented_rows()
     group = [(doc, document_examples(tiny_sm, rows[doc], 32)) for doc in ("harvard", "yale")]
-    together = train_group(tiny_sm.model, spec, init, group, settings, pad_id=tiny_sm.pad_token_id)
+    together = train_group(tiny_sm.model, hooks, spec, init, group, settings, pad_id=tiny_sm.pad_token_id)
     for item in group:
-        alone = train_group(tiny_sm.model, spec, init, [item], settings, pad_id=tiny_sm.pad_token_id)[item[0]]
+        alone = train_group(tiny_sm.model, hooks, spec, init, [item], settings, pad_id=tiny_sm.pad_token_id)[item[0]]
         for key, value in alone.items():
             torch.testing.assert_close(together[item[0]][key], value, rtol=1e-4, atol=1e-5)
     assert not torch.equal(together["harvard"][f"{next(iter(spec.modules))}.lora_B"],

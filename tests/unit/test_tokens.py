@@ -10,7 +10,7 @@ from conftest import make_tiny_model
 from safetensors.torch import save_file
 
 from spring_core import ArtifactError, ModelMismatchError, VirtualTokens
-from spring_core.artifacts import fingerprint, sha256_file
+from spring_core.artifacts.manifest import fingerprint, sha256_file
 from spring_core.prompts import DEFAULT_INSTRUCTION
 
 

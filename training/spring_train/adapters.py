@@ -16,11 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from spring_core.artifacts import check_fingerprint, new_manifest, read_manifest, verified_file, write_artifact
+from spring_core.artifacts.manifest import check_fingerprint, new_manifest, read_manifest, verified_file, write_artifact
+from spring_core.artifacts.registry import load_spring_model, lora_sha256, merge_lora
 from spring_core.errors import ArtifactError
 from spring_core.models import load_model, model_display_name
 from spring_core.spring_model import SpringModel
-from spring_core.tokens import VirtualTokens, resolve_artifact
+from spring_core.tokens import resolve_artifact
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_KINDS = {"lora": "lora-adapter", "prefix": "prefix-adapter"}
@@ -48,51 +49,33 @@ def read_peft_artifact(folder: str | Path, model: Any) -> dict[str, Any]:
     return manifest
 
 
-def apply_peft_artifact(model: Any, folder: str | Path, *, merge: bool, trainable: bool = False) -> Any:
-    """Load the adapter in ``folder`` onto ``model`` (which peft changes: pass a copy you own).
-
-    With ``merge=True`` a LoRA is folded into the weights (fastest inference) and a plain model comes back.
-    """
+def apply_peft_artifact(model: Any, folder: str | Path, *, trainable: bool = False) -> Any:
+    """The adapter in ``folder`` on ``model`` as a peft model (peft changes ``model``: pass a copy you own). To fold
+    a LoRA into the weights, use ``spring_core.artifacts.registry.merge_lora``."""
     from peft import PeftModel
 
-    manifest = read_peft_artifact(folder, model)
-    peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
-    if merge:
-        if manifest["kind"] != "lora-adapter":
-            raise ArtifactError(f"{folder} is a {manifest['kind']}; only a LoRA can be merged into the weights")
-        merged = peft_model.merge_and_unload()
-        merged.spring_rag_adapter = _adapter_hash(manifest)
-        return merged
-    return peft_model
+    read_peft_artifact(folder, model)
+    return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
 
 
 def adapter_sha256(folder: str | Path) -> str:
     """The hash that ties SPRING+ tokens to the LoRA they were trained on."""
-    return _adapter_hash(read_manifest(folder, "lora-adapter"))
+    return lora_sha256(read_manifest(folder, "lora-adapter"))
 
 
 def load_trained(model_name: str, artifact: str | Path | None = None, *, device: str | None = None,
                  dtype: Any = None) -> SpringModel:
     """A SpringModel for any artifact this trainer writes, on a freshly loaded copy of the base model.
 
-    virtual tokens -> base model + tokens; SPRING+ -> LoRA merged + tokens; LoRA -> merged; prefix -> peft model.
+    virtual tokens (SPRING, SPRING+) -> ``load_spring_model``; LoRA -> merged; prefix -> peft model.
     """
+    folder = None if artifact is None else resolve_artifact(artifact)
+    kind = None if folder is None else read_manifest(folder)["kind"]
+    if kind in (None, "virtual-tokens"):
+        return load_spring_model(model_name, folder, device=device, dtype=dtype)
     model, tokenizer = load_model(model_name, device=device, dtype=dtype)
-    if artifact is None:
-        return SpringModel(model, tokenizer)
-    folder = resolve_artifact(artifact)
-    kind = read_manifest(folder)["kind"]
-    if kind == "virtual-tokens":
-        tokens = VirtualTokens.load(folder)
-        if tokens.manifest.get("adapter"):
-            model = apply_peft_artifact(model, folder / SPRING_PLUS_LORA, merge=True)
-        return SpringModel(model, tokenizer, tokens)
     if kind == "lora-adapter":
-        return SpringModel(apply_peft_artifact(model, folder, merge=True), tokenizer)
+        return SpringModel(merge_lora(model, folder), tokenizer)
     if kind == "prefix-adapter":
-        return SpringModel(apply_peft_artifact(model, folder, merge=False), tokenizer)
+        return SpringModel(apply_peft_artifact(model, folder), tokenizer)
     raise ArtifactError(f"{folder} holds a {kind!r} artifact, which this command cannot load")
-
-
-def _adapter_hash(manifest: dict[str, Any]) -> str:
-    return str(manifest["files"]["adapter_model.safetensors"]["sha256"])

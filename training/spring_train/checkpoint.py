@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from spring_core.artifacts import atomic_write_bytes
+from spring_core.artifacts.manifest import atomic_write_bytes
 from spring_core.errors import SpringError
 
 STATE_JSON = "state.json"

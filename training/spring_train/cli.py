@@ -364,7 +364,7 @@ def _run_serve(args: argparse.Namespace) -> None:
 
 def _checked_manifest(artifact: str) -> dict:
     """Load an artifact of any kind with its checks (every file's SHA-256; token values) and return its manifest."""
-    from spring_core.artifacts import read_manifest, verified_file
+    from spring_core.artifacts.manifest import read_manifest, verified_file
     from spring_core.tokens import VirtualTokens, resolve_artifact
 
     folder = resolve_artifact(artifact)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spring_core.artifacts import MANIFEST_NAME, sha256_file
+from spring_core.artifacts.manifest import MANIFEST_NAME, sha256_file
 from spring_core.errors import DataError, SpringError
 from spring_core.metrics import aggregate, first_line, score
 from spring_core.options import DECODINGS

@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
+from spring_core.artifacts.registry import merge_lora
 from spring_core.inputs import position_ids
 from spring_core.spring_model import SpringModel
 from spring_core.tokens import VirtualTokens
-from spring_train.adapters import SPRING_PLUS_LORA, adapter_sha256, apply_peft_artifact, save_peft_artifact
+from spring_train.adapters import SPRING_PLUS_LORA, adapter_sha256, save_peft_artifact
 from spring_train.batching import answer_loss_sum
 from spring_train.config import ConfigError, TrainConfig
 
@@ -131,7 +132,7 @@ def build_target(config: TrainConfig, model: Any, tokenizer: Any) -> TrainTarget
         base_lora = None
         if config.method == "spring+":
             base_lora = Path(config.base_lora or "")
-            model = apply_peft_artifact(model, base_lora, merge=True)
+            model = merge_lora(model, base_lora)
         return SpringTarget(model, tokenizer, _initial_tokens(config, model, tokenizer), base_lora)
 
     from peft import LoraConfig, PrefixTuningConfig, get_peft_model

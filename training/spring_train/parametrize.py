@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from spring_core.errors import SpringError
-from spring_core.parametric import AdapterStore, LoraSpec, active_update, install_hooks
+from spring_core.parametric import AdapterHooks, AdapterStore, LoraSpec
 from spring_core.parametric.store import mlp_targets
 from spring_core.spring_model import SpringModel
 from spring_train.batching import Example, answer_ids, answer_loss_sum, collate
@@ -98,10 +98,11 @@ def shared_initialisation(spec: LoraSpec, seed: int) -> dict[str, torch.Tensor]:
     return init
 
 
-def answer_losses(model: Any, batch: Any, update: Any, answer_lengths: Sequence[int]) -> torch.Tensor:
-    """Each row's mean answer loss ``[rows]``, with ``update`` added by the hooked modules (left padding: position
-    ids follow the mask, so a row's loss does not depend on its batch mates)."""
-    with active_update(update):
+def answer_losses(model: Any, hooks: AdapterHooks, batch: Any, update: Any,
+                  answer_lengths: Sequence[int]) -> torch.Tensor:
+    """Each row's mean answer loss ``[rows]``, with ``update`` added by the modules ``hooks`` holds (left padding:
+    position ids follow the mask, so a row's loss does not depend on its batch mates)."""
+    with hooks.active(update):
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
                        logits_to_keep=batch.labels.shape[1] + 1).logits
@@ -146,21 +147,21 @@ def parametrize(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], sto
     todo = [(doc_id, document_examples(sm, row, settings.max_answer_tokens)) for doc_id, row in docs
             if doc_id not in store]
     report.skipped = len(docs) - len(todo)
-    install_hooks(model, list(spec.modules))
     init = shared_initialisation(spec, settings.seed)
     began = time.perf_counter()
     progress = _progress(len(todo), show_progress)
-    for group in _groups(todo, settings.docs_per_batch):
-        trained = train_group(model, spec, init, group, settings, pad_id=sm.pad_token_id)
-        store.add(trained)
-        report.encoded += len(trained)
-        progress.update(len(trained))
+    with AdapterHooks(model, list(spec.modules)) as hooks:
+        for group in _groups(todo, settings.docs_per_batch):
+            trained = train_group(model, hooks, spec, init, group, settings, pad_id=sm.pad_token_id)
+            store.add(trained)
+            report.encoded += len(trained)
+            progress.update(len(trained))
     progress.close()
     report.seconds = time.perf_counter() - began
     return report
 
 
-def train_group(model: Any, spec: LoraSpec, init: Mapping[str, torch.Tensor],
+def train_group(model: Any, hooks: AdapterHooks, spec: LoraSpec, init: Mapping[str, torch.Tensor],
                 group: Sequence[tuple[str, list[Example]]], settings: PragSettings,
                 pad_id: int) -> dict[str, dict[str, torch.Tensor]]:
     """Train the adapters of documents that have the same number of examples, side by side; returns them."""
@@ -175,7 +176,8 @@ def train_group(model: Any, spec: LoraSpec, init: Mapping[str, torch.Tensor],
     orders = [_order(doc_id, count, settings) for doc_id, _ in group]
     for step in range(count * settings.epochs):
         rows = [examples[order[step]] for (_, examples), order in zip(group, orders, strict=True)]
-        losses = answer_losses(model, collate(rows, pad_id).to(device), update, [r.answer_length for r in rows])
+        losses = answer_losses(model, hooks, collate(rows, pad_id).to(device), update,
+                               [r.answer_length for r in rows])
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         optimizer.step()
@@ -326,24 +328,24 @@ def _train_routed(sm: SpringModel, spec: LoraSpec, experts: Mapping[str, torch.T
                   show_progress: bool) -> None:
     """Steps over every document's examples, shuffled together; row ``i`` is routed by its document's vector."""
     model = sm.model
-    install_hooks(model, list(spec.modules))
     items = [(row_index, example) for row_index, (_, row) in enumerate(docs)
              for example in document_examples(sm, row, settings.max_answer_tokens)]
     rng = random.Random(settings.seed)
     device = model.get_input_embeddings().weight.device
     steps = settings.epochs * math.ceil(len(items) / settings.batch_size)
     progress = _progress(steps, show_progress, desc="poly", unit="step")
-    for _ in range(settings.epochs):
-        order = list(range(len(items)))
-        rng.shuffle(order)
-        for start in range(0, len(order), settings.batch_size):
-            chosen = [items[i] for i in order[start:start + settings.batch_size]]
-            batch = collate([example for _, example in chosen], sm.pad_token_id).to(device)
-            weights = torch.softmax(routing[[doc for doc, _ in chosen]], dim=-1)
-            losses = answer_losses(model, batch, _RoutedRows(experts, weights, spec),
-                                   [example.answer_length for _, example in chosen])
-            optimizer.zero_grad(set_to_none=True)
-            losses.mean().backward()
-            optimizer.step()
-            progress.update(1)
+    with AdapterHooks(model, list(spec.modules)) as hooks:
+        for _ in range(settings.epochs):
+            order = list(range(len(items)))
+            rng.shuffle(order)
+            for start in range(0, len(order), settings.batch_size):
+                chosen = [items[i] for i in order[start:start + settings.batch_size]]
+                batch = collate([example for _, example in chosen], sm.pad_token_id).to(device)
+                weights = torch.softmax(routing[[doc for doc, _ in chosen]], dim=-1)
+                losses = answer_losses(model, hooks, batch, _RoutedRows(experts, weights, spec),
+                                       [example.answer_length for _, example in chosen])
+                optimizer.zero_grad(set_to_none=True)
+                losses.mean().backward()
+                optimizer.step()
+                progress.update(1)
     progress.close()

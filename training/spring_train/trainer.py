@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spring_core.artifacts import MANIFEST_NAME, atomic_write_bytes
+from spring_core.artifacts.manifest import MANIFEST_NAME, atomic_write_bytes
 from spring_core.errors import DataError, SpringError
 from spring_core.models import load_model
 from spring_core.spring_model import SpringModel

@@ -61,7 +61,7 @@ from spring_core import Generation, SpringModel, options
 from spring_core.aio import iterate_in_thread
 from spring_core.engine import Engine, Request
 from spring_core.errors import OptionError
-from spring_core.models import DEFAULT_MODEL, shared_model
+from spring_core.models import DEFAULT_MODEL, DEFAULT_POOL
 from spring_core.parametric.online import ParametricDocument, check_knowledge, open_adapters
 from spring_core.placement import Span, fill_placeholders, place_block
 from spring_core.prompts import has_chat_template, render_chat, unique_sentinel
@@ -131,7 +131,7 @@ class SpringLLM(CustomLLM):
         options.choice("decoding", self.decoding, options.DECODINGS)
         if spring_model is None:
             if model is None and tokenizer is None:
-                model, tokenizer = shared_model(self.model_name, self.device)
+                model, tokenizer = DEFAULT_POOL.get(self.model_name, self.device)
             spring_model = SpringModel.from_pretrained(self.model_name, self.tokens, device=self.device, model=model,
                                                        tokenizer=tokenizer, layout=self.layout)
         adapters = self.adapters
