@@ -44,9 +44,9 @@ from spring_core.parametric import (
     ParametricDocument,
     activated,
 )
-from spring_core.parametric.augment import augment_corpus, read_augmented
 from spring_core.parametric.poly import PolyAdapters
 from spring_core.retrieval import create_store
+from spring_train.augment import augment_corpus, read_augmented
 from spring_train.parametrize import PolySettings, PragSettings, parametrize, train_poly
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

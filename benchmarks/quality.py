@@ -23,7 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from spring_train.cli import main as cli_main
+from spring_cli import main as cli_main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "quality"

@@ -24,8 +24,8 @@ from spring_core import SpringModel
 from spring_core.data import demo_qa_path, read_corpus, read_qa, sample_corpus_path
 from spring_core.engine import answer_with_adapters
 from spring_core.parametric import ParametricDocument, open_adapters
-from spring_core.parametric.augment import augment_corpus, read_augmented
 from spring_core.retrieval import create_store
+from spring_train.augment import augment_corpus, read_augmented
 from spring_train.parametrize import PragSettings, parametrize
 
 TOPICS = ("Harvard University", "Doctor Who", "Jacksonville, Florida", "University of Chicago")

@@ -5,7 +5,7 @@
 - ``PolyAdapters`` (``spring_core.parametric.poly``): Poly-PRAG's latent experts and per-document routing
 - ``plan_call``: the modes ``icl``, ``prag``, ``combine`` (+ SPRING tokens);
   ``spring_core.engine.answer_with_adapters`` answers with them
-- ``spring_core.parametric.augment``: the LLM's rewrites and QA pairs per document (``spring-rag augment``)
+- the offline side (augmentation, encoding) is the trainer's: ``spring_train.augment``, ``spring_train.parametrize``
 """
 
 from spring_core.errors import UnknownDocumentError

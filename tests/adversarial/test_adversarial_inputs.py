@@ -2,7 +2,7 @@
 there is one), no traceback, and nothing on disk changed.
 
 Each case builds its files in a fresh folder and returns the command line; the command runs in process through
-``spring_train.cli.main`` (the code a real ``spring-rag`` process runs), and a few cases run as real subprocesses.
+``spring_cli.main`` (the code a real ``spring-rag`` process runs), and a few cases run as real subprocesses.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from spring_cli import main
 from spring_core import VirtualTokens
 from spring_core.artifacts.manifest import sha256_file
 from spring_core.models import load_model
-from spring_train.cli import main
 
 GOOD_QA = {"id": "q1", "question": "What is the capital of France?", "answers": ["Paris"],
            "passages": [{"title": "France", "text": "The capital of France is Paris."}]}
@@ -293,7 +293,7 @@ def test_as_real_processes(name, tiny_dir, tmp_path):
     case = next(case for case in CASES if case.name == name)
     argv = case.build(tmp_path, tiny_dir)
     before = snapshot(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "spring_train.cli", *argv], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "spring_cli", *argv], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, case.names)

@@ -16,8 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def spring_rag(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the ``spring-rag`` command line as ``python -m spring_train.cli`` with the current environment."""
-    return subprocess.run([sys.executable, "-m", "spring_train.cli", *args], cwd=REPO_ROOT, capture_output=True,
+    """Run the ``spring-rag`` command line as ``python -m spring_cli`` with the current environment."""
+    return subprocess.run([sys.executable, "-m", "spring_cli", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from test_trainer import config, write_qa
 
+from spring_cli import main
 from spring_core import VirtualTokens
 from spring_core.errors import DataError
 from spring_train.checkpoint import CheckpointError, load_state, save_state
-from spring_train.cli import main
 from spring_train.config import ConfigError
 from spring_train.data import parse_source_spec
 from spring_train.trainer import TrainingInterrupted, train

@@ -11,7 +11,7 @@ from spring_core import VirtualTokens
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "spring_train.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "spring_cli", *args], capture_output=True, text=True)
 
 
 def test_help_teaches_the_commands():

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spring_train.cli import main
+from spring_cli import main
 from spring_train.config import TrainConfig
 from spring_train.trainer import TrainingInterrupted, train
 
@@ -173,7 +173,7 @@ def test_import_spring_without_write_permission(tiny_dir, pt_file, tmp_path, cap
                             "CAP_DAC_OVERRIDE) is missing, so EACCES cannot be injected")
             result = subprocess.run(
                 [setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search",
-                 sys.executable, "-m", "spring_train.cli", *argv],
+                 sys.executable, "-m", "spring_cli", *argv],
                 capture_output=True, text=True, timeout=120,
             )
             if result.stderr.startswith("setpriv:"):

@@ -51,7 +51,7 @@ def launch(tiny_dir: Path, data: Path, out: Path, home: Path, *extra: str) -> su
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_ip", "127.0.0.1", "--main_process_port", port,
-               "-m", "spring_train.cli", "train", "--model", str(tiny_dir), "--data", str(data), "--out", str(out),
+               "-m", "spring_cli", "train", "--model", str(tiny_dir), "--data", str(data), "--out", str(out),
                "--quiet", *args, *extra]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr[-3000:]

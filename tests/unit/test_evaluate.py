@@ -177,7 +177,7 @@ def test_cli_eval_end_to_end(tiny_dir, tiny, tmp_path):
     data = tmp_path / "toy" / "dev.jsonl"
     data.parent.mkdir()
     data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
-    command = [sys.executable, "-m", "spring_train.cli", "eval", "--model", str(tiny_dir), "--data", str(data),
+    command = [sys.executable, "-m", "spring_cli", "eval", "--model", str(tiny_dir), "--data", str(data),
                "--methods", "closed-book,prompt,spring", "--tokens", str(tmp_path / "tokens"), "--k", "1,3",
                "--max-new-tokens", "3", "--out", str(tmp_path / "eval")]
     result = subprocess.run(command + ["--record-metrics"], capture_output=True, text=True)

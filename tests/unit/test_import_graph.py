@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = {"spring_core": ROOT / "spring_core", "spring_train": ROOT / "training" / "spring_train",
+PACKAGES = {"spring_core": ROOT / "spring_core", "spring_cli": ROOT / "spring_cli",
+            "spring_train": ROOT / "training" / "spring_train",
             "langchain_spring": ROOT / "integrations" / "langchain_spring",
             "llama_index": ROOT / "integrations" / "llama_index"}
 LOWER_LAYERS = ("spring_core.types", "spring_core.options", "spring_core.errors", "spring_core.healing",
@@ -93,6 +94,13 @@ def test_dependencies_point_one_way():
         if name.startswith("spring_core"):
             outside = {t for t in targets if not t.startswith("spring_core")}
             assert not outside, f"the runtime {name} imports {sorted(outside)}"
+        if name.startswith("spring_train"):
+            upward = {t for t in targets if not t.startswith(("spring_core", "spring_train"))}
+            assert not upward, f"the trainer {name} imports {sorted(upward)}"
+        if name.startswith(("langchain_spring", "llama_index")):
+            assert not {t for t in targets if t.startswith(("spring_train", "spring_cli"))}, name
+        if name.startswith("spring_cli.runtime"):  # the runtime commands work without the trainer installed
+            assert not {t for t in targets if t.startswith("spring_train")}, name
         if name.startswith(LOWER_LAYERS):
             upper = {t for t in targets if t in ("spring_core", "spring_core.spring_model", "spring_core.engine")}
             assert not upper, f"the lower layer {name} imports {sorted(upper)}"

@@ -11,9 +11,9 @@ from spring_core import SpringModel
 from spring_core.errors import DataError, SpringError
 from spring_core.models import load_model
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec, UnknownDocumentError
-from spring_core.parametric.augment import augment_corpus, parse_qa, read_augmented
-from spring_core.parametric.prompts import PROMPT_VERSION
 from spring_core.types import Generation
+from spring_train.augment import augment_corpus, parse_qa, read_augmented
+from spring_train.augment_prompts import PROMPT_VERSION
 from spring_train.batching import collate
 from spring_train.parametrize import (
     PragSettings,
@@ -249,7 +249,7 @@ def test_poly_trains_saves_reopens_and_adds_a_document_with_frozen_experts(tiny_
 
 
 def test_cli_augment_parametrize_and_info_end_to_end(tiny_dir, tmp_path, capsys):
-    from spring_train.cli import main
+    from spring_cli import main
 
     def cli(*args: str) -> tuple[int, str, str]:
         code = main(list(args))
@@ -283,7 +283,7 @@ def test_cli_augment_parametrize_and_info_end_to_end(tiny_dir, tmp_path, capsys)
 
 
 def test_cloze_augmentation_needs_no_model_and_blanks_numbers_and_names(tmp_path):
-    from spring_core.parametric.augment import cloze_pairs
+    from spring_train.augment import cloze_pairs
 
     pairs = cloze_pairs("mit", "MIT was founded in 1861 in Boston. It moved to Cambridge in 1916.", count=3)
     assert len(pairs) == 2  # one pair per sentence

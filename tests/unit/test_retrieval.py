@@ -161,7 +161,7 @@ def test_malformed_corpus_is_refused_before_anything_is_indexed(tmp_path, line, 
 
 def test_cli_index_and_search(corpus_file, tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "spring_train.cli", *args], capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "spring_cli", *args], capture_output=True, text=True)
 
     built = cli("index", str(corpus_file), "--store", str(tmp_path / "s"), "--backend", "bm25")
     assert built.returncode == 0, built.stderr

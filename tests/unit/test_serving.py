@@ -14,6 +14,7 @@ import torch
 from peft import PeftModel
 from test_parametric import random_adapter
 
+from spring_cli import main
 from spring_core import SpringModel
 from spring_core.engine import Engine, Request
 from spring_core.errors import ServerError
@@ -21,7 +22,6 @@ from spring_core.models import load_model
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec
 from spring_core.parametric.online import ParametricDocument
 from spring_core.serving import VLLMBackend, as_backend, vllm_command, write_peft_adapter
-from spring_train.cli import main
 
 
 @pytest.fixture()

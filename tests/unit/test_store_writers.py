@@ -92,7 +92,7 @@ def _race(tmp_path: Path, corpora: list[Path], seed: int) -> None:
     children = []
     for corpus in corpora:
         children.append((subprocess.Popen(
-            [sys.executable, "-m", "spring_train.cli", "index", str(corpus), "--store", str(store),
+            [sys.executable, "-m", "spring_cli", "index", str(corpus), "--store", str(store),
              "--backend", "bm25"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), corpus))
         time.sleep(rng.uniform(0.0, 1.5))

@@ -223,7 +223,7 @@ def test_lora_prefix_and_spring_plus_artifacts(tiny, tiny_dir, qa, tmp_path):
 
 def test_cli_train_and_its_errors(tiny_dir, qa, tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "spring_train.cli", *args], capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "spring_cli", *args], capture_output=True, text=True)
 
     help_text = run("train", "--help").stdout
     for text in ("--method", "spring+", "--resume", "--k-distribution", "examples:", "lr 1e-3"):

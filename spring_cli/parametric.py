@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spring_cli.outputs import refuse_existing_output
 from spring_core.data import MAX_LINE_BYTES
 from spring_core.errors import SpringError
 from spring_core.models import DEFAULT_MODEL
@@ -94,14 +95,6 @@ def add_parametric_parsers(commands: argparse._SubParsersAction) -> None:
     encode.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def refuse_existing_output(path: str | Path, flag: str) -> None:
-    """A command that writes a new folder refuses one that already holds anything (nothing is overwritten)."""
-    path = Path(path)
-    if path.is_file() or (path.is_dir() and any(path.iterdir())):
-        raise SpringError(f"{flag} {path} already exists and is not empty; choose a new folder (nothing was "
-                          "overwritten)")
-
-
 def _check_augment_output(out: Path, corpus: Path) -> None:
     """``--out`` is appended to (a rerun resumes), so it must be new or earlier augment output, never another file."""
     if out.exists() and (out.is_dir() or out.resolve() == corpus.resolve()):
@@ -122,8 +115,8 @@ def _check_augment_output(out: Path, corpus: Path) -> None:
 
 def run_augment(args: argparse.Namespace) -> None:
     from spring_core.data import read_corpus
-    from spring_core.parametric.augment import augment_corpus
     from spring_core.spring_model import SpringModel
+    from spring_train.augment import augment_corpus
 
     if args.limit is not None and args.limit < 1:
         raise SpringError("--limit must be at least 1")
@@ -140,9 +133,9 @@ def run_augment(args: argparse.Namespace) -> None:
 
 
 def run_parametrize(args: argparse.Namespace) -> None:
-    from spring_core.parametric.augment import read_augmented
     from spring_core.spring_model import SpringModel
     from spring_train import parametrize as encoders
+    from spring_train.augment import read_augmented
 
     out = Path(args.out)
     if not (out / "spring.json").exists():  # a store of this method resumes; any other folder is refused
