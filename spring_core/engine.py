@@ -54,24 +54,24 @@ class Request:
     def __post_init__(self) -> None:
         if self.prompt is not None and self.question is not None:
             raise OptionError("a Request holds a finished prompt or a question (with documents), not both")
-        if self.prompt is not None:
+        if not isinstance(self.settings, GenerationSettings):
+            object.__setattr__(self, "settings", options.generation_settings(self.settings))
+        if self.prompt is not None:  # a finished prompt: nothing else of the request applies to it
             object.__setattr__(self, "prompt", options.prompt(self.prompt))
-        else:
-            object.__setattr__(self, "question", options.question(self.question))
-            documents = [] if self.documents is None else options.items("documents", self.documents, "documents")
-            for i, document in enumerate(documents):
-                if not isinstance(document, ParametricDocument):
-                    raise OptionError(f"documents[{i}] must be a ParametricDocument, got {type(document).__name__}")
-            options.passages([d.passage for d in documents])
-            object.__setattr__(self, "documents", tuple(documents))
+            return
+        object.__setattr__(self, "question", options.question(self.question))
+        documents = [] if self.documents is None else options.items("documents", self.documents, "documents")
+        for i, document in enumerate(documents):
+            if not isinstance(document, ParametricDocument):
+                raise OptionError(f"documents[{i}] must be a ParametricDocument, got {type(document).__name__}")
+        options.passages([d.passage for d in documents])
+        object.__setattr__(self, "documents", tuple(documents))
         if self.k is not None:
             options.integer("k", self.k, low=0)
         options.choice("decoding", self.decoding, options.DECODINGS)
         options.choice("knowledge", self.knowledge, options.KNOWLEDGE)
         options.choice("missing_adapter", self.missing_adapter, options.MISSING_ADAPTER)
         options.number("weight_temperature", self.weight_temperature, low=0.0, low_open=True)
-        if not isinstance(self.settings, GenerationSettings):
-            object.__setattr__(self, "settings", options.generation_settings(self.settings))
 
 
 class Engine:

@@ -47,15 +47,6 @@ def heal(parts: PromptParts) -> tuple[PromptParts, str]:
     return PromptParts(parts.before, parts.k, after, parts.special_tokens), parts.after[len(after):]
 
 
-def heal_with(parts: PromptParts, emittable: torch.Tensor | None) -> Healed:
-    """``parts`` healed when ``emittable`` (the ids that start with its trailing spaces and that the model can emit)
-    holds any; else ``parts`` fed as they are. ``None``: ``parts`` end in no spaces to heal."""
-    healed, spaces = heal(parts)
-    if not spaces or emittable is None or not len(emittable):
-        return Healed(parts)
-    return Healed(healed, spaces, emittable)
-
-
 def visible(text: str, spaces: str) -> str:
     """The answer without the healed ``spaces`` its first token supplied (tokenizers that drop a leading space
     when decoding have none to cut)."""

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from spring_core.errors import InputError
-from spring_core.healing import Healed, allowed_first_ids, heal, heal_with
+from spring_core.healing import Healed, allowed_first_ids, heal
 from spring_core.types import PromptParts
 
 _SCALE_SAMPLE_ROWS = 64
@@ -56,17 +56,24 @@ class InputLayer:
     def __init__(self, model: Any, tokenizer: Any):
         self.model = model
         self.tokenizer = tokenizer
-        embedding = model.get_input_embeddings()
-        self.vocab_rows = int(embedding.weight.shape[0])
+        # read once, here: the model and tokenizer are never changed by spring-rag
+        self.embedding: torch.nn.Module = model.get_input_embeddings()
+        self.vocab_rows = int(self.embedding.weight.shape[0])
+        output = model.get_output_embeddings()
+        self.output_rows = int(output.weight.shape[0]) if output is not None else self.vocab_rows
+        """How many ids the model can emit (its lm_head's rows): virtual ids lie past them."""
+        self.context_window = context_window(model)
+        """The longest sequence the model reads (``max_position_embeddings``), ``None`` when it does not say."""
+        self.eos_token_ids = eos_token_ids(model, tokenizer)
+        """End-of-sequence ids: the model's generation config first (it may list several), else the tokenizer's."""
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_token_id = int(pad) if pad is not None else (self.eos_token_ids[0] if self.eos_token_ids else None)
+        """The tokenizer's pad id, else the first eos id, else ``None`` (see ``require_pad_token_id``)."""
         self.lead_ids, self.trail_ids = special_token_wrap(tokenizer) if tokenizer is not None else ([], [])
         self._scale: float | None = None
         self._first_ids: dict[str, torch.Tensor] = {}  # healing: spaces -> the ids that may start the answer
 
     # ----- the embedding module ------------------------------------------------------------------------------
-
-    @property
-    def embedding(self) -> torch.nn.Module:
-        return self.model.get_input_embeddings()
 
     @property
     def device(self) -> torch.device:
@@ -121,29 +128,19 @@ class InputLayer:
             )
         return scale
 
-    @property
-    def output_rows(self) -> int:
-        """How many ids the model can emit (its lm_head's rows): virtual ids lie past them."""
-        return int(self.model.get_output_embeddings().weight.shape[0])
-
-    @property
-    def context_window(self) -> int | None:
-        """The longest sequence the model reads (``max_position_embeddings``), ``None`` when it does not say."""
-        config = getattr(self.model, "config", None)
-        config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        window = getattr(config, "max_position_embeddings", None)
-        return int(window) if isinstance(window, int) and window > 0 else None
-
     # ----- text -> ids ---------------------------------------------------------------------------------------
 
     def heal(self, parts: PromptParts) -> Healed:
         """The prompt to feed for ``parts`` with its trailing spaces healed (``spring_core.healing``), when some
         id the model can emit starts with them; else ``parts`` as they are."""
-        spaces = heal(parts)[1]
-        if spaces and spaces not in self._first_ids:
+        healed, spaces = heal(parts)
+        if not spaces:
+            return Healed(parts)
+        if spaces not in self._first_ids:
             first = allowed_first_ids(self.tokenizer, spaces)
             self._first_ids[spaces] = first[first < self.output_rows]
-        return heal_with(parts, self._first_ids.get(spaces))
+        first = self._first_ids[spaces]
+        return Healed(healed, spaces, first) if len(first) else Healed(parts)
 
     def encode(self, parts: PromptParts) -> list[int]:
         """Token ids of a ``PromptParts``: ``before``, ``k`` virtual ids, ``after``, with exactly one BOS.
@@ -199,25 +196,27 @@ class InputLayer:
 
     # ----- special ids ---------------------------------------------------------------------------------------
 
-    @property
-    def pad_token_id(self) -> int | None:
-        """The tokenizer's pad id, else the first eos id, else ``None`` (see ``require_pad_token_id``)."""
-        if self.tokenizer.pad_token_id is not None:
-            return int(self.tokenizer.pad_token_id)
-        eos = self.eos_token_ids()
-        return eos[0] if eos else None
-
     def require_pad_token_id(self) -> int:
         """The pad id, or an ``InputError`` saying how to give the tokenizer one."""
         return require_pad(self.pad_token_id, self.tokenizer)
 
-    def eos_token_ids(self) -> list[int]:
-        """End-of-sequence ids: the model's generation config first (it may list several), else the tokenizer's."""
-        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        eos = self.tokenizer.eos_token_id if eos is None else eos
-        if eos is None:
-            return []
-        return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
+    """End-of-sequence ids: the model's generation config first (it may list several), else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = getattr(tokenizer, "eos_token_id", None) if eos is None else eos
+    if eos is None:
+        return ()
+    return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+
+
+def context_window(model: Any) -> int | None:
+    """The longest sequence ``model`` reads (``max_position_embeddings``), ``None`` when its config does not say."""
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "max_position_embeddings", None)
+    return int(window) if isinstance(window, int) and window > 0 else None
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

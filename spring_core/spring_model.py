@@ -144,7 +144,7 @@ class SpringModel:
 
     def eos_ids(self) -> set[int]:
         """The ids that end a generation (the model's generation config first, else the tokenizer's eos)."""
-        return set(self.inputs.eos_token_ids())
+        return set(self.inputs.eos_token_ids)
 
     def heal(self, parts: PromptParts) -> Healed:
         """The prompt generation feeds for ``parts``, with trailing spaces healed (``spring_core.healing``)."""

@@ -31,7 +31,7 @@ def marker(i: int) -> str:
 
 def marker_block(k: int) -> str:
     """The display string ``[r1][r2]..[rk]``; the empty string for ``k == 0``."""
-    return "".join(marker(i) for i in range(1, k + 1))
+    return "".join(MARKER_TEMPLATE.format(i=i) for i in range(1, k + 1))
 
 
 @dataclass(frozen=True)

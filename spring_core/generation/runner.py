@@ -65,18 +65,14 @@ class Runner:
         """The healed prompt (``spring_core.healing``) and its ids, checked against the context window."""
         healed = self.inputs.heal(parts)
         ids = self.inputs.encode(healed.parts)
-        self.check_window(len(ids), settings.max_new_tokens)
-        return healed, ids
-
-    def check_window(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        """``ContextWindowError`` when a prompt leaves no room for an answer in the model's context window."""
         window = self.inputs.context_window
-        if window is not None and prompt_tokens >= window:
+        if window is not None and len(ids) >= window:  # no room left for an answer
             raise ContextWindowError(
-                f"the prompt is {prompt_tokens} tokens (virtual tokens included) but the model's context window is "
-                f"{window} tokens, which leaves no room for the answer (max_new_tokens={max_new_tokens}); retrieve "
-                "fewer or shorter passages, or truncate the context before the call"
+                f"the prompt is {len(ids)} tokens (virtual tokens included) but the model's context window is "
+                f"{window} tokens, which leaves no room for the answer (max_new_tokens={settings.max_new_tokens}); "
+                "retrieve fewer or shorter passages, or truncate the context before the call"
             )
+        return healed, ids
 
     # ----- generation --------------------------------------------------------------------------------------
 
@@ -94,9 +90,11 @@ class Runner:
         spaces = [h.spaces for h in healed] or [""] * len(prompts)
         with torch.inference_mode(), seeded(settings.seed):
             inputs = self.inputs.batch(prompts, self.table())
-            kwargs = self.generate_kwargs(settings, healed, spaces, prompt_width(inputs), processors)
+            # generate() returns the prompt's ids before the new ones when it reads ids (none for embeddings)
+            width = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
+            kwargs = self.generate_kwargs(settings, healed, spaces, width, processors)
             output = self.model.generate(**inputs, **kwargs)
-        output = output[:, prompt_width(inputs):]  # generate() returns the prompt's ids too when it reads ids
+        output = output[:, width:]
         return [self.cut(row.tolist(), settings.stop, row_spaces) for row, row_spaces in zip(output, spaces,
                                                                                              strict=True)]
 
@@ -113,7 +111,7 @@ class Runner:
             temperature=settings.temperature if sample else None,
             top_p=settings.top_p if sample else None,
             top_k=0 if sample else None,
-            eos_token_id=self.inputs.eos_token_ids() or None,
+            eos_token_id=list(self.inputs.eos_token_ids) or None,
             pad_token_id=self.inputs.pad_token_id,
         )
         kwargs: dict[str, Any] = {"generation_config": config, "logits_processor": LogitsProcessorList(processors)}
@@ -146,8 +144,7 @@ class Runner:
 
     def cut(self, ids: list[int], stops: Sequence[str], spaces: str = "") -> list[int]:
         """``ids`` up to and with the first end-of-sequence id, or up to the token that completes a stop string."""
-        eos = set(self.inputs.eos_token_ids())
-        ends = [i for i, token in enumerate(ids) if token in eos]
+        ends = [i for i, token in enumerate(ids) if token in self.inputs.eos_token_ids]
         ids = ids[:ends[0] + 1] if ends else ids
         if stops and cut_at_stop(self.decode(ids, spaces), stops)[1]:
             size = next(size for size in range(1, len(ids) + 1)
@@ -159,7 +156,7 @@ class Runner:
                virtual_tokens: int, prompt: str = "") -> Generation:
         """The ``Generation`` for ids already ``cut``: its text up to a stop string, usage and finish reason."""
         text, stopped = cut_at_stop(self.decode(ids, spaces), settings.stop)
-        ended = bool(ids) and ids[-1] in set(self.inputs.eos_token_ids())
+        ended = bool(ids) and ids[-1] in self.inputs.eos_token_ids
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=len(ids), virtual_tokens=virtual_tokens)
         return Generation(text=text, usage=usage, finish_reason="stop" if stopped or ended else "length",
                           prompt=prompt, token_ids=list(ids))
@@ -180,11 +177,6 @@ class VisibleStop(StoppingCriteria):
 
     def _spaces(self, row: int) -> str:
         return self.spaces[row] if row < len(self.spaces) else ""
-
-
-def prompt_width(inputs: dict[str, torch.Tensor]) -> int:
-    """How many prompt ids ``generate`` puts before the new ones in its output (none when it reads embeddings)."""
-    return int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
 
 
 @contextlib.contextmanager

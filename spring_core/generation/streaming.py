@@ -91,7 +91,7 @@ def stream_generation(runner: Runner, parts: PromptParts, settings: GenerationSe
 
 def _deltas(runner: Runner, streamer: _QueueStreamer, worker: threading.Thread, cancelled: threading.Event,
             settings: GenerationSettings, finish: Callable[[list[int]], None], spaces: str) -> Iterator[str]:
-    eos_ids = set(runner.inputs.eos_token_ids())
+    eos_ids = set(runner.inputs.eos_token_ids)
     generated: list[int] = []
     emitted = 0
     try:

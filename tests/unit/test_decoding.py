@@ -239,7 +239,7 @@ def test_a_candidate_ending_in_eos_is_scored_with_its_eos(plain, monkeypatch):
     prompts = [prompt_ids(plain, p, 0) for p in PASSAGES[:2]]
     first_id = rag_token(plain, QUESTION, PASSAGES[:1], [0.0], max_new_tokens=1).token_ids
     assert first_id != rag_token(plain, QUESTION, PASSAGES[1:2], [0.0], max_new_tokens=1).token_ids
-    monkeypatch.setattr(plain.inputs, "eos_token_ids", lambda: [first_id[0]])  # passage 0 stops after 1 token
+    monkeypatch.setattr(plain.inputs, "eos_token_ids", (first_id[0],))  # passage 0 stops after 1 token
     out = rag_sequence(plain, QUESTION, PASSAGES[:2], [5.0, 0.0], max_new_tokens=4)
     assert out.token_ids == first_id and out.finish_reason == "stop"
     log_w = torch.log(passage_weights([5.0, 0.0])).double()

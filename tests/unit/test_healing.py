@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spring_core import SpringModel, VirtualTokens
-from spring_core.healing import Healed, allowed_first_ids, heal, heal_with, visible
+from spring_core.healing import Healed, allowed_first_ids, heal, visible
 from spring_core.inputs import InputLayer
 from spring_core.templates import TEMPLATES, render_template
 from spring_core.types import PromptParts
@@ -68,9 +68,13 @@ def test_only_ids_the_model_can_emit_are_allowed_and_without_any_the_prompt_is_n
     _, tokenizer = tiny
     parts = PromptParts(BEFORE, 2, AFTER)
     every = allowed_first_ids(tokenizer, " ")
-    healed = heal_with(parts, every[every < every[3]])
+    layer = InputLayer(*tiny)
+    layer.output_rows = int(every[3])  # a model whose lm_head emits only the ids below the 4th allowed one
+    healed = layer.heal(parts)
     assert (healed.parts, healed.spaces) == heal(parts) and healed.first_ids.tolist() == every[:3].tolist()
-    assert heal_with(parts, every[every < every[0]]) == Healed(parts)
+    layer = InputLayer(*tiny)
+    layer.output_rows = int(every[0])  # none of them
+    assert layer.heal(parts) == Healed(parts)
 
 
 def test_a_healed_prompt_decodes_as_the_constrained_greedy_written_out(sm):
