@@ -194,34 +194,22 @@ def write_corpus(path: Path, count: int) -> Path:
     return path
 
 
-def test_index_on_a_full_disk_keeps_the_store(tmp_path, tmpfs, capsys):
+@pytest.mark.parametrize(("fault", "cause", "passages"), [("full", "no space left on device", 300),
+                                                         ("read-only", "read-only file system", 3)])
+def test_index_on_a_refusing_disk_keeps_the_store(tmp_path, tmpfs, capsys, fault, cause, passages):
     disk = tmpfs("disk", "256k")
     store = disk / "store"
     assert main(["index", str(write_corpus(tmp_path / "one.jsonl", 1)), "--store", str(store), "--backend",
                  "bm25"]) == 0
-    fill(disk)
+    fill(disk) if fault == "full" else remount_read_only(disk)
     before = snapshot(disk)
     capsys.readouterr()
-    code = main(["index", str(write_corpus(tmp_path / "more.jsonl", 300)), "--store", str(store), "--backend",
+    code = main(["index", str(write_corpus(tmp_path / "more.jsonl", passages)), "--store", str(store), "--backend",
                  "bm25"])
-    assert_refused(code, capsys.readouterr().err, str(store), "no space left on device", "--store")
+    assert_refused(code, capsys.readouterr().err, str(store), cause, "--store")
     assert snapshot(disk) == before  # passages, index and manifest as they were: the store still opens
     assert_no_temporaries(disk)
     assert main(["search", str(store), "capital", "--top-k", "1"]) == 0
-
-
-def test_index_on_a_read_only_file_system(tmp_path, tmpfs, capsys):
-    disk = tmpfs("disk", "256k")
-    store = disk / "store"
-    assert main(["index", str(write_corpus(tmp_path / "one.jsonl", 1)), "--store", str(store), "--backend",
-                 "bm25"]) == 0
-    remount_read_only(disk)
-    before = snapshot(disk)
-    capsys.readouterr()
-    code = main(["index", str(write_corpus(tmp_path / "more.jsonl", 3)), "--store", str(store), "--backend",
-                 "bm25"])
-    assert_refused(code, capsys.readouterr().err, str(store), "read-only file system", "--store")
-    assert snapshot(disk) == before
 
 
 def test_dense_index_on_a_full_disk(tmp_path, tmpfs, capsys):
