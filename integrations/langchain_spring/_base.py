@@ -145,7 +145,7 @@ class SpringParams(BaseModel):
 
     _spring: SpringModel | None = PrivateAttr(default=None)
     _adapters: Any = PrivateAttr(default=None)
-    _backend: Any = PrivateAttr(default=None)
+    _engine: Engine | None = PrivateAttr(default=None)
     _warned: set[str] = PrivateAttr(default_factory=set)
 
     @model_validator(mode="before")
@@ -215,13 +215,13 @@ class SpringParams(BaseModel):
 
     @property
     def engine(self) -> Engine:
-        """The core call path over ``spring`` and ``parametric_adapters``, on ``backend``."""
-        if self._backend is None and self.backend is not None:
+        """The core call path over ``spring`` and ``parametric_adapters``, on ``backend`` (built on first use)."""
+        if self._engine is None:
             with _LOCK:
-                if self._backend is None:
-                    self._backend = as_backend(self.backend, request_timeout=self.timeout,
-                                               max_retries=self.max_retries)
-        return Engine(self.spring, self.parametric_adapters, self._backend)
+                if self._engine is None:
+                    backend = as_backend(self.backend, request_timeout=self.timeout, max_retries=self.max_retries)
+                    self._engine = Engine(self.spring, self.parametric_adapters, backend)
+        return self._engine
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` with the model's own tokenizer (LangChain's default would fetch GPT-2's)."""

@@ -29,6 +29,7 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -119,31 +120,40 @@ class VLLMBackend:
     # ----- generation ----------------------------------------------------------------------------------------
 
     def generate(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
-                 lora: str | None = None) -> Generation:
-        """The answer to one prompt (``lora``: a name from ``adapter_name``)."""
-        prepared = self._prepare(spring, prompt, settings, lora=lora, stream=False)
+                 adapters: Any = None, adapter_ids: Sequence[str] = ()) -> Generation:
+        """The answer to one prompt; ``adapter_ids`` name the documents of ``adapters`` whose summed update the
+        server applies (as one merged LoRA, ``adapter_name``)."""
+        prepared = self._prepare(spring, prompt, settings, self._lora(spring, adapters, adapter_ids), stream=False)
         reply = prepared.finished or self._post("/v1/completions", prepared.body)
         return _generation(reply, prepared)
 
     def stream(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
-               lora: str | None = None) -> GenerationStream:
+               adapters: Any = None, adapter_ids: Sequence[str] = ()) -> GenerationStream:
         """The answer as text deltas as the server sends them (SSE); ``result`` is set once it is read."""
-        prepared = self._prepare(spring, prompt, settings, lora=lora, stream=True)
+        prepared = self._prepare(spring, prompt, settings, self._lora(spring, adapters, adapter_ids), stream=True)
         stream = GenerationStream()
         stream._deltas = self._stream_deltas(prepared, stream)
         return stream
 
     async def agenerate(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
-                        lora: str | None = None) -> Generation:
+                        adapters: Any = None, adapter_ids: Sequence[str] = ()) -> Generation:
         """Async twin of ``generate`` (the request itself is async; the prompt is built in a worker thread)."""
-        prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora=lora, stream=False)
+        lora = await asyncio.to_thread(self._lora, spring, adapters, adapter_ids)
+        prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora, stream=False)
         reply = prepared.finished or await self._apost("/v1/completions", prepared.body)
         return _generation(reply, prepared)
 
+    def generate_batch(self, spring: SpringModel, prompts: Sequence[PromptParts],
+                       settings: GenerationSettings) -> list[Generation]:
+        """Concurrent requests, in order; the server batches them."""
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(prompts)))) as pool:
+            return list(pool.map(lambda prompt: self.generate(spring, prompt, settings), prompts))
+
     async def astream(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
-                      lora: str | None = None) -> AsyncIterator[str]:
+                      adapters: Any = None, adapter_ids: Sequence[str] = ()) -> AsyncIterator[str]:
         """Async twin of ``stream``: yields text deltas."""
-        prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora=lora, stream=True)
+        lora = await asyncio.to_thread(self._lora, spring, adapters, adapter_ids)
+        prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora, stream=True)
         if head := visible(prepared.head, prepared.spaces):
             yield head
         if prepared.finished:
@@ -168,6 +178,9 @@ class VLLMBackend:
                     await asyncio.sleep(self._delay(attempt))
 
     # ----- document adapters ---------------------------------------------------------------------------------
+
+    def _lora(self, spring: SpringModel, adapters: Any, doc_ids: Sequence[str]) -> str | None:
+        return self.adapter_name(spring, adapters, doc_ids) if doc_ids else None
 
     def adapter_name(self, spring: SpringModel, adapters: Any, doc_ids: Sequence[str]) -> str | None:
         """The served LoRA holding the summed update of ``doc_ids`` (merged, written and loaded once per key);
@@ -250,7 +263,7 @@ class VLLMBackend:
     # ----- requests ------------------------------------------------------------------------------------------
 
     def _prepare(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
-                 lora: str | None, stream: bool) -> _Prepared:
+                 lora: str | None, *, stream: bool) -> _Prepared:
         self.check(spring)
         parts = spring.as_parts(prompt)
         healed = spring.heal(parts)
