@@ -224,10 +224,6 @@ class VirtualTokens(torch.nn.Module):
         """Raise ``ModelMismatchError`` unless these tokens were made for ``model``."""
         check_fingerprint(self.manifest, model, where, model_display_name(model))
 
-    def forward(self, k: int | None = None) -> torch.Tensor:
-        """The first ``k`` rows (all ``n`` by default)."""
-        return self.weight if k is None else self.weight[:k]
-
     def __repr__(self) -> str:
         return f"VirtualTokens(n={self.n}, hidden_size={self.hidden_size}, base_model={self.base_model_name!r})"
 

@@ -24,11 +24,6 @@ Passage = str | Mapping[str, Any]
 """A retrieved passage: its text, or a mapping with ``text`` and an optional ``title``."""
 
 
-def marker(i: int) -> str:
-    """The display string of virtual token ``i`` (1-based): ``marker(3) == "[r3]"``."""
-    return MARKER_TEMPLATE.format(i=i)
-
-
 def marker_block(k: int) -> str:
     """The display string ``[r1][r2]..[rk]``; the empty string for ``k == 0``."""
     return "".join(MARKER_TEMPLATE.format(i=i) for i in range(1, k + 1))
