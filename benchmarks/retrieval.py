@@ -44,7 +44,7 @@ def build(backend: str, rows: list[dict[str, Any]], folder: Path) -> tuple[Store
 
 
 def recall(store: Store, questions: list[dict[str, Any]], gold_ids: list[str]) -> dict[str, float]:
-    results = store.retrieve_batch([q["question"] for q in questions], k=5)
+    results = store.retrieve_batch([q["question"] for q in questions], top_k=5)
     at_1 = sum(gold == hits[0].id for gold, hits in zip(gold_ids, results, strict=True) if hits)
     at_5 = sum(gold in {h.id for h in hits} for gold, hits in zip(gold_ids, results, strict=True))
     return {"recall@1": at_1 / len(questions), "recall@5": at_5 / len(questions)}
@@ -57,7 +57,7 @@ def throughput(store: Store, queries: list[str]) -> dict[str, float]:
     single = len(queries) / (time.perf_counter() - started)
     started = time.perf_counter()
     for start in range(0, len(queries), 64):
-        store.retrieve_batch(queries[start:start + 64], k=5)
+        store.retrieve_batch(queries[start:start + 64], top_k=5)
     batched = len(queries) / (time.perf_counter() - started)
     return {"queries_per_s": single, "queries_per_s_batch64": batched}
 

@@ -201,7 +201,6 @@ class InputLayer:
         return require_pad(self.pad_token_id, self.tokenizer)
 
 
-
 def eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     """End-of-sequence ids: the model's generation config first (it may list several), else the tokenizer's."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

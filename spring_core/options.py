@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,22 +50,29 @@ def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
 
 
 def integer(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
-    """An ``int`` (not a ``bool``) within ``low..high``."""
-    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low) or (
+    """An integer (``int`` or a numpy integer; not a ``bool``) within ``low..high``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low) or (
             high is not None and value > high):
         bounds = f"an integer in {low}..{high}" if high is not None else f"an integer >= {low}"
         raise OptionError(f"{name} must be {bounds}, got {value!r}")
-    return value
+    return int(value)
 
 
 def number(name: str, value: Any, *, low: float, high: float = math.inf, low_open: bool = False) -> float:
     """A finite real number (not a ``bool``) in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and _finite(value)
     if not ok or value < low or value > high or (low_open and value == low):
         span = f"{'(' if low_open else '['}{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
         raise OptionError(f"{name} must be a finite number {'in ' if math.isfinite(high) else ''}{span}, "
                           f"got {value!r}")
     return float(value)
+
+
+def _finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def text(name: str, value: Any, *, allow_empty: bool = True) -> str:

@@ -53,7 +53,7 @@ class SpringModel:
     """
 
     def __init__(self, model: Any, tokenizer: Any, tokens: VirtualTokens | str | Path | None = None, *,
-                 layout: str | None = None):
+                 layout: str | None = None, inputs: InputLayer | None = None):
         self.model = model
         self.tokenizer = tokenizer
         if isinstance(tokens, (str, Path)):
@@ -65,7 +65,7 @@ class SpringModel:
         default = tokens.layout if tokens is not None else "raw"
         self.layout = options.choice("layout", default if layout is None else layout, options.LAYOUTS)
         self.name = model_display_name(model)
-        self.inputs = InputLayer(model, tokenizer)
+        self.inputs = inputs if inputs is not None else InputLayer(model, tokenizer)
         self.runner = Runner(model, tokenizer, self.inputs, self._table)
         self.vocab_rows = self.inputs.vocab_rows
         self.pad_token_id = self.inputs.pad_token_id  # None when the tokenizer has neither pad nor eos
@@ -85,8 +85,9 @@ class SpringModel:
         return cls(model, tokenizer, tokens, layout=layout)
 
     def with_tokens(self, tokens: VirtualTokens | str | Path | None, *, layout: str | None = None) -> SpringModel:
-        """A SpringModel over the same base model and tokenizer (nothing is copied) with other virtual tokens."""
-        return SpringModel(self.model, self.tokenizer, tokens, layout=layout)
+        """A SpringModel over the same base model, tokenizer and input layer (nothing is copied or computed again)
+        with other virtual tokens."""
+        return SpringModel(self.model, self.tokenizer, tokens, layout=layout, inputs=self.inputs)
 
     @property
     def n(self) -> int:
@@ -178,7 +179,8 @@ class SpringModel:
 
     def answer(self, question: str, passages: Sequence[Passage], k: int, decoding: str, settings: GenerationSettings,
                *, scores: Sequence[float] | None = None, weight_temperature: float = 1.0) -> Generation:
-        """``generate`` for arguments already checked (``spring_core.options``): the engine's entry."""
+        """``generate`` for arguments already checked (``spring_core.options``); the in-process backend's entry for
+        the marginal decodings."""
         if decoding == "stuff":
             return self.runner.generate([self._parts(question, passages, k)], settings)[0]
         parts = [self._parts(question, [passage], k) for passage in passages]
@@ -223,7 +225,7 @@ class SpringModel:
     def answer_stream(self, question: str, passages: Sequence[Passage], k: int, decoding: str,
                       settings: GenerationSettings, *, scores: Sequence[float] | None = None,
                       weight_temperature: float = 1.0) -> GenerationStream:
-        """``stream`` for arguments already checked (``spring_core.options``): the engine's entry."""
+        """``stream`` for arguments already checked (``spring_core.options``)."""
         if decoding != "stuff":
             return GenerationStream.of(self.answer(question, passages, k, decoding, settings, scores=scores,
                                                    weight_temperature=weight_temperature))

@@ -273,7 +273,7 @@ class SpringParams(BaseModel):
                    k: int | None) -> tuple[Placement | None, int]:
         """Where the block goes in these messages and how many tokens it holds (``None``/0: not a RAG call);
         ``k`` is the call's (``None``: all ``n``)."""
-        k = self.spring.n if k is None else k  # checked against n once, by the engine
+        k = self.spring.check_k(k)
         if k == 0:
             return None, 0
         retrievals = TRACKER.retrievals(run_id)

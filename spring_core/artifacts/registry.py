@@ -83,6 +83,11 @@ def merge_lora(model: Any, folder: str | Path) -> Any:
     check_fingerprint(manifest, model, path, model_display_name(model))
     config = json.loads(verified_file(path, manifest, LORA_FILES[0]).read_text(encoding="utf-8"))
     tensors = load_file(str(verified_file(path, manifest, LORA_FILES[1])))
+    unsupported = [key for key in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save") if config.get(key)]
+    other = [key for key in tensors if not key.endswith((".lora_A.weight", ".lora_B.weight"))]
+    if unsupported or other:
+        raise ArtifactError(f"{path}: this LoRA uses {', '.join(unsupported + other[:3])}, which spring-rag does not "
+                            "merge itself; merge it with peft (PeftModel.from_pretrained(...).merge_and_unload())")
     rank = int(config["r"])
     scale = float(config["lora_alpha"]) / (math.sqrt(rank) if config.get("use_rslora") else rank)
     modules = dict(model.named_modules())

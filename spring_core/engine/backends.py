@@ -45,10 +45,14 @@ class Backend(Protocol):
 
 class TransformersBackend:
     """Generation in this process, on the ``SpringModel``'s transformers model; document adapters are active for
-    the one call (per thread and task), so concurrent calls never see each other's."""
+    the one call (per thread and task), so concurrent calls never see each other's. ``batch_size`` prompts at most
+    share one left-padded ``generate`` call."""
+
+    def __init__(self, batch_size: int = 8):
+        self.batch_size = batch_size
 
     def __repr__(self) -> str:
-        return "TransformersBackend()"
+        return f"TransformersBackend(batch_size={self.batch_size})"
 
     def generate(self, spring: SpringModel, prompt: PromptParts, settings: GenerationSettings, adapters: Any = None,
                  adapter_ids: Sequence[str] = ()) -> Generation:
@@ -71,8 +75,9 @@ class TransformersBackend:
 
     def generate_batch(self, spring: SpringModel, prompts: Sequence[PromptParts],
                        settings: GenerationSettings) -> list[Generation]:
-        """One left-padded batch; greedy results equal one-by-one calls."""
-        return spring.runner.generate(prompts, settings)
+        """Left-padded batches of ``batch_size``; greedy results equal one-by-one calls."""
+        return [generation for start in range(0, len(prompts), self.batch_size)
+                for generation in spring.runner.generate(prompts[start:start + self.batch_size], settings)]
 
     def marginal(self, spring: SpringModel, question: str, passages: Sequence[Passage], k: int, decoding: str,
                  settings: GenerationSettings, scores: Sequence[float] | None, weight_temperature: float,

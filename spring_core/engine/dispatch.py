@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from spring_core.engine.backends import Backend, TransformersBackend
@@ -62,7 +63,8 @@ class Engine:
         """Async twin of ``generate``: a server backend is awaited, the in-process model runs in a worker thread."""
         if request.prompt is None and request.decoding != "stuff":
             return await asyncio.to_thread(self._marginal, request)
-        return await self.backend.agenerate(self.spring, *self._prompt_and_adapters(request))
+        prepared = await asyncio.to_thread(self._prompt_and_adapters, request)  # tokenizing stays off the loop
+        return await self.backend.agenerate(self.spring, *prepared)
 
     def generate_batch(self, requests: Sequence[Request]) -> list[Generation]:
         """Answers in order: finished prompts with equal settings go to the backend as one batch (one left-padded
@@ -70,7 +72,10 @@ class Engine:
         if requests and all(r.prompt is not None and r.settings == requests[0].settings for r in requests):
             prompts = [self._checked(r.prompt) for r in requests]
             return self.backend.generate_batch(self.spring, prompts, requests[0].settings)
-        return [self.generate(request) for request in requests]
+        if isinstance(self.backend, TransformersBackend):
+            return [self.generate(request) for request in requests]
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(requests)))) as pool:  # the server batches them
+            return list(pool.map(self.generate, requests))
 
     def _prompt_and_adapters(self, request: Request) -> tuple[PromptParts, GenerationSettings, Any, list[str]]:
         """What a backend takes for a request: the finished prompt, the settings, the adapters and the ids of the

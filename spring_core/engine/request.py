@@ -23,9 +23,9 @@ class Request:
 
     Every field is checked when the request is made (``spring_core.options``), so a bad value raises an
     ``OptionError`` naming it before anything runs. ``k`` is the block size for a question with documents
-    (``None``: all ``n`` tokens, 0 in ``prag`` decoding); a finished prompt carries its own. ``settings`` are
-    ``SpringModel.generate``'s (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``), given as a
-    mapping and held as ``GenerationSettings``.
+    (``None``: all ``n`` tokens, 0 with ``knowledge="prag"``); a finished prompt carries its own. ``settings``
+    are ``SpringModel.generate``'s (``max_new_tokens``, ``min_new_tokens``, ``temperature``, ``top_p``, ``seed``,
+    ``stop``), given as a mapping and held as ``GenerationSettings``.
     """
 
     prompt: PromptParts | str | None = None

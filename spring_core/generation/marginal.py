@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -31,6 +32,7 @@ from transformers import LogitsProcessor
 
 from spring_core.errors import DecodingError
 from spring_core.generation.runner import Runner
+from spring_core.healing import Healed
 from spring_core.types import Generation, GenerationSettings, PromptParts
 
 SCORE_BATCH = 16
@@ -81,7 +83,8 @@ def rag_sequence(runner: Runner, parts: Sequence[PromptParts], scores: Sequence[
     marginal = torch.logsumexp(log_w.unsqueeze(0) + log_p, dim=1)
     order = sorted(range(len(candidates)), key=lambda c: -float(marginal[c]))  # stable: earlier passage wins ties
     result = _result(runner, candidates[order[0]], settings, parts, prepared, log_w)
-    result.candidates = [(runner.decode(candidates[c]), float(marginal[c])) for c in order]
+    spaces = prepared[0][0].spaces
+    result.candidates = [(runner.decode(candidates[c], spaces), float(marginal[c])) for c in order]
     return result
 
 
@@ -112,8 +115,6 @@ def passage_weights(scores: Sequence[float], temperature: float = 1.0) -> torch.
     return _log_weights(scores, temperature).exp().float()
 
 
-
-
 def optional_scores(scores: Sequence[float | None]) -> list[float] | None:
     """Retriever scores as passage weights: all given -> the list; none given -> ``None`` (equal weights).
 
@@ -136,8 +137,6 @@ def optional_scores(scores: Sequence[float | None]) -> list[float] | None:
     )
 
 
-
-
 def _score_chunk(runner: Runner, prompts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
     longest = max((len(c) for c in continuations), default=0)
     if longest == 0:
@@ -151,16 +150,14 @@ def _score_chunk(runner: Runner, prompts: list[list[int]], continuations: list[l
     return picked.cpu().masked_fill(~valid, 0.0).sum(dim=1)
 
 
-
-
 def _log_weights(scores: Sequence[float], temperature: float, passages: int | None = None) -> torch.Tensor:
     """``log p(z|x)`` in float64, after checking the scores (one per passage) and the temperature."""
     if passages == 0:
         raise DecodingError("marginal decoding needs at least one passage; retrieve some, or use decoding='stuff'")
-    try:
-        values = [float(s) for s in scores]
-    except (TypeError, ValueError) as exc:
-        raise DecodingError(f"passage scores must be numbers, one per passage ({exc})") from exc
+    if isinstance(scores, (str, bytes)) or any(isinstance(s, bool) or not isinstance(s, numbers.Real)
+                                               for s in scores):
+        raise DecodingError(f"passage scores must be a list of numbers, one per passage; got {scores!r:.80}")
+    values = [float(s) for s in scores]
     if not values:
         raise DecodingError("no passage scores were given; pass one retrieval score per passage")
     if passages is not None and len(values) != passages:
@@ -174,8 +171,8 @@ def _log_weights(scores: Sequence[float], temperature: float, passages: int | No
             "(check the retriever's output, or drop that passage)"
         )
     try:
-        usable = math.isfinite(float(temperature)) and float(temperature) > 0
-    except (TypeError, ValueError):
+        usable = not isinstance(temperature, bool) and math.isfinite(float(temperature)) and float(temperature) > 0
+    except (TypeError, ValueError, OverflowError):
         usable = False
     if not usable:
         raise DecodingError(
@@ -195,8 +192,6 @@ def _generator(device: torch.device, seed: int | None) -> torch.Generator:
     return generator
 
 
-
-
 def _gather_index(continuations: list[list[int]], keep: int) -> tuple[torch.Tensor, ...]:
     """Index tensors ``[pairs, longest]`` that pick each continuation token's log-prob from the kept logits."""
     longest = keep - 1
@@ -210,8 +205,6 @@ def _gather_index(continuations: list[list[int]], keep: int) -> tuple[torch.Tens
         valid[row, :len(ids)] = True
     rows = torch.arange(len(continuations)).unsqueeze(1).expand_as(positions)
     return rows, positions, tokens, valid
-
-
 
 
 class MixtureProcessor(LogitsProcessor):
@@ -249,8 +242,6 @@ class MixtureProcessor(LogitsProcessor):
         return chosen
 
 
-
-
 def _check_settings(settings: GenerationSettings, *, sampling: bool) -> None:
     if settings.top_p < 1 or settings.min_new_tokens or (settings.temperature > 0 and not sampling):
         raise DecodingError("marginal decoding does not support top_p or min_new_tokens, and only rag-token samples "
@@ -278,9 +269,9 @@ def _check_pairs(runner: Runner, prompts: list[list[int]], continuations: list[l
 
 
 def _result(runner: Runner, ids: list[int], settings: GenerationSettings, parts: Sequence[PromptParts],
-            prepared: Sequence[tuple[object, list[int]]], log_w: torch.Tensor) -> Generation:
+            prepared: Sequence[tuple[Healed, list[int]]], log_w: torch.Tensor) -> Generation:
     k = parts[0].k
-    result = runner.finish(ids, settings, prompt_tokens=sum(len(p) - k for _, p in prepared),
+    result = runner.finish(ids, settings, prepared[0][0].spaces, prompt_tokens=sum(len(p) - k for _, p in prepared),
                            virtual_tokens=k * len(parts), prompt=parts[0].render())
     result.weights = log_w.exp().float().tolist()
     return result

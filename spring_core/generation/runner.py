@@ -66,11 +66,11 @@ class Runner:
         healed = self.inputs.heal(parts)
         ids = self.inputs.encode(healed.parts)
         window = self.inputs.context_window
-        if window is not None and len(ids) >= window:  # no room left for an answer
+        if window is not None and len(ids) + settings.max_new_tokens > window:
             raise ContextWindowError(
-                f"the prompt is {len(ids)} tokens (virtual tokens included) but the model's context window is "
-                f"{window} tokens, which leaves no room for the answer (max_new_tokens={settings.max_new_tokens}); "
-                "retrieve fewer or shorter passages, or truncate the context before the call"
+                f"the prompt is {len(ids)} tokens (virtual tokens included) and the answer may take "
+                f"max_new_tokens={settings.max_new_tokens} more, but the model's context window is {window} tokens; "
+                "retrieve fewer or shorter passages, truncate the context, or lower max_new_tokens"
             )
         return healed, ids
 

@@ -114,9 +114,9 @@ class CachedAdapters:
     def activate(self, doc_ids: Sequence[str]) -> Iterator[LoraUpdate | None]:
         """Forward passes in this block (this thread / task only) run with the documents' update."""
         update = self.update_for(doc_ids)
-        if self.hooks is None:
-            raise SpringError(f"{type(self).__name__} was opened without a model, so there is nothing to activate its "
-                              "adapters on; open it with the model")
+        if self.hooks is None or not self.hooks.installed:
+            raise SpringError(f"{type(self).__name__} is closed or was opened without a model, so there is nothing "
+                              "to activate its adapters on; open it (again) with the model")
         with self.hooks.active(update):
             yield update
 

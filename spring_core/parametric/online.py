@@ -47,7 +47,7 @@ class ParametricDocument:
     score: float | None = None
 
 
-def open_adapters(folder: str | Path, model: Any, *, model_name: str = "this model") -> Any:
+def open_adapters(folder: str | Path, model: Any, *, model_name: str | None = None) -> Any:
     """The adapters in ``folder`` for ``model``: a PRAG store (``DocumentAdapters``) or Poly-PRAG experts."""
     return open_artifact(folder, model, model_name=model_name, kinds=("document-adapters", "poly-experts"))
 

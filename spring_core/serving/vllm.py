@@ -89,7 +89,7 @@ class VLLMBackend:
     Example:
         >>> backend = VLLMBackend("http://127.0.0.1:8000", request_timeout=60)                       # doctest: +SKIP
         >>> parts = sm.prompt_parts("Who?", ["X is Y."], k=10)                               # doctest: +SKIP
-        >>> backend.generate(sm, parts, {"max_new_tokens": 8}).text                           # doctest: +SKIP
+        >>> backend.generate(sm, parts, generation_settings({"max_new_tokens": 8})).text      # doctest: +SKIP
         'Y'
     """
 

@@ -52,6 +52,10 @@ CASES = [
     Case("max-new-tokens-bool", lambda d: d.spring.generate(Q, P, max_new_tokens=True), "max_new_tokens"),
     Case("temperature-nan", lambda d: d.spring.generate(Q, P, temperature=float("nan")), "temperature"),
     Case("temperature-inf", lambda d: d.spring.generate(Q, P, temperature=float("inf")), "temperature"),
+    Case("temperature-huge-int", lambda d: d.spring.generate(Q, P, temperature=10**400), "temperature"),
+    Case("scores-string", lambda d: d.spring.generate(Q, P, decoding="rag-token", scores="1"), "scores"),
+    Case("weight-temperature-bool", lambda d: d.spring.generate(Q, P, decoding="rag-token", weight_temperature=True),
+         "temperature"),
     Case("stop-none-item", lambda d: d.spring.generate(Q, P, stop=[None]), "stop[0]"),
     Case("seed-float", lambda d: d.spring.generate(Q, P, seed=1.5), "seed"),
     Case("batch-size-negative", lambda d: d.spring.generate_batch([Q], batch_size=-1), "batch_size"),
@@ -94,7 +98,8 @@ def test_a_bad_value_is_a_spring_error_naming_the_argument(doors, case):
 def test_a_prompt_longer_than_the_context_window_names_both_lengths(doors):
     window = doors.spring.model.config.max_position_embeddings
     long_passage = "river mountain " * window
-    with pytest.raises(ContextWindowError, match=rf"the prompt is \d+ tokens .* context window is {window} tokens"):
+    both_lengths = rf"the prompt is \d+ tokens .* max_new_tokens=2 more, but the model's context window is {window}"
+    with pytest.raises(ContextWindowError, match=both_lengths):
         doors.spring.generate(Q, [long_passage], k=2, max_new_tokens=2)
     with pytest.raises(ContextWindowError):
         doors.chat.invoke(long_passage + Q)

@@ -19,6 +19,7 @@ def test_every_entry_of_the_transformers_backend_gives_the_runners_answer(tiny):
     expected = [sm.generate_from_prompt(p, max_new_tokens=6) for p in PROMPTS]
     assert [backend.generate(sm, p, settings) for p in PROMPTS] == expected
     assert backend.generate_batch(sm, PROMPTS, settings) == expected
+    assert TransformersBackend(batch_size=1).generate_batch(sm, PROMPTS, settings) == expected  # in chunks
     stream = backend.stream(sm, PROMPTS[0], settings)
     assert "".join(stream) == expected[0].text and stream.result == expected[0]
     assert asyncio.run(backend.agenerate(sm, PROMPTS[0], settings)) == expected[0]

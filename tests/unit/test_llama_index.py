@@ -85,8 +85,8 @@ def test_k_sets_the_block_per_llm_and_per_template(tiny, tokens, llm):
     assert SpringLLM(spring_model=llm.spring_model, k=0).rag_prompt(QA, context_str=CONTEXT, query_str="q") is None
     sized = spring_text_qa_template(2)
     assert llm.rag_prompt(sized, context_str=CONTEXT, query_str="q").k == 2
-    with pytest.raises(MarkerError, match="out of range"):  # checked once, when the call runs
-        SpringLLM(spring_model=llm.spring_model, k=9).predict(QA, context_str=CONTEXT, query_str="q")
+    with pytest.raises(MarkerError, match="out of range"):
+        SpringLLM(spring_model=llm.spring_model, k=9).rag_prompt(QA, context_str=CONTEXT, query_str="q")
 
 
 @pytest.mark.parametrize("text", ["[r1][r2][r3]", "[r1]" * 60 + "Question:", "[r" + "9" * 5000 + "]",

@@ -13,7 +13,7 @@ import torch
 from conftest import weights_digest
 
 from spring_core import SpringModel
-from spring_core.errors import ArtifactError, ModelMismatchError, OptionError
+from spring_core.errors import ArtifactError, ModelMismatchError, OptionError, SpringError
 from spring_core.models import load_model
 from spring_core.parametric import (
     AdapterStore,
@@ -178,6 +178,8 @@ def test_hooks_belong_to_their_adapter_set_and_come_off_with_it(store, model, ti
         assert torch.equal(model(ids).logits, once)
     first.close()
     assert not first.hooks.installed and second.hooks.installed
+    with pytest.raises(SpringError, match="is closed"), first.activate(["doc-0"]):
+        pass
     with second.activate(["doc-0"]):
         assert torch.equal(model(ids).logits, once)
     with DocumentAdapters(store, model) as third:

@@ -205,7 +205,7 @@ class SpringLLM(CustomLLM):
     def _block_size(self, template: BasePromptTemplate) -> int:
         metadata = getattr(template, "metadata", None) or {}
         k = metadata.get(BLOCK_SIZE_KEY, self.k)
-        return self.spring_model.n if k is None else k  # checked against n once, by the engine
+        return self.spring_model.check_k(k)
 
     def _renders_chat(self, *, messages: bool) -> bool:
         """Whether this LLM renders chat ``messages`` (else a completion prompt) through the tokenizer's chat
