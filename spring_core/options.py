@@ -60,19 +60,15 @@ def integer(name: str, value: Any, *, low: int | None = None, high: int | None =
 
 def number(name: str, value: Any, *, low: float, high: float = math.inf, low_open: bool = False) -> float:
     """A finite real number (not a ``bool``) in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and _finite(value)
+    try:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        ok = False
     if not ok or value < low or value > high or (low_open and value == low):
         span = f"{'(' if low_open else '['}{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
         raise OptionError(f"{name} must be a finite number {'in ' if math.isfinite(high) else ''}{span}, "
                           f"got {value!r}")
     return float(value)
-
-
-def _finite(value: numbers.Real) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        return False
 
 
 def text(name: str, value: Any, *, allow_empty: bool = True) -> str:
