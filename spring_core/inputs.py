@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from spring_core.errors import InputError
+from spring_core.errors import ContextWindowError, InputError
 from spring_core.healing import Healed, allowed_first_ids, heal
 from spring_core.types import PromptParts
 
@@ -164,6 +164,21 @@ class InputLayer:
         lead = [] if self.lead_ids and before[:len(self.lead_ids)] == self.lead_ids else self.lead_ids
         return lead + before + virtual + after + self.trail_ids
 
+    def prepare(self, parts: PromptParts, max_new_tokens: int = 0) -> tuple[Healed, list[int]]:
+        """What generation feeds for ``parts``: the healed prompt (``heal``) and its ids (``encode``), checked
+        against the context window with room for ``max_new_tokens`` more (``ContextWindowError`` naming both
+        lengths otherwise)."""
+        healed = self.heal(parts)
+        ids = self.encode(healed.parts)
+        window = self.context_window
+        if window is not None and len(ids) + max_new_tokens > window:
+            raise ContextWindowError(
+                f"the prompt is {len(ids)} tokens (virtual tokens included) and the answer may take "
+                f"max_new_tokens={max_new_tokens} more, but the model's context window is {window} tokens; "
+                "retrieve fewer or shorter passages, truncate the context, or lower max_new_tokens"
+            )
+        return healed, ids
+
     # ----- ids -> model inputs -------------------------------------------------------------------------------
 
     def embed(self, input_ids: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
@@ -184,7 +199,8 @@ class InputLayer:
         """Left-padded model inputs on the model's device: ``input_ids`` when no virtual id is present, else
         ``inputs_embeds``; plus ``attention_mask`` and, with ``positions``, ``position_ids`` that follow it."""
         input_ids, attention_mask = left_pad(sequences, self.pad_token_id)
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        device = self.embedding.weight.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         inputs: dict[str, torch.Tensor]
         if bool((input_ids >= self.vocab_rows).any()):
             inputs = {"inputs_embeds": self.embed(input_ids, table), "attention_mask": attention_mask}

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -123,9 +124,14 @@ def prompt(value: Any) -> PromptParts:
         value = PromptParts(value)
     if not isinstance(value, PromptParts):
         raise OptionError(f"prompt must be a string or PromptParts, got {type(value).__name__}")
-    text("prompt", value.before)
-    text("prompt", value.after)
-    if not value.k and not value.plain_text():
+    try:
+        whole = value.before + value.after
+        whole.encode("utf-8")
+    except (TypeError, UnicodeEncodeError):  # text() names the fault
+        text("prompt", value.before)
+        text("prompt", value.after)
+        raise
+    if not value.k and not whole:
         raise OptionError("prompt must not be empty")
     return value
 
@@ -153,7 +159,27 @@ def stop_strings(value: Any) -> tuple[str, ...]:
 
 def generation_settings(values: Mapping[str, Any]) -> GenerationSettings:
     """``GenerationSettings`` from keyword settings, each checked; an unknown name is an ``OptionError`` naming
-    the known ones."""
+    the known ones.
+
+    Settings are immutable, so the check of values seen before is remembered: a component that sends the same
+    defaults on every call checks them once. The values' types are part of what is remembered (``True`` is not
+    ``1`` here), and values that cannot be remembered (unhashable) are simply checked again.
+    """
+    try:
+        key = tuple(sorted((name, type(value), tuple(value) if isinstance(value, list) else value)
+                           for name, value in values.items()))
+        return _remembered_settings(key)
+    except TypeError:  # an unhashable value (or names of mixed types): check it now
+        return _settings(values)
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered_settings(key: tuple[tuple[str, type, Any], ...]) -> GenerationSettings:
+    values = {name: list(value) if kind is list else value for name, kind, value in key}
+    return _settings(values)
+
+
+def _settings(values: Mapping[str, Any]) -> GenerationSettings:
     unknown = sorted(set(values) - set(SETTINGS))
     if unknown:
         raise OptionError(f"unknown generation setting(s) {', '.join(unknown)}; use {', '.join(SETTINGS)}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from spring_core.types import BlockAt
 
@@ -55,7 +56,7 @@ def place_block(texts: Sequence[str], context: Sequence[Span], questions: Sequen
     """
     if not context:
         return None
-    end = max(context, key=lambda span: (span.message, span.end))
+    end = max(context, key=attrgetter("message", "end"))
     after = sorted(q for q in questions if (q.message, q.start) >= (end.message, end.end))
     if after:
         question = after[0]

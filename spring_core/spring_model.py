@@ -92,7 +92,7 @@ class SpringModel:
     @property
     def n(self) -> int:
         """How many virtual tokens are loaded (0 without an artifact)."""
-        return self.tokens.n if self.tokens is not None else 0
+        return int(self.tokens.weight.shape[0]) if self.tokens is not None else 0
 
     @property
     def device(self) -> torch.device:

@@ -48,8 +48,11 @@ class PromptParts:
     special_tokens: bool = True
 
     def render(self) -> str:
-        """The prompt for display, with the block written as ``[r1]..[rk]`` (never parsed back)."""
+        """The prompt for display, with the block written as ``[r1]..[rk]`` (never parsed back); also
+        ``str(parts)``, so logs and callbacks that print a prompt show it this way."""
         return self.before + marker_block(self.k) + self.after
+
+    __str__ = render
 
     def plain_text(self) -> str:
         """The prompt without its block: what the base model alone would read."""
@@ -82,8 +85,9 @@ class Usage:
 
     def as_dict(self) -> dict[str, int]:
         """The four counts by name (``prompt_tokens``, ``completion_tokens``, ``virtual_tokens``, ``total_tokens``)."""
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "virtual_tokens": self.virtual_tokens, "total_tokens": self.total_tokens}
+        counts = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                  "virtual_tokens": self.virtual_tokens}
+        return {**counts, "total_tokens": sum(counts.values())}
 
 
 @dataclass(frozen=True)

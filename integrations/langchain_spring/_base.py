@@ -147,6 +147,7 @@ class SpringParams(BaseModel):
     _adapters: Any = PrivateAttr(default=None)
     _engine: Engine | None = PrivateAttr(default=None)
     _warned: set[str] = PrivateAttr(default_factory=set)
+    _fingerprint: tuple[Any, str | None] | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -273,16 +274,18 @@ class SpringParams(BaseModel):
                    k: int | None) -> tuple[Placement | None, int]:
         """Where the block goes in these messages and how many tokens it holds (``None``/0: not a RAG call);
         ``k`` is the call's (``None``: all ``n``)."""
-        k = self.spring.check_k(k)
-        if k == 0:
+        n = self.engine.spring.n
+        k = n if k is None else k
+        retrievals = TRACKER.retrievals(run_id) if k != 0 else []
+        placement = find_placement(texts, roles, retrievals) if k != 0 else None
+        if placement is None:  # no block: the engine never sees k, so it is checked here (else the engine does)
+            options.virtual_token_count(k, n)
             return None, 0
-        retrievals = TRACKER.retrievals(run_id)
-        placement = find_placement(texts, roles, retrievals)
-        if placement is not None and not retrievals:
+        if not retrievals:
             self._warn_once("label", "no retriever ran in this chain, so the context was found by its label in the "
                             "system message; run retrieval through a LangChain retriever (retriever.invoke) for "
                             "exact placement")
-        if placement is not None and placement.question_first:
+        if placement.question_first:
             self._warn_once("question_first", "this RAG prompt states the question before the context, an order "
                             "SPRING's tokens were not trained on; the block goes right after the context")
         return placement, k
@@ -335,9 +338,11 @@ class SpringParams(BaseModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         tokens = self.tokens if self.tokens is not None or self.spring_model is None else self.spring_model.tokens
+        if self._fingerprint is None or self._fingerprint[0] is not tokens:  # hashing a table once, not per call
+            self._fingerprint = (tokens, tokens_fingerprint(tokens))
         return {
             "model": self.model,
-            "tokens": tokens_fingerprint(tokens),
+            "tokens": self._fingerprint[1],
             "k": self.k,
             "layout": self.layout,
             "decoding": self.decoding,

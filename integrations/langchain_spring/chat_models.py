@@ -145,7 +145,7 @@ class ChatSpring(SpringParams, BaseChatModel):
         run_id = getattr(run_manager, "run_id", None) or TRACKER.run_for(messages)
         settings, k = self._call_settings(stop, kwargs)
         placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, k)
-        return Request(prompt=render_messages(turns, self.spring.tokenizer, placement, k), settings=settings)
+        return Request(prompt=render_messages(turns, self.engine.spring.tokenizer, placement, k), settings=settings)
 
     def _metadata(self, generation: Generation) -> dict[str, Any]:
         return {"model_name": self.model, "finish_reason": generation.finish_reason}

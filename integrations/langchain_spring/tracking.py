@@ -6,8 +6,11 @@ LangChain's callbacks can: every retriever (``vector_store.as_retriever()``, ``S
 as a LangChain configure hook (the mechanism LangSmith's tracer uses) when the first ``ChatSpring`` or ``SpringLLM``
 is built (``install_tracker``; importing the package registers nothing), so from then on it sees every run in the
 process without any change to the user's chain. It keeps, per root run (one ``chain.invoke``), the retrievals made
-so far; a model call in the same root run looks them up by its own run id. Records are dropped when the root run
-ends.
+so far; a model call in the same root run looks them up by its own run id.
+
+**State lives exactly as long as its root run**: everything a root run recorded is dropped when that run ends
+(or fails), and a retriever called on its own, outside any chain, is forgotten when it returns. There is no
+count limit, so no number of unrelated calls on other threads can push a running chain's retrievals out.
 
 Example:
     >>> chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | chat
@@ -17,18 +20,14 @@ Example:
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.tracers.context import register_configure_hook
-
-MAX_ROOTS = 1024
-"""Root runs tracked at once; the oldest are forgotten first (a run that never reports its end cannot leak)."""
 
 
 @dataclass(frozen=True)
@@ -39,24 +38,31 @@ class Retrieval:
     texts: tuple[str, ...]
 
 
+@dataclass
+class _RootRun:
+    """What one root run (and the runs under it) recorded so far."""
+
+    members: list[UUID] = field(default_factory=list)
+    retrievals: list[Retrieval] = field(default_factory=list)
+    queries: dict[UUID, str] = field(default_factory=dict)  # retriever runs still running -> their query
+    prompts: list[str] = field(default_factory=list)  # prompt_key of the model calls in it
+
+
 class RetrievalTracker(BaseCallbackHandler):
-    """Remembers each root run's retrievals (see the module docstring); thread-safe, runs inline."""
+    """Remembers each root run's retrievals while it runs (see the module docstring); thread-safe, runs inline."""
 
     run_inline = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._root_of: dict[UUID, UUID] = {}
-        self._members: OrderedDict[UUID, list[UUID]] = OrderedDict()
-        self._retrievals: dict[UUID, list[Retrieval]] = {}
-        self._queries: dict[UUID, str] = {}
+        self._roots: dict[UUID, _RootRun] = {}  # every run still running -> the record of its root run
         self._prompt_runs: dict[str, UUID] = {}
 
     def retrievals(self, run_id: UUID | None) -> list[Retrieval]:
         """The retrievals that finished so far in the root run that ``run_id`` belongs to."""
         with self._lock:
-            root = self._root_of.get(run_id) if run_id is not None else None
-            return list(self._retrievals.get(root, [])) if root is not None else []
+            root = self._roots.get(run_id) if run_id is not None else None
+            return list(root.retrievals) if root is not None else []
 
     def run_for(self, prompt: str | Sequence[Any]) -> UUID | None:
         """The run of the model call that is answering ``prompt`` (a completion prompt, or chat messages) now.
@@ -67,82 +73,74 @@ class RetrievalTracker(BaseCallbackHandler):
         with self._lock:
             return self._prompt_runs.get(prompt_key(prompt))
 
-    # ----- run tree ------------------------------------------------------------------------------------------
-
-    def _link(self, run_id: UUID, parent_run_id: UUID | None) -> None:
+    def tracked_runs(self) -> int:
+        """How many runs (and model prompts) are tracked now: 0 once every run has ended."""
         with self._lock:
-            root = self._root_of.get(parent_run_id, parent_run_id) if parent_run_id is not None else run_id
-            self._root_of[run_id] = root
-            self._members.setdefault(root, []).append(run_id)
-            self._members.move_to_end(root)
-            while len(self._members) > MAX_ROOTS:
-                self._forget(next(iter(self._members)))
+            return len(self._roots) + len(self._prompt_runs)
 
-    def _end(self, run_id: UUID, parent_run_id: UUID | None) -> None:
-        if parent_run_id is None:
-            with self._lock:
-                self._forget(run_id)
+    # ----- callbacks: a run starts ---------------------------------------------------------------------------
 
-    def _forget(self, root: UUID) -> None:
-        members = set(self._members.pop(root, []))
-        for member in members:
-            self._root_of.pop(member, None)
-            self._queries.pop(member, None)
-        for prompt in [p for p, run in self._prompt_runs.items() if run in members]:
-            del self._prompt_runs[prompt]
-        self._retrievals.pop(root, None)
+    def _link(self, run_id: UUID, parent_run_id: UUID | None) -> _RootRun:
+        """Add ``run_id`` to its parent's root run (a run without a parent is a root of its own); the caller
+        holds the lock."""
+        root = self._roots.get(parent_run_id) if parent_run_id is not None else None
+        if root is None:  # a root run, or a parent that started before the tracker was installed
+            root = _RootRun()
+        root.members.append(run_id)
+        self._roots[run_id] = root
+        return root
 
-    # ----- callbacks -----------------------------------------------------------------------------------------
-
-    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
-                       **kwargs: Any) -> None:
-        self._link(run_id, parent_run_id)
-
-    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID,
-                            parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        self._link(run_id, parent_run_id)
-        with self._lock:
-            for conversation in messages:
-                self._prompt_runs[prompt_key(conversation)] = run_id
-
-    def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
+    def _run_started(self, serialized: Any, inputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
                      **kwargs: Any) -> None:
-        self._link(run_id, parent_run_id)
         with self._lock:
-            for prompt in prompts:
-                self._prompt_runs[prompt_key(str(prompt))] = run_id
+            self._link(run_id, parent_run_id)
 
-    def on_tool_start(self, serialized: Any, input_str: str, *, run_id: UUID, parent_run_id: UUID | None = None,
-                      **kwargs: Any) -> None:
-        self._link(run_id, parent_run_id)
+    on_chain_start = on_tool_start = _run_started
+
+    def _model_started(self, serialized: Any, prompts: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
+                       **kwargs: Any) -> None:
+        with self._lock:
+            root = self._link(run_id, parent_run_id)
+            for prompt in prompts:  # completion prompts, or one list of messages per conversation
+                key = prompt_key(prompt)
+                self._prompt_runs[key] = run_id
+                root.prompts.append(key)
+
+    on_chat_model_start = on_llm_start = _model_started
 
     def on_retriever_start(self, serialized: Any, query: str, *, run_id: UUID, parent_run_id: UUID | None = None,
                            **kwargs: Any) -> None:
-        self._link(run_id, parent_run_id)
         with self._lock:
-            self._queries[run_id] = query
+            self._link(run_id, parent_run_id).queries[run_id] = query
+
+    # ----- callbacks: a run ends -----------------------------------------------------------------------------
 
     def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, parent_run_id: UUID | None = None,
                          **kwargs: Any) -> None:
         with self._lock:
-            root = self._root_of.get(run_id)
+            root = self._roots.get(run_id)
             if root is not None:
                 texts = tuple(str(getattr(d, "page_content", "")) for d in documents)
-                self._retrievals.setdefault(root, []).append(Retrieval(self._queries.pop(run_id, ""), texts))
+                root.retrievals.append(Retrieval(root.queries.pop(run_id, ""), texts))
+        self._run_ended(documents, run_id=run_id, parent_run_id=parent_run_id)
 
-    def on_chain_end(self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        self._end(run_id, parent_run_id)
+    def _run_ended(self, outcome: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """A root run that ends takes everything it recorded with it; runs under it are forgotten with it. (The
+        root of a record is its first member: a run whose parent started before the tracker was installed roots
+        its own record, and takes it with it too.)"""
+        with self._lock:
+            root = self._roots.get(run_id)
+            if root is None or root.members[0] != run_id:
+                return
+            for member in root.members:
+                if self._roots.get(member) is root:
+                    del self._roots[member]
+            for key in root.prompts:
+                if self._prompt_runs.get(key) in root.members:
+                    del self._prompt_runs[key]
 
-    def on_chain_error(self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None,
-                       **kwargs: Any) -> None:
-        self._end(run_id, parent_run_id)
-
-    def on_llm_end(self, response: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        self._end(run_id, parent_run_id)
-
-    def on_llm_error(self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None,
-                     **kwargs: Any) -> None:
-        self._end(run_id, parent_run_id)
+    on_chain_end = on_chain_error = on_llm_end = on_llm_error = on_retriever_error = on_tool_end = on_tool_error = (
+        _run_ended)
 
 
 def prompt_key(prompt: str | Sequence[Any]) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from spring_core import options
 from spring_core.engine.backends import Backend, TransformersBackend
 from spring_core.engine.request import Request
 from spring_core.errors import ServerError
@@ -70,8 +71,9 @@ class Engine:
         """Answers in order: finished prompts with equal settings go to the backend as one batch (one left-padded
         ``generate`` in process, concurrent requests on a server), anything else one by one."""
         if requests and all(r.prompt is not None and r.settings == requests[0].settings for r in requests):
-            prompts = [self._checked(r.prompt) for r in requests]
-            return self.backend.generate_batch(self.spring, prompts, requests[0].settings)
+            for request in requests:
+                options.virtual_token_count(request.prompt.k, self.spring.n)
+            return self.backend.generate_batch(self.spring, [r.prompt for r in requests], requests[0].settings)
         if isinstance(self.backend, TransformersBackend):
             return [self.generate(request) for request in requests]
         with ThreadPoolExecutor(max_workers=max(1, min(32, len(requests)))) as pool:  # the server batches them
@@ -80,8 +82,9 @@ class Engine:
     def _prompt_and_adapters(self, request: Request) -> tuple[PromptParts, GenerationSettings, Any, list[str]]:
         """What a backend takes for a request: the finished prompt, the settings, the adapters and the ids of the
         documents whose adapters are active for this call."""
-        if request.prompt is not None:
-            return self._checked(request.prompt), request.settings, None, []
+        if request.prompt is not None:  # a finished prompt (Request checked it): only its block size is left
+            options.virtual_token_count(request.prompt.k, self.spring.n)
+            return request.prompt, request.settings, None, []
         call = self._plan(request)
         prompt = self.spring.prompt_parts(request.question, call.passages, call.k)
         return prompt, request.settings, self.adapters, call.adapter_ids
@@ -96,11 +99,6 @@ class Engine:
         return self.backend.marginal(self.spring, str(request.question), call.passages, self.spring.check_k(call.k),
                                      request.decoding, request.settings, call.weights, request.weight_temperature,
                                      self.adapters, call.adapter_ids)
-
-    def _checked(self, prompt: PromptParts | str | None) -> PromptParts:
-        assert isinstance(prompt, PromptParts)  # Request made it so
-        self.spring.check_k(prompt.k)
-        return prompt
 
     def _plan(self, request: Request) -> ParametricCall:
         return plan_call(self.adapters, list(request.documents or []), knowledge=request.knowledge, k=request.k,

@@ -50,7 +50,7 @@ def rag_token(runner: Runner, parts: Sequence[PromptParts], scores: Sequence[flo
     """
     _check_settings(settings, sampling=True)
     log_w = _log_weights(scores, weight_temperature, len(parts))
-    prepared = [runner.prepare(p, settings) for p in parts]
+    prepared = [runner.inputs.prepare(p, settings.max_new_tokens) for p in parts]
     generator = _generator(runner.inputs.device, settings.seed) if settings.temperature > 0 else None
     mixture = MixtureProcessor(log_w, temperature=settings.temperature, generator=generator)
     greedy = GenerationSettings(**{**vars(settings), "temperature": 0.0})  # the mixture samples, not generate()
@@ -68,7 +68,7 @@ def rag_sequence(runner: Runner, parts: Sequence[PromptParts], scores: Sequence[
     """
     _check_settings(settings, sampling=False)
     log_w = _log_weights(scores, weight_temperature, len(parts))
-    prepared = [runner.prepare(p, settings) for p in parts]
+    prepared = [runner.inputs.prepare(p, settings.max_new_tokens) for p in parts]
     prompts = [ids for _, ids in prepared]
     outputs = runner.generate_ids(prompts, settings, [h for h, _ in prepared])
     producers: dict[tuple[int, ...], list[int]] = {}

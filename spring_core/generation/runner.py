@@ -2,8 +2,8 @@
 
 Every path that generates in process comes here: ``stuff`` prompts (one or a left-padded batch), streaming
 (``spring_core.generation.streaming``) and the marginal modes (``spring_core.generation.marginal``), so the
-generation config, the context-window check, token healing, stop strings, end-of-sequence cuts and usage
-counting exist once.
+generation config, stop strings, end-of-sequence cuts and usage counting exist once (the prompt's healing,
+encoding and context-window check are the input layer's: ``InputLayer.prepare``).
 
 **Stop strings are matched on the answer as the caller sees it**: the text of the generated ids without the
 spaces that healing moved from the prompt into the first token. ``finish_reason`` is ``"stop"`` when a stop
@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
-from spring_core.errors import ContextWindowError
 from spring_core.healing import Healed, visible
 from spring_core.inputs import InputLayer
 from spring_core.types import Generation, GenerationSettings, PromptParts, Usage
@@ -59,26 +58,11 @@ class Runner:
         self.inputs = inputs
         self.table = table
 
-    # ----- prompts -> encoded, checked inputs --------------------------------------------------------------
-
-    def prepare(self, parts: PromptParts, settings: GenerationSettings) -> tuple[Healed, list[int]]:
-        """The healed prompt (``spring_core.healing``) and its ids, checked against the context window."""
-        healed = self.inputs.heal(parts)
-        ids = self.inputs.encode(healed.parts)
-        window = self.inputs.context_window
-        if window is not None and len(ids) + settings.max_new_tokens > window:
-            raise ContextWindowError(
-                f"the prompt is {len(ids)} tokens (virtual tokens included) and the answer may take "
-                f"max_new_tokens={settings.max_new_tokens} more, but the model's context window is {window} tokens; "
-                "retrieve fewer or shorter passages, truncate the context, or lower max_new_tokens"
-            )
-        return healed, ids
-
     # ----- generation --------------------------------------------------------------------------------------
 
     def generate(self, parts: Sequence[PromptParts], settings: GenerationSettings) -> list[Generation]:
         """One left-padded ``generate`` call over ``parts``; greedy results equal one-by-one calls."""
-        prepared = [self.prepare(p, settings) for p in parts]
+        prepared = [self.inputs.prepare(p, settings.max_new_tokens) for p in parts]
         rows = self.generate_ids([ids for _, ids in prepared], settings, [h for h, _ in prepared])
         return [self.finish(row, settings, healed.spaces, prompt_tokens=len(ids) - part.k, virtual_tokens=part.k,
                             prompt=part.render())
@@ -88,7 +72,7 @@ class Runner:
                      healed: Sequence[Healed] = (), processors: Sequence[LogitsProcessor] = ()) -> list[list[int]]:
         """Each prompt's new ids, cut after its first end-of-sequence id or at the end of its first stop string."""
         spaces = [h.spaces for h in healed] or [""] * len(prompts)
-        with torch.inference_mode(), seeded(settings.seed):
+        with torch.inference_mode(), seeded(settings.seed) if settings.seed is not None else contextlib.nullcontext():
             inputs = self.inputs.batch(prompts, self.table())
             # generate() returns the prompt's ids before the new ones when it reads ids (none for embeddings)
             width = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
@@ -118,22 +102,17 @@ class Runner:
         if settings.stop:
             kwargs["stopping_criteria"] = [VisibleStop(self.decode, settings.stop, list(spaces), offset)]
         if any(h.first_ids is not None for h in healed):
-            kwargs["prefix_allowed_tokens_fn"] = self._first_token_rule([h.first_ids for h in healed])
+            # healed rows: the first new token is one of the row's allowed ids; later tokens, and rows not
+            # healed, are free. Healed prompts hold a block, so generate() hands over only the new ids.
+            device = self.inputs.embedding.weight.device
+            every = torch.arange(self.inputs.output_rows, device=device)
+            first = {row: h.first_ids.to(device) for row, h in enumerate(healed) if h.first_ids is not None}
+
+            def allowed(row: int, ids: torch.Tensor) -> torch.Tensor:
+                return first[row] if ids.shape[-1] == 0 and row in first else every
+
+            kwargs["prefix_allowed_tokens_fn"] = allowed
         return kwargs
-
-    def _first_token_rule(self, first_ids: Sequence[torch.Tensor | None],
-                          ) -> Callable[[int, torch.Tensor], torch.Tensor]:
-        """``generate``'s ``prefix_allowed_tokens_fn`` for healed prompts: row ``i``'s first token is one of
-        ``first_ids[i]``; later tokens, and rows not healed (``None``), are free. Healed prompts hold a block, so
-        ``generate`` runs on ``inputs_embeds`` and hands over only the new ids."""
-        device = self.inputs.device
-        every = torch.arange(self.inputs.output_rows, device=device)
-        first = {row: ids.to(device) for row, ids in enumerate(first_ids) if ids is not None}
-
-        def allowed(row: int, ids: torch.Tensor) -> torch.Tensor:
-            return first[row] if ids.shape[-1] == 0 and row in first else every
-
-        return allowed
 
     # ----- new ids -> the answer ---------------------------------------------------------------------------
 
@@ -155,7 +134,9 @@ class Runner:
     def finish(self, ids: list[int], settings: GenerationSettings, spaces: str = "", *, prompt_tokens: int,
                virtual_tokens: int, prompt: str = "") -> Generation:
         """The ``Generation`` for ids already ``cut``: its text up to a stop string, usage and finish reason."""
-        text, stopped = cut_at_stop(self.decode(ids, spaces), settings.stop)
+        text, stopped = self.decode(ids, spaces), False
+        if settings.stop:
+            text, stopped = cut_at_stop(text, settings.stop)
         ended = bool(ids) and ids[-1] in self.inputs.eos_token_ids
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=len(ids), virtual_tokens=virtual_tokens)
         return Generation(text=text, usage=usage, finish_reason="stop" if stopped or ended else "length",

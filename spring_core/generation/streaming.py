@@ -58,7 +58,7 @@ class GenerationStream(Iterator[str]):
 
 def stream_generation(runner: Runner, parts: PromptParts, settings: GenerationSettings) -> GenerationStream:
     """Start generating ``parts`` in a worker thread; the stream yields the answer's text deltas."""
-    healed, prompt_ids = runner.prepare(parts, settings)
+    healed, prompt_ids = runner.inputs.prepare(parts, settings.max_new_tokens)
     with torch.inference_mode():  # no autograd history for the spliced embeddings
         inputs = runner.inputs.batch([prompt_ids], runner.table())
     streamer = _QueueStreamer()

@@ -266,8 +266,7 @@ class VLLMBackend:
                  lora: str | None, *, stream: bool) -> _Prepared:
         self.check(spring)
         parts = spring.as_parts(prompt)
-        healed = spring.heal(parts)
-        ids = spring.encode(healed.parts)
+        healed, ids = spring.inputs.prepare(parts, settings.max_new_tokens)
         body = _sampling(settings)
         body["model"] = lora or self.model
         if parts.k > 0 or self.embeds == "always":

@@ -17,6 +17,7 @@ from langchain_core.runnables import RunnablePassthrough
 from langchain_spring import SPRING_RAG_CHAT_PROMPT, ChatSpring, SpringRetriever, format_docs
 from langchain_spring.chat_models import message_turns, render_messages
 from spring_core import SpringModel, VirtualTokens
+from spring_core.errors import OptionError
 from spring_core.prompts import build_prompt
 from spring_core.retrieval import create_store
 from spring_core.types import PromptParts
@@ -319,3 +320,54 @@ def test_the_retrieval_tracker_is_registered_when_a_model_is_built_not_on_import
         "assert len(context._configure_hooks) == before + 1, 'not registered exactly once'",
     ])
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ----- the retrieval tracker: per-run state that other calls cannot evict ---------------------------------
+
+
+def test_standalone_retriever_calls_on_another_thread_cannot_evict_a_running_chains_retrieval(chat, sm, retriever):
+    """Issue #33: 1,030 retriever calls outside any chain, made while a chain sits between its retrieval and its
+    model call, used to push the chain's record out of a 1,024-slot tracker (0 virtual tokens, no warning)."""
+    import threading
+
+    from langchain_core.runnables import RunnableLambda
+
+    from langchain_spring.tracking import TRACKER
+
+    alone = rag_chain(retriever, chat).invoke(QUESTION)
+    retrieved, resume = threading.Event(), threading.Event()
+
+    def wait_after_retrieval(context: str) -> str:
+        retrieved.set()
+        assert resume.wait(60), "the test never resumed the chain"
+        return context
+
+    chain = ({"context": retriever | format_docs | RunnableLambda(wait_after_retrieval),
+              "question": RunnablePassthrough()} | SPRING_RAG_CHAT_PROMPT | chat)
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(chain.invoke(QUESTION)))
+    worker.start()
+    try:
+        assert retrieved.wait(60)
+        during = TRACKER.tracked_runs()
+        for _ in range(1030):
+            retriever.invoke("Where is Paris?")  # a root run of its own, forgotten when it returns
+        assert TRACKER.tracked_runs() - during < 10  # the chain's other branch may still be starting its runs
+    finally:
+        resume.set()
+        worker.join(60)
+    assert answers[0].usage_metadata["input_token_details"]["virtual"] == 8
+    assert answers[0].content == alone.content
+
+
+def test_the_tracker_forgets_every_run_once_it_ends(chat, retriever):
+    from langchain_spring.tracking import TRACKER
+
+    before = TRACKER.tracked_runs()
+    rag_chain(retriever, chat).invoke(QUESTION)
+    list(rag_chain(retriever, chat).stream(QUESTION))
+    retriever.invoke(QUESTION)
+    chat.invoke("hello")
+    with pytest.raises(OptionError):  # a run that fails is forgotten too
+        rag_chain(retriever, chat.bind(max_tokens="x")).invoke(QUESTION)
+    assert TRACKER.tracked_runs() == before

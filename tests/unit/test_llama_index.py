@@ -69,7 +69,9 @@ def test_text_is_text_and_templates_get_the_block(llm, tiny):
     assert parts == PromptParts(CONTEXT + "\n\n", 8, f"Question: {QUESTION}\nAnswer:")
     assert llm.predict(QA, context_str=CONTEXT, query_str=QUESTION) == llm.spring_model.generate_from_prompt(
         parts, max_new_tokens=6).text
-    assert llm.complete(parts.render(), spring_prompt=parts).raw["usage"]["virtual_tokens"] == 8
+    placed = llm.complete(parts)
+    assert placed.raw["usage"]["virtual_tokens"] == 8 and placed.raw["prompt_parts"] == parts
+    assert llm.complete(parts.render()).raw["usage"]["virtual_tokens"] == 0  # its display string is only text
 
 
 def test_calls_without_context_are_the_base_model_bit_for_bit(llm, tiny):
@@ -85,8 +87,10 @@ def test_k_sets_the_block_per_llm_and_per_template(tiny, tokens, llm):
     assert SpringLLM(spring_model=llm.spring_model, k=0).rag_prompt(QA, context_str=CONTEXT, query_str="q") is None
     sized = spring_text_qa_template(2)
     assert llm.rag_prompt(sized, context_str=CONTEXT, query_str="q").k == 2
-    with pytest.raises(MarkerError, match="out of range"):
-        SpringLLM(spring_model=llm.spring_model, k=9).rag_prompt(QA, context_str=CONTEXT, query_str="q")
+    with pytest.raises(MarkerError, match="out of range"):  # refused when the LLM is built
+        SpringLLM(spring_model=llm.spring_model, k=9)
+    with pytest.raises(MarkerError, match="out of range"):  # a template's own size: refused when it is sent
+        llm.predict(spring_text_qa_template(9), context_str=CONTEXT, query_str="q")
 
 
 @pytest.mark.parametrize("text", ["[r1][r2][r3]", "[r1]" * 60 + "Question:", "[r" + "9" * 5000 + "]",

@@ -138,6 +138,8 @@ class SpringLLM(CustomLLM):
         if isinstance(adapters, (str, Path)):
             adapters = open_adapters(adapters, spring_model.model, model_name=self.model_name)
         check_knowledge(self.knowledge, adapters)
+        if self.k is not None:
+            options.virtual_token_count(self.k, spring_model.n)
         self._engine = Engine(spring_model, adapters, as_backend(self.backend))
         self.layout = self.layout or spring_model.layout
         if not self.context_window:
@@ -165,7 +167,7 @@ class SpringLLM(CustomLLM):
     @property
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(context_window=self.context_window, num_output=self.max_new_tokens,
-                           model_name=self.spring_model.name, is_chat_model=False)
+                           model_name=self._engine.spring.name, is_chat_model=False)
 
     # ----- where the block goes ------------------------------------------------------------------------------
 
@@ -179,8 +181,10 @@ class SpringLLM(CustomLLM):
         variables = {**getattr(prompt, "kwargs", {}), **prompt_args}
         if not any(str(variables.get(name) or "") for name in CONTEXT_VARIABLES):
             return None
-        selected = _selected(prompt, self)
-        k = self._block_size(selected)
+        selected = prompt.select(self) if isinstance(prompt, SelectorPromptTemplate) else prompt
+        spring = self._engine.spring
+        k = (getattr(selected, "metadata", None) or {}).get(BLOCK_SIZE_KEY, self.k)
+        k = spring.n if k is None else k  # checked by the engine, once
         if k == 0:
             return None
         if getattr(selected, "function_mappings", None):
@@ -202,19 +206,14 @@ class SpringLLM(CustomLLM):
         chat = self._renders_chat(messages=isinstance(selected, ChatPromptTemplate))
         return PromptParts(text[:offset], k, text[offset:], special_tokens=not chat)
 
-    def _block_size(self, template: BasePromptTemplate) -> int:
-        metadata = getattr(template, "metadata", None) or {}
-        k = metadata.get(BLOCK_SIZE_KEY, self.k)
-        return self.spring_model.check_k(k)
-
     def _renders_chat(self, *, messages: bool) -> bool:
         """Whether this LLM renders chat ``messages`` (else a completion prompt) through the tokenizer's chat
         template, which writes the template's own special tokens into the text."""
-        if not has_chat_template(self.spring_model.tokenizer):
-            return False
-        if messages:
-            return isinstance(self.messages_to_prompt, functools.partial)  # ours: chat_template_prompt
-        return self.layout == "chat"
+        if messages:  # ours (chat_template_prompt) renders with the template when the tokenizer has one
+            chat = isinstance(self.messages_to_prompt, functools.partial)
+        else:
+            chat = self.layout == "chat"
+        return chat and has_chat_template(self._engine.spring.tokenizer)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -229,7 +228,7 @@ class SpringLLM(CustomLLM):
         if parts is None:
             return super().predict(prompt, **prompt_args)
         self._predict_start(prompt, prompt_args)
-        output = self._parse_output(self.complete(parts.render(), formatted=True, spring_prompt=parts).text)
+        output = self._parse_output(self.complete(parts, formatted=True).text)
         dispatcher.event(LLMPredictEndEvent(output=output))
         return output
 
@@ -241,7 +240,7 @@ class SpringLLM(CustomLLM):
         self._predict_start(prompt, prompt_args)
         self._refuse_output_parser(prompt)
         return stream_completion_response_to_tokens(
-            self.stream_complete(parts.render(), formatted=True, spring_prompt=parts))
+            self.stream_complete(parts, formatted=True))
 
     @dispatcher.span
     async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
@@ -249,7 +248,7 @@ class SpringLLM(CustomLLM):
         if parts is None:
             return await super().apredict(prompt, **prompt_args)
         self._predict_start(prompt, prompt_args)
-        response = await self.acomplete(parts.render(), formatted=True, spring_prompt=parts)
+        response = await self.acomplete(parts, formatted=True)
         output = self._parse_output(response.text)
         dispatcher.event(LLMPredictEndEvent(output=output))
         return output
@@ -261,7 +260,7 @@ class SpringLLM(CustomLLM):
             return await super().astream(prompt, **prompt_args)
         self._predict_start(prompt, prompt_args)
         self._refuse_output_parser(prompt)
-        stream = await self.astream_complete(parts.render(), formatted=True, spring_prompt=parts)
+        stream = await self.astream_complete(parts, formatted=True)
         return await astream_completion_response_to_tokens(stream)
 
     def _predict_start(self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]) -> None:
@@ -333,14 +332,12 @@ class SpringLLM(CustomLLM):
             settings.pop(key, None)
         return settings
 
-    def _request(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> Request:
-        """A finished prompt: ``spring_prompt`` (placed by ``predict``) as it is, else ``prompt`` as plain text."""
-        parts = kwargs.get("spring_prompt")
-        settings = self._settings(kwargs, extra=("spring_prompt",))
-        if parts is None:
+    def _request(self, prompt: str | PromptParts, formatted: bool, kwargs: dict[str, Any]) -> Request:
+        """A finished prompt: ``PromptParts`` (placed by ``predict``) as they are, a string as plain text."""
+        if not isinstance(prompt, PromptParts):
             chat = not formatted and self._renders_chat(messages=False)
-            parts = PromptParts(prompt if formatted else self.completion_to_prompt(prompt), special_tokens=not chat)
-        return Request(prompt=parts, settings=settings)
+            prompt = PromptParts(prompt if formatted else self.completion_to_prompt(prompt), special_tokens=not chat)
+        return Request(prompt=prompt, settings=self._settings(kwargs))
 
     def _run_stream(self, request: Request) -> CompletionResponseGen:
         stream = self._engine.stream(request)
@@ -349,25 +346,29 @@ class SpringLLM(CustomLLM):
             text += delta
             yield CompletionResponse(text=text, delta=delta)
         if stream.result is not None:  # a last, empty delta carries the usage of the whole answer
-            yield _response(stream.result, delta="")
+            yield _response(stream.result, request.prompt, delta="")
 
     @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        """Complete ``prompt`` (plain text: no virtual tokens, whatever it holds). ``spring_prompt=`` (a
-        ``PromptParts``) sends that prompt with its block instead; ``predict`` passes it for RAG templates."""
-        return _response(self._engine.generate(self._request(prompt, formatted, kwargs)))
+    def complete(self, prompt: str | PromptParts, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Complete ``prompt``: a string is plain text (no virtual tokens, whatever it holds); ``PromptParts``
+        (what ``predict`` builds for RAG templates) are sent with their block. LlamaIndex's instrumentation shows
+        the prompt as ``str(parts)``, the block written ``[r1]..[rk]``; the response's ``raw["prompt_parts"]``
+        holds the ``PromptParts`` sent."""
+        request = self._request(prompt, formatted, kwargs)
+        return _response(self._engine.generate(request), request.prompt)
 
     @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+    def stream_complete(self, prompt: str | PromptParts, formatted: bool = False,
+                        **kwargs: Any) -> CompletionResponseGen:
         return self._run_stream(self._request(prompt, formatted, kwargs))
 
     @llm_completion_callback()
-    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+    async def acomplete(self, prompt: str | PromptParts, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         request = self._request(prompt, formatted, kwargs)
-        return _response(await self._engine.agenerate(request))
+        return _response(await self._engine.agenerate(request), request.prompt)
 
     @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False,
+    async def astream_complete(self, prompt: str | PromptParts, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
         request = self._request(prompt, formatted, kwargs)
         return iterate_in_thread(lambda: self._run_stream(request))
@@ -380,8 +381,8 @@ class SpringLLM(CustomLLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return completion_response_to_chat_response(_response(self._engine.generate(self._chat_request(messages,
-                                                                                                        kwargs))))
+        request = self._chat_request(messages, kwargs)
+        return completion_response_to_chat_response(_response(self._engine.generate(request), request.prompt))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -390,7 +391,7 @@ class SpringLLM(CustomLLM):
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         request = self._chat_request(messages, kwargs)
-        return completion_response_to_chat_response(_response(await self._engine.agenerate(request)))
+        return completion_response_to_chat_response(_response(await self._engine.agenerate(request), request.prompt))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
@@ -411,14 +412,11 @@ def user_turn_prompt(tokenizer: Any, completion: str) -> str:
     return chat_template_prompt(tokenizer, [ChatMessage(role="user", content=completion)])
 
 
-def _selected(prompt: BasePromptTemplate, llm: Any) -> BasePromptTemplate:
-    """The template a ``SelectorPromptTemplate`` picks for ``llm``; any other template as it is."""
-    return prompt.select(llm) if isinstance(prompt, SelectorPromptTemplate) else prompt
-
-
-def _response(generation: Generation, delta: str | None = None) -> CompletionResponse:
+def _response(generation: Generation, parts: PromptParts | str | None = None,
+              delta: str | None = None) -> CompletionResponse:
+    """A ``CompletionResponse``: ``raw`` holds ``usage`` (prompt, completion, virtual and total tokens), the
+    ``finish_reason`` and the ``prompt_parts`` sent (when known); ``additional_kwargs`` the usage counts."""
     counts = generation.usage.as_dict()
-    return CompletionResponse(text=generation.text, delta=delta,
-                              raw={"usage": counts, "finish_reason": generation.finish_reason},
-                              additional_kwargs=counts)
+    raw = {"usage": counts, "finish_reason": generation.finish_reason, "prompt_parts": parts}
+    return CompletionResponse(text=generation.text, delta=delta, raw=raw, additional_kwargs=counts)
 
