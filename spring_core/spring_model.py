@@ -56,17 +56,12 @@ class SpringModel:
                  layout: str | None = None, inputs: InputLayer | None = None):
         self.model = model
         self.tokenizer = tokenizer
-        if isinstance(tokens, (str, Path)):
-            tokens = VirtualTokens.load(tokens, model=model)
-        elif tokens is not None:
-            tokens.check_compatible(model)
-        _check_adapter(tokens, model)
-        self.tokens: VirtualTokens | None = tokens
-        default = tokens.layout if tokens is not None else "raw"
-        self.layout = options.choice("layout", default if layout is None else layout, options.LAYOUTS)
         self.name = model_display_name(model)
         self.inputs = inputs if inputs is not None else InputLayer(model, tokenizer)
-        self.runner = Runner(model, tokenizer, self.inputs, self._table)
+        self.runner = Runner(model, tokenizer, self.inputs)
+        self.tokens = tokens  # checked, and handed to the runner (see the setter)
+        default = self.tokens.layout if self.tokens is not None else "raw"
+        self.layout = options.choice("layout", default if layout is None else layout, options.LAYOUTS)
         self.vocab_rows = self.inputs.vocab_rows
         self.pad_token_id = self.inputs.pad_token_id  # None when the tokenizer has neither pad nor eos
 
@@ -90,9 +85,21 @@ class SpringModel:
         return SpringModel(self.model, self.tokenizer, tokens, layout=layout, inputs=self.inputs)
 
     @property
-    def n(self) -> int:
-        """How many virtual tokens are loaded (0 without an artifact)."""
-        return int(self.tokens.weight.shape[0]) if self.tokens is not None else 0
+    def tokens(self) -> VirtualTokens | None:
+        """The virtual-token table (``None``: the plain base model). Assigning a table (or an artifact folder)
+        checks it against the model, as the constructor does, and sets ``n``."""
+        return self._tokens
+
+    @tokens.setter
+    def tokens(self, tokens: VirtualTokens | str | Path | None) -> None:
+        if isinstance(tokens, (str, Path)):
+            tokens = VirtualTokens.load(tokens, model=self.model)
+        elif tokens is not None:
+            tokens.check_compatible(self.model)
+        _check_adapter(tokens, self.model)
+        self._tokens = tokens
+        self.n = int(tokens.weight.shape[0]) if tokens is not None else 0  # how many are loaded (0: none)
+        self.runner.table = tokens.weight if tokens is not None else None
 
     @property
     def device(self) -> torch.device:
@@ -136,12 +143,12 @@ class SpringModel:
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``inputs_embeds`` for ids that may include virtual ids (differentiable w.r.t. the token table)."""
-        return self.inputs.embed(input_ids, self._table())
+        return self.inputs.embed(input_ids, self.runner.table)
 
     def model_inputs(self, batch: Sequence[Sequence[int]], *, positions: bool = False) -> dict[str, torch.Tensor]:
         """Left-padded model inputs: ``input_ids`` when no virtual token is present, else ``inputs_embeds``
         (plus ``position_ids`` that follow the mask, with ``positions``)."""
-        return self.inputs.batch(batch, self._table(), positions=positions)
+        return self.inputs.batch(batch, self.runner.table, positions=positions)
 
     def eos_ids(self) -> set[int]:
         """The ids that end a generation (the model's generation config first, else the tokenizer's eos)."""
@@ -150,9 +157,6 @@ class SpringModel:
     def heal(self, parts: PromptParts) -> Healed:
         """The prompt generation feeds for ``parts``, with trailing spaces healed (``spring_core.healing``)."""
         return self.inputs.heal(parts)
-
-    def _table(self) -> torch.Tensor | None:
-        return None if self.tokens is None else self.tokens.weight
 
     @torch.inference_mode()
     def logits(self, prompt: PromptParts | str) -> torch.Tensor:

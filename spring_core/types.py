@@ -26,7 +26,7 @@ Passage = str | Mapping[str, Any]
 
 def marker_block(k: int) -> str:
     """The display string ``[r1][r2]..[rk]``; the empty string for ``k == 0``."""
-    return "".join(MARKER_TEMPLATE.format(i=i) for i in range(1, k + 1))
+    return PromptParts("", k).render()
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class PromptParts:
     def render(self) -> str:
         """The prompt for display, with the block written as ``[r1]..[rk]`` (never parsed back); also
         ``str(parts)``, so logs and callbacks that print a prompt show it this way."""
-        return self.before + marker_block(self.k) + self.after
+        markers = "".join(MARKER_TEMPLATE.format(i=i) for i in range(1, self.k + 1))
+        return self.before + markers + self.after
 
     __str__ = render
 

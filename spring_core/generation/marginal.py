@@ -141,7 +141,7 @@ def _score_chunk(runner: Runner, prompts: list[list[int]], continuations: list[l
     longest = max((len(c) for c in continuations), default=0)
     if longest == 0:
         return torch.zeros(len(prompts), dtype=torch.float32)
-    inputs = runner.inputs.batch([p + c for p, c in zip(prompts, continuations, strict=True)], runner.table(),
+    inputs = runner.inputs.batch([p + c for p, c in zip(prompts, continuations, strict=True)], runner.table,
                                  positions=True)
     keep = longest + 1  # the last position predicts nothing; the one before the first continuation token does
     log_probs = runner.model(**inputs, logits_to_keep=keep).logits[:, -keep:].float().log_softmax(-1)
@@ -254,7 +254,7 @@ def _check_pairs(runner: Runner, prompts: list[list[int]], continuations: list[l
             f"got {len(prompts)} prompts but {len(continuations)} continuations; pass one continuation per prompt"
         )
     vocab = runner.inputs.vocab_rows
-    table = runner.table()
+    table = runner.table
     top = vocab + (0 if table is None else int(table.shape[0]))
     for i, (prompt, continuation) in enumerate(zip(prompts, continuations, strict=True)):
         if not prompt:

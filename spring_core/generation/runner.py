@@ -48,11 +48,10 @@ class Runner:
         model: a Hugging Face causal LM (only read).
         tokenizer: its tokenizer.
         inputs: the ``InputLayer`` that turns prompts into ids and ``inputs_embeds``.
-        table: returns the current virtual-token table (``None``: no tokens).
+        table: the virtual-token table, ``[n, width]`` (``None``: no tokens); ``SpringModel`` keeps it current.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, inputs: InputLayer,
-                 table: Callable[[], torch.Tensor | None] = lambda: None):
+    def __init__(self, model: Any, tokenizer: Any, inputs: InputLayer, table: torch.Tensor | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.inputs = inputs
@@ -73,7 +72,7 @@ class Runner:
         """Each prompt's new ids, cut after its first end-of-sequence id or at the end of its first stop string."""
         spaces = [h.spaces for h in healed] or [""] * len(prompts)
         with torch.inference_mode(), seeded(settings.seed) if settings.seed is not None else contextlib.nullcontext():
-            inputs = self.inputs.batch(prompts, self.table())
+            inputs = self.inputs.batch(prompts, self.table)
             # generate() returns the prompt's ids before the new ones when it reads ids (none for embeddings)
             width = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
             kwargs = self.generate_kwargs(settings, healed, spaces, width, processors)

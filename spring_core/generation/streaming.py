@@ -60,7 +60,7 @@ def stream_generation(runner: Runner, parts: PromptParts, settings: GenerationSe
     """Start generating ``parts`` in a worker thread; the stream yields the answer's text deltas."""
     healed, prompt_ids = runner.inputs.prepare(parts, settings.max_new_tokens)
     with torch.inference_mode():  # no autograd history for the spliced embeddings
-        inputs = runner.inputs.batch([prompt_ids], runner.table())
+        inputs = runner.inputs.batch([prompt_ids], runner.table)
     streamer = _QueueStreamer()
     cancelled = threading.Event()
     # stop strings are matched while streaming (the deltas must not pass them), so generate() needs no criterion
