@@ -6,6 +6,8 @@
   trained in
 - ``SpringRetriever`` over spring-rag's dense / BM25 stores, ``ParametricAdapterCompressor`` (adapter ids)
 - ``create_spring_rag_chain(retriever, llm, k=...)`` and ``format_docs``
+- ``SpringRAGMiddleware``: two-step RAG for LangChain 1.x agents (``create_agent``), the context and the question
+  handed to ``ChatSpring`` as structure (imported on first use: it needs the ``langchain`` package)
 
 Example:
     >>> from langchain_spring import ChatSpring, SpringRetriever, create_spring_rag_chain
@@ -13,6 +15,8 @@ Example:
     ...                                 ChatSpring(model="smollm2-135m", tokens="smollm2-135m-squad"))  # doctest: +SKIP
     >>> chain.invoke("Who is Harvard named after?")                                              # doctest: +SKIP
 """
+
+from typing import Any
 
 from langchain_spring.chains import create_spring_rag_chain, format_docs
 from langchain_spring.chat_models import ChatSpring
@@ -27,7 +31,16 @@ __all__ = [
     "ChatSpring",
     "ParametricAdapterCompressor",
     "SpringLLM",
+    "SpringRAGMiddleware",
     "SpringRetriever",
     "create_spring_rag_chain",
     "format_docs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SpringRAGMiddleware":  # langchain (1.x agents) and langgraph load only for the apps that use them
+        from langchain_spring.middleware import SpringRAGMiddleware
+
+        return SpringRAGMiddleware
+    raise AttributeError(f"module 'langchain_spring' has no attribute {name!r}")

@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 from uuid import UUID
 
 from langchain_core.documents import Document
@@ -22,7 +22,7 @@ from langchain_core.messages.ai import UsageMetadata
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from langchain_spring.placement import find_placement
-from langchain_spring.tracking import TRACKER, install_tracker
+from langchain_spring.tracking import TRACKER, RunSignals, install_tracker
 from spring_core import Generation, SpringModel, Usage, VirtualTokens, options
 from spring_core.engine import Engine, Request
 from spring_core.errors import OptionError
@@ -35,10 +35,12 @@ from spring_core.serving import as_backend
 LOAD_KWARGS = ("device", "dtype")
 """Keys ``model_kwargs`` accepts; they go to ``SpringModel.from_pretrained`` when the model is loaded by name."""
 
-CALL_KWARGS = ("max_tokens", "temperature", "top_p", "seed", "k", "model", "documents", "decoding", "knowledge")
+CALL_KWARGS = ("max_tokens", "temperature", "top_p", "seed", "k", "model", "documents", "decoding", "knowledge",
+               "rag_inputs")
 """Per-call keyword arguments (``invoke(..., max_tokens=8)``, ``bind(k=0)``); ``stop`` is LangChain's own.
 ``documents`` (retrieved ``Document`` objects) makes the input the bare question, answered from those passages
-read with ``decoding``."""
+read with ``decoding``. ``rag_inputs`` (``{"context": text, "question": text}``) says which text of the messages
+is the retrieved context and which the question (``SpringRAGMiddleware`` passes it)."""
 
 _LOCK = threading.RLock()
 
@@ -142,6 +144,8 @@ class SpringParams(BaseModel):
     """Loading options for ``SpringModel.from_pretrained``: ``device``, ``dtype``."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+    _ls_model_type: ClassVar[str] = "chat"
+    """LangSmith's model type: ``chat`` or ``llm``."""
 
     _spring: SpringModel | None = PrivateAttr(default=None)
     _adapters: Any = PrivateAttr(default=None)
@@ -270,21 +274,29 @@ class SpringParams(BaseModel):
                        missing_adapter=self.missing_adapter, weight_temperature=self.weight_temperature,
                        settings=settings)
 
-    def _placement(self, texts: Sequence[str], roles: Sequence[str], run_id: UUID | None,
-                   k: int | None) -> tuple[Placement | None, int]:
+    def _placement(self, texts: Sequence[str], roles: Sequence[str], run_id: UUID | None, k: int | None,
+                   rag_inputs: Any = None) -> tuple[Placement | None, int]:
         """Where the block goes in these messages and how many tokens it holds (``None``/0: not a RAG call);
-        ``k`` is the call's (``None``: all ``n``)."""
+        ``k`` is the call's (``None``: all ``n``); ``rag_inputs`` (``{"context": ..., "question": ...}``, from
+        ``SpringRAGMiddleware`` or the caller) say where the context and the question are, else the run's
+        signals do (``langchain_spring.placement``)."""
+        signals = None
+        if rag_inputs is not None:
+            if not isinstance(rag_inputs, Mapping) or not all(isinstance(v, str) for v in rag_inputs.values()):
+                raise OptionError("rag_inputs must be a mapping of template variables to their text, e.g. "
+                                  f"{{'context': ..., 'question': ...}}; got {rag_inputs!r:.80}")
+            signals = RunSignals(template_inputs=(dict(rag_inputs),))
         n = self.engine.spring.n
         k = n if k is None else k
-        retrievals = TRACKER.retrievals(run_id) if k != 0 else []
-        placement = find_placement(texts, roles, retrievals) if k != 0 else None
+        placement, signal = find_placement(texts, roles, signals or TRACKER.signals(run_id)) if k != 0 else (None, "")
         if placement is None:  # no block: the engine never sees k, so it is checked here (else the engine does)
             options.virtual_token_count(k, n)
             return None, 0
-        if not retrievals:
-            self._warn_once("label", "no retriever ran in this chain, so the context was found by its label in the "
-                            "system message; run retrieval through a LangChain retriever (retriever.invoke) for "
-                            "exact placement")
+        if signal == "label":
+            self._warn_once("label", "no retriever ran in this chain and no prompt template named its context, so "
+                            "the context was found by its label in the system message; retrieve through a "
+                            "LangChain retriever, fill a prompt template with the context, or use "
+                            "SpringRAGMiddleware (LangChain 1.x agents) for exact placement")
         if placement.question_first:
             self._warn_once("question_first", "this RAG prompt states the question before the context, an order "
                             "SPRING's tokens were not trained on; the block goes right after the context")
@@ -321,12 +333,12 @@ class SpringParams(BaseModel):
 
     # ----- LangChain plumbing --------------------------------------------------------------------------------
 
-    def _spring_ls_params(self, model_type: str, stop: list[str] | None, kwargs: Mapping[str, Any]) -> LangSmithParams:
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         requested = kwargs.get("model")
         params = LangSmithParams(
             ls_provider="spring",
             ls_model_name=requested if isinstance(requested, str) else self.model,
-            ls_model_type=cast(Any, model_type),
+            ls_model_type=cast(Any, self._ls_model_type),
             ls_temperature=kwargs.get("temperature", self.temperature),
             ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
         )

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -115,9 +115,6 @@ class ChatSpring(SpringParams, BaseChatModel):
     def _llm_type(self) -> str:
         return "spring-chat"
 
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        return self._spring_ls_params("chat", stop, kwargs)
-
     def bind_tools(
         self,
         tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
@@ -144,7 +141,8 @@ class ChatSpring(SpringParams, BaseChatModel):
             return self._documents_request(turns[0]["content"], stop, kwargs)
         run_id = getattr(run_manager, "run_id", None) or TRACKER.run_for(messages)
         settings, k = self._call_settings(stop, kwargs)
-        placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, k)
+        placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, k,
+                                       kwargs.get("rag_inputs"))
         return Request(prompt=render_messages(turns, self.engine.spring.tokenizer, placement, k), settings=settings)
 
     def _metadata(self, generation: Generation) -> dict[str, Any]:

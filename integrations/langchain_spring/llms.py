@@ -16,10 +16,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import LLM, LangSmithParams
+from langchain_core.language_models import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.runnables.config import run_in_executor
 
@@ -53,8 +53,7 @@ class SpringLLM(SpringParams, LLM):
     def _llm_type(self) -> str:
         return "spring"
 
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        return self._spring_ls_params("llm", stop, kwargs)
+    _ls_model_type: ClassVar[str] = "llm"
 
     def _call(self, prompt: str, stop: list[str] | None = None,
               run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> str:
@@ -66,7 +65,7 @@ class SpringLLM(SpringParams, LLM):
         # LangChain hands _generate the first prompt's run manager only: find each prompt's own run
         run_id = TRACKER.run_for(prompt) or getattr(run_manager, "run_id", None)
         settings, k = self._call_settings(stop, kwargs)
-        placement, k = self._placement([prompt], ["user"], run_id, k)
+        placement, k = self._placement([prompt], ["user"], run_id, k, kwargs.get("rag_inputs"))
         if placement is None:
             return Request(prompt=PromptParts(prompt), settings=settings)
         offset = placement.at.offset

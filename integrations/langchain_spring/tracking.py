@@ -6,7 +6,10 @@ LangChain's callbacks can: every retriever (``vector_store.as_retriever()``, ``S
 as a LangChain configure hook (the mechanism LangSmith's tracer uses) when the first ``ChatSpring`` or ``SpringLLM``
 is built (``install_tracker``; importing the package registers nothing), so from then on it sees every run in the
 process without any change to the user's chain. It keeps, per root run (one ``chain.invoke``), the retrievals made
-so far; a model call in the same root run looks them up by its own run id.
+so far, and the variables its prompt templates were filled with (LangChain reports a template's inputs when it
+runs: that is how an app that retrieves by itself, e.g. ``vector_store.similarity_search`` in a LangGraph node,
+and fills ``prompt.invoke({"context": ..., "question": ...})`` still shows where its context and question are);
+a model call in the same root run looks them up by its own run id.
 
 **State lives exactly as long as its root run**: everything a root run recorded is dropped when that run ends
 (or fails), and a retriever called on its own, outside any chain, is forgotten when it returns. There is no
@@ -38,12 +41,22 @@ class Retrieval:
     texts: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class RunSignals:
+    """What a root run has shown so far about its prompt's parts: the retrievals that finished, and the
+    variables each prompt template was filled with (``{"context": ..., "question": ...}``), in order."""
+
+    retrievals: tuple[Retrieval, ...] = ()
+    template_inputs: tuple[dict[str, str], ...] = ()
+
+
 @dataclass
 class _RootRun:
     """What one root run (and the runs under it) recorded so far."""
 
     members: list[UUID] = field(default_factory=list)
     retrievals: list[Retrieval] = field(default_factory=list)
+    template_inputs: list[dict[str, str]] = field(default_factory=list)
     queries: dict[UUID, str] = field(default_factory=dict)  # retriever runs still running -> their query
     prompts: list[str] = field(default_factory=list)  # prompt_key of the model calls in it
 
@@ -58,11 +71,13 @@ class RetrievalTracker(BaseCallbackHandler):
         self._roots: dict[UUID, _RootRun] = {}  # every run still running -> the record of its root run
         self._prompt_runs: dict[str, UUID] = {}
 
-    def retrievals(self, run_id: UUID | None) -> list[Retrieval]:
-        """The retrievals that finished so far in the root run that ``run_id`` belongs to."""
+    def signals(self, run_id: UUID | None) -> RunSignals:
+        """What the root run that ``run_id`` belongs to has shown so far (nothing for an unknown run)."""
         with self._lock:
             root = self._roots.get(run_id) if run_id is not None else None
-            return list(root.retrievals) if root is not None else []
+            if root is None:
+                return RunSignals()
+            return RunSignals(tuple(root.retrievals), tuple(root.template_inputs))
 
     def run_for(self, prompt: str | Sequence[Any]) -> UUID | None:
         """The run of the model call that is answering ``prompt`` (a completion prompt, or chat messages) now.
@@ -91,9 +106,11 @@ class RetrievalTracker(BaseCallbackHandler):
         return root
 
     def _run_started(self, serialized: Any, inputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
-                     **kwargs: Any) -> None:
+                     run_type: str | None = None, **kwargs: Any) -> None:
         with self._lock:
-            self._link(run_id, parent_run_id)
+            root = self._link(run_id, parent_run_id)
+            if run_type == "prompt" and isinstance(inputs, dict):  # a prompt template, with its variables
+                root.template_inputs.append({str(k): v for k, v in inputs.items() if isinstance(v, str)})
 
     on_chain_start = on_tool_start = _run_started
 

@@ -1,0 +1,115 @@
+"""``SpringRAGMiddleware``: two-step RAG for LangChain 1.x agents (``langchain.agents.create_agent``).
+
+LangChain's two-step RAG retrieves for the user's message in a middleware and writes the documents into the
+system prompt (the tutorial's ``@dynamic_prompt``), then the model answers. Written as text, the context cannot be
+told from the rest of the prompt by the model; this middleware does the same two steps and also hands
+``ChatSpring`` the context and the question as structure, through the model request's settings (the
+``rag_inputs`` call argument), so the block goes exactly between them: no label heuristic, no warning. With any
+other chat model it only writes the system prompt, as ``@dynamic_prompt`` would.
+
+Example:
+    >>> from langchain.agents import create_agent
+    >>> from langchain_spring import ChatSpring, SpringRAGMiddleware
+    >>> agent = create_agent(ChatSpring(tokens="smollm2-135m-squad"), tools=[],
+    ...                      middleware=[SpringRAGMiddleware(vector_store=vector_store)])          # doctest: +SKIP
+    >>> agent.invoke({"messages": [{"role": "user", "content": "Who is Harvard named after?"}]})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+from langchain_core.documents import Document
+from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableBinding
+
+from langchain_spring.chat_models import ChatSpring
+from spring_core.errors import OptionError
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Use the following context in your response:\n\n{context}"
+"""The system prompt of LangChain's two-step RAG tutorial; ``{context}`` is replaced by the documents."""
+
+
+def join_documents(documents: Sequence[Document]) -> str:
+    """The tutorial's context: the documents' texts, separated by blank lines."""
+    return "\n\n".join(document.page_content for document in documents)
+
+
+class SpringRAGMiddleware(AgentMiddleware):
+    """Retrieve for the last user message, write the context into the system prompt, and tell ``ChatSpring``
+    where the context and the question are.
+
+    Args:
+        retriever: a LangChain retriever (``vector_store.as_retriever()``, ``SpringRetriever``, any
+            ``BaseRetriever``); its runs are traced like any retriever's.
+        vector_store: or a vector store, searched with ``similarity_search(query, k=k)``.
+        k: documents per search with ``vector_store`` (a retriever has its own count).
+        system_prompt: the system prompt, with ``{context}`` where the documents go (default: the tutorial's).
+        format_documents: documents -> context text (default: their texts joined by blank lines).
+
+    Example:
+        >>> middleware = SpringRAGMiddleware(retriever, system_prompt="Answer from:\\n{context}")   # doctest: +SKIP
+        >>> create_agent(chat, tools=[], middleware=[middleware]).invoke({"messages": [...]})     # doctest: +SKIP
+    """
+
+    def __init__(self, retriever: Any = None, *, vector_store: Any = None, k: int = 4,
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+                 format_documents: Callable[[Sequence[Document]], str] = join_documents):
+        super().__init__()
+        if (retriever is None) == (vector_store is None):
+            raise OptionError("SpringRAGMiddleware needs a retriever or a vector_store (one of them)")
+        if retriever is not None and not callable(getattr(retriever, "invoke", None)):
+            raise OptionError(f"retriever must be a LangChain retriever (with invoke), got {type(retriever).__name__}")
+        if vector_store is not None and not callable(getattr(vector_store, "similarity_search", None)):
+            raise OptionError("vector_store must have similarity_search(query, k), got "
+                              f"{type(vector_store).__name__}")
+        if not isinstance(system_prompt, str) or "{context}" not in system_prompt:
+            raise OptionError("system_prompt must be a string with a {context} placeholder")
+        self.retriever, self.vector_store, self.k = retriever, vector_store, k
+        self.system_prompt, self.format_documents = system_prompt, format_documents
+
+    def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse],
+                        ) -> ModelResponse:
+        question = _question(request)
+        if question is None:
+            return handler(request)
+        if self.retriever is not None:
+            documents = self.retriever.invoke(question)
+        else:
+            documents = self.vector_store.similarity_search(question, k=self.k)
+        return handler(self._with_context(request, question, documents))
+
+    async def awrap_model_call(self, request: ModelRequest,
+                               handler: Callable[[ModelRequest], Awaitable[ModelResponse]]) -> ModelResponse:
+        question = _question(request)
+        if question is None:
+            return await handler(request)
+        if self.retriever is not None:
+            documents = await self.retriever.ainvoke(question)
+        else:
+            documents = await self.vector_store.asimilarity_search(question, k=self.k)
+        return await handler(self._with_context(request, question, documents))
+
+    def _with_context(self, request: ModelRequest, question: str, documents: Sequence[Document]) -> ModelRequest:
+        context = self.format_documents(documents)
+        system = SystemMessage(self.system_prompt.replace("{context}", context))
+        settings = dict(request.model_settings)
+        if isinstance(_unbound(request.model), ChatSpring):
+            settings["rag_inputs"] = {"context": context, "question": question}
+        return request.override(system_message=system, model_settings=settings)
+
+
+def _question(request: ModelRequest) -> str | None:
+    """The text of the conversation's last user message (``None`` when there is none)."""
+    for message in reversed(request.messages):
+        if isinstance(message, HumanMessage):
+            return message.text or None
+    return None
+
+
+def _unbound(model: Any) -> Any:
+    while isinstance(model, RunnableBinding):
+        model = model.bound
+    return model
