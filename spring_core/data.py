@@ -5,8 +5,11 @@ Corpus rows: ``{"id", "title", "text"}`` (``title`` optional; other scalar field
 Blank lines are allowed; anything else malformed is an error: no row is ever skipped silently.
 
 Example:
-    >>> rows = read_qa("spring_core/resources/demo_qa.jsonl")   # doctest: +SKIP
-    >>> rows[0]["question"]                                     # doctest: +SKIP
+    >>> rows = read_qa(demo_qa_path())               # the 12 bundled SQuAD dev rows; any QA file path works
+    >>> len(rows), rows[0]["answers"]
+    (12, ['independent', 'independent schools'])
+    >>> read_corpus(sample_corpus_path())[0]["title"]
+    'Private school'
 """
 
 from __future__ import annotations

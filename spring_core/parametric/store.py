@@ -16,7 +16,8 @@ Example:
     >>> spec = LoraSpec.for_model(model, rank=2, alpha=32)                                   # doctest: +SKIP
     >>> store = AdapterStore.create("adapters/", model, spec, base_model_name="smollm2-135m")  # doctest: +SKIP
     >>> store.add({"doc-1": tensors_1, "doc-2": tensors_2})                                  # doctest: +SKIP
-    >>> AdapterStore.open("adapters/", model=model).get("doc-1")["model.layers.0.mlp.up_proj.lora_A"].shape
+    >>> AdapterStore.open("adapters/", model=model).get("doc-1")[                           # doctest: +SKIP
+    ...     "model.layers.0.mlp.up_proj.lora_A"].shape
     torch.Size([2, 576])
 """
 

@@ -1,10 +1,13 @@
 """Retrieval: one ``Retriever`` protocol over dense (sentence-transformers + chromadb), BM25 and hybrid stores.
 
 Example:
+    >>> from spring_core.data import sample_corpus_path
     >>> from spring_core.retrieval import index_corpus, open_store
-    >>> index_corpus("corpus.jsonl", "store/", backend="dense")        # doctest: +SKIP
-    >>> for hit in open_store("store/").retrieve("Who founded Harvard?", top_k=3):   # doctest: +SKIP
-    ...     print(hit.score, hit.title)
+    >>> store, added = index_corpus(sample_corpus_path(), "store/", backend="bm25", show_progress=False)
+    >>> added                        # the 222 bundled SQuAD paragraphs; running it again adds none
+    222
+    >>> [hit.title for hit in open_store("store/").retrieve("Who is Harvard named after?", top_k=2)]
+    ['Harvard University', 'Harvard University']
 """
 
 from __future__ import annotations

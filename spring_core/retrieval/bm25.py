@@ -4,9 +4,13 @@ The folder keeps every passage in ``passages.jsonl`` and the BM25 index in ``ind
 ``add`` and ``delete`` rebuild it over all passages (seconds for tens of thousands) and swap it in atomically.
 
 Example:
-    >>> store = BM25Store.create("bm25-store/")                     # doctest: +SKIP
-    >>> store.add(read_corpus("corpus.jsonl"))                       # doctest: +SKIP
-    >>> BM25Store.open("bm25-store/").retrieve("Harvard founder", top_k=3)   # doctest: +SKIP
+    >>> rows = [{"id": "harvard", "title": "Harvard University", "text": "Harvard was named after John Harvard."},
+    ...         {"id": "yale", "title": "Yale University", "text": "Yale is a university in New Haven."}]
+    >>> store = BM25Store.create("bm25-store/")
+    >>> store.add(rows)                              # or read_corpus("corpus.jsonl"); returns how many were new
+    2
+    >>> BM25Store.open("bm25-store/").retrieve("Who is Harvard named after?", top_k=1)[0].id
+    'harvard'
 """
 
 from __future__ import annotations

@@ -7,9 +7,13 @@ opening the store with a different embedder is refused with both names. Only a p
 measured on SQuAD dev, prefixing the title changed recall@5 by 0.001 and lowered recall@1.
 
 Example:
-    >>> store = DenseStore.create("store/")                          # doctest: +SKIP
-    >>> store.add(read_corpus("corpus.jsonl"))                        # doctest: +SKIP
-    >>> store.retrieve("Who founded Harvard?", top_k=3)                   # doctest: +SKIP
+    >>> rows = [{"id": "harvard", "title": "Harvard University", "text": "Harvard was named after John Harvard."},
+    ...         {"id": "yale", "title": "Yale University", "text": "Yale is a university in New Haven."}]
+    >>> store = DenseStore.create("store/")          # MiniLM embeddings (bundled, offline) in chromadb
+    >>> store.add(rows)                              # or read_corpus("corpus.jsonl"); returns how many were new
+    2
+    >>> store.retrieve("Who founded Harvard?", top_k=1)[0].title
+    'Harvard University'
 """
 
 from __future__ import annotations

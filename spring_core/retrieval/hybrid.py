@@ -5,9 +5,13 @@ Dense embeddings catch paraphrases, BM25 catches rare names and numbers; fusing 
 wording often repeats the passage's. The folder holds ``dense/`` and ``bm25/`` stores.
 
 Example:
-    >>> store = HybridStore.create("store/")                          # doctest: +SKIP
-    >>> store.add(read_corpus("corpus.jsonl"))                         # doctest: +SKIP
-    >>> store.retrieve("Who founded Harvard?", top_k=3)                    # doctest: +SKIP
+    >>> rows = [{"id": "harvard", "title": "Harvard University", "text": "Harvard was named after John Harvard."},
+    ...         {"id": "yale", "title": "Yale University", "text": "Yale is a university in New Haven."}]
+    >>> store = HybridStore.create("store/")         # a dense and a BM25 store, ranks fused
+    >>> store.add(rows)
+    2
+    >>> [hit.id for hit in store.retrieve("Who founded Harvard?", top_k=2)]
+    ['harvard', 'yale']
 """
 
 from __future__ import annotations

@@ -1,0 +1,74 @@
+"""The examples in the docstrings run (doctest), each module's in a scratch folder. ``# doctest: +SKIP`` is kept
+only where an example needs a server, a GPU, a big model or a trained artifact that is not bundled; the count of
+examples that run is checked, so an example quietly turned into a skipped one shows up here."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+# module -> examples expected to run (not skipped)
+QUICK = {
+    "spring_core": 1,
+    "spring_core.artifacts": 1,
+    "spring_core.artifacts.manifest": 4,
+    "spring_core.data": 3,
+    "spring_core.demo": 1,
+    "spring_core.engine.backends": 1,
+    "spring_core.engine.request": 1,
+    "spring_core.errors": 2,
+    "spring_core.generation.marginal": 6,
+    "spring_core.generation.runner": 1,
+    "spring_core.generation.streaming": 2,
+    "spring_core.healing": 3,
+    "spring_core.metrics": 3,
+    "spring_core.models": 1,
+    "spring_core.options": 2,
+    "spring_core.placement": 3,
+    "spring_core.prompts": 4,
+    "spring_core.retrieval": 5,
+    "spring_core.retrieval.bm25": 4,
+    "spring_core.spring_model": 1,
+    "spring_core.templates": 3,
+    "spring_core.tokens": 1,
+    "spring_core.types": 4,
+}
+# these load the bundled MiniLM embedder and chromadb (tens of seconds on a busy 2-core machine)
+EMBEDDER = {
+    "spring_core.retrieval.dense": 4,
+    "spring_core.retrieval.embedders": 2,
+    "spring_core.retrieval.hybrid": 4,
+}
+
+
+def run_doctests(name: str) -> tuple[int, int, str]:
+    """``(examples run, failures, report)`` for the docstrings of module ``name``."""
+    module = importlib.import_module(name)
+    runner = doctest.DocTestRunner(optionflags=OPTIONS)
+    ran, report = 0, []
+    for test in doctest.DocTestFinder().find(module):
+        ran += sum(1 for example in test.examples if not example.options.get(doctest.SKIP))
+        runner.run(test, out=report.append)
+    return ran, runner.failures, "".join(report)
+
+
+def check(name: str, expected: int, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # examples write their stores and artifacts to relative folders
+    ran, failures, report = run_doctests(name)
+    assert failures == 0, report
+    assert ran == expected, f"{name}: {ran} examples ran, expected {expected} (a new +SKIP, or new examples?)"
+
+
+@pytest.mark.parametrize(("name", "expected"), QUICK.items(), ids=list(QUICK))
+def test_docstring_examples_run(name, expected, tmp_path, monkeypatch):
+    check(name, expected, tmp_path, monkeypatch)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("name", "expected"), EMBEDDER.items(), ids=list(EMBEDDER))
+def test_docstring_examples_with_the_embedder_run(name, expected, tmp_path, monkeypatch):
+    check(name, expected, tmp_path, monkeypatch)
