@@ -412,3 +412,56 @@ def test_a_packed_prompt_runs_as_concat_and_says_so_once(tiny, tokens):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         llm.predict(QA, context_str=CONTEXT, query_str=QUESTION)
+
+
+# ----- what a query reports, and plain strings that look like RAG prompts -------------------------------------
+
+
+def test_a_querys_usage_is_on_its_response(llm, corpus_file, tmp_path):
+    """Issue #33: the usage of every SpringLLM call a query makes, summed on the Response (refine makes several)."""
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+    from llama_index.core.instrumentation.events.llm import LLMCompletionEndEvent
+
+    class Calls(BaseEventHandler):
+        usages: list = []
+
+        def handle(self, event, **kwargs):
+            if isinstance(event, LLMCompletionEndEvent):
+                self.usages.append(event.response.raw["usage"])
+
+    calls = Calls(usages=[])
+    get_dispatcher().add_event_handler(calls)
+    try:
+        retriever = SpringRetriever.from_corpus(corpus_file, tmp_path / "bm25", backend="bm25", similarity_top_k=2)
+        for mode in ("compact", "refine"):
+            calls.usages.clear()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # refine states the question first, and says so
+                response = RetrieverQueryEngine.from_args(retriever, llm=llm, response_mode=mode).query(QUESTION)
+            usage = response.metadata["spring_usage"]
+            assert usage["llm_calls"] == len(calls.usages) >= 1
+            for name in ("prompt_tokens", "completion_tokens", "virtual_tokens", "total_tokens"):
+                assert usage[name] == sum(u[name] for u in calls.usages)
+            assert usage["virtual_tokens"] == 8 * len(calls.usages)
+            assert response.metadata[response.source_nodes[0].node_id]  # the nodes' own metadata is kept
+        response = asyncio.run(RetrieverQueryEngine.from_args(retriever, llm=llm).aquery(QUESTION))
+        assert response.metadata["spring_usage"]["virtual_tokens"] == 8
+    finally:
+        get_dispatcher().event_handlers.remove(calls)
+
+
+def test_a_plain_string_that_looks_like_a_rag_prompt_warns_once_naming_the_structured_way(llm):
+    text = f"Context information is below.\n{CONTEXT}\nGiven the context, answer the query.\nQuery: {QUESTION}\n"
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert llm.complete(text).raw["usage"]["virtual_tokens"] == 0  # a string has no structure: no block
+        asyncio.run(llm.acomplete(text))
+        llm.complete("Write a title for a river poem.")
+    messages = [str(w.message) for w in record if "looks like a RAG prompt" in str(w.message)]
+    assert len(messages) == 1 and "apredict" in messages[0]
+    fresh = SpringLLM(spring_model=llm.spring_model, max_new_tokens=4)
+    with warnings.catch_warnings(record=True) as record:  # predict's own formatted prompts never warn
+        warnings.simplefilter("always")
+        fresh.predict(PromptTemplate("Context: none.\nQuestion: {q}\nAnswer:"), q="hi")
+    assert not [w for w in record if "looks like a RAG prompt" in str(w.message)]

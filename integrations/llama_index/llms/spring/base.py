@@ -23,6 +23,7 @@ nodes into one context string before the LLM sees them, so their prompts always 
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ from llama_index.core.llms.llm import (
 from llama_index.core.prompts import BasePromptTemplate, ChatPromptTemplate, SelectorPromptTemplate
 from llama_index.core.types import TokenAsyncGen, TokenGen
 from llama_index.llms.spring.prompts import BLOCK_SIZE_KEY
+from llama_index.llms.spring.usage import install_query_usage
 
 from spring_core import Generation, SpringModel, options
 from spring_core.aio import iterate_in_thread
@@ -72,6 +74,11 @@ CONTEXT_VARIABLES = ("context_str", "context_msg")
 """Template variables that hold retrieved context (LlamaIndex's names, in every synthesizer and chat engine)."""
 QUERY_VARIABLES = ("query_str",)
 """Template variables that hold the question."""
+
+RAG_LOOKING = re.compile(r"(?is)\b(?:context|documents?|passages?|sources?)\b[^\n]*[:.]\s*\n.+"
+                         r"\b(?:query|question)\b")
+"""A string that names its context on one line and asks a query or question later (e.g. LlamaIndex's text-QA
+wording, written out by hand with an f-string)."""
 
 dispatcher = get_dispatcher(__name__)
 
@@ -128,6 +135,7 @@ class SpringLLM(CustomLLM):
     def __init__(self, *, model: Any = None, tokenizer: Any = None, spring_model: SpringModel | None = None,
                  **kwargs: Any):
         super().__init__(**kwargs)
+        install_query_usage()
         options.choice("decoding", self.decoding, options.DECODINGS)
         if spring_model is None:
             if model is None and tokenizer is None:
@@ -334,6 +342,11 @@ class SpringLLM(CustomLLM):
 
     def _request(self, prompt: str | PromptParts, formatted: bool, kwargs: dict[str, Any]) -> Request:
         """A finished prompt: ``PromptParts`` (placed by ``predict``) as they are, a string as plain text."""
+        if not formatted and isinstance(prompt, str) and RAG_LOOKING.search(prompt):
+            self._warn_once("plain_rag", "SpringLLM.complete got a plain string that looks like a RAG prompt; a "
+                            "string has no structure, so it runs without virtual tokens. For the block, send the "
+                            "template and its variables: llm.predict / llm.apredict(PromptTemplate(...), "
+                            "context_str=..., query_str=...), or a response synthesizer")
         if not isinstance(prompt, PromptParts):
             chat = not formatted and self._renders_chat(messages=False)
             prompt = PromptParts(prompt if formatted else self.completion_to_prompt(prompt), special_tokens=not chat)
