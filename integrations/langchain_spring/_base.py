@@ -8,6 +8,7 @@ written once; every call becomes a ``spring_core.engine.Request``. Models loaded
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 import warnings
@@ -43,6 +44,7 @@ read with ``decoding``. ``rag_inputs`` (``{"context": text, "question": text}``)
 is the retrieved context and which the question (``SpringRAGMiddleware`` passes it)."""
 
 _LOCK = threading.RLock()
+logger = logging.getLogger(__name__)
 
 
 def merge_stops(*stops: Sequence[str] | None) -> list[str]:
@@ -297,9 +299,10 @@ class SpringParams(BaseModel):
                             "the context was found by its label in the system message; retrieve through a "
                             "LangChain retriever, fill a prompt template with the context, or use "
                             "SpringRAGMiddleware (LangChain 1.x agents) for exact placement")
-        if placement.question_first:
-            self._warn_once("question_first", "this RAG prompt states the question before the context, an order "
-                            "SPRING's tokens were not trained on; the block goes right after the context")
+        if placement.question_first and "question_first" not in self._warned:  # common (rlm/rag-prompt, refine)
+            self._warned.add("question_first")  # and it still works, so it is logged, not warned
+            logger.info("this RAG prompt states the question before the context, an order SPRING's tokens were not "
+                        "trained on; the block goes right after the context")
         return placement, k
 
     def _warn_once(self, key: str, message: str) -> None:

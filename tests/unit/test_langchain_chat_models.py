@@ -215,14 +215,17 @@ def test_timeout_stops_generation_and_a_generous_one_changes_nothing(sm):
 # ----- placement in other people's prompts ------------------------------------------------------------------
 
 
-def test_a_question_first_prompt_gets_the_block_after_the_context_and_warns_once(chat, sm, retriever):
+def test_a_question_first_prompt_gets_the_block_after_the_context_and_logs_it_once(chat, sm, retriever, caplog):
+    """rlm/rag-prompt (LangGraph's RAG tutorial) asks first: that works, so it is logged at INFO, never warned."""
     prompt = ChatPromptTemplate.from_messages([("human", HUB_STYLE)])
-    with pytest.warns(UserWarning, match="question before the context"):
-        out = rag_chain(retriever, chat, prompt).invoke(QUESTION)
-    assert out.usage_metadata["input_token_details"] == {"virtual": 8}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), caplog.at_level("INFO", logger="langchain_spring"):
         warnings.simplefilter("error")
+        out = rag_chain(retriever, chat, prompt).invoke(QUESTION)
         rag_chain(retriever, chat, prompt).invoke(QUESTION)
+    assert out.usage_metadata["input_token_details"] == {"virtual": 8}
+    assert [r.getMessage() for r in caplog.records].count(
+        "this RAG prompt states the question before the context, an order SPRING's tokens were not trained on; the "
+        "block goes right after the context") == 1
 
 
 def test_context_in_the_system_message_puts_the_block_before_the_last_human_turn(sm, retriever):

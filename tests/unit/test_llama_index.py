@@ -237,7 +237,7 @@ def test_llamaindexs_own_engine_and_templates_get_the_block_automatically(mode, 
                                                                          recorder):
     retriever = SpringRetriever.from_corpus(corpus_file, tmp_path / "bm25", backend="bm25", similarity_top_k=3)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the default refine template states the question first, and says so
+        warnings.simplefilter("error")  # the default refine template states the question first: logged, not warned
         RetrieverQueryEngine.from_args(retriever, llm=llm, response_mode=mode).query(QUESTION)
     assert recorder.parts and all(p.k == 8 for p in recorder.parts)
     for parts in recorder.parts:
@@ -437,7 +437,7 @@ def test_a_querys_usage_is_on_its_response(llm, corpus_file, tmp_path):
         for mode in ("compact", "refine"):
             calls.usages.clear()
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # refine states the question first, and says so
+                warnings.simplefilter("error")  # refine states the question first: logged, not warned
                 response = RetrieverQueryEngine.from_args(retriever, llm=llm, response_mode=mode).query(QUESTION)
             usage = response.metadata["spring_usage"]
             assert usage["llm_calls"] == len(calls.usages) >= 1

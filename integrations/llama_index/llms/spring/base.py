@@ -23,6 +23,7 @@ nodes into one context string before the LLM sees them, so their prompts always 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import warnings
 from collections.abc import Sequence
@@ -81,6 +82,7 @@ RAG_LOOKING = re.compile(r"(?is)\b(?:context|documents?|passages?|sources?)\b[^\
 wording, written out by hand with an f-string)."""
 
 dispatcher = get_dispatcher(__name__)
+logger = logging.getLogger(__name__)
 
 
 class SpringLLM(CustomLLM):
@@ -207,9 +209,10 @@ class SpringLLM(CustomLLM):
         placement = place_block([text], context, questions)
         if placement is None:
             return None
-        if placement.question_first:
-            self._warn_once("question_first", "this RAG template states the question before the context, an order "
-                            "SPRING's tokens were not trained on; the block goes right after the context")
+        if placement.question_first and "question_first" not in self._warned:  # common (rlm/rag-prompt, refine)
+            self._warned.add("question_first")  # and it still works, so it is logged, not warned
+            logger.info("this RAG template states the question before the context, an order SPRING's tokens were not "
+                        "trained on; the block goes right after the context")
         offset = placement.at.offset
         chat = self._renders_chat(messages=isinstance(selected, ChatPromptTemplate))
         return PromptParts(text[:offset], k, text[offset:], special_tokens=not chat)
