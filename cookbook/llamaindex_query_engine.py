@@ -5,9 +5,13 @@ Run it from the repository root:
     python cookbook/llamaindex_query_engine.py                    # bundled SQuAD corpus and questions
     python cookbook/llamaindex_query_engine.py --tokens my-tokens/ --corpus my_corpus.jsonl --question "..."
 
-Each question is answered twice by the same LLM object: with a block of k virtual tokens in the prompt (placed
-between the retrieved context and the question by SpringLLM) and with k=0, which is exactly the base model.
-Without --tokens the block is untrained (initialised from the SPRING paper's instruction sentence).
+What it shows: each question answered twice by the same LLM object, with a block of k virtual tokens in the
+prompt (placed between the retrieved context and the question by SpringLLM; SPRING's own templates through
+``spring_query_engine``) and with k=0, which is exactly the base model.
+What to expect: with k=0 SmolLM2 answers in sentences; with the bundled trained tokens (``smollm2-135m-squad``,
+the default) it answers in a few words (SQuAD EM 24 at k=50 against 0 without the block, 300 dev questions).
+The first run converts the model once into the cache (~25 s) and indexes the corpus (~10 s).
+``--tokens DIR`` loads your own artifact, ``--tokens none`` an untrained block (the paper's instruction sentence).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=str(sample_corpus_path()), help="corpus JSONL (id, title, text)")
     parser.add_argument("--store", help="store folder to build or reuse (default: a temporary one)")
-    parser.add_argument("--tokens", help="trained artifact folder (default: an untrained 50-token block)")
+    parser.add_argument("--tokens", default="smollm2-135m-squad",
+                        help="artifact folder or bundled name (default: smollm2-135m-squad); 'none': untrained")
     parser.add_argument("--question", action="append", help="a question (repeatable; default: 3 bundled ones)")
     parser.add_argument("--k", type=int, default=None, help="virtual tokens per prompt (default: all)")
     args = parser.parse_args()
@@ -35,8 +40,9 @@ def main() -> None:
     store = Path(args.store or tempfile.mkdtemp(prefix="spring-store-"))
     retriever = SpringRetriever.from_corpus(args.corpus, store, similarity_top_k=3, show_progress=True)
 
-    model = SpringModel.from_pretrained("smollm2-135m", tokens=args.tokens)
-    if model.tokens is None:
+    untrained = args.tokens.lower() == "none"
+    model = SpringModel.from_pretrained("smollm2-135m", tokens=None if untrained else args.tokens)
+    if untrained:
         model = model.with_tokens(VirtualTokens.from_text(model, n=50, layout="chat"))
     llm = SpringLLM(spring_model=model, max_new_tokens=48)  # one LLM object serves k = 0 and k > 0
     with_block, without_block = spring_query_engine(retriever, llm, k=args.k), spring_query_engine(retriever, llm, k=0)
