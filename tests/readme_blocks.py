@@ -56,9 +56,12 @@ def python_blocks(*, server: bool = False, where: str = "all") -> list[tuple[str
 
 @pytest.fixture()
 def snippet_state():
-    """Undo what a snippet leaves in the process: ``Settings.llm``, LlamaIndex instrumentation handlers, and
+    """Undo what a snippet leaves in the process: ``Settings.llm``, the LlamaIndex instrumentation handlers it
+    defined itself (those of the library, e.g. the one that puts a query's usage on its Response, stay), and
     chromadb's clients, which it keeps per path string (every snippet's relative ``sample-store/`` is another
     folder)."""
+    import sys
+
     from chromadb.api.client import SharedSystemClient
     from llama_index.core import Settings
     from llama_index.core.instrumentation import get_dispatcher
@@ -67,7 +70,9 @@ def snippet_state():
     handlers = list(root.event_handlers)
     SharedSystemClient.clear_system_cache()
     yield
-    root.event_handlers[:] = handlers
+    root.event_handlers[:] = handlers + [handler for handler in root.event_handlers if handler not in handlers
+                                         and type(handler).__module__ in sys.modules
+                                         and type(handler).__module__ != "builtins"]
     Settings._llm = llm
     SharedSystemClient.clear_system_cache()
 
