@@ -79,3 +79,14 @@ class StoreLockedError(StoreError):
 class ServerError(SpringError):
     """A serving backend (a vLLM server) is unreachable, refuses a request or lacks a feature it needs; the message
     says which flag or command fixes it."""
+
+
+class ServerReplyError(ServerError):
+    """The server's reply cannot be believed: a stream cut before the server said why it ended, an error event,
+    a body that is not the JSON asked for, more tokens than asked for. The message says what the server sent; no
+    partial answer is ever reported as finished."""
+
+
+class DeadlineError(ServerError, TimeoutError):
+    """A call to a server outlived its whole-call ``deadline`` (connecting, retries, back-off and streaming
+    included)."""

@@ -226,7 +226,7 @@ class SpringParams(BaseModel):
         if self._engine is None:
             with _LOCK:
                 if self._engine is None:
-                    backend = as_backend(self.backend, request_timeout=self.timeout, max_retries=self.max_retries)
+                    backend = as_backend(self.backend, deadline=self.timeout, max_retries=self.max_retries)
                     self._engine = Engine(self.spring, self.parametric_adapters, backend)
         return self._engine
 

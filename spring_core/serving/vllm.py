@@ -27,26 +27,26 @@ import io
 import json
 import math
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
 
-from spring_core.errors import ModelMismatchError, ServerError
+from spring_core.errors import ModelMismatchError, ServerError, ServerReplyError
 from spring_core.generation import GenerationStream
 from spring_core.healing import visible
 from spring_core.models import spring_home
+from spring_core.serving.http import Deadline, ServerClient, parse_json
 from spring_core.serving.peft_export import write_peft_adapter
 from spring_core.spring_model import SpringModel
 from spring_core.types import Generation, GenerationSettings, PromptParts, Usage
 
 PROBE_TEXT = "The history of the city begins in the year"
-RETRY_STATUS = {429, 502, 503, 504}
+FINISH_REASONS = {"stop": "stop", "length": "length"}
+"""The server's finish reasons this backend reports (``abort`` or anything else is an error, not an answer)."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,12 @@ class VLLMBackend:
         base_url: the server, e.g. ``"http://127.0.0.1:8000"`` (a trailing ``/v1`` is accepted).
         model: the served model name to use (default: the only / first one the server lists).
         api_key: sent as a bearer token (the server's ``--api-key``).
-        request_timeout: seconds one HTTP request may take (connect, send, each read); not a whole-call deadline.
-        max_retries: retries, with exponential backoff from ``backoff`` seconds, while the server is starting or
-            overloaded (connection refused, 429, 502-504); streams retry only before their first byte.
+        request_timeout: seconds one HTTP request may wait to connect, to send, or for each read.
+        deadline: seconds one whole call may take (connecting, every try, back-off, streaming; ``None``: no
+            limit); past it a ``DeadlineError`` (a ``TimeoutError``) is raised and the stream closed.
+        max_retries: retries, with exponential backoff from ``backoff`` seconds, of requests the server did not run:
+            connection refused, or 429 / 502-504 (starting or overloaded). A request it accepted is never sent
+            again, and a reply that breaks off is an error (``spring_core.serving.http``).
         adapter_dir: where merged document adapters are written; the server must read the same paths (same machine
             or a shared filesystem). Default: ``<spring-rag cache>/vllm-adapters``.
         embeds: ``"block"`` (the default) sends embeddings only for prompts with a block, ``"always"`` for every
@@ -94,7 +97,8 @@ class VLLMBackend:
     """
 
     def __init__(self, base_url: str, *, model: str | None = None, api_key: str | None = None,
-                 request_timeout: float = 120.0, max_retries: int = 6, backoff: float = 0.5,
+                 request_timeout: float = 120.0, deadline: float | None = None, max_retries: int = 6,
+                 backoff: float = 0.5,
                  adapter_dir: str | Path | None = None, embeds: str = "block", dtype: str | torch.dtype | None = None,
                  check_model: bool = True, probe_tolerance: float = 0.1):
         if embeds not in ("block", "always"):
@@ -103,8 +107,11 @@ class VLLMBackend:
         self.model = model
         self.api_key = api_key
         self.request_timeout = request_timeout
+        self.deadline = deadline
         self.max_retries = max_retries
         self.backoff = backoff
+        self.http = ServerClient(self.base_url, headers=self._headers(), request_timeout=request_timeout,
+                                 max_retries=max_retries, backoff=backoff, error_for=self._error_for)
         self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else spring_home() / "vllm-adapters"
         self.embeds = embeds
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -123,24 +130,30 @@ class VLLMBackend:
                  adapters: Any = None, adapter_ids: Sequence[str] = ()) -> Generation:
         """The answer to one prompt; ``adapter_ids`` name the documents of ``adapters`` whose summed update the
         server applies (as one merged LoRA, ``adapter_name``)."""
-        prepared = self._prepare(spring, prompt, settings, self._lora(spring, adapters, adapter_ids), stream=False)
-        reply = prepared.finished or self._post("/v1/completions", prepared.body)
+        deadline = Deadline(self.deadline)
+        lora = self._lora(spring, adapters, adapter_ids, deadline)
+        prepared = self._prepare(spring, prompt, settings, lora, stream=False, deadline=deadline)
+        reply = prepared.finished or self.http.json("POST", "/v1/completions", prepared.body, deadline=deadline)
         return _generation(reply, prepared)
 
     def stream(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
                adapters: Any = None, adapter_ids: Sequence[str] = ()) -> GenerationStream:
         """The answer as text deltas as the server sends them (SSE); ``result`` is set once it is read."""
-        prepared = self._prepare(spring, prompt, settings, self._lora(spring, adapters, adapter_ids), stream=True)
+        deadline = Deadline(self.deadline)
+        lora = self._lora(spring, adapters, adapter_ids, deadline)
+        prepared = self._prepare(spring, prompt, settings, lora, stream=True, deadline=deadline)
         stream = GenerationStream()
-        stream._deltas = self._stream_deltas(prepared, stream)
+        stream._deltas = self._stream_deltas(prepared, stream, deadline)
         return stream
 
     async def agenerate(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
                         adapters: Any = None, adapter_ids: Sequence[str] = ()) -> Generation:
         """Async twin of ``generate`` (the request itself is async; the prompt is built in a worker thread)."""
-        lora = await asyncio.to_thread(self._lora, spring, adapters, adapter_ids)
-        prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora, stream=False)
-        reply = prepared.finished or await self._apost("/v1/completions", prepared.body)
+        deadline = Deadline(self.deadline)
+        lora = await asyncio.to_thread(self._lora, spring, adapters, adapter_ids, deadline)
+        prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora, stream=False,
+                                           deadline=deadline)
+        reply = prepared.finished or await self.http.ajson("POST", "/v1/completions", prepared.body, deadline=deadline)
         return _generation(reply, prepared)
 
     def generate_batch(self, spring: SpringModel, prompts: Sequence[PromptParts],
@@ -152,37 +165,30 @@ class VLLMBackend:
     async def astream(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
                       adapters: Any = None, adapter_ids: Sequence[str] = ()) -> AsyncIterator[str]:
         """Async twin of ``stream``: yields text deltas."""
-        lora = await asyncio.to_thread(self._lora, spring, adapters, adapter_ids)
-        prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora, stream=True)
+        deadline = Deadline(self.deadline)
+        lora = await asyncio.to_thread(self._lora, spring, adapters, adapter_ids, deadline)
+        prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora, stream=True,
+                                           deadline=deadline)
         if head := visible(prepared.head, prepared.spaces):
             yield head
         if prepared.finished:
             return
-        reader = _StreamReader()
-        async with httpx.AsyncClient(timeout=self.request_timeout, headers=self._headers()) as client:
-            for attempt in range(self.max_retries + 1):
-                try:
-                    async with client.stream("POST", self.base_url + "/v1/completions", json=prepared.body) as reply:
-                        if self._retry(attempt, reply.status_code):
-                            await asyncio.sleep(self._delay(attempt))
-                            continue
-                        if reply.status_code != 200:
-                            self._raise_for(reply.status_code, (await reply.aread()).decode("utf-8", "replace"))
-                        async for line in reply.aiter_lines():
-                            if delta := reader.read(line):
-                                yield delta
-                        return
-                except httpx.TransportError as exc:
-                    if reader.text or not self._retry(attempt):
-                        raise self._unreachable(exc) from exc
-                    await asyncio.sleep(self._delay(attempt))
+        reader = _StreamReader(prepared.body["max_tokens"])
+        async with self.http.aopen("POST", "/v1/completions", prepared.body, deadline=deadline) as reply:
+            async for line in reply.aiter_lines():
+                if delta := reader.read(line):
+                    yield delta
+                if reader.done:
+                    break
+        reader.reply()  # raises for a stream that ended without the server's finish reason
 
     # ----- document adapters ---------------------------------------------------------------------------------
 
-    def _lora(self, spring: SpringModel, adapters: Any, doc_ids: Sequence[str]) -> str | None:
-        return self.adapter_name(spring, adapters, doc_ids) if doc_ids else None
+    def _lora(self, spring: SpringModel, adapters: Any, doc_ids: Sequence[str], deadline: Deadline) -> str | None:
+        return self.adapter_name(spring, adapters, doc_ids, deadline=deadline) if doc_ids else None
 
-    def adapter_name(self, spring: SpringModel, adapters: Any, doc_ids: Sequence[str]) -> str | None:
+    def adapter_name(self, spring: SpringModel, adapters: Any, doc_ids: Sequence[str], *,
+                     deadline: Deadline | None = None) -> str | None:
         """The served LoRA holding the summed update of ``doc_ids`` (merged, written and loaded once per key);
         ``None`` for no documents."""
         update = adapters.update_for(list(doc_ids))
@@ -194,8 +200,10 @@ class VLLMBackend:
             if name in self._loaded:
                 return name
         folder = write_peft_adapter(update, self.adapter_dir / name, spring.model, base_model_name=spring.name)
-        reply = self._request("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(folder.resolve())},
-                              allow={400, 404})
+        body = {"lora_name": name, "lora_path": str(folder.resolve())}
+        with self.http.open("POST", "/v1/load_lora_adapter", body, deadline=deadline or Deadline(self.deadline),
+                            allow=frozenset({400, 404})) as reply:
+            reply.read()
         if reply.status_code == 404:
             raise ServerError(f"the server at {self.base_url} cannot load LoRA adapters at run time: start it with "
                               "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=true (`spring-rag serve "
@@ -210,18 +218,20 @@ class VLLMBackend:
 
     # ----- the model check -----------------------------------------------------------------------------------
 
-    def served_models(self, *, adapters: bool = True) -> list[str]:
+    def served_models(self, *, adapters: bool = True, deadline: Deadline | None = None) -> list[str]:
         """The model names the server lists (``/v1/models``): base models first, then (``adapters``) the LoRA
         adapters it has loaded."""
-        entries = self._request("GET", "/v1/models").json().get("data", [])
+        listing = self.http.json("GET", "/v1/models", deadline=deadline or Deadline(self.deadline))
+        entries = listing.get("data", []) if isinstance(listing, dict) else []
         names = [entry["id"] for entry in entries if not entry.get("parent")]
         return names + ([entry["id"] for entry in entries if entry.get("parent")] if adapters else [])
 
-    def check(self, spring: SpringModel) -> None:
+    def check(self, spring: SpringModel, *, deadline: Deadline | None = None) -> None:
         """Refuse a server that runs another model than ``spring``'s (see ``check_model``); once per model."""
         if id(spring.model) in self._checked:
             return
-        served = self.served_models(adapters=False)
+        deadline = deadline or Deadline(self.deadline)
+        served = self.served_models(adapters=False, deadline=deadline)
         if not served:
             raise ServerError(f"the server at {self.base_url} lists no model")
         if self.model is None:
@@ -229,12 +239,12 @@ class VLLMBackend:
         elif self.model not in served:
             raise ServerError(f"the server at {self.base_url} serves {', '.join(served)}, not {self.model!r}")
         if self.check_model:
-            self._probe(spring, as_embeds=False)
+            self._probe(spring, as_embeds=False, deadline=deadline)
             if spring.n > 0 or self.embeds == "always":
-                self._probe(spring, as_embeds=True)
+                self._probe(spring, as_embeds=True, deadline=deadline)
         self._checked.add(id(spring.model))
 
-    def _probe(self, spring: SpringModel, *, as_embeds: bool) -> None:
+    def _probe(self, spring: SpringModel, *, as_embeds: bool, deadline: Deadline) -> None:
         parts = PromptParts(PROBE_TEXT)
         ids = spring.encode(parts)
         with torch.inference_mode():
@@ -245,8 +255,8 @@ class VLLMBackend:
             body["prompt_embeds"] = self._embeds(spring, ids)
         else:
             body["prompt"] = ids
-        reply = self._post("/v1/completions", body)
-        logprobs = reply["choices"][0].get("logprobs") or {}
+        reply = self.http.json("POST", "/v1/completions", body, deadline=deadline)
+        logprobs = _choice(reply, "/v1/completions").get("logprobs") or {}
         token = str((logprobs.get("tokens") or ["?"])[0])
         served_logprob = float((logprobs.get("token_logprobs") or [math.nan])[0])
         token_id = int(token.removeprefix("token_id:")) if token.startswith("token_id:") else -1
@@ -263,8 +273,8 @@ class VLLMBackend:
     # ----- requests ------------------------------------------------------------------------------------------
 
     def _prepare(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
-                 lora: str | None, *, stream: bool) -> _Prepared:
-        self.check(spring)
+                 lora: str | None, *, stream: bool, deadline: Deadline) -> _Prepared:
+        self.check(spring, deadline=deadline)
         parts = spring.as_parts(prompt)
         healed, ids = spring.inputs.prepare(parts, settings.max_new_tokens)
         body = _sampling(settings)
@@ -275,20 +285,21 @@ class VLLMBackend:
             body["prompt"] = ids
         prepared = _Prepared(body, parts.k, parts.render())
         if healed.first_ids is not None:
-            prepared = self._first_healed_token(spring, prepared, ids, healed.spaces, healed.first_ids.tolist())
+            prepared = self._first_healed_token(spring, prepared, ids, healed.spaces, healed.first_ids.tolist(),
+                                                deadline)
         if stream:
             body = {**prepared.body, "stream": True, "stream_options": {"include_usage": True}}
             prepared = replace(prepared, body=body)
         return prepared
 
     def _first_healed_token(self, spring: SpringModel, prepared: _Prepared, ids: list[int], spaces: str,
-                            allowed: list[int]) -> _Prepared:
+                            allowed: list[int], deadline: Deadline) -> _Prepared:
         """Ask for the first token alone, among the ``allowed`` ids (those that start with the healed ``spaces``);
         return the request that continues after it (or, when the answer ended there, a stand-in reply)."""
         body = prepared.body
-        reply = self._post("/v1/completions", {**body, "max_tokens": 1, "min_tokens": 0, "return_token_ids": True,
-                                               "allowed_token_ids": allowed})
-        choice = reply["choices"][0]
+        first = {**body, "max_tokens": 1, "min_tokens": 0, "return_token_ids": True, "allowed_token_ids": allowed}
+        reply = self.http.json("POST", "/v1/completions", first, deadline=deadline)
+        choice = _choice(reply, "/v1/completions")
         head = choice.get("text") or ""
         step = {"spaces": spaces, "head": head, "head_tokens": 1}
         if choice.get("finish_reason") == "stop" or body["max_tokens"] <= 1:  # a stop string, or no tokens left
@@ -312,94 +323,41 @@ class VLLMBackend:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def _retry(self, attempt: int, status: int | None = None) -> bool:
-        """Whether to try again after ``attempt`` failed: with a transport error (``status`` None) or a status that
-        says the server is starting or overloaded, while retries are left."""
-        return attempt < self.max_retries and (status is None or status in RETRY_STATUS)
-
-    def _delay(self, attempt: int) -> float:
-        return self.backoff * 2 ** attempt
-
-    def _unreachable(self, exc: Exception) -> ServerError:
-        return ServerError(f"cannot reach the vLLM server at {self.base_url} after {self.max_retries + 1} tries "
-                           f"({type(exc).__name__}: {exc}); is it running? `spring-rag serve <model>` starts one")
-
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
-                 allow: set[int] = frozenset()) -> Any:
-        for attempt in range(self.max_retries + 1):
-            try:
-                reply = httpx.request(method, self.base_url + path, json=body, timeout=self.request_timeout,
-                                      headers=self._headers())
-            except httpx.TransportError as exc:
-                if not self._retry(attempt):
-                    raise self._unreachable(exc) from exc
-                time.sleep(self._delay(attempt))
-                continue
-            if self._retry(attempt, reply.status_code):
-                time.sleep(self._delay(attempt))
-                continue
-            if reply.status_code != 200 and reply.status_code not in allow:
-                self._raise_for(reply.status_code, reply.text)
-            return reply
-        raise AssertionError("unreachable")
-
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._request("POST", path, body).json()
-
-    async def _apost(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=self.request_timeout, headers=self._headers()) as client:
-            for attempt in range(self.max_retries + 1):
-                try:
-                    reply = await client.post(self.base_url + path, json=body)
-                except httpx.TransportError as exc:
-                    if not self._retry(attempt):
-                        raise self._unreachable(exc) from exc
-                    await asyncio.sleep(self._delay(attempt))
-                    continue
-                if self._retry(attempt, reply.status_code):
-                    await asyncio.sleep(self._delay(attempt))
-                    continue
-                if reply.status_code != 200:
-                    self._raise_for(reply.status_code, reply.text)
-                return reply.json()
-        raise AssertionError("unreachable")
-
-    def _stream_deltas(self, prepared: _Prepared, stream: GenerationStream) -> Iterator[str]:
+    def _stream_deltas(self, prepared: _Prepared, stream: GenerationStream, deadline: Deadline) -> Iterator[str]:
         if head := visible(prepared.head, prepared.spaces):
             yield head
         if prepared.finished:
             stream.result = _generation(prepared.finished, prepared)
             return
-        reader = _StreamReader()
-        with httpx.Client(timeout=self.request_timeout, headers=self._headers()) as client:
-            for attempt in range(self.max_retries + 1):
-                try:
-                    with client.stream("POST", self.base_url + "/v1/completions", json=prepared.body) as reply:
-                        if self._retry(attempt, reply.status_code):
-                            time.sleep(self._delay(attempt))
-                            continue
-                        if reply.status_code != 200:
-                            self._raise_for(reply.status_code, reply.read().decode("utf-8", "replace"))
-                        for line in reply.iter_lines():
-                            if delta := reader.read(line):
-                                yield delta
-                        break
-                except httpx.TransportError as exc:
-                    if reader.text or not self._retry(attempt):
-                        raise self._unreachable(exc) from exc
-                    time.sleep(self._delay(attempt))
+        reader = _StreamReader(prepared.body["max_tokens"])
+        with self.http.open("POST", "/v1/completions", prepared.body, deadline=deadline) as reply:
+            for line in reply.iter_lines():
+                if deadline.expired():  # a trickling server does not extend the call; a line cut by the
+                    raise deadline.error("the stream")  # watchdog's shutdown is never read as an event
+                if delta := reader.read(line):
+                    yield delta
+                if reader.done:
+                    break
+        if deadline.expired():  # the watchdog shut the socket: a close-delimited stream ends there, cut
+            raise deadline.error("the stream")
         stream.result = _generation(reader.reply(), prepared)
 
-    def _raise_for(self, status: int, text: str) -> None:
+    def _error_for(self, status: int, text: str) -> ServerError:
+        """The error for a refusing status: it names the flag to start the server with when that is the cause."""
         message = _error_message(text)
         lowered = message.lower()
+        if ("prompt_embeds" in lowered or "prompt embeds" in lowered) and ("enable" in lowered or "not" in lowered
+                                                                            and "support" in lowered):
+            return ServerError(f"the server at {self.base_url} does not take prompt embeddings ({message}); start "
+                               "it with --enable-prompt-embeds (`spring-rag serve` does)")
         if "prompt_embeds" in lowered or "prompt embeds" in lowered:
-            raise ServerError(f"the server at {self.base_url} does not take prompt embeddings ({message}); start it "
-                              "with --enable-prompt-embeds (`spring-rag serve` does)")
+            return ServerError(f"the server at {self.base_url} refused the prompt embeddings ({message}); a width "
+                               "or shape mismatch means it serves another model than the one the embeddings were "
+                               "made with: start it on the same model")
         if status == 404 and "model" in lowered:
-            raise ServerError(f"the server at {self.base_url} does not serve that model or adapter ({message}); "
-                              "LoRA adapters need --enable-lora (`spring-rag serve --adapters`)")
-        raise ServerError(f"the vLLM server at {self.base_url} answered {status}: {message}")
+            return ServerError(f"the server at {self.base_url} does not serve that model or adapter ({message}); "
+                               "LoRA adapters need --enable-lora (`spring-rag serve --adapters`)")
+        return ServerError(f"the vLLM server at {self.base_url} answered {status}: {message}")
 
 
 def _sampling(settings: GenerationSettings) -> dict[str, Any]:
@@ -414,13 +372,25 @@ def _sampling(settings: GenerationSettings) -> dict[str, Any]:
     return body
 
 
-def _generation(reply: Mapping[str, Any], prepared: _Prepared) -> Generation:
-    choice = reply["choices"][0]
+def _choice(reply: Any, what: str) -> Mapping[str, Any]:
+    """The first choice of a completion reply, or a ``ServerReplyError`` that shows what came instead."""
+    choices = reply.get("choices") if isinstance(reply, Mapping) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        raise ServerReplyError(f"the server's reply to {what} holds no choice: {json.dumps(reply, default=str)[:200]}")
+    return choices[0]
+
+
+def _generation(reply: Any, prepared: _Prepared) -> Generation:
+    """The ``Generation`` of a completion reply, whose finish reason is the server's own (never guessed)."""
+    choice = _choice(reply, "/v1/completions")
+    finish, text = FINISH_REASONS.get(choice.get("finish_reason")), choice.get("text")
+    if finish is None or not isinstance(text, str):
+        raise ServerReplyError(f"the server's answer is not a finished completion (finish_reason="
+                               f"{choice.get('finish_reason')!r}, text={text!r:.80})")
     usage = reply.get("usage") or {}
     # the server counts the block's embeddings, and a healed prompt's first token, as prompt tokens
     prompt_tokens = int(usage.get("prompt_tokens") or 0) - prepared.k - prepared.head_tokens
-    finish = "length" if choice.get("finish_reason") == "length" else "stop"
-    return Generation(text=visible(prepared.head + (choice.get("text") or ""), prepared.spaces), finish_reason=finish,
+    return Generation(text=visible(prepared.head + text, prepared.spaces), finish_reason=finish,
                       prompt=prepared.prompt,
                       usage=Usage(prompt_tokens=max(prompt_tokens, 0),
                                   completion_tokens=int(usage.get("completion_tokens") or 0) + prepared.head_tokens,
@@ -428,30 +398,47 @@ def _generation(reply: Mapping[str, Any], prepared: _Prepared) -> Generation:
 
 
 class _StreamReader:
-    """The server-sent events of one streamed completion: ``read`` returns each ``data:`` line's text delta and
-    keeps the text, the finish reason and the usage (the last events carry them) for ``reply``."""
+    """The server-sent events of one streamed completion, checked as they come: ``read`` returns each event's
+    text delta and keeps the text, the server's finish reason and the usage for ``reply``. An error event, an
+    event that is not JSON, or more text events than the ``max_tokens`` asked for raise ``ServerReplyError``;
+    ``done`` is set by ``data: [DONE]``."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
         self.text: list[str] = []
-        self.finish = "length"
+        self.finish: str | None = None
         self.usage: Mapping[str, Any] = {}
+        self.done = False
 
     def read(self, line: str) -> str:
-        data = line[5:].strip() if line.startswith("data:") else ""
-        if not data or data == "[DONE]":
+        data = line[5:].strip() if line.startswith("data:") else ""  # ": keep-alive" comments and blanks: nothing
+        if data == "[DONE]":
+            self.done = True
+        if not data or self.done:
             return ""
-        event = json.loads(data)
+        event = parse_json(data, "a streamed completion")
+        if not isinstance(event, dict) or "error" in event:
+            raise ServerReplyError(f"the server sent an error in the stream after {len(self.text)} deltas: "
+                                   f"{_error_message(data)}")
         self.usage = event.get("usage") or self.usage
-        choices = event.get("choices") or []
-        for choice in choices:
+        delta = ""
+        for choice in event.get("choices") or []:
             self.finish = choice.get("finish_reason") or self.finish
-        delta = "".join(choice.get("text") or "" for choice in choices)
+            delta += choice.get("text") or ""
         if delta:
             self.text.append(delta)
+        if len(self.text) > self.max_tokens:
+            raise ServerReplyError(f"the server kept sending after the {self.max_tokens} tokens asked for; the "
+                                   "stream was closed")
         return delta
 
     def reply(self) -> dict[str, Any]:
-        """What a non-streamed reply would have held."""
+        """What a non-streamed reply would have held; a ``ServerReplyError`` when the server never said why the
+        answer ended (the stream was cut)."""
+        if self.finish is None:
+            raise ServerReplyError(f"the stream ended after {len(self.text)} deltas ({len(''.join(self.text))} "
+                                   "characters) without the server's finish reason: it was cut before the answer "
+                                   "was complete")
         return {"choices": [{"text": "".join(self.text), "finish_reason": self.finish}], "usage": self.usage}
 
 
@@ -474,13 +461,13 @@ def _adapters_identity(adapters: Any, doc_ids: Sequence[str]) -> Any:
     return json.dumps(getattr(adapters, "manifest", None) or {}, sort_keys=True, default=str)
 
 
-def as_backend(backend: Any, *, request_timeout: float | None = None, max_retries: int | None = None) -> Any:
-    """What the integrations' ``backend=`` takes: ``None`` (in process), a server URL (a ``VLLMBackend`` with
-    ``request_timeout`` and ``max_retries`` when given), or a backend object such as ``VLLMBackend``."""
+def as_backend(backend: Any, *, deadline: float | None = None, max_retries: int | None = None) -> Any:
+    """What the integrations' ``backend=`` takes: ``None`` (in process), a server URL (a ``VLLMBackend`` with the
+    whole-call ``deadline`` and ``max_retries`` when given), or a backend object such as ``VLLMBackend``."""
     if backend is None or not isinstance(backend, str):
         return backend
     if not backend.startswith(("http://", "https://")):
         raise ValueError(f"backend must be None, a server URL such as 'http://127.0.0.1:8000', or a VLLMBackend; "
                          f"got {backend!r}")
-    options = {"request_timeout": request_timeout, "max_retries": max_retries}
+    options = {"deadline": deadline, "max_retries": max_retries}
     return VLLMBackend(backend, **{key: value for key, value in options.items() if value is not None})
