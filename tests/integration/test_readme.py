@@ -17,7 +17,8 @@ def test_the_readme_and_the_guides_have_the_sections_users_look_for():
     headings = [heading for heading, _ in python_blocks()]
     assert {"spring-rag", "LlamaIndex", "LangChain"} <= set(headings), headings
     assert {"quickstart.md: Python quick start", "concepts.md: Token healing",
-            "llamaindex.md: Usage counts", "langchain.md: LangChain 1.x agents"} <= set(headings), headings
+            "llamaindex.md: Usage counts",
+            "langchain.md: Chains, prompts and documents"} <= set(headings), headings
 
 
 def test_the_readme_quick_starts_are_the_guides_first_blocks():
