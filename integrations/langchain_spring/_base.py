@@ -117,7 +117,9 @@ class SpringParams(BaseModel):
     """Stop strings; merged with the ones given per call. The answer is cut before the first one."""
     timeout: float | None = Field(default=None, gt=0)
     """Seconds one call may take, checked between generated tokens: past it, generation is stopped and
-    ``TimeoutError`` raised. With a timeout, ``invoke``/``batch`` answer through the token stream (same result)."""
+    ``TimeoutError`` raised. With a timeout, ``invoke``/``batch`` answer through the token stream (same result).
+    With a server ``backend`` it is also the server call's whole deadline (connecting, retries and streaming
+    included; ``spring_core.errors.DeadlineError``, a ``TimeoutError``)."""
     max_retries: int = Field(default=0, ge=0)
     """Retries of a server ``backend`` that is starting or overloaded (in process nothing is retried)."""
     backend: Any = None
