@@ -17,7 +17,7 @@ layout, SQuAD questions of the bundled demo slice with their passages):
 
 Rounds: the configurations run in a shuffled order per round (``--rounds``, default 1); ratios are of medians.
 
-Start a server first (its own venv; see the README), then::
+Start a server first (its own venv; see the serving guide, docs/serving.md), then::
 
     spring-rag serve smollm2-135m --dtype float32 &
     python benchmarks/serving.py --url http://127.0.0.1:8000     # writes benchmarks/results/serving.json

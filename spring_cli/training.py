@@ -27,7 +27,7 @@ examples:
   spring-rag train ... --resume                 continue the run in --out from its last checkpoint, exactly
 
 small models: the paper's lr 1e-4 is tuned for 7B models and batch 256; SmolLM2-135M with batch 8 learns far
-faster with --lr 1e-3 (see the README). Ctrl-C saves a checkpoint; --resume continues it.
+faster with --lr 1e-3 (see the training guide, docs/training.md). Ctrl-C saves a checkpoint; --resume continues it.
 """
 
 
