@@ -16,11 +16,12 @@ same rules:
 * **The embedding width**: the table's width is the embedding output's (OPT-350m: 512), not ``hidden_size``.
 
 Example:
-    >>> layer = InputLayer(model, tokenizer)                                       # doctest: +SKIP
-    >>> ids = layer.encode(PromptParts("[1] X is Y.\\n\\n", 2, "Question: Who?\\nAnswer:"))    # doctest: +SKIP
-    >>> batch = layer.batch([ids], table=tokens.weight)                            # doctest: +SKIP
-    >>> sorted(batch)                                                              # doctest: +SKIP
-    ['attention_mask', 'inputs_embeds', 'position_ids']
+    >>> from spring_core.types import PromptParts
+    >>> layer = InputLayer(model, tokenizer)
+    >>> ids = layer.encode(PromptParts("[1] X is Y.\\n\\n", 2, "Question: Who?\\nAnswer:"))
+    >>> batch = layer.batch([ids], table=tokens.weight)
+    >>> sorted(batch), batch["inputs_embeds"].shape == (1, len(ids), layer.width)
+    (['attention_mask', 'inputs_embeds'], True)
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class InputLayer:
     supplies its row.
 
     Example:
-        >>> layer = InputLayer(model, tokenizer)                       # doctest: +SKIP
-        >>> layer.width, layer.embedding_scale()                        # doctest: +SKIP
-        (640, 25.298221281347036)
+        >>> layer = InputLayer(model, tokenizer)
+        >>> layer.width, layer.embedding_scale()    # Gemma 3 270M: (640, 25.298221281347036)
+        (64, 1.0)
     """
 
     def __init__(self, model: Any, tokenizer: Any):

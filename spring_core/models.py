@@ -9,7 +9,9 @@ temporary folder and renames it into place, so an interrupted conversion is neve
 
 Example:
     >>> model, tokenizer = load_model("smollm2-135m")            # doctest: +SKIP
-    >>> model, tokenizer = load_model("./my-llama", dtype="bfloat16")  # doctest: +SKIP
+    >>> model, tokenizer = load_model("./my-llama", dtype="bfloat16")  # a folder saved with save_pretrained
+    >>> model.dtype
+    torch.bfloat16
 """
 
 from __future__ import annotations
@@ -273,9 +275,9 @@ class ModelPool:
 
     Example:
         >>> pool = ModelPool(capacity=1)
-        >>> model, tokenizer = pool.get("smollm2-135m")              # doctest: +SKIP
-        >>> pool.get("smollm2-135m")[0] is model                      # doctest: +SKIP
-        True
+        >>> model, tokenizer = pool.get("./my-llama")                # or "smollm2-135m"
+        >>> pool.get("./my-llama")[0] is model, len(pool)
+        (True, 1)
     """
 
     def __init__(self, capacity: int = 2):

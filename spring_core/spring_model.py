@@ -9,11 +9,12 @@ ordinary text. The lm_head has no rows for virtual ids, so they can never be gen
 
 Example:
     >>> from spring_core import SpringModel
-    >>> sm = SpringModel.from_pretrained("smollm2-135m", tokens="my-tokens/")       # doctest: +SKIP
-    >>> out = sm.generate("Who founded X?", passages=["X was founded by Y."], k=10)  # doctest: +SKIP
-    >>> out.text, out.usage.virtual_tokens                                          # doctest: +SKIP
-    ('Y', 10)
-    >>> for delta in sm.stream("Who founded X?", passages=["..."], k=10): ...      # doctest: +SKIP
+    >>> sm = SpringModel.from_pretrained("./my-llama", tokens="my-tokens/")    # or "smollm2-135m", a hub id
+    >>> out = sm.generate("Who founded X?", passages=["X was founded by Y."], k=10, max_new_tokens=8)
+    >>> out.usage.virtual_tokens, out.prompt.count("[r")        # SmolLM2 with trained tokens answers 'Y'
+    (10, 10)
+    >>> "".join(sm.stream("Who founded X?", passages=["X was founded by Y."], k=10, max_new_tokens=8)) == out.text
+    True
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ live in the embedding module's *output* space (``spring_core.inputs``): Gemma sc
 
 Example:
     >>> from spring_core import VirtualTokens
-    >>> tokens = VirtualTokens.from_text("smollm2-135m", n=50)     # doctest: +SKIP
-    >>> tokens.save("my-tokens/")                                   # doctest: +SKIP
-    >>> tokens = VirtualTokens.load("my-tokens/")                   # doctest: +SKIP
-    >>> tokens.n, tokens.hidden_size                                # doctest: +SKIP
-    (50, 576)
+    >>> tokens = VirtualTokens.from_text(model, n=50, tokenizer=tokenizer)  # or a model name: "smollm2-135m"
+    >>> folder = tokens.save("new-tokens/")
+    >>> tokens = VirtualTokens.load("new-tokens/", model=model)
+    >>> tokens.n, tokens.hidden_size == model.config.hidden_size
+    (50, True)
 """
 
 from __future__ import annotations

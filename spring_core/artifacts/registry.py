@@ -14,8 +14,10 @@ SPRING+ LoRA merged into it when the tokens need one, and the tokens. The merge 
 computed here from the artifact's files, so the runtime needs neither peft nor the trainer.
 
 Example:
-    >>> sm = load_spring_model("smollm2-135m", "runs/spring-plus")                       # doctest: +SKIP
-    >>> adapters = open_artifact("adapters/", sm.model)                                  # doctest: +SKIP
+    >>> sm = load_spring_model("./my-llama", "my-tokens/")     # e.g. ("smollm2-135m", "runs/spring-plus")
+    >>> adapters = open_artifact("adapters/", sm.model)
+    >>> sm.n, type(adapters).__name__
+    (10, 'DocumentAdapters')
 """
 
 from __future__ import annotations

@@ -7,8 +7,12 @@ a vLLM server and the documents' summed adapter as a served LoRA. Only the in-pr
 marginal decodings (``marginal``): they need every passage's full next-token distribution at each step.
 
 Example:
+    >>> from spring_core.options import generation_settings
     >>> backend = TransformersBackend()
-    >>> backend.generate(sm, sm.prompt_parts("Who?", ["X is Y."], k=5), generation_settings({}))   # doctest: +SKIP
+    >>> settings = generation_settings({"max_new_tokens": 4})
+    >>> out = backend.generate(sm, sm.prompt_parts("Who?", ["X is Y."], k=5), settings)
+    >>> out.usage.virtual_tokens, out.usage.completion_tokens <= 4
+    (5, True)
 """
 
 from __future__ import annotations

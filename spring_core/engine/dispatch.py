@@ -11,7 +11,7 @@ Example:
     >>> docs = [ParametricDocument(None, "Harvard is named after John Harvard.", 12.0)]          # doctest: +SKIP
     >>> engine.generate(Request(question="Who is Harvard named after?", documents=docs, k=10,
     ...                         settings={"max_new_tokens": 8})).text                           # doctest: +SKIP
-    'John Harvard'
+    ' John Harvard'
 """
 
 from __future__ import annotations
@@ -38,8 +38,16 @@ class Engine:
     Adapters are active for one call only (per thread and task), so concurrent requests never see each other's.
 
     Example:
-        >>> engine = Engine(sm, adapters=open_adapters("adapters/", sm.model))                  # doctest: +SKIP
-        >>> engine.generate(Request(prompt=sm.prompt_parts("Who?", ["X is Y."], k=5))).text    # doctest: +SKIP
+        >>> from spring_core.parametric import open_adapters
+        >>> engine = Engine(sm, adapters=open_adapters("adapters/", sm.model))
+        >>> out = engine.generate(Request(prompt=sm.prompt_parts("Who?", ["X is Y."], k=5),
+        ...                               settings={"max_new_tokens": 4}))
+        >>> out.usage.virtual_tokens
+        5
+        >>> docs = [ParametricDocument("doc-1", "X is Y.", 2.0)]
+        >>> engine.generate(Request(question="Who?", documents=docs, knowledge="prag",
+        ...                         settings={"max_new_tokens": 4})).usage.virtual_tokens   # doc-1's adapter, no block
+        0
     """
 
     def __init__(self, spring: SpringModel, adapters: Any = None, backend: Backend | None = None):

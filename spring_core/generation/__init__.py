@@ -1,7 +1,7 @@
 """Generation in process: one transformers runner, streaming, and marginal decoding over passages.
 
 Example:
-    >>> from spring_core.generation import Runner, GenerationStream, rag_sequence, rag_token   # doctest: +SKIP
+    >>> from spring_core.generation import Runner, GenerationStream, rag_sequence, rag_token
 """
 
 from spring_core.generation.marginal import (

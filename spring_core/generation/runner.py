@@ -10,10 +10,12 @@ spaces that healing moved from the prompt into the first token. ``finish_reason`
 string or an end-of-sequence id ended the answer, ``"length"`` when ``max_new_tokens`` did.
 
 Example:
-    >>> runner = Runner(model, tokenizer, InputLayer(model, tokenizer))                       # doctest: +SKIP
-    >>> settings = generation_settings({"max_new_tokens": 8, "stop": ["\\n"]})                # doctest: +SKIP
-    >>> runner.generate([PromptParts("Question: 2+2?\\nAnswer:")], settings)[0].text           # doctest: +SKIP
-    ' 4'
+    >>> from spring_core.options import generation_settings
+    >>> runner = Runner(model, tokenizer, InputLayer(model, tokenizer))
+    >>> settings = generation_settings({"max_new_tokens": 8, "stop": ["\\n"]})
+    >>> out = runner.generate([PromptParts("Question: 2+2?\\nAnswer:")], settings)[0]   # SmolLM2: ' 4'
+    >>> "\\n" in out.text, out.finish_reason in ("stop", "length"), out.usage.completion_tokens <= 8
+    (False, True, True)
 """
 
 from __future__ import annotations

@@ -5,9 +5,13 @@ The deltas joined equal the text ``Runner.generate`` returns for the same prompt
 multi-byte character or in text that could still become a stop string.
 
 Example:
-    >>> stream = stream_generation(runner, PromptParts("Question: 2+2?\\nAnswer:"), settings)   # doctest: +SKIP
-    >>> "".join(stream), stream.result.finish_reason                                         # doctest: +SKIP
-    (' 4', 'stop')
+    >>> from spring_core.options import generation_settings
+    >>> settings = generation_settings({"max_new_tokens": 8, "stop": ["\\n"]})
+    >>> stream = stream_generation(sm.runner, PromptParts("Question: 2+2?\\nAnswer:"), settings)
+    >>> "".join(stream) == stream.result.text    # SmolLM2: ' 4', finish_reason 'stop'
+    True
+    >>> stream.result.text == sm.runner.generate([PromptParts("Question: 2+2?\\nAnswer:")], settings)[0].text
+    True
 """
 
 from __future__ import annotations

@@ -7,9 +7,16 @@ makes ``update`` what this instance's hooks add, for the calling thread or async
 ends. Outside such a block the hooks return ``None`` and the modules run untouched, bit for bit the base model.
 
 Example:
-    >>> with AdapterHooks(model, ["model.layers.0.mlp.up_proj"]) as hooks:                # doctest: +SKIP
+    >>> from spring_core.parametric import AdapterStore, LoraUpdate
+    >>> store = AdapterStore.open("adapters/", model=model)
+    >>> update = LoraUpdate.sum(store.spec, [store.get("doc-1")], model)
+    >>> input_ids = torch.tensor([tokenizer("Who is Harvard named after?")["input_ids"]])
+    >>> with AdapterHooks(model, list(update.factors)) as hooks:
     ...     with hooks.active(update):
     ...         adapted = model(input_ids).logits
+    ...     plain = model(input_ids).logits      # outside the block: the base model
+    >>> bool(torch.equal(plain, model(input_ids).logits)), bool(torch.equal(adapted, plain)), hooks.installed
+    (True, False, False)
 """
 
 from __future__ import annotations

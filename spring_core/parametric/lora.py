@@ -11,9 +11,11 @@ task, so concurrent requests with different documents never see each other's ada
 update runs the untouched modules (the hooks return ``None``), bit for bit the base model.
 
 Example:
-    >>> adapters = DocumentAdapters(AdapterStore.open("adapters/", model=model), model)   # doctest: +SKIP
-    >>> with adapters.activate(["doc-1", "doc-7", "doc-9"]):                             # doctest: +SKIP
-    ...     answer = sm.generate(question, passages=None)                                 # doctest: +SKIP
+    >>> adapters = DocumentAdapters(AdapterStore.open("adapters/", model=model), model)
+    >>> with adapters.activate(["doc-1", "doc-7", "doc-9"]) as update:
+    ...     answer = sm.generate(question, passages=None, max_new_tokens=4)
+    >>> update.rank, answer.usage.virtual_tokens     # three rank-2 documents stacked; the block: all 10 tokens
+    (6, 10)
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ class LoraUpdate:
     """The summed update of some documents: per module name, ``(A [R, in], B [out, R])`` with the scale in ``B``.
 
     Example:
-        >>> update = LoraUpdate.sum(spec, [store.get("doc-1"), store.get("doc-2")], model)   # doctest: +SKIP
-        >>> sorted(update.factors)[0], update.factors["model.layers.0.mlp.up_proj"][0].shape  # doctest: +SKIP
-        ('model.layers.0.mlp.down_proj', torch.Size([4, 576]))
+        >>> store = AdapterStore.open("adapters/", model=model)
+        >>> update = LoraUpdate.sum(store.spec, [store.get("doc-1"), store.get("doc-2")], model)
+        >>> sorted(update.factors)[0], update.factors["model.layers.0.mlp.up_proj"][0].shape   # [2 + 2, hidden]
+        ('model.layers.0.mlp.down_proj', torch.Size([4, 64]))
     """
 
     factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
@@ -141,9 +144,13 @@ class DocumentAdapters(CachedAdapters):
         cache_size: how many recent document combinations keep their stacked factors in memory.
 
     Example:
-        >>> adapters = DocumentAdapters(store, model)                                     # doctest: +SKIP
-        >>> with adapters.activate(["doc-1", "doc-2"]):                                   # doctest: +SKIP
-        ...     logits = model(input_ids).logits                                          # doctest: +SKIP
+        >>> store = AdapterStore.open("adapters/", model=model)
+        >>> adapters = DocumentAdapters(store, model)
+        >>> input_ids = torch.tensor([tokenizer(question)["input_ids"]])
+        >>> with adapters.activate(["doc-1", "doc-2"]):
+        ...     logits = model(input_ids).logits
+        >>> bool(torch.equal(logits, model(input_ids).logits)), "doc-2" in adapters
+        (False, True)
     """
 
     def __init__(self, store: AdapterStore, model: Any, *, cache_size: int = 32):

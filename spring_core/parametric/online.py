@@ -12,10 +12,13 @@ A document without an adapter raises ``UnknownDocumentError`` unless ``missing_a
 into the prompt instead (in every knowledge mode) and a warning is logged, so the fallback is never silent.
 
 Example:
-    >>> adapters = open_adapters("adapters/", sm.model)                                     # doctest: +SKIP
-    >>> docs = [ParametricDocument("doc-3", passage, 12.1), ParametricDocument("doc-9", other, 8.0)]  # doctest: +SKIP
-    >>> plan_call(adapters, docs, knowledge="combine", k=10).adapter_ids                          # doctest: +SKIP
+    >>> adapters = open_adapters("adapters/", sm.model)
+    >>> docs = [ParametricDocument("doc-3", passage, 12.1), ParametricDocument("doc-9", other, 8.0)]
+    >>> plan_call(adapters, docs, knowledge="combine", k=10).adapter_ids
     ['doc-3', 'doc-9']
+    >>> call = plan_call(adapters, docs, knowledge="prag", k=None)    # the knowledge is in the adapters only
+    >>> call.passages, call.k, call.adapter_ids
+    ([], 0, ['doc-3', 'doc-9'])
 
 ``spring_core.engine`` answers with such a plan (``Engine``, ``answer_with_adapters``).
 """

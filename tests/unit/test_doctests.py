@@ -8,6 +8,7 @@ import doctest
 import importlib
 
 import pytest
+from doctest_globals import tiny_globals
 
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
@@ -18,24 +19,36 @@ QUICK = {
     "spring_core.artifacts.manifest": 4,
     "spring_core.data": 3,
     "spring_core.demo": 1,
-    "spring_core.engine.backends": 1,
     "spring_core.engine.request": 1,
     "spring_core.errors": 2,
-    "spring_core.generation.marginal": 6,
-    "spring_core.generation.runner": 1,
-    "spring_core.generation.streaming": 2,
     "spring_core.healing": 3,
     "spring_core.metrics": 3,
-    "spring_core.models": 1,
     "spring_core.options": 2,
     "spring_core.placement": 3,
     "spring_core.prompts": 4,
     "spring_core.retrieval": 5,
     "spring_core.retrieval.bm25": 4,
-    "spring_core.spring_model": 1,
     "spring_core.templates": 3,
-    "spring_core.tokens": 1,
     "spring_core.types": 4,
+}
+# these use a model, tokens, a store...: the tiny random Llama's (tests/doctest_globals.py; outputs that do not
+# depend on its random weights: shapes, counts, usage, prompts)
+TINY = {
+    "spring_core.artifacts.registry": 3,
+    "spring_core.engine.backends": 5,
+    "spring_core.engine.dispatch": 6,
+    "spring_core.generation": 1,
+    "spring_core.generation.marginal": 7,
+    "spring_core.generation.runner": 6,
+    "spring_core.generation.streaming": 7,
+    "spring_core.inputs": 7,
+    "spring_core.models": 5,
+    "spring_core.parametric.hooks": 6,
+    "spring_core.parametric.lora": 11,
+    "spring_core.parametric.online": 5,
+    "spring_core.parametric.store": 7,
+    "spring_core.spring_model": 5,
+    "spring_core.tokens": 5,
 }
 # these load the bundled MiniLM embedder and chromadb (tens of seconds on a busy 2-core machine)
 EMBEDDER = {
@@ -45,20 +58,20 @@ EMBEDDER = {
 }
 
 
-def run_doctests(name: str) -> tuple[int, int, str]:
-    """``(examples run, failures, report)`` for the docstrings of module ``name``."""
+def run_doctests(name: str, globs: dict | None = None) -> tuple[int, int, str]:
+    """``(examples run, failures, report)`` for the docstrings of module ``name`` (``globs``: extra names)."""
     module = importlib.import_module(name)
     runner = doctest.DocTestRunner(optionflags=OPTIONS)
     ran, report = 0, []
-    for test in doctest.DocTestFinder().find(module):
+    for test in doctest.DocTestFinder().find(module, extraglobs=globs or {}):
         ran += sum(1 for example in test.examples if not example.options.get(doctest.SKIP))
         runner.run(test, out=report.append)
     return ran, runner.failures, "".join(report)
 
 
-def check(name: str, expected: int, tmp_path, monkeypatch) -> None:
+def check(name: str, expected: int, tmp_path, monkeypatch, globs: dict | None = None) -> None:
     monkeypatch.chdir(tmp_path)  # examples write their stores and artifacts to relative folders
-    ran, failures, report = run_doctests(name)
+    ran, failures, report = run_doctests(name, globs)
     assert failures == 0, report
     assert ran == expected, f"{name}: {ran} examples ran, expected {expected} (a new +SKIP, or new examples?)"
 
@@ -72,3 +85,8 @@ def test_docstring_examples_run(name, expected, tmp_path, monkeypatch):
 @pytest.mark.parametrize(("name", "expected"), EMBEDDER.items(), ids=list(EMBEDDER))
 def test_docstring_examples_with_the_embedder_run(name, expected, tmp_path, monkeypatch):
     check(name, expected, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize(("name", "expected"), TINY.items(), ids=list(TINY))
+def test_docstring_examples_with_the_tiny_model_run(name, expected, tiny_dir, tmp_path, monkeypatch):
+    check(name, expected, tmp_path, monkeypatch, tiny_globals(tiny_dir, tmp_path))
