@@ -4,7 +4,8 @@ Names: ``model`` and ``tokenizer`` (a private copy of the tiny Llama: parametric
 ``tokens`` (10 virtual tokens for it), ``sm`` (a ``SpringModel`` of the three), ``spec`` (its LoRA spec),
 ``tensors_1`` / ``tensors_2`` (one document's LoRA tensors each), ``question`` and ``passage`` / ``other``.
 Folders, in the example's scratch folder: ``my-llama/`` (the tiny model saved with ``save_pretrained``),
-``my-tokens/`` (``tokens``) and ``adapters/`` (a document-adapter store holding doc-1 ... doc-9).
+``my-tokens/`` (``tokens``), ``adapters/`` (a document-adapter store holding doc-1 ... doc-9) and, when asked,
+``store/`` (a BM25 store of the bundled sample corpus, as ``spring-rag index`` builds it).
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ def document_tensors(spec: Any, seed: int) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def tiny_globals(tiny_dir: Path, folder: Path) -> dict[str, Any]:
+def tiny_globals(tiny_dir: Path, folder: Path, *, bm25_store: bool = False) -> dict[str, Any]:
     """The names above, with their folders written into ``folder`` (the example's working directory)."""
+    if bm25_store:
+        from spring_core.data import sample_corpus_path
+        from spring_core.retrieval import index_corpus
+
+        index_corpus(sample_corpus_path(), folder / "store", backend="bm25", show_progress=False)
     from spring_core import SpringModel, VirtualTokens
     from spring_core.models import load_model
     from spring_core.parametric import AdapterStore, LoraSpec

@@ -6,8 +6,8 @@ number the passages as SPRING was trained on.
 
 Example:
     >>> from langchain_spring import SpringRetriever
-    >>> retriever = SpringRetriever(store="store/", k=3)  # a folder built by `spring-rag index`  # doctest: +SKIP
-    >>> [d.metadata["title"] for d in retriever.invoke("Who founded Harvard?")]                    # doctest: +SKIP
+    >>> retriever = SpringRetriever(store="store/", k=3)  # a folder built by `spring-rag index`
+    >>> [d.metadata["title"] for d in retriever.invoke("Who founded Harvard?")]
     ['Harvard University', ...]
 """
 
@@ -45,10 +45,11 @@ class SpringRetriever(BaseRetriever):
         embedder: for a dense store folder, the embedder to check it against (default: the one it was built with).
 
     Example:
+        >>> from spring_core.data import sample_corpus_path
         >>> from spring_core.retrieval import index_corpus
-        >>> store, _ = index_corpus("corpus.jsonl", "store/", backend="bm25")                 # doctest: +SKIP
-        >>> SpringRetriever(store=store, k=2).invoke("Who wrote Hamlet?")[0].metadata        # doctest: +SKIP
-        {'id': 'p1', 'title': 'Hamlet', 'score': 3.1}
+        >>> store, _ = index_corpus(sample_corpus_path(), "my-store/", backend="bm25", show_progress=False)
+        >>> SpringRetriever(store=store, k=2).invoke("Who is Harvard named after?")[0].metadata
+        {'id': 'squad-Harvard_University-0', 'title': 'Harvard University', 'score': 3.77...}
     """
 
     store: Any
