@@ -6,6 +6,11 @@ Names: ``model`` and ``tokenizer`` (a private copy of the tiny Llama: parametric
 Folders, in the example's scratch folder: ``my-llama/`` (the tiny model saved with ``save_pretrained``),
 ``my-tokens/`` (``tokens``), ``adapters/`` (a document-adapter store holding doc-1 ... doc-9) and, when asked,
 ``store/`` (a BM25 store of the bundled sample corpus, as ``spring-rag index`` builds it).
+With ``langchain=True`` (LangChain examples, which show a chain's pieces without building them): ``retriever`` (a
+``SpringRetriever`` over ``store/``, k=3), ``format_docs``, ``RunnablePassthrough``, ``prompt``
+(``SPRING_RAG_CHAT_PROMPT``), ``chat`` (``ChatSpring`` over ``my-llama/`` and ``my-tokens/``) and ``vector_store``
+(an in-memory store of ``passage`` and ``other`` with fake embeddings). With ``llama_index=True``: ``index`` (a
+LlamaIndex vector index of ``passage`` and ``other`` with mock embeddings) and ``corpus.jsonl`` (the sample corpus).
 """
 
 from __future__ import annotations
@@ -31,9 +36,38 @@ def document_tensors(spec: Any, seed: int) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def tiny_globals(tiny_dir: Path, folder: Path, *, bm25_store: bool = False) -> dict[str, Any]:
+def langchain_globals(passages: list[str]) -> dict[str, Any]:
+    """The LangChain pieces (``store/``, ``my-llama/`` and ``my-tokens/`` must be in the working directory)."""
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from langchain_core.runnables import RunnablePassthrough
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from langchain_spring import SPRING_RAG_CHAT_PROMPT, ChatSpring, SpringRetriever, format_docs
+
+    return {
+        "retriever": SpringRetriever(store="store/", k=3), "format_docs": format_docs,
+        "RunnablePassthrough": RunnablePassthrough, "prompt": SPRING_RAG_CHAT_PROMPT,
+        "chat": ChatSpring(model="my-llama/", tokens="my-tokens/", max_tokens=8),
+        "vector_store": InMemoryVectorStore.from_texts(passages, DeterministicFakeEmbedding(size=8)),
+    }
+
+
+def llama_index_globals(folder: Path, passages: list[str]) -> dict[str, Any]:
+    """``index`` (mock embeddings: nothing downloaded, nothing sent), with ``corpus.jsonl`` written to ``folder``."""
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.embeddings import MockEmbedding
+
+    from spring_core.data import sample_corpus_path
+
+    shutil.copy(sample_corpus_path(), folder / "corpus.jsonl")
+    documents = [Document(text=text) for text in passages]
+    return {"index": VectorStoreIndex.from_documents(documents, embed_model=MockEmbedding(embed_dim=8))}
+
+
+def tiny_globals(tiny_dir: Path, folder: Path, *, bm25_store: bool = False, langchain: bool = False,
+                 llama_index: bool = False) -> dict[str, Any]:
     """The names above, with their folders written into ``folder`` (the example's working directory)."""
-    if bm25_store:
+    if bm25_store or langchain:
         from spring_core.data import sample_corpus_path
         from spring_core.retrieval import index_corpus
 
@@ -49,8 +83,13 @@ def tiny_globals(tiny_dir: Path, folder: Path, *, bm25_store: bool = False) -> d
     spec = LoraSpec.for_model(model, rank=2, alpha=32)
     store = AdapterStore.create(folder / "adapters", model, spec, base_model_name="tiny-llama")
     store.add({f"doc-{i}": document_tensors(spec, i) for i in range(1, 10)})
-    return {
+    names = {
         "model": model, "tokenizer": tokenizer, "tokens": tokens, "sm": SpringModel(model, tokenizer, tokens),
         "spec": spec, "tensors_1": document_tensors(spec, 101), "tensors_2": document_tensors(spec, 102),
         "question": QUESTION, "passage": PASSAGE, "other": OTHER, "torch": torch,
     }
+    if langchain:
+        names.update(langchain_globals([PASSAGE, OTHER]))
+    if llama_index:
+        names.update(llama_index_globals(folder, [PASSAGE, OTHER]))
+    return names

@@ -7,10 +7,11 @@ usual ``{"context": retriever | format_docs, "question": RunnablePassthrough()} 
 
 Example:
     >>> from langchain_spring import ChatSpring, SpringRetriever, create_spring_rag_chain
-    >>> chain = create_spring_rag_chain(SpringRetriever(store="store/", k=3),
-    ...                                 ChatSpring(tokens="smollm2-135m-squad", max_tokens=32), k=10)   # doctest: +SKIP
-    >>> chain.invoke("Who is Harvard named after?")                                                  # doctest: +SKIP
-    'John Harvard'
+    >>> chat = ChatSpring(model="my-llama/", tokens="my-tokens/", max_tokens=8)  # or tokens="smollm2-135m-squad"
+    >>> chain = create_spring_rag_chain(SpringRetriever(store="store/", k=3), chat, k=10)
+    >>> answer = chain.invoke("Who is Harvard named after?")  # 'John Harvard' with SmolLM2's trained tokens
+    >>> isinstance(answer, str)
+    True
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ never searched for markers; ``[r1]`` in a document or a message is read as chara
 
 Example:
     >>> from langchain_spring import ChatSpring
-    >>> chat = ChatSpring(model="smollm2-135m", tokens="smollm2-135m-squad", max_tokens=32)   # doctest: +SKIP
+    >>> chat = ChatSpring(model="my-llama/", tokens="my-tokens/", max_tokens=8)  # or smollm2-135m(-squad)
     >>> chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | chat
-    >>> chain.invoke("Who is Harvard named after?").content                                   # doctest: +SKIP
+    >>> answer = chain.invoke("Who is Harvard named after?")
+    >>> answer.usage_metadata["input_token_details"]  # the 10 virtual tokens, placed between context and question
+    {'virtual': 10}
 """
 
 from __future__ import annotations
@@ -102,10 +104,11 @@ class ChatSpring(SpringParams, BaseChatModel):
 
     Example:
         >>> from langchain_spring import ChatSpring
-        >>> chat = ChatSpring(model="smollm2-135m", tokens="my-tokens/", max_tokens=32)   # doctest: +SKIP
-        >>> chat.invoke("Hello").usage_metadata                                            # doctest: +SKIP
-        {'input_tokens': 31, 'output_tokens': 10, 'total_tokens': 41, 'input_token_details': {'virtual': 0}}
-        >>> for chunk in chat.stream("Hello"): print(chunk.content, end="")               # doctest: +SKIP
+        >>> chat = ChatSpring(model="my-llama/", tokens="my-tokens/", max_tokens=4)  # or model="smollm2-135m"
+        >>> chat.invoke("Hello").usage_metadata  # no retrieved context: the plain base model, no virtual tokens
+        {'input_tokens': 19, 'output_tokens': 4, 'total_tokens': 23, 'input_token_details': {'virtual': 0}}
+        >>> len([chunk.content for chunk in chat.stream("Hello")]) >= 4  # one chunk per token, then a final one
+        True
     """
 
     streaming: bool = False

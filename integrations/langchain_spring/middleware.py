@@ -10,9 +10,11 @@ other chat model it only writes the system prompt, as ``@dynamic_prompt`` would.
 Example:
     >>> from langchain.agents import create_agent
     >>> from langchain_spring import ChatSpring, SpringRAGMiddleware
-    >>> agent = create_agent(ChatSpring(tokens="smollm2-135m-squad"), tools=[],
-    ...                      middleware=[SpringRAGMiddleware(vector_store=vector_store)])          # doctest: +SKIP
-    >>> agent.invoke({"messages": [{"role": "user", "content": "Who is Harvard named after?"}]})  # doctest: +SKIP
+    >>> chat = ChatSpring(model="my-llama/", tokens="my-tokens/", max_tokens=8)  # or tokens="smollm2-135m-squad"
+    >>> agent = create_agent(chat, tools=[], middleware=[SpringRAGMiddleware(vector_store=vector_store)])
+    >>> state = agent.invoke({"messages": [{"role": "user", "content": "Who is Harvard named after?"}]})
+    >>> [type(m).__name__ for m in state["messages"]], state["messages"][-1].usage_metadata["input_token_details"]
+    (['HumanMessage', 'AIMessage'], {'virtual': 10})
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ class SpringRAGMiddleware(AgentMiddleware):
         format_documents: documents -> context text (default: their texts joined by blank lines).
 
     Example:
-        >>> middleware = SpringRAGMiddleware(retriever, system_prompt="Answer from:\\n{context}")   # doctest: +SKIP
-        >>> create_agent(chat, tools=[], middleware=[middleware]).invoke({"messages": [...]})     # doctest: +SKIP
+        >>> from langchain.agents import create_agent
+        >>> middleware = SpringRAGMiddleware(retriever, system_prompt="Answer from:\\n{context}")
+        >>> agent = create_agent(chat, tools=[], middleware=[middleware])
+        >>> state = agent.invoke({"messages": [{"role": "user", "content": "Who is Harvard named after?"}]})
+        >>> state["messages"][-1].usage_metadata["input_token_details"]
+        {'virtual': 10}
     """
 
     def __init__(self, retriever: Any = None, *, vector_store: Any = None, k: int = 4,

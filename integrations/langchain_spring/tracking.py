@@ -17,7 +17,9 @@ count limit, so no number of unrelated calls on other threads can push a running
 
 Example:
     >>> chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | chat
-    >>> chain.invoke("Who is Harvard named after?")  # chat finds this run's documents and query  # doctest: +SKIP
+    >>> answer = chain.invoke("Who is Harvard named after?")  # chat finds this run's documents and query
+    >>> answer.usage_metadata["input_token_details"]  # so it placed its 10 virtual tokens between them
+    {'virtual': 10}
 """
 
 from __future__ import annotations

@@ -49,9 +49,19 @@ TINY = {
     "spring_core.parametric.store": 7,
     "spring_core.spring_model": 5,
     "spring_core.tokens": 5,
+    "langchain_spring": 4,
+    "langchain_spring.chains": 5,
+    "langchain_spring.chat_models": 9,
+    "langchain_spring.llms": 8,
+    "langchain_spring.middleware": 11,
     "langchain_spring.retrievers": 7,
+    "langchain_spring.tracking": 3,
 }
 BM25_STORE = {"langchain_spring.retrievers"}  # these read store/, a BM25 store of the bundled sample corpus
+# these use the LangChain pieces of a chain (retriever over store/, prompt, chat, ...: tests/doctest_globals.py)
+LANGCHAIN = {name for name in TINY if name.startswith("langchain_spring")} - BM25_STORE
+# these use a LlamaIndex index (mock embeddings) and corpus.jsonl
+LLAMA_INDEX = {name for name in TINY if name.startswith("llama_index")}
 # these load the bundled MiniLM embedder and chromadb (tens of seconds on a busy 2-core machine)
 EMBEDDER = {
     "spring_core.retrieval.dense": 4,
@@ -91,4 +101,6 @@ def test_docstring_examples_with_the_embedder_run(name, expected, tmp_path, monk
 
 @pytest.mark.parametrize(("name", "expected"), TINY.items(), ids=list(TINY))
 def test_docstring_examples_with_the_tiny_model_run(name, expected, tiny_dir, tmp_path, monkeypatch):
-    check(name, expected, tmp_path, monkeypatch, tiny_globals(tiny_dir, tmp_path, bm25_store=name in BM25_STORE))
+    globs = tiny_globals(tiny_dir, tmp_path, bm25_store=name in BM25_STORE, langchain=name in LANGCHAIN,
+                         llama_index=name in LLAMA_INDEX)
+    check(name, expected, tmp_path, monkeypatch, globs)
