@@ -56,6 +56,12 @@ TINY = {
     "langchain_spring.middleware": 11,
     "langchain_spring.retrievers": 7,
     "langchain_spring.tracking": 3,
+    "llama_index.llms.spring.base": 12,
+    "llama_index.llms.spring.synthesizer": 8,
+    "llama_index.llms.spring.query_engine": 6,
+    "llama_index.llms.spring.usage": 4,
+    "llama_index.retrievers.spring.base": 3,
+    "llama_index.postprocessor.spring.base": 5,
 }
 BM25_STORE = {"langchain_spring.retrievers"}  # these read store/, a BM25 store of the bundled sample corpus
 # these use the LangChain pieces of a chain (retriever over store/, prompt, chat, ...: tests/doctest_globals.py)

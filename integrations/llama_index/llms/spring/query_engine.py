@@ -7,9 +7,11 @@ parametric modes.
 Example:
     >>> from llama_index.llms.spring import SpringLLM, spring_query_engine
     >>> from llama_index.retrievers.spring import SpringRetriever
-    >>> retriever = SpringRetriever.from_corpus("corpus.jsonl", "store/", similarity_top_k=3)   # doctest: +SKIP
-    >>> engine = spring_query_engine(retriever, SpringLLM(tokens="my-tokens/"), k=10)          # doctest: +SKIP
-    >>> engine.query("Who founded Harvard?").response                                         # doctest: +SKIP
+    >>> retriever = SpringRetriever.from_corpus("corpus.jsonl", "store/", backend="bm25", similarity_top_k=3)
+    >>> llm = SpringLLM(model_name="my-llama/", tokens="my-tokens/", max_new_tokens=4)  # or smollm2-135m-squad
+    >>> engine = spring_query_engine(retriever, llm, k=10)
+    >>> engine.query("Who founded Harvard?").metadata["spring_usage"]["virtual_tokens"]
+    10
 """
 
 from __future__ import annotations

@@ -10,9 +10,13 @@ and ``NodeWithScore.score`` its retriever score.
 Example:
     >>> from llama_index.core.query_engine import RetrieverQueryEngine
     >>> from llama_index.llms.spring import SpringLLM, SpringSynthesizer
-    >>> llm = SpringLLM(tokens="my-tokens/", decoding="rag-sequence", k=10)                 # doctest: +SKIP
-    >>> engine = RetrieverQueryEngine(retriever, response_synthesizer=SpringSynthesizer(llm=llm))  # doctest: +SKIP
-    >>> engine.query("Who founded Harvard?").response                                  # doctest: +SKIP
+    >>> from llama_index.retrievers.spring import SpringRetriever
+    >>> retriever = SpringRetriever.from_corpus("corpus.jsonl", "store/", backend="bm25", similarity_top_k=3)
+    >>> llm = SpringLLM(model_name="my-llama/", tokens="my-tokens/", decoding="rag-sequence", k=10, max_new_tokens=4)
+    >>> engine = RetrieverQueryEngine(retriever, response_synthesizer=SpringSynthesizer(llm=llm))
+    >>> response = engine.query("Who founded Harvard?")
+    >>> len(response.source_nodes), response.metadata["spring_usage"]["virtual_tokens"]  # 10 per passage
+    (3, 30)
 """
 
 from __future__ import annotations

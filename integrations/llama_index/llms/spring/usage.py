@@ -10,9 +10,11 @@ streaming response is returned before its answer is generated, so it carries no 
 ``CompletionResponse.raw["usage"]`` of the stream instead.
 
 Example:
-    >>> response = index.as_query_engine(llm=SpringLLM(tokens="smollm2-135m-squad")).query("Who?")  # doctest: +SKIP
-    >>> response.metadata["spring_usage"]                                                          # doctest: +SKIP
-    {'prompt_tokens': 212, 'completion_tokens': 5, 'virtual_tokens': 50, 'total_tokens': 267, 'llm_calls': 1}
+    >>> from llama_index.llms.spring import SpringLLM
+    >>> llm = SpringLLM(model_name="my-llama/", tokens="my-tokens/", max_new_tokens=4)  # or smollm2-135m-squad
+    >>> response = index.as_query_engine(llm=llm).query("Who?")
+    >>> response.metadata["spring_usage"]
+    {'prompt_tokens': ..., 'completion_tokens': ..., 'virtual_tokens': 10, 'total_tokens': ..., 'llm_calls': 1}
 """
 
 from __future__ import annotations

@@ -10,7 +10,11 @@ are passed on untagged (``SpringLLM(missing_adapter="icl")`` then reads them as 
 Example:
     >>> from llama_index.postprocessor.spring import ParametricAdapterPostprocessor, adapter_ids
     >>> tagger = ParametricAdapterPostprocessor(known_ids={"doc-1"})
-    >>> engine = index.as_query_engine(node_postprocessors=[tagger])      # doctest: +SKIP
+    >>> from llama_index.core.schema import NodeWithScore, TextNode
+    >>> nodes = [NodeWithScore(node=TextNode(text=text, metadata={"passage_id": f"doc-{i}"}), score=1.0 / i)
+    ...          for i, text in enumerate([passage, other], start=1)]  # as SpringRetriever returns them
+    >>> adapter_ids(tagger.postprocess_nodes(nodes))  # so in index.as_query_engine(node_postprocessors=[tagger])
+    ['doc-1']
 """
 
 from __future__ import annotations

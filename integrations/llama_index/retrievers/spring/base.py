@@ -4,8 +4,9 @@ It takes a user from a JSONL corpus to a query engine without building a LlamaIn
 
 Example:
     >>> from llama_index.retrievers.spring import SpringRetriever
-    >>> retriever = SpringRetriever.from_corpus("corpus.jsonl", "store/", similarity_top_k=3)   # doctest: +SKIP
-    >>> [n.node.metadata["title"] for n in retriever.retrieve("Who founded Harvard?")]        # doctest: +SKIP
+    >>> retriever = SpringRetriever.from_corpus("corpus.jsonl", "store/", backend="bm25", similarity_top_k=3)
+    >>> [n.node.metadata["title"] for n in retriever.retrieve("Who founded Harvard?")]
+    ['Harvard University', 'University of Chicago', 'Harvard University']
 """
 
 from __future__ import annotations
