@@ -11,6 +11,8 @@ With ``langchain=True`` (LangChain examples, which show a chain's pieces without
 (``SPRING_RAG_CHAT_PROMPT``), ``chat`` (``ChatSpring`` over ``my-llama/`` and ``my-tokens/``) and ``vector_store``
 (an in-memory store of ``passage`` and ``other`` with fake embeddings). With ``llama_index=True``: ``index`` (a
 LlamaIndex vector index of ``passage`` and ``other`` with mock embeddings) and ``corpus.jsonl`` (the sample corpus).
+With ``training=True`` (the trainer's examples): ``train.jsonl`` and ``extra.jsonl`` (the 12 bundled SQuAD dev rows,
+with their passages) and ``corpus.jsonl`` (the sample corpus).
 """
 
 from __future__ import annotations
@@ -64,9 +66,20 @@ def llama_index_globals(folder: Path, passages: list[str]) -> dict[str, Any]:
     return {"index": VectorStoreIndex.from_documents(documents, embed_model=MockEmbedding(embed_dim=8))}
 
 
+def training_files(folder: Path) -> None:
+    """``train.jsonl``, ``extra.jsonl`` and ``corpus.jsonl`` in ``folder``."""
+    from spring_core.data import demo_qa_path, sample_corpus_path
+
+    shutil.copy(demo_qa_path(), folder / "train.jsonl")
+    shutil.copy(demo_qa_path(), folder / "extra.jsonl")
+    shutil.copy(sample_corpus_path(), folder / "corpus.jsonl")
+
+
 def tiny_globals(tiny_dir: Path, folder: Path, *, bm25_store: bool = False, langchain: bool = False,
-                 llama_index: bool = False) -> dict[str, Any]:
+                 llama_index: bool = False, training: bool = False) -> dict[str, Any]:
     """The names above, with their folders written into ``folder`` (the example's working directory)."""
+    if training:
+        training_files(folder)
     if bm25_store or langchain:
         from spring_core.data import sample_corpus_path
         from spring_core.retrieval import index_corpus

@@ -30,6 +30,7 @@ QUICK = {
     "spring_core.retrieval.bm25": 4,
     "spring_core.templates": 3,
     "spring_core.types": 4,
+    "spring_train.report": 3,
 }
 # these use a model, tokens, a store...: the tiny random Llama's (tests/doctest_globals.py; outputs that do not
 # depend on its random weights: shapes, counts, usage, prompts)
@@ -62,12 +63,20 @@ TINY = {
     "llama_index.llms.spring.usage": 4,
     "llama_index.retrievers.spring.base": 3,
     "llama_index.postprocessor.spring.base": 5,
+    "spring_train.data": 4,
+    "spring_train.batching": 5,
+    "spring_train.checkpoint": 7,
+    "spring_train.adapters": 4,
+    "spring_train.augment": 10,
+    "spring_train.parametrize": 6,
 }
 BM25_STORE = {"langchain_spring.retrievers"}  # these read store/, a BM25 store of the bundled sample corpus
 # these use the LangChain pieces of a chain (retriever over store/, prompt, chat, ...: tests/doctest_globals.py)
 LANGCHAIN = {name for name in TINY if name.startswith("langchain_spring")} - BM25_STORE
 # these use a LlamaIndex index (mock embeddings) and corpus.jsonl
 LLAMA_INDEX = {name for name in TINY if name.startswith("llama_index")}
+# these use train.jsonl, extra.jsonl and corpus.jsonl (the trainer's examples: 1-2 optimizer steps at most)
+TRAINING = {name for name in TINY if name.startswith("spring_train")}
 # these load the bundled MiniLM embedder and chromadb (tens of seconds on a busy 2-core machine)
 EMBEDDER = {
     "spring_core.retrieval.dense": 4,
@@ -108,5 +117,5 @@ def test_docstring_examples_with_the_embedder_run(name, expected, tmp_path, monk
 @pytest.mark.parametrize(("name", "expected"), TINY.items(), ids=list(TINY))
 def test_docstring_examples_with_the_tiny_model_run(name, expected, tiny_dir, tmp_path, monkeypatch):
     globs = tiny_globals(tiny_dir, tmp_path, bm25_store=name in BM25_STORE, langchain=name in LANGCHAIN,
-                         llama_index=name in LLAMA_INDEX)
+                         llama_index=name in LLAMA_INDEX, training=name in TRAINING)
     check(name, expected, tmp_path, monkeypatch, globs)

@@ -5,9 +5,12 @@ A LoRA or prefix artifact is peft's own folder (``adapter_config.json`` + ``adap
 fingerprint. A SPRING+ artifact is a virtual-tokens artifact whose LoRA sits in its ``lora/`` subfolder.
 
 Example:
-    >>> sm = load_trained("smollm2-135m", "runs/spring-plus")     # LoRA merged into a fresh copy, tokens loaded
-    ...                                                           # doctest: +SKIP
-    >>> sm.generate("Who?", passages=["..."], k=50).text          # doctest: +SKIP
+    >>> sm = load_trained("./my-llama", "my-tokens/")    # a fresh copy of the base model, tokens loaded
+    >>> sm.tokens.n                                      # (a SPRING+ artifact: its LoRA merged first)
+    10
+    >>> out = sm.generate("Who?", passages=[passage], k=10, max_new_tokens=4)
+    >>> out.usage.virtual_tokens
+    10
 """
 
 from __future__ import annotations

@@ -12,9 +12,17 @@ reported, never dropped. Lines are appended as documents finish, so an interrupt
 the output are skipped (``retry_failed=True`` tries the failed ones again; the newest line of an id wins).
 
 Example:
-    >>> report = augment_corpus(sm, read_corpus("corpus.jsonl"), "aug.jsonl", seed=0)     # doctest: +SKIP
-    >>> report.ok, report.failed                                                           # doctest: +SKIP
-    (48, 2)
+    >>> from spring_core.data import read_corpus
+    >>> corpus = read_corpus("corpus.jsonl")[:3]
+    >>> report = augment_corpus(sm, corpus[:2], "aug.jsonl", seed=0, max_attempts=2, max_new_tokens=16,
+    ...                         show_progress=False)      # a random tiny model writes no JSON list: both fail
+    >>> report.ok, report.failed, sorted(read_augmented("aug.jsonl")) == sorted(row["id"] for row in corpus[:2])
+    (0, 2, True)
+    >>> report = augment_corpus(None, corpus, "cloze.jsonl", augmenter="cloze", show_progress=False)
+    >>> report.ok, report.failed, report.skipped            # no model: fill-in-the-blank pairs
+    (2, 1, 0)
+    >>> report.failures                                      # counted with the reason, never dropped
+    {'squad-Private_school-0': 'only 0 number(s) or name(s) to blank out (need 1)'}
 """
 
 from __future__ import annotations

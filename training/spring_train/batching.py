@@ -5,9 +5,13 @@ so the tokens are trained on the same ids they will see. Batches are left-padded
 last position, and the loss needs logits only for the last ``L + 1`` positions (``L`` = longest answer).
 
 Example:
-    >>> example = build_example(sm, question="Who?", passages=["..."], answer="Y", k=10)   # doctest: +SKIP
-    >>> batch = collate([example], pad_id=0)                                              # doctest: +SKIP
-    >>> batch.labels.shape     # [batch, longest answer]                                  # doctest: +SKIP
+    >>> short = build_example(sm, question="Who?", passages=[passage], answer="John Harvard", k=10)
+    >>> long = build_example(sm, question=question, passages=[passage, other], answer="John Harvard", k=10)
+    >>> batch = collate([short, long], pad_id=0)
+    >>> batch.input_ids.shape[0], batch.input_ids.shape[1] == len(long.input_ids)   # left-padded to the longest
+    (2, True)
+    >>> batch.labels.shape[1] == short.answer_length, batch.answer_tokens == 2 * short.answer_length
+    (True, True)
 """
 
 from __future__ import annotations

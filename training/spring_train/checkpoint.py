@@ -7,9 +7,15 @@ with every tensor and numpy array replaced by a reference into the safetensors f
 and numpy arrays are tagged so they come back as the same types, which keeps resuming bit-identical.
 
 Example:
-    >>> save_state(folder, {"step": 4, "rng": random.getstate(), "weights": {"w": torch.ones(2)}})  # doctest: +SKIP
-    >>> load_state(folder)["step"]                                                                  # doctest: +SKIP
-    4
+    >>> import random
+    >>> folder = Path("checkpoint-4")
+    >>> folder.mkdir()
+    >>> save_state(folder, {"step": 4, "rng": random.getstate(), "weights": {"w": torch.ones(2)}})
+    >>> sorted(path.name for path in folder.iterdir())
+    ['state.json', 'tensors.safetensors']
+    >>> state = load_state(folder)
+    >>> state["step"], state["rng"] == random.getstate(), state["weights"]["w"]
+    (4, True, tensor([1., 1.]))
 """
 
 from __future__ import annotations

@@ -4,9 +4,12 @@ Everything random about an example (which rows an epoch reads, in what order, ho
 is derived from ``(seed, epoch, position)``, so a resumed run reads exactly what an uninterrupted one would.
 
 Example:
-    >>> sources = load_sources(["squad/train.jsonl:1", "extra.jsonl:0.5"])     # doctest: +SKIP
-    >>> plan = EpochPlan(sources, seed=42)                                     # doctest: +SKIP
-    >>> plan.epoch(0)[:3]       # (source index, row index) pairs              # doctest: +SKIP
+    >>> sources = load_sources(["train.jsonl:1", "extra.jsonl:0.5"])   # 12 QA rows each
+    >>> plan = EpochPlan(sources, seed=42)
+    >>> plan.size               # every row of train.jsonl, a random half of extra.jsonl's
+    18
+    >>> plan.epoch(0)[:3]       # (source index, row index) pairs, the same for the same seed and epoch
+    [(0, 7), (1, 10), (0, 4)]
 """
 
 from __future__ import annotations

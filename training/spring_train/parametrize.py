@@ -13,8 +13,16 @@ same number of examples share a batch, so no document ever takes an empty step. 
 store after every batch; a rerun skips them, so an interrupted run resumes.
 
 Example:
-    >>> report = parametrize(sm, read_augmented("aug.jsonl"), "adapters/", PragSettings())  # doctest: +SKIP
-    >>> report.encoded, report.seconds_per_document                                        # doctest: +SKIP
+    >>> from spring_core.data import read_corpus
+    >>> from spring_train.augment import augment_corpus, read_augmented
+    >>> _ = augment_corpus(None, read_corpus("corpus.jsonl")[1:3], "aug.jsonl", augmenter="cloze", show_progress=False)
+    >>> report = parametrize(sm, read_augmented("aug.jsonl"), "doc-adapters/", PragSettings(), model_name="tiny",
+    ...                      show_progress=False)
+    >>> report.encoded, report.skipped, report.seconds_per_document > 0
+    (2, 0, True)
+    >>> parametrize(sm, read_augmented("aug.jsonl"), "doc-adapters/", PragSettings(), model_name="tiny",
+    ...             show_progress=False).skipped      # a rerun skips what the store holds
+    2
 """
 
 from __future__ import annotations

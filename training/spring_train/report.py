@@ -14,7 +14,7 @@ Example:
     |---|---:|---:|---:|---:|---:|---:|
     | Concat | 30.0 | 40.0 | 35.0 | 30.0 | 40.0 | 35.0 |
     | SPRING k=50 | 40.0 | 50.0 | 45.0 | 40.0 | 50.0 | 45.0 |
-    >>> plot_vs_k(rows, "reports/vs_k.png")   # doctest: +SKIP
+    >>> plot_vs_k(rows, "reports/vs_k.png")
     PosixPath('reports/vs_k.png')
 """
 
