@@ -25,9 +25,14 @@ EM, F1 and Acc use the SQuAD normalisation on the whole prediction (no truncatio
 only its first line.
 
 Example:
-    >>> plan = EvalPlan(model="smollm2-135m", methods=parse_methods("concat,spring"), ks=[1, 50],
-    ...                 tokens="my-tokens")                                               # doctest: +SKIP
-    >>> rows = evaluate(plan, {"squad/dev": read_qa("dev.jsonl")[:300]}, out="eval/")      # doctest: +SKIP
+    >>> from spring_core.data import read_qa
+    >>> plan = EvalPlan(model="./my-llama", methods=parse_methods("concat,spring"), ks=[1, 10],
+    ...                 tokens="my-tokens/", max_new_tokens=4)
+    >>> rows = evaluate(plan, {"squad/dev": read_qa("train.jsonl")[:4]}, out="eval/", progress=lambda _: None)
+    >>> [(row["method"], row["k"], row["count"]) for row in rows]
+    [('Concat', None, 4), ('SPRING', 1, 4), ('SPRING', 10, 4)]
+    >>> sum(1 for _ in open("eval/predictions.jsonl"))       # one line per question, method and k
+    12
 """
 
 from __future__ import annotations

@@ -5,9 +5,12 @@ asks the base model for logits at the answer positions only, knows which paramet
 itself as an artifact folder. The base model's own parameters are always frozen.
 
 Example:
-    >>> target = build_target(config, model, tokenizer)          # doctest: +SKIP
-    >>> target.trainable_count()                                  # 50 x 576 for SPRING on SmolLM2
-    28800
+    >>> config = TrainConfig(method="spring", model="./my-llama", data=["train.jsonl"], out="my-run", n=10)
+    >>> target = build_target(config, model, tokenizer)
+    >>> target.trainable_count()          # n x hidden size: 10 x 64 here, 50 x 576 for SPRING on SmolLM2
+    640
+    >>> any(parameter.requires_grad for parameter in model.parameters())   # the base model stays frozen
+    False
 """
 
 from __future__ import annotations

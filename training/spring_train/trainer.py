@@ -13,8 +13,13 @@ last one stopped, on the same data. Ctrl-C saves a checkpoint and stops cleanly.
 Example:
     >>> from spring_train.config import TrainConfig
     >>> from spring_train.trainer import train
-    >>> train(TrainConfig(data=["squad/train.jsonl"], corpus="corpus.jsonl", out="my-tokens", lr=1e-3))
-    ...                                                                                   # doctest: +SKIP
+    >>> result = train(TrainConfig(model="./my-llama", data=["train.jsonl"], corpus="corpus.jsonl", out="run-tokens",
+    ...                            n=10, lr=1e-3, max_steps=2, batch_size=2, precision="fp32"), show_progress=False)
+    training spring: 640 trainable parameters, 12 examples per epoch, 2 steps of 2, precision fp32
+    >>> result.steps, result.trainable_parameters          # two optimizer steps on 10 x 64 token parameters
+    (2, 640)
+    >>> sorted(path.name for path in result.artifact.iterdir())
+    ['spring.json', 'tokens.safetensors', 'train_log.jsonl']
 """
 
 from __future__ import annotations
