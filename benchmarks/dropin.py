@@ -18,7 +18,11 @@ tokens, the bundled ``smollm2-135m-squad`` tokens at k = 50. EM / F1 in % (SQuAD
   ``create_spring_rag_chain``: the documents handed over as documents, in SPRING's raw layout (the bundled tokens'
   own) and in its chat layout (the reference for the tutorial chain); ``page_content only``: the same two shown
   the documents' text without their titles, the context the tutorial and RetrievalQA chains' ``format_docs``
-  writes.
+  writes. Where no LangChain retriever runs (the app searches the store itself): ``LangChain 1.x two-step agent``
+  (``create_agent`` with ``SpringRAGMiddleware`` over the store as a vector store), ``prompt | model given its
+  context`` (the tutorial prompt, the context passed in) and ``LangGraph retrieve/generate`` (LangGraph's RAG
+  tutorial: a retrieve node, a generate node with ``rlm/rag-prompt``). ``prompt | model given its context`` sends
+  the tutorial chain's messages, so its plain-model row is ``LangChain tutorial chain, plain model``.
 
 Predictions are kept in ``--out/predictions.jsonl`` keyed by configuration and question, so an interrupted run
 resumes; after the bundled tokens change, delete the predictions of the configurations that use them.
@@ -47,6 +51,10 @@ TUTORIAL_INSTRUCTION = ("You are an assistant for question-answering tasks. Use 
                         "context to answer the question. If you don't know the answer, say that you don't know. Use "
                         "three sentences maximum and keep the answer concise.")
 TUTORIAL_SYSTEM = TUTORIAL_INSTRUCTION + "\n\n{context}"
+RLM_RAG_PROMPT = ("You are an assistant for question-answering tasks. Use the following pieces of retrieved context "
+                  "to answer the question. If you don't know the answer, just say that you don't know. Use three "
+                  "sentences maximum and keep the answer concise.\nQuestion: {question} \nContext: {context} "
+                  "\nAnswer:")
 RETRIEVAL_QA = ("Use the following pieces of context to answer the question at the end. If you don't know the "
                 "answer, just say that you don't know, don't try to make up an answer.\n\n{context}\n\n"
                 "Question: {question}\nHelpful Answer:")
@@ -194,10 +202,73 @@ def build_configs(corpus: Path, cache: Path, k: int, tokens: str = TOKENS) -> di
     bare_chat_chain = create_spring_rag_chain(untitled, chat_spring)
     configs["LangChain create_spring_rag_chain, chat layout, page_content only"] = (
         lambda q: bare_chat_chain.invoke(q).strip())
+    configs |= app_retrieval_configs(store, chat_plain, chat_auto, tutorial)
     if tokens == TOKENS:
         return configs
     label = Path(tokens).name
     return {name if "plain model" in name else f"{name} [{label}]": answer for name, answer in configs.items()}
+
+
+def app_retrieval_configs(store: Any, chat_plain: Any, chat_auto: Any,
+                          tutorial: Any) -> dict[str, Callable[[str], str]]:
+    """The app shapes of issue #33, where no LangChain retriever runs: the app searches the store itself (as
+    ``vector_store.similarity_search`` does) and hands the context over as LangChain 1.x and LangGraph apps do."""
+    from typing import TypedDict
+
+    from langchain.agents import create_agent
+    from langchain_core.documents import Document as LangChainDocument
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langgraph.graph import START, StateGraph
+
+    from langchain_spring import SpringRAGMiddleware
+
+    class StoreSearch:
+        """The dense store as a vector store: ``similarity_search(query, k)``, no retriever run."""
+
+        def similarity_search(self, query: str, k: int = 2) -> list[Any]:
+            return [LangChainDocument(page_content=hit.text) for hit in store.retrieve(query, top_k=k)]
+
+    search = StoreSearch()
+
+    def joined(docs: Any) -> str:
+        return "\n\n".join(d.page_content for d in docs)
+
+    def two_step(chat: Any) -> Callable[[str], str]:  # the tutorial's two-step agent, middleware swapped in
+        agent = create_agent(chat, tools=[], middleware=[SpringRAGMiddleware(vector_store=search, k=2)])
+        return lambda q: agent.invoke({"messages": [("user", q)]})["messages"][-1].content.strip()
+
+    def given_context(chat: Any) -> Callable[[str], str]:  # prompt | model, the app passes the context in
+        runnable = tutorial | chat | StrOutputParser()
+        return lambda q: runnable.invoke({"context": joined(search.similarity_search(q)), "question": q}).strip()
+
+    hub_prompt = ChatPromptTemplate.from_messages([("human", RLM_RAG_PROMPT)])
+
+    def langgraph(chat: Any) -> Callable[[str], str]:  # LangGraph's RAG tutorial: retrieve and generate nodes
+        class State(TypedDict):
+            question: str
+            context: list[Any]
+            answer: str
+
+        def retrieve(state: State) -> dict[str, Any]:
+            return {"context": search.similarity_search(state["question"])}
+
+        def generate(state: State) -> dict[str, Any]:
+            messages = hub_prompt.invoke({"question": state["question"], "context": joined(state["context"])})
+            return {"answer": chat.invoke(messages).content}
+
+        graph = StateGraph(State).add_sequence([retrieve, generate])
+        graph.add_edge(START, "retrieve")
+        compiled = graph.compile()
+        return lambda q: compiled.invoke({"question": q})["answer"].strip()
+
+    return {
+        "LangChain 1.x two-step agent (SpringRAGMiddleware), plain model": two_step(chat_plain),
+        "LangChain 1.x two-step agent (SpringRAGMiddleware), automatic": two_step(chat_auto),
+        "LangChain prompt | model given its context, automatic": given_context(chat_auto),
+        "LangGraph retrieve/generate (rlm/rag-prompt), plain model": langgraph(chat_plain),
+        "LangGraph retrieve/generate (rlm/rag-prompt), automatic": langgraph(chat_auto),
+    }
 
 
 class Predictions:
