@@ -3,7 +3,10 @@
 
 Example:
     >>> from spring_cli import main
-    >>> main(["info", "smollm2-135m-squad"])        # prints the bundled artifact's manifest   # doctest: +SKIP
+    >>> main(["info", "smollm2-135m-squad"])        # prints the bundled artifact's manifest
+    {...
+      "kind": "virtual-tokens",
+    ...}
     0
 """
 

@@ -1,8 +1,12 @@
 """Run blocking generation from async code without blocking the event loop.
 
 Example:
-    >>> async for delta in iterate_in_thread(lambda: sm.stream_from_prompt(prompt)):   # doctest: +SKIP
-    ...     print(delta, end="")
+    >>> import asyncio
+    >>> prompt = sm.prompt_parts(question, [passage], 10)
+    >>> async def answer():
+    ...     return [delta async for delta in iterate_in_thread(lambda: sm.stream_from_prompt(prompt, max_new_tokens=4))]
+    >>> "".join(asyncio.run(answer())) == sm.generate_from_prompt(prompt, max_new_tokens=4).text   # same greedy text
+    True
 """
 
 from __future__ import annotations

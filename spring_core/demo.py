@@ -1,8 +1,12 @@
 """The README's main job: answer real SQuAD questions with and without the virtual-token block, side by side.
 
 Example:
+    >>> import io
     >>> from spring_core.demo import run_demo
-    >>> run_demo(count=3)                                   # doctest: +SKIP
+    >>> # run_demo(count=3): SmolLM2 with its bundled trained tokens, printed side by side; here the tiny Llama
+    >>> results = run_demo(model="./my-llama", tokens="my-tokens/", k=10, count=2, max_new_tokens=4, out=io.StringIO())
+    >>> len(results), sorted(results[0])
+    (2, ['answers', 'id', 'question', 'with_tokens', 'without_tokens'])
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ QUICK = {
     "spring_core.artifacts": 1,
     "spring_core.artifacts.manifest": 4,
     "spring_core.data": 3,
-    "spring_core.demo": 1,
     "spring_core.engine.request": 1,
     "spring_core.errors": 2,
     "spring_core.healing": 3,
@@ -30,12 +29,15 @@ QUICK = {
     "spring_core.retrieval.bm25": 4,
     "spring_core.templates": 3,
     "spring_core.types": 4,
+    "spring_cli": 2,
     "spring_train.report": 3,
 }
 # these use a model, tokens, a store...: the tiny random Llama's (tests/doctest_globals.py; outputs that do not
 # depend on its random weights: shapes, counts, usage, prompts)
 TINY = {
+    "spring_core.aio": 4,
     "spring_core.artifacts.registry": 3,
+    "spring_core.demo": 4,
     "spring_core.engine.backends": 5,
     "spring_core.engine.dispatch": 6,
     "spring_core.generation": 1,
