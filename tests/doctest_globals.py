@@ -12,7 +12,8 @@ With ``langchain=True`` (LangChain examples, which show a chain's pieces without
 (an in-memory store of ``passage`` and ``other`` with fake embeddings). With ``llama_index=True``: ``index`` (a
 LlamaIndex vector index of ``passage`` and ``other`` with mock embeddings) and ``corpus.jsonl`` (the sample corpus).
 With ``training=True`` (the trainer's examples): ``train.jsonl`` and ``extra.jsonl`` (the 12 bundled SQuAD dev rows,
-with their passages) and ``corpus.jsonl`` (the sample corpus).
+with their passages) and ``corpus.jsonl`` (the sample corpus). With ``poly=True``: ``poly/`` (a Poly-PRAG artifact,
+4 random experts of ``spec`` routed for doc-1 ... doc-9, top 2 kept).
 """
 
 from __future__ import annotations
@@ -66,6 +67,21 @@ def llama_index_globals(folder: Path, passages: list[str]) -> dict[str, Any]:
     return {"index": VectorStoreIndex.from_documents(documents, embed_model=MockEmbedding(embed_dim=8))}
 
 
+def write_poly(folder: Path, model: Any, spec: Any) -> None:
+    """``poly/``: 4 small random experts and a random routing row for each of doc-1 ... doc-9."""
+    from spring_core.parametric.poly import PolyAdapters
+
+    experts: dict[str, torch.Tensor] = {}
+    for seed in range(4):
+        for name, tensor in document_tensors(spec, 200 + seed).items():
+            experts.setdefault(name, []).append(tensor)
+    stacked = {name: torch.stack(tensors) for name, tensors in experts.items()}
+    routing = torch.randn(9, 4, generator=torch.Generator().manual_seed(300))
+    poly = PolyAdapters(spec, stacked, routing, [f"doc-{i}" for i in range(1, 10)], model, top_experts=2)
+    poly.save(folder / "poly", base_model_name="tiny-llama")
+    poly.close()
+
+
 def training_files(folder: Path) -> None:
     """``train.jsonl``, ``extra.jsonl`` and ``corpus.jsonl`` in ``folder``."""
     from spring_core.data import demo_qa_path, sample_corpus_path
@@ -76,7 +92,7 @@ def training_files(folder: Path) -> None:
 
 
 def tiny_globals(tiny_dir: Path, folder: Path, *, bm25_store: bool = False, langchain: bool = False,
-                 llama_index: bool = False, training: bool = False) -> dict[str, Any]:
+                 llama_index: bool = False, training: bool = False, poly: bool = False) -> dict[str, Any]:
     """The names above, with their folders written into ``folder`` (the example's working directory)."""
     if training:
         training_files(folder)
@@ -96,6 +112,8 @@ def tiny_globals(tiny_dir: Path, folder: Path, *, bm25_store: bool = False, lang
     spec = LoraSpec.for_model(model, rank=2, alpha=32)
     store = AdapterStore.create(folder / "adapters", model, spec, base_model_name="tiny-llama")
     store.add({f"doc-{i}": document_tensors(spec, i) for i in range(1, 10)})
+    if poly:
+        write_poly(folder, model, spec)
     names = {
         "model": model, "tokenizer": tokenizer, "tokens": tokens, "sm": SpringModel(model, tokenizer, tokens),
         "spec": spec, "tensors_1": document_tensors(spec, 101), "tensors_2": document_tensors(spec, 102),

@@ -10,9 +10,16 @@ At query time the retrieved documents' routing weights are averaged, only the ``
 and ``routing.safetensors`` (``[documents, m]`` logits) with ``routing.json`` (the document ids, in row order).
 
 Example:
-    >>> poly = PolyAdapters.open("poly/", model)                          # doctest: +SKIP
-    >>> with poly.activate(["doc-3", "doc-9"]):                           # doctest: +SKIP
-    ...     sm.generate(question)                                         # doctest: +SKIP
+    >>> poly = PolyAdapters.open("poly/", model)
+    >>> poly.num_experts, poly.top_experts, len(poly)        # experts, kept per query, documents routed
+    (4, 2, 9)
+    >>> ids = tokenizer(question, return_tensors="pt")["input_ids"]
+    >>> plain = model(ids).logits
+    >>> with poly.activate(["doc-3", "doc-9"]):               # one sparse mix for the retrieved documents
+    ...     routed = model(ids).logits
+    ...     out = sm.generate(question, max_new_tokens=4)
+    >>> torch.equal(routed, plain), torch.equal(model(ids).logits, plain)   # applied inside the block only
+    (False, True)
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ TINY = {
     "spring_core.parametric.hooks": 6,
     "spring_core.parametric.lora": 11,
     "spring_core.parametric.online": 5,
+    "spring_core.parametric.poly": 6,
     "spring_core.parametric.store": 7,
     "spring_core.spring_model": 5,
     "spring_core.tokens": 5,
@@ -80,6 +81,7 @@ BM25_STORE = {"langchain_spring.retrievers"}  # these read store/, a BM25 store 
 LANGCHAIN = {name for name in TINY if name.startswith("langchain_spring")} - BM25_STORE
 # these use a LlamaIndex index (mock embeddings) and corpus.jsonl
 LLAMA_INDEX = {name for name in TINY if name.startswith("llama_index")}
+POLY = {"spring_core.parametric.poly"}  # this opens poly/, a Poly-PRAG artifact of random experts
 # these use train.jsonl, extra.jsonl and corpus.jsonl (the trainer's examples: 1-2 optimizer steps at most)
 TRAINING = {name for name in TINY if name.startswith("spring_train")}
 # these load the bundled MiniLM embedder and chromadb (tens of seconds on a busy 2-core machine)
@@ -122,5 +124,5 @@ def test_docstring_examples_with_the_embedder_run(name, expected, tmp_path, monk
 @pytest.mark.parametrize(("name", "expected"), TINY.items(), ids=list(TINY))
 def test_docstring_examples_with_the_tiny_model_run(name, expected, tiny_dir, tmp_path, monkeypatch):
     globs = tiny_globals(tiny_dir, tmp_path, bm25_store=name in BM25_STORE, langchain=name in LANGCHAIN,
-                         llama_index=name in LLAMA_INDEX, training=name in TRAINING)
+                         llama_index=name in LLAMA_INDEX, training=name in TRAINING, poly=name in POLY)
     check(name, expected, tmp_path, monkeypatch, globs)
