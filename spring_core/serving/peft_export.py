@@ -7,9 +7,11 @@ weight folded into ``B``), and ``B @ A`` is exactly the sum of the per-document 
 give.
 
 Example:
-    >>> update = adapters.update_for(["doc-3", "doc-9"])                              # doctest: +SKIP
-    >>> write_peft_adapter(update, "merged/doc-3+doc-9", model, base_model_name="smollm2-135m")  # doctest: +SKIP
-    PosixPath('merged/doc-3+doc-9')
+    >>> from spring_core.parametric import open_adapters
+    >>> update = open_adapters("adapters/", model).update_for(["doc-3", "doc-9"])   # two documents, summed
+    >>> folder = write_peft_adapter(update, "merged/doc-3+doc-9", model, base_model_name="my-llama")
+    >>> sorted(path.name for path in folder.iterdir())
+    ['adapter_config.json', 'adapter_model.safetensors']
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ Python of ``--python``, else ``$SPRING_RAG_VLLM_PYTHON``, else ``.venv-vllm`` in
 interpreter when it can import vLLM.
 
 Example:
-    >>> argv, env = vllm_command("smollm2-135m", python="python3", port=8001, adapters=True)  # doctest: +SKIP
-    >>> " ".join(argv[:3])                                                                   # doctest: +SKIP
-    'python3 -m vllm.entrypoints.openai.api_server'
+    >>> argv, env = vllm_command("./my-llama", python="python3", port=8001, adapters=True)  # or "smollm2-135m"
+    >>> " ".join(argv[:3]), "--enable-prompt-embeds" in argv, env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]
+    ('python3 -m vllm.entrypoints.openai.api_server', True, 'true')
 """
 
 from __future__ import annotations

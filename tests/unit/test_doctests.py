@@ -53,6 +53,8 @@ TINY = {
     "spring_core.parametric.store": 7,
     "spring_core.spring_model": 5,
     "spring_core.tokens": 5,
+    "spring_core.serving.peft_export": 4,
+    "spring_core.serving.server": 2,
     "langchain_spring": 4,
     "langchain_spring.chains": 5,
     "langchain_spring.chat_models": 9,
