@@ -35,7 +35,8 @@ def format_docs(docs: Sequence[Document]) -> str:
     return format_passages([document_passage(d) for d in docs])
 
 
-def _unwrap(llm: Any) -> Any:
+def unwrap_binding(llm: Any) -> Any:
+    """The model under ``.bind(...)`` / ``.with_config(...)`` wrappers (``RunnableBinding``), or ``llm`` itself."""
     while isinstance(llm, RunnableBinding):
         llm = llm.bound
     return llm
@@ -52,7 +53,7 @@ def create_spring_rag_chain(retriever: RetrieverLike, llm: BaseLanguageModel | R
             adapters); any other LangChain model gets SPRING's prompt with the documents as context.
         k: virtual tokens between the documents and the question; default: the model's ``k``, else all its tokens.
     """
-    if isinstance(_unwrap(llm), SpringParams):
+    if isinstance(unwrap_binding(llm), SpringParams):
         def answer(inputs: dict[str, Any], config: RunnableConfig) -> Any:
             options: dict[str, Any] = {"documents": inputs["documents"]}
             if k is not None:
@@ -61,5 +62,5 @@ def create_spring_rag_chain(retriever: RetrieverLike, llm: BaseLanguageModel | R
 
         documents = {"documents": retriever, "question": RunnablePassthrough()}
         return documents | RunnableLambda(answer, name="spring_documents") | StrOutputParser()
-    prompt = SPRING_RAG_CHAT_PROMPT if isinstance(_unwrap(llm), BaseChatModel) else SPRING_RAG_PROMPT
+    prompt = SPRING_RAG_CHAT_PROMPT if isinstance(unwrap_binding(llm), BaseChatModel) else SPRING_RAG_PROMPT
     return {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | llm | StrOutputParser()

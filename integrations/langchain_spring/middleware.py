@@ -25,8 +25,8 @@ from typing import Any
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage, SystemMessage
-from langchain_core.runnables import RunnableBinding
 
+from langchain_spring.chains import unwrap_binding
 from langchain_spring.chat_models import ChatSpring
 from spring_core.errors import OptionError
 
@@ -102,7 +102,7 @@ class SpringRAGMiddleware(AgentMiddleware):
         context = self.format_documents(documents)
         system = SystemMessage(self.system_prompt.replace("{context}", context))
         settings = dict(request.model_settings)
-        if isinstance(_unbound(request.model), ChatSpring):
+        if isinstance(unwrap_binding(request.model), ChatSpring):
             settings["rag_inputs"] = {"context": context, "question": question}
         return request.override(system_message=system, model_settings=settings)
 
@@ -113,9 +113,3 @@ def _question(request: ModelRequest) -> str | None:
         if isinstance(message, HumanMessage):
             return message.text or None
     return None
-
-
-def _unbound(model: Any) -> Any:
-    while isinstance(model, RunnableBinding):
-        model = model.bound
-    return model
