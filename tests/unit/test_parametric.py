@@ -11,6 +11,7 @@ import threading
 import pytest
 import torch
 from conftest import weights_digest
+from doctest_globals import document_tensors
 
 from spring_core import SpringModel
 from spring_core.errors import ArtifactError, ModelMismatchError, OptionError, SpringError
@@ -38,20 +39,11 @@ def spec(model):
     return LoraSpec.for_model(model, rank=2, alpha=32)
 
 
-def random_adapter(spec: LoraSpec, seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, (out_features, in_features) in spec.modules.items():
-        tensors[f"{name}.lora_A"] = torch.randn(spec.rank, in_features, generator=generator) * 0.05
-        tensors[f"{name}.lora_B"] = torch.randn(out_features, spec.rank, generator=generator) * 0.05
-    return tensors
-
-
 @pytest.fixture()
 def store(tmp_path, model, spec):
     store = AdapterStore.create(tmp_path / "adapters", model, spec, base_model_name="tiny")
-    store.add({f"doc-{i}": random_adapter(spec, i) for i in range(4)})
-    store.add({"doc-4": random_adapter(spec, 4)})
+    store.add({f"doc-{i}": document_tensors(spec, i) for i in range(4)})
+    store.add({"doc-4": document_tensors(spec, 4)})
     return store
 
 
@@ -84,24 +76,24 @@ def test_store_round_trip_reopen_and_incremental_add_and_delete(store, spec, mod
     assert sorted(reopened.ids()) == [f"doc-{i}" for i in range(5)]
     for i in (0, 4):
         stored = reopened.get(f"doc-{i}")
-        assert all(torch.equal(stored[key], value) for key, value in random_adapter(spec, i).items())
+        assert all(torch.equal(stored[key], value) for key, value in document_tensors(spec, i).items())
     shards_before = sorted(p.name for p in (folder / "shards").iterdir())
     assert len(shards_before) == 2  # one per add: an add never rewrites existing shards
     reopened.delete(["doc-1"])
     again = AdapterStore.open(folder, model=model)
     assert "doc-1" not in again and len(again) == 4
     assert torch.equal(again.get("doc-2")["model.layers.0.mlp.up_proj.lora_A"],
-                       random_adapter(spec, 2)["model.layers.0.mlp.up_proj.lora_A"])
+                       document_tensors(spec, 2)["model.layers.0.mlp.up_proj.lora_A"])
     listed = set(json.loads((folder / "spring.json").read_text())["files"])
     on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "spring.json"}
     assert listed == on_disk  # retired shards and indexes are removed
     with pytest.raises(UnknownDocumentError, match="no adapter for document 'doc-1'"):
         again.get("doc-1")
     with pytest.raises(ArtifactError, match="already have adapters"):
-        again.add({"doc-2": random_adapter(spec, 9)})
-    again.add({"doc-2": random_adapter(spec, 9)}, replace=True)
+        again.add({"doc-2": document_tensors(spec, 9)})
+    again.add({"doc-2": document_tensors(spec, 9)}, replace=True)
     assert torch.equal(AdapterStore.open(folder).get("doc-2")["model.layers.1.mlp.down_proj.lora_B"],
-                       random_adapter(spec, 9)["model.layers.1.mlp.down_proj.lora_B"])
+                       document_tensors(spec, 9)["model.layers.1.mlp.down_proj.lora_B"])
 
 
 def test_half_precision_storage_halves_the_bytes(tmp_path, model):
@@ -110,14 +102,14 @@ def test_half_precision_storage_halves_the_bytes(tmp_path, model):
     stores = {}
     for name, spec in (("full", full), ("half", half)):
         stores[name] = AdapterStore.create(tmp_path / name, model, spec, base_model_name="tiny")
-        stores[name].add({"doc": random_adapter(spec, 0)})
+        stores[name].add({"doc": document_tensors(spec, 0)})
     assert stores["half"].bytes_per_document() * 2 == stores["full"].bytes_per_document()
     stored = AdapterStore.open(tmp_path / "half").get("doc")["model.layers.0.mlp.gate_proj.lora_A"]
     assert stored.dtype == torch.float16
 
 
 def test_bad_adapters_and_ids_are_refused_with_the_reason(store, spec):
-    adapter = random_adapter(spec, 0)
+    adapter = document_tensors(spec, 0)
     name = next(iter(spec.modules))
     wrong_shape = {**adapter, f"{name}.lora_A": torch.zeros(3, 64)}
     with pytest.raises(ArtifactError, match=r"has shape \(3, 64\)"):
@@ -198,7 +190,7 @@ def test_active_update_equals_merging_the_summed_adapters(store, spec, model, ti
     docs = ["doc-0", "doc-2", "doc-3"]
     with adapters.activate(docs):
         hooked = model(ids).logits
-    reference = merged_logits(model, [random_adapter(spec, i) for i in (0, 2, 3)], spec, ids)
+    reference = merged_logits(model, [document_tensors(spec, i) for i in (0, 2, 3)], spec, ids)
     torch.testing.assert_close(hooked, reference, rtol=1e-4, atol=1e-4)
     assert adapters.update_for(docs) is adapters.update_for(docs)  # cached combination
     with pytest.raises(UnknownDocumentError, match="doc-99"):
@@ -265,7 +257,7 @@ def test_weighted_updates_and_a_bare_active_update(spec, store, model, tiny):
     half = LoraUpdate.sum(spec, [store.get("doc-0")], model, weights=[0.5])
     with adapters.hooks.active(half):
         hooked = model(ids).logits
-    halved = {k: v * (0.5 if k.endswith("lora_B") else 1.0) for k, v in random_adapter(spec, 0).items()}
+    halved = {k: v * (0.5 if k.endswith("lora_B") else 1.0) for k, v in document_tensors(spec, 0).items()}
     torch.testing.assert_close(hooked, merged_logits(model, [halved], spec, ids), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="1 adapters but 2 weights"):
         LoraUpdate.sum(spec, [store.get("doc-0")], model, weights=[1.0, 2.0])

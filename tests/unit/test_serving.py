@@ -11,8 +11,8 @@ import socket
 
 import pytest
 import torch
+from doctest_globals import document_tensors
 from peft import PeftModel
-from test_parametric import random_adapter
 
 from spring_cli import main
 from spring_core import SpringModel
@@ -33,7 +33,7 @@ def model(tiny_dir):
 def adapters(tmp_path, model):
     spec = LoraSpec.for_model(model, rank=2, alpha=32)
     store = AdapterStore.create(tmp_path / "adapters", model, spec, base_model_name="tiny")
-    store.add({f"doc-{i}": random_adapter(spec, i) for i in range(3)})
+    store.add({f"doc-{i}": document_tensors(spec, i) for i in range(3)})
     return DocumentAdapters(store, model)
 
 
@@ -58,7 +58,7 @@ def test_merged_adapter_loaded_by_peft_equals_the_summed_update(tmp_path, tiny_d
 def test_an_update_on_some_layers_names_full_modules(tmp_path, model):
     spec = LoraSpec.for_model(model, rank=2, alpha=32, targets=["layers.0.mlp.up_proj"])
     store = AdapterStore.create(tmp_path / "one", model, spec, base_model_name="tiny")
-    store.add({"d": random_adapter(spec, 0)})
+    store.add({"d": document_tensors(spec, 0)})
     update = DocumentAdapters(store, copy.deepcopy(model)).update_for(["d"])
     folder = write_peft_adapter(update, tmp_path / "merged", model, base_model_name="tiny")
     assert json.loads((folder / "adapter_config.json").read_text())["target_modules"] == ["model.layers.0.mlp.up_proj"]
