@@ -45,7 +45,7 @@ from spring_core.spring_model import SpringModel
 from spring_core.types import Generation, GenerationSettings, PromptParts, Usage
 
 PROBE_TEXT = "The history of the city begins in the year"
-FINISH_REASONS = {"stop": "stop", "length": "length"}
+FINISH_REASONS = frozenset({"stop", "length"})
 """The server's finish reasons this backend reports (``abort`` or anything else is an error, not an answer)."""
 
 
@@ -106,10 +106,7 @@ class VLLMBackend:
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.model = model
         self.api_key = api_key
-        self.request_timeout = request_timeout
         self.deadline = deadline
-        self.max_retries = max_retries
-        self.backoff = backoff
         self.http = ServerClient(self.base_url, headers=self._headers(), request_timeout=request_timeout,
                                  max_retries=max_retries, backoff=backoff, error_for=self._error_for)
         self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else spring_home() / "vllm-adapters"
@@ -383,8 +380,8 @@ def _choice(reply: Any, what: str) -> Mapping[str, Any]:
 def _generation(reply: Any, prepared: _Prepared) -> Generation:
     """The ``Generation`` of a completion reply, whose finish reason is the server's own (never guessed)."""
     choice = _choice(reply, "/v1/completions")
-    finish, text = FINISH_REASONS.get(choice.get("finish_reason")), choice.get("text")
-    if finish is None or not isinstance(text, str):
+    finish, text = choice.get("finish_reason"), choice.get("text")
+    if finish not in FINISH_REASONS or not isinstance(text, str):
         raise ServerReplyError(f"the server's answer is not a finished completion (finish_reason="
                                f"{choice.get('finish_reason')!r}, text={text!r:.80})")
     usage = reply.get("usage") or {}
