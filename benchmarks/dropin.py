@@ -126,7 +126,7 @@ def build_configs(corpus: Path, cache: Path, k: int, tokens: str = TOKENS) -> di
     from langchain_spring import ChatSpring, SpringLLM, SpringRetriever, create_spring_rag_chain
     from spring_core import SpringModel
     from spring_core.data import read_corpus
-    from spring_core.models import DEFAULT_POOL
+    from spring_core.model.loading import DEFAULT_POOL
     from spring_core.retrieval import index_corpus
     from spring_core.retrieval.embedders import _bundled_minilm_path
 

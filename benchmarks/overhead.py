@@ -8,7 +8,7 @@ What is measured (SmolLM2-135M-Instruct, CPU, float32, greedy decoding, 16 new t
   block of k virtual tokens between the passages and the question (``k=0``: no block, the ``base`` prompt). The
   50 virtual tokens are ``VirtualTokens.from_text`` (untrained: the values do not change the cost).
 - ``spring k=50 healed``: the ``k=50`` prompt with a space after its ``Answer:``, which ``SpringModel`` heals
-  (``spring_core.healing``): the model reads the same ids as ``k=50`` and the first new token is constrained to
+  (``spring_core.model.healing``): the model reads the same ids as ``k=50`` and the first new token is constrained to
   those that start with a space, so the ratio of the two is the constraint's cost.
 - ``base 306 tokens``: the plain path on the 256-token prompt plus 50 ordinary tokens where the block would be
   (the tokens the virtual ones are initialised from), to compare ``k=50`` with reading 50 more real tokens.
@@ -56,7 +56,7 @@ import transformers
 from transformers import GenerationConfig
 
 from spring_core import PromptParts, SpringModel, VirtualTokens, build_prompt
-from spring_core.prompts import DEFAULT_INSTRUCTION, format_passage
+from spring_core.prompts.layouts import DEFAULT_INSTRUCTION, format_passage
 
 MODEL = "smollm2-135m"
 PROMPT_TOKENS = 256

@@ -40,7 +40,7 @@ import torch
 from spring_core import PromptParts, SpringModel
 from spring_core.data import demo_qa_path, read_qa
 from spring_core.engine import Engine, Request
-from spring_core.models import DEFAULT_POOL
+from spring_core.model.loading import DEFAULT_POOL
 from spring_core.serving import VLLMBackend
 
 TOKENS = "smollm2-135m-squad"

@@ -35,9 +35,9 @@ from typing import Any
 import torch
 
 from spring_core.data import demo_qa_path, read_qa
-from spring_core.models import load_model
-from spring_core.spring_model import SpringModel
-from spring_core.tokens import VirtualTokens
+from spring_core.model.loading import load_model
+from spring_core.model.spring_model import SpringModel
+from spring_core.model.tokens import VirtualTokens
 from spring_train.batching import IGNORE, Batch, build_example, collate
 from spring_train.methods import SpringTarget
 

@@ -25,7 +25,7 @@ from spring_cli.runtime import (
 )
 from spring_cli.training import add_eval_parser, add_train_parser, run_eval, run_train
 from spring_core.errors import SpringError
-from spring_core.models import DEFAULT_MODEL
+from spring_core.model.loading import DEFAULT_MODEL
 
 DESCRIPTION = """\
 spring-rag: scalable, pluggable virtual tokens (SPRING) for local Hugging Face LLMs.

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 from spring_cli.outputs import refuse_existing_output
 from spring_core.data import MAX_LINE_BYTES
 from spring_core.errors import SpringError
-from spring_core.models import DEFAULT_MODEL
+from spring_core.model.loading import DEFAULT_MODEL
 from spring_core.parametric.store import mlp_targets
 
 if TYPE_CHECKING:
-    from spring_core.spring_model import SpringModel
+    from spring_core.model.spring_model import SpringModel
     from spring_train.parametrize import ParametrizeReport
 
 AUGMENT_EPILOG = """\
@@ -115,7 +115,7 @@ def _check_augment_output(out: Path, corpus: Path) -> None:
 
 def run_augment(args: argparse.Namespace) -> None:
     from spring_core.data import read_corpus
-    from spring_core.spring_model import SpringModel
+    from spring_core.model.spring_model import SpringModel
     from spring_train.augment import augment_corpus
 
     if args.limit is not None and args.limit < 1:
@@ -133,7 +133,7 @@ def run_augment(args: argparse.Namespace) -> None:
 
 
 def run_parametrize(args: argparse.Namespace) -> None:
-    from spring_core.spring_model import SpringModel
+    from spring_core.model.spring_model import SpringModel
     from spring_train import parametrize as encoders
     from spring_train.augment import read_augmented
 

@@ -75,7 +75,7 @@ def _output_location(args: argparse.Namespace) -> tuple[str, str]:
         return str(args.out), "choose another --out"
     if args.command == "index":
         return str(args.store), "choose another --store"
-    from spring_core.models import spring_home  # the rest write only the cache (converted GGUF models)
+    from spring_core.model.loading import spring_home  # the rest write only the cache (converted GGUF models)
 
     return str(spring_home()), "point SPRING_RAG_HOME at another folder"
 

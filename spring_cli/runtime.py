@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from spring_cli.outputs import refuse_existing_output, write_new_folder
-from spring_core.models import DEFAULT_MODEL
+from spring_core.model.loading import DEFAULT_MODEL
 
 
 def add_runtime_parsers(commands: argparse._SubParsersAction) -> None:
@@ -134,7 +134,7 @@ def run_info(args: argparse.Namespace) -> None:
 
 
 def run_import_spring(args: argparse.Namespace) -> None:
-    from spring_core.tokens import VirtualTokens
+    from spring_core.model.tokens import VirtualTokens
 
     refuse_existing_output(args.out, "--out")
     tokens = VirtualTokens.from_official_pt(args.pt_file, args.model, layout=args.layout)
@@ -161,7 +161,7 @@ def run_serve(args: argparse.Namespace) -> None:
 def _checked_manifest(artifact: str) -> dict:
     """Load an artifact of any kind with its checks (every file's SHA-256; token values) and return its manifest."""
     from spring_core.artifacts.manifest import read_manifest, verified_file
-    from spring_core.tokens import VirtualTokens, resolve_artifact
+    from spring_core.model.tokens import VirtualTokens, resolve_artifact
 
     folder = resolve_artifact(artifact)
     manifest = read_manifest(folder)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from spring_core.models import DEFAULT_MODEL
-from spring_core.templates import TEMPLATE_SETS
+from spring_core.model.loading import DEFAULT_MODEL
+from spring_core.prompts.templates import TEMPLATE_SETS
 
 TRAIN_EPILOG = """\
 what each method trains (the base model is always frozen):

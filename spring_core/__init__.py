@@ -18,9 +18,9 @@ from spring_core.errors import (
     SpringError,
 )
 from spring_core.generation import GenerationStream
-from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt
-from spring_core.spring_model import SpringModel
-from spring_core.tokens import VirtualTokens
+from spring_core.model.spring_model import SpringModel
+from spring_core.model.tokens import VirtualTokens
+from spring_core.prompts.layouts import DEFAULT_INSTRUCTION, build_prompt
 from spring_core.types import Generation, PromptParts, Usage, marker_block
 
 __all__ = [

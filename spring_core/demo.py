@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TextIO
 
 from spring_core.data import demo_qa_path, read_qa
-from spring_core.models import DEFAULT_MODEL
-from spring_core.spring_model import SpringModel
-from spring_core.tokens import BUNDLED, VirtualTokens
+from spring_core.model.loading import DEFAULT_MODEL
+from spring_core.model.spring_model import SpringModel
+from spring_core.model.tokens import BUNDLED, VirtualTokens
 
 
 def run_demo(*, model: str = DEFAULT_MODEL, tokens: str | Path | None = None, k: int = 50, count: int = 3,

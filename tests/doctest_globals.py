@@ -102,7 +102,7 @@ def tiny_globals(tiny_dir: Path, folder: Path, *, bm25_store: bool = False, lang
 
         index_corpus(sample_corpus_path(), folder / "store", backend="bm25", show_progress=False)
     from spring_core import SpringModel, VirtualTokens
-    from spring_core.models import load_model
+    from spring_core.model.loading import load_model
     from spring_core.parametric import AdapterStore, LoraSpec
 
     shutil.copytree(tiny_dir, folder / "my-llama")

@@ -2,7 +2,7 @@
 
 Both classes inherit ``SpringParams`` next to their LangChain base class, so every field, default and helper is
 written once; every call becomes a ``spring_core.engine.Request``. Models loaded by name are shared per process
-(``spring_core.models.DEFAULT_POOL``); pass ``spring_model=`` to share a model you loaded yourself.
+(``spring_core.model.loading.DEFAULT_POOL``); pass ``spring_model=`` to share a model you loaded yourself.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from spring_core import Generation, SpringModel, Usage, VirtualTokens, options
 from spring_core.engine import Engine, Request
 from spring_core.errors import OptionError
 from spring_core.generation import GenerationStream
-from spring_core.models import DEFAULT_MODEL, DEFAULT_POOL
+from spring_core.model.loading import DEFAULT_MODEL, DEFAULT_POOL
 from spring_core.parametric.online import ParametricDocument, check_knowledge, open_adapters
-from spring_core.placement import Placement
+from spring_core.prompts.placement import Placement
 from spring_core.serving import as_backend
 
 LOAD_KWARGS = ("device", "dtype")

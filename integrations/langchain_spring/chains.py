@@ -27,7 +27,7 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, 
 
 from langchain_spring._base import SpringParams, document_passage
 from langchain_spring.prompts import SPRING_RAG_CHAT_PROMPT, SPRING_RAG_PROMPT
-from spring_core.prompts import format_passages
+from spring_core.prompts.layouts import format_passages
 
 
 def format_docs(docs: Sequence[Document]) -> str:

@@ -41,8 +41,8 @@ from spring_core import Generation
 from spring_core.aio import iterate_in_thread
 from spring_core.engine import Request
 from spring_core.generation import GenerationStream
-from spring_core.placement import Placement
-from spring_core.prompts import has_chat_template, render_chat
+from spring_core.prompts.layouts import has_chat_template, render_chat
+from spring_core.prompts.placement import Placement
 from spring_core.types import PromptParts
 
 _ROLES: dict[type[BaseMessage], str] = {SystemMessage: "system", HumanMessage: "user", AIMessage: "assistant"}

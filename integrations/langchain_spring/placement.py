@@ -14,7 +14,7 @@ The signals, in order:
    names the context (``context``, ``documents``, ``passages``, ``sources``) and ends in ``:``, and a last human
    message. The block goes at the start of that human message.
 
-``spring_core.placement.place_block`` then puts the block at the start of the question's line after the context
+``spring_core.prompts.placement.place_block`` then puts the block at the start of the question's line after the context
 (the last human turn when the context sits in an earlier message), or right after the context when the question
 comes first. Values are only ever located, never parsed: a document that equals the question (FAQ corpora), is a
 prefix of it or a single word of it (a title-only document) is told apart from the question by position (see
@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from langchain_spring.tracking import Retrieval, RunSignals
-from spring_core.placement import Placement, Span, place_block
+from spring_core.prompts.placement import Placement, Span, place_block
 
 _LABEL_RE = re.compile(r"(?im)^[^\n]*\b(?:context|documents?|passages?|sources?)\b[^\n]*:[ \t]*$")
 CONTEXT_VARIABLE = re.compile(r"(?:^|_)(?:context|contexts|documents?|docs|passages?|sources?|retrieved|knowledge|"

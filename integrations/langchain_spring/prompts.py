@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 
-from spring_core.prompts import spring_template
+from spring_core.prompts.layouts import spring_template
 
 SPRING_RAG_PROMPT = PromptTemplate.from_template(spring_template("raw"))
 """Context, then ``Question: {question}\\nAnswer:``: the paper's completion layout, for ``SpringLLM``."""

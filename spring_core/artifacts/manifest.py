@@ -8,7 +8,7 @@ Example:
     >>> import torch
     >>> fingerprint(torch.arange(12.0).reshape(3, 4))     # a model's input embedding weight, in practice
     {'shape': [3, 4], 'sample_sha256': '29e1889124dc651e'}
-    >>> from spring_core.tokens import bundled_tokens_path
+    >>> from spring_core.model.tokens import bundled_tokens_path
     >>> read_manifest(bundled_tokens_path())["kind"]      # validated against the schema on the way in
     'virtual-tokens'
 """

@@ -33,9 +33,9 @@ from safetensors.torch import load_file
 
 from spring_core.artifacts.manifest import check_fingerprint, read_manifest, verified_file
 from spring_core.errors import ArtifactError
-from spring_core.models import load_model, model_display_name
-from spring_core.spring_model import SpringModel
-from spring_core.tokens import VirtualTokens, resolve_artifact
+from spring_core.model.loading import load_model, model_display_name
+from spring_core.model.spring_model import SpringModel
+from spring_core.model.tokens import VirtualTokens, resolve_artifact
 
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _PEFT_PREFIX = "base_model.model."

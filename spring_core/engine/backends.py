@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from spring_core.aio import iterate_in_thread
 from spring_core.generation import GenerationStream, stream_generation
+from spring_core.model.spring_model import SpringModel
 from spring_core.parametric.online import activated
-from spring_core.spring_model import SpringModel
 from spring_core.types import Generation, GenerationSettings, Passage, PromptParts
 
 

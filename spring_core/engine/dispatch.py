@@ -26,8 +26,8 @@ from spring_core.engine.backends import Backend, TransformersBackend
 from spring_core.engine.request import Request
 from spring_core.errors import ServerError
 from spring_core.generation import GenerationStream
+from spring_core.model.spring_model import SpringModel
 from spring_core.parametric.online import ParametricCall, ParametricDocument, plan_call
-from spring_core.spring_model import SpringModel
 from spring_core.types import Generation, GenerationSettings, PromptParts
 
 

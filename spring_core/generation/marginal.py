@@ -32,7 +32,7 @@ from transformers import LogitsProcessor
 
 from spring_core.errors import DecodingError
 from spring_core.generation.runner import Runner
-from spring_core.healing import Healed
+from spring_core.model.healing import Healed
 from spring_core.types import Generation, GenerationSettings, PromptParts
 
 SCORE_BATCH = 16

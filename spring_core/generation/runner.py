@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
-from spring_core.healing import Healed, visible
-from spring_core.inputs import InputLayer
+from spring_core.model.healing import Healed, visible
+from spring_core.model.inputs import InputLayer
 from spring_core.types import Generation, GenerationSettings, PromptParts, Usage
 
 

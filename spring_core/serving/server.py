@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spring_core.errors import ServerError
-from spring_core.models import ALIASES, resolve_model_source
+from spring_core.model.loading import ALIASES, resolve_model_source
 
 VLLM_PYTHON_ENV = "SPRING_RAG_VLLM_PYTHON"
 LOCAL_VENV = Path(".venv-vllm")

@@ -5,8 +5,9 @@ splice is the same code: a prompt without a block goes to ``/v1/completions`` as
 ``[r1]..[rk]`` as its whole ``prompt_embeds`` (``(num_tokens, hidden)`` in the served dtype, base64 of
 ``torch.save``), in either layout. Document adapters are merged into one PEFT LoRA per set of documents (the exact
 sum; ``peft_export``), written once to ``adapter_dir`` (a folder the server reads) and loaded by name through
-``/v1/load_lora_adapter``. A prompt healed for its trailing spaces (``spring_core.healing``) takes two requests: the
-first token alone, restricted to ids that start with those spaces (``allowed_token_ids``), then the rest after it.
+``/v1/load_lora_adapter``. A prompt healed for its trailing spaces (``spring_core.model.healing``) takes two
+requests: the first token alone, restricted to ids that start with those spaces (``allowed_token_ids``), then the
+rest after it.
 
 What the server cannot do exactly is refused: marginal decoding (RAG-Sequence / RAG-Token) needs each passage's full
 next-token distribution at every step, which vLLM's top-n logprobs do not give, so ``decoding`` must be ``stuff``.
@@ -37,11 +38,11 @@ import torch
 
 from spring_core.errors import ModelMismatchError, ServerError, ServerReplyError
 from spring_core.generation import GenerationStream
-from spring_core.healing import visible
-from spring_core.models import spring_home
+from spring_core.model.healing import visible
+from spring_core.model.loading import spring_home
+from spring_core.model.spring_model import SpringModel
 from spring_core.serving.http import Deadline, ServerClient, parse_json
 from spring_core.serving.peft_export import write_peft_adapter
-from spring_core.spring_model import SpringModel
 from spring_core.types import Generation, GenerationSettings, PromptParts, Usage
 
 PROBE_TEXT = "The history of the city begins in the year"

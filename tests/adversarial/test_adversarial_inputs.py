@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from spring_cli import main
 from spring_core import VirtualTokens
 from spring_core.artifacts.manifest import sha256_file
-from spring_core.models import load_model
+from spring_core.model.loading import load_model
 
 GOOD_QA = {"id": "q1", "question": "What is the capital of France?", "answers": ["Paris"],
            "passages": [{"title": "France", "text": "The capital of France is Paris."}]}

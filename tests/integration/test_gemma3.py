@@ -14,8 +14,8 @@ from conftest import weights_digest
 
 from spring_core import SpringModel, VirtualTokens
 from spring_core.errors import LayoutError
-from spring_core.healing import allowed_first_ids
-from spring_core.prompts import build_prompt
+from spring_core.model.healing import allowed_first_ids
+from spring_core.prompts.layouts import build_prompt
 from spring_core.types import PromptParts
 from spring_train.batching import build_example, collate
 from spring_train.methods import SpringTarget

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from spring_core.models import bundled_gguf_path, converted_gguf_dir, load_model
+from spring_core.model.loading import bundled_gguf_path, converted_gguf_dir, load_model
 
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONVERT = (
-    "from spring_core.models import converted_gguf_dir, bundled_gguf_path; "
+    "from spring_core.model.loading import converted_gguf_dir, bundled_gguf_path; "
     "converted_gguf_dir(bundled_gguf_path('smollm2-135m'))"
 )
 APPEAR_TIMEOUT_S = 120

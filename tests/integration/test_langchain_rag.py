@@ -28,7 +28,7 @@ from langchain_spring import (
 )
 from spring_core import SpringModel, VirtualTokens
 from spring_core.data import demo_qa_path, read_corpus, read_qa, sample_corpus_path
-from spring_core.prompts import build_prompt, format_passages
+from spring_core.prompts.layouts import build_prompt, format_passages
 from spring_core.retrieval import create_store
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from conftest import weights_digest  # tests/conftest.py (on sys.path under pyte
 
 from spring_core import SpringModel, VirtualTokens
 from spring_core.data import demo_qa_path, read_qa
-from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt
+from spring_core.prompts.layouts import DEFAULT_INSTRUCTION, build_prompt
 from spring_core.types import PromptParts
 
 pytestmark = pytest.mark.integration

@@ -18,12 +18,12 @@ from spring_core import SpringModel
 from spring_core.data import demo_qa_path
 from spring_core.engine import Engine, Request
 from spring_core.errors import ModelMismatchError, ServerError
-from spring_core.healing import heal
+from spring_core.model.healing import heal
 from spring_core.options import generation_settings
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec
 from spring_core.parametric.online import ParametricDocument
+from spring_core.prompts.templates import TEMPLATES, render_template
 from spring_core.serving import VLLMBackend
-from spring_core.templates import TEMPLATES, render_template
 
 pytestmark = pytest.mark.vllm
 TOKENS = "smollm2-135m-squad"

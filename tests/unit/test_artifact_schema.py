@@ -70,7 +70,7 @@ def test_each_field_is_checked_and_named(artifact, edit, message):
 
 
 def test_the_bundled_artifact_passes_the_schema():
-    from spring_core.tokens import bundled_tokens_path
+    from spring_core.model.tokens import bundled_tokens_path
 
     assert read_manifest(bundled_tokens_path())["kind"] == "virtual-tokens"
     assert VirtualTokens.load("smollm2-135m-squad").n == 50

@@ -27,6 +27,6 @@ def test_the_docs_build_in_strict_mode(tmp_path):
     assert (site / "results" / "quality" / "index.html").is_file()
     assert (site / "results" / "quality" / "em_f1_vs_k.png").is_file()
     reference = (site / "reference" / "spring_core" / "index.html").read_text(encoding="utf-8")
-    assert 'id="spring_core.spring_model.SpringModel"' in reference
+    assert 'id="spring_core.model.spring_model.SpringModel"' in reference
     families = (site / "model-families" / "index.html").read_text(encoding="utf-8")
     assert "Gemma 3 (text)" in families  # the README's generated table, taken in at build time

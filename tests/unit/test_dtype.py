@@ -13,7 +13,7 @@ import torch
 from families import build
 
 from spring_core import SpringModel, VirtualTokens
-from spring_core.models import load_model
+from spring_core.model.loading import load_model
 
 QUESTION = "Who wrote Hamlet?"
 PASSAGES = ["William Shakespeare wrote the play Hamlet."]

@@ -10,7 +10,7 @@ import pytest
 
 from spring_core import SpringModel, VirtualTokens
 from spring_core.metrics import aggregate
-from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt
+from spring_core.prompts.layouts import DEFAULT_INSTRUCTION, build_prompt
 from spring_train.evaluate import (
     EvalError,
     EvalPlan,

@@ -14,7 +14,7 @@ from conftest import weights_digest
 from families import FAMILIES, build
 
 from spring_core import SpringModel, VirtualTokens
-from spring_core.inputs import InputLayer
+from spring_core.model.inputs import InputLayer
 from spring_core.parametric import LoraSpec, LoraUpdate
 from spring_core.parametric.hooks import AdapterHooks
 from spring_core.types import PromptParts

@@ -7,7 +7,7 @@ import torch
 from families import build
 
 from spring_core import SpringModel, VirtualTokens
-from spring_core.models import load_model
+from spring_core.model.loading import load_model
 from spring_core.types import PromptParts
 from spring_train.batching import build_example, collate
 from spring_train.methods import SpringTarget

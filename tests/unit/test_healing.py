@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from spring_core import SpringModel, VirtualTokens
-from spring_core.healing import Healed, allowed_first_ids, heal, visible
-from spring_core.inputs import InputLayer
-from spring_core.templates import TEMPLATES, render_template
+from spring_core.model.healing import Healed, allowed_first_ids, heal, visible
+from spring_core.model.inputs import InputLayer
+from spring_core.prompts.templates import TEMPLATES, render_template
 from spring_core.types import PromptParts
 from spring_train.batching import build_example
 

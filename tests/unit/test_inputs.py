@@ -1,4 +1,4 @@
-"""The input layer (spring_core/inputs.py): one BOS, embedding space, pad/eos, positions, width, layering."""
+"""The input layer (spring_core/model/inputs.py): one BOS, embedding space, pad/eos, positions, width, layering."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from families import build, make_tokenizer
 
 from spring_core import ArtifactError, SpringModel, VirtualTokens
 from spring_core.errors import InputError, SpringError
-from spring_core.inputs import InputLayer, left_pad, position_ids
-from spring_core.prompts import build_prompt
+from spring_core.model.inputs import InputLayer, left_pad, position_ids
+from spring_core.prompts.layouts import build_prompt
 from spring_core.types import PromptParts
 
 ROOT = Path(__file__).resolve().parents[2]

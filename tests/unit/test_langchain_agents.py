@@ -24,7 +24,7 @@ from langchain_spring.placement import find_placement
 from langchain_spring.tracking import Retrieval, RunSignals
 from spring_core import SpringModel, VirtualTokens
 from spring_core.errors import OptionError
-from spring_core.placement import Placement
+from spring_core.prompts.placement import Placement
 from spring_core.retrieval import create_store
 from spring_core.types import BlockAt
 

@@ -18,7 +18,7 @@ from langchain_spring import SPRING_RAG_CHAT_PROMPT, ChatSpring, SpringRetriever
 from langchain_spring.chat_models import message_turns, render_messages
 from spring_core import SpringModel, VirtualTokens
 from spring_core.errors import OptionError
-from spring_core.prompts import build_prompt
+from spring_core.prompts.layouts import build_prompt
 from spring_core.retrieval import create_store
 from spring_core.types import PromptParts
 

@@ -10,7 +10,7 @@ from langchain_core.runnables import RunnablePassthrough
 
 from langchain_spring import SPRING_RAG_PROMPT, SpringLLM, SpringRetriever, format_docs
 from spring_core import SpringModel, VirtualTokens
-from spring_core.prompts import build_prompt, format_passages
+from spring_core.prompts.layouts import build_prompt, format_passages
 from spring_core.retrieval import create_store
 from spring_core.types import PromptParts
 

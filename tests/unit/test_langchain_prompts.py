@@ -7,7 +7,7 @@ from langchain_core.documents import Document
 
 from langchain_spring import SPRING_RAG_CHAT_PROMPT, SPRING_RAG_PROMPT, format_docs
 from langchain_spring.chat_models import message_turns, render_messages
-from spring_core.prompts import build_prompt, format_passages
+from spring_core.prompts.layouts import build_prompt, format_passages
 
 PASSAGES = [{"title": "Hamlet", "text": "Hamlet is a play by William Shakespeare."}, {"title": "", "text": "Paris."}]
 QUESTION = "Who wrote Hamlet?"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from spring_core.errors import ModelLoadError
-from spring_core.models import (
+from spring_core.model.loading import (
     _remove_stale_conversions,
     load_model,
     model_display_name,
@@ -65,7 +65,7 @@ def test_folder_without_config_and_missing_gguf(tmp_path):
 def test_unreachable_hub_id_gives_an_actionable_error():
     # huggingface_hub reads HF_HUB_OFFLINE when it is imported, so the check runs in a fresh interpreter.
     code = (
-        "from spring_core.models import load_model\n"
+        "from spring_core.model.loading import load_model\n"
         "from spring_core.errors import ModelLoadError\n"
         "try:\n    load_model('no-such-org/no-such-model-anywhere')\n"
         "except ModelLoadError as exc:\n    print('ModelLoadError:', exc)\n"
@@ -90,7 +90,7 @@ def test_stale_staging_folders_are_removed_but_live_ones_kept(tmp_path):
 
 
 def test_a_model_pool_shares_by_name_keeps_the_most_recent_and_clears(tiny_dir, tmp_path):
-    from spring_core.models import ModelPool
+    from spring_core.model.loading import ModelPool
 
     other = tmp_path / "other"
     load_model(str(tiny_dir))[0].save_pretrained(other)

@@ -15,7 +15,7 @@ from doctest_globals import document_tensors
 
 from spring_core import SpringModel
 from spring_core.errors import ArtifactError, ModelMismatchError, OptionError, SpringError
-from spring_core.models import load_model
+from spring_core.model.loading import load_model
 from spring_core.parametric import (
     AdapterStore,
     DocumentAdapters,

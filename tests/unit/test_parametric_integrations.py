@@ -10,7 +10,7 @@ import torch
 from langchain_core.documents import Document
 
 from spring_core import OptionError, SpringModel
-from spring_core.models import load_model
+from spring_core.model.loading import load_model
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec, UnknownDocumentError
 
 QUESTION = "Who is Harvard named after?"

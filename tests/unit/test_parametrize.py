@@ -9,7 +9,7 @@ import torch
 
 from spring_core import SpringModel
 from spring_core.errors import DataError, SpringError
-from spring_core.models import load_model
+from spring_core.model.loading import load_model
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec, UnknownDocumentError
 from spring_core.types import Generation
 from spring_train.augment import augment_corpus, parse_qa, read_augmented

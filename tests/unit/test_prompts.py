@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spring_core.errors import LayoutError, OptionError
-from spring_core.prompts import build_prompt, format_passages, render_chat
+from spring_core.prompts.layouts import build_prompt, format_passages, render_chat
 from spring_core.types import BlockAt, PromptParts, marker_block
 
 

@@ -18,7 +18,7 @@ from spring_cli import main
 from spring_core import SpringModel
 from spring_core.engine import Engine, Request
 from spring_core.errors import ServerError
-from spring_core.models import load_model
+from spring_core.model.loading import load_model
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec
 from spring_core.parametric.online import ParametricDocument
 from spring_core.serving import VLLMBackend, as_backend, vllm_command, write_peft_adapter

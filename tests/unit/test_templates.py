@@ -9,7 +9,7 @@ import torch
 from test_trainer import config, write_qa
 
 from spring_core import SpringModel, VirtualTokens
-from spring_core.templates import CONTEXT_FORMATS, TEMPLATE_SETS, TEMPLATES, render_template
+from spring_core.prompts.templates import CONTEXT_FORMATS, TEMPLATE_SETS, TEMPLATES, render_template
 from spring_train.batching import answer_loss_sum, build_example, collate
 from spring_train.trainer import train
 

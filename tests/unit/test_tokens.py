@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from spring_core import ArtifactError, ModelMismatchError, VirtualTokens
 from spring_core.artifacts.manifest import fingerprint, sha256_file
-from spring_core.prompts import DEFAULT_INSTRUCTION
+from spring_core.prompts.layouts import DEFAULT_INSTRUCTION
 
 
 def test_from_text_repeats_the_instruction_embeddings(tiny):
@@ -183,7 +183,7 @@ def test_official_pt_with_wrong_hidden_size_or_garbage(tiny, tmp_path):
 
 
 def test_the_bundled_artifact_loads_by_name_and_says_how_it_was_made():
-    from spring_core.tokens import BUNDLED, bundled_tokens_path
+    from spring_core.model.tokens import BUNDLED, bundled_tokens_path
 
     tokens = VirtualTokens.load(BUNDLED[0])
     assert (tokens.n, tokens.hidden_size) == (50, 576)

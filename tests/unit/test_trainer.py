@@ -14,7 +14,7 @@ from conftest import weights_digest
 
 from spring_core import ModelMismatchError, SpringModel, VirtualTokens
 from spring_core.errors import DataError
-from spring_core.models import load_model
+from spring_core.model.loading import load_model
 from spring_train.adapters import load_trained
 from spring_train.batching import answer_loss_sum, build_example, collate
 from spring_train.config import ConfigError, TrainConfig

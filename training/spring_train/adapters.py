@@ -22,9 +22,9 @@ from typing import Any
 from spring_core.artifacts.manifest import check_fingerprint, new_manifest, read_manifest, verified_file, write_artifact
 from spring_core.artifacts.registry import load_spring_model, lora_sha256, merge_lora
 from spring_core.errors import ArtifactError
-from spring_core.models import load_model, model_display_name
-from spring_core.spring_model import SpringModel
-from spring_core.tokens import resolve_artifact
+from spring_core.model.loading import load_model, model_display_name
+from spring_core.model.spring_model import SpringModel
+from spring_core.model.tokens import resolve_artifact
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_KINDS = {"lora": "lora-adapter", "prefix": "prefix-adapter"}

@@ -39,8 +39,8 @@ from typing import Any
 
 from spring_core.data import iter_jsonl
 from spring_core.errors import DataError, SpringError
-from spring_core.prompts import has_chat_template, render_chat
-from spring_core.spring_model import SpringModel
+from spring_core.model.spring_model import SpringModel
+from spring_core.prompts.layouts import has_chat_template, render_chat
 from spring_core.types import PromptParts
 from spring_train.augment_prompts import EXAMPLE_QUESTION, PROMPT_VERSION, qa_prompt, rewrite_prompt
 

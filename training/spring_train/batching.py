@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from spring_core.inputs import left_pad
-from spring_core.spring_model import SpringModel
-from spring_core.templates import RagTemplate, render_template
+from spring_core.model.inputs import left_pad
+from spring_core.model.spring_model import SpringModel
+from spring_core.prompts.templates import RagTemplate, render_template
 
 IGNORE = -100
 

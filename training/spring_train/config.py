@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from spring_core.errors import SpringError
-from spring_core.models import DEFAULT_MODEL
-from spring_core.templates import TEMPLATE_SETS
+from spring_core.model.loading import DEFAULT_MODEL
+from spring_core.prompts.templates import TEMPLATE_SETS
 
 METHODS = ("spring", "lora", "prefix", "spring+")
 K_SAMPLING = ("step", "sample")

@@ -48,10 +48,10 @@ from typing import Any
 from spring_core.artifacts.manifest import MANIFEST_NAME, sha256_file
 from spring_core.errors import DataError, SpringError
 from spring_core.metrics import aggregate, first_line, score
+from spring_core.model.spring_model import SpringModel
+from spring_core.model.tokens import resolve_artifact
 from spring_core.options import DECODINGS
-from spring_core.prompts import DEFAULT_INSTRUCTION, build_prompt, format_passages, render_chat
-from spring_core.spring_model import SpringModel
-from spring_core.tokens import resolve_artifact
+from spring_core.prompts.layouts import DEFAULT_INSTRUCTION, build_prompt, format_passages, render_chat
 from spring_core.types import PromptParts
 
 METHODS = ("closed-book", "concat", "prompt", "prompt-chat", "spring", "lora", "prefix", "spring+")
@@ -364,7 +364,7 @@ def write_report(results: list[dict[str, Any]], out: str | Path, *, config: dict
 def record_metrics(artifact: str | Path, results: list[dict[str, Any]], *, method: str = "SPRING",
                    config: dict[str, Any] | None = None) -> Path:
     """Write ``method``'s result rows (per dataset and k) into a virtual-tokens artifact's ``metrics``."""
-    from spring_core.tokens import VirtualTokens, resolve_artifact
+    from spring_core.model.tokens import VirtualTokens, resolve_artifact
 
     artifact = resolve_artifact(artifact)
     tokens = VirtualTokens.load(artifact)

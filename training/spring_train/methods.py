@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from spring_core.artifacts.registry import merge_lora
-from spring_core.inputs import position_ids
-from spring_core.spring_model import SpringModel
-from spring_core.tokens import VirtualTokens
+from spring_core.model.inputs import position_ids
+from spring_core.model.spring_model import SpringModel
+from spring_core.model.tokens import VirtualTokens
 from spring_train.adapters import SPRING_PLUS_LORA, adapter_sha256, save_peft_artifact
 from spring_train.batching import answer_loss_sum
 from spring_train.config import ConfigError, TrainConfig

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 
 from spring_core.errors import SpringError
+from spring_core.model.spring_model import SpringModel
 from spring_core.parametric import AdapterHooks, AdapterStore, LoraSpec
 from spring_core.parametric.store import mlp_targets
-from spring_core.spring_model import SpringModel
 from spring_train.batching import Example, answer_ids, answer_loss_sum, collate
 from spring_train.methods import freeze
 

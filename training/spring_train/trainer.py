@@ -41,9 +41,9 @@ import torch
 
 from spring_core.artifacts.manifest import MANIFEST_NAME, atomic_write_bytes
 from spring_core.errors import DataError, SpringError
-from spring_core.models import load_model
-from spring_core.spring_model import SpringModel
-from spring_core.templates import TEMPLATES
+from spring_core.model.loading import load_model
+from spring_core.model.spring_model import SpringModel
+from spring_core.prompts.templates import TEMPLATES
 from spring_train.batching import Example, build_example, collate
 from spring_train.checkpoint import STATE_JSON, CheckpointError, load_state, save_state
 from spring_train.config import ConfigError, TrainConfig, template_names

@@ -4,9 +4,9 @@ Swap it in and every RAG call reads context, then ``[r1]..[rk]``, then the quest
 uses. LlamaIndex hands the LLM each prompt template with its variables (``predict``, ``stream``, ``apredict``,
 ``astream``: every response synthesizer and chat engine goes through them), so ``SpringLLM`` knows exactly where
 the context (``context_str``, ``context_msg``) and the question (``query_str``) sit and places the block by the
-rules of ``spring_core.placement``: at the start of the question's line, after the context. Calls without a context
-variable, and ``complete`` / ``chat`` on text, run the base model exactly as it is. Text is never searched for
-markers: a node or query that holds ``[r1]`` is read as characters.
+rules of ``spring_core.prompts.placement``: at the start of the question's line, after the context. Calls
+without a context variable, and ``complete`` / ``chat`` on text, run the base model exactly as it is. Text is never
+searched for markers: a node or query that holds ``[r1]`` is read as characters.
 
 Example:
     >>> from llama_index.core import Settings, VectorStoreIndex
@@ -67,10 +67,10 @@ from spring_core import Generation, SpringModel, options
 from spring_core.aio import iterate_in_thread
 from spring_core.engine import Engine, Request
 from spring_core.errors import OptionError
-from spring_core.models import DEFAULT_MODEL, DEFAULT_POOL
+from spring_core.model.loading import DEFAULT_MODEL, DEFAULT_POOL
 from spring_core.parametric.online import ParametricDocument, check_knowledge, open_adapters
-from spring_core.placement import Span, fill_placeholders, place_block
-from spring_core.prompts import has_chat_template, render_chat, unique_sentinel
+from spring_core.prompts.layouts import has_chat_template, render_chat, unique_sentinel
+from spring_core.prompts.placement import Span, fill_placeholders, place_block
 from spring_core.serving import as_backend
 from spring_core.types import Passage, PromptParts
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.prompts.prompt_type import PromptType
 
-from spring_core.prompts import spring_template
+from spring_core.prompts.layouts import spring_template
 
 BLOCK_SIZE_KEY = "spring_k"
 """The template ``metadata`` key that sets the block size (read by ``SpringLLM``)."""

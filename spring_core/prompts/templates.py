@@ -3,7 +3,7 @@
 Training with varied templates (``spring-rag train --templates varied``) teaches the tokens the layouts they meet
 after a one-line swap into an existing LlamaIndex or LangChain app, not only SPRING's own. Each template is
 filled here with its context written the way its ecosystem writes retrieved passages, and the block is placed by
-``spring_core.placement.place_block``, the rule the integrations apply at inference, so training and inference
+``spring_core.prompts.placement.place_block``, the rule the integrations apply at inference, so training and inference
 see the same prompt.
 
 Example:
@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spring_core.placement import Span, fill_placeholders, place_block
-from spring_core.prompts import format_passages, passage_title_and_text, render_chat, spring_template
+from spring_core.prompts.layouts import format_passages, passage_title_and_text, render_chat, spring_template
+from spring_core.prompts.placement import Span, fill_placeholders, place_block
 from spring_core.types import Passage, PromptParts
 
 

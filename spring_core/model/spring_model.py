@@ -28,11 +28,11 @@ import torch
 from spring_core import options
 from spring_core.errors import ModelMismatchError, OptionError
 from spring_core.generation import GenerationStream, Runner, rag_sequence, rag_token, stream_generation
-from spring_core.healing import Healed
-from spring_core.inputs import InputLayer
-from spring_core.models import DEFAULT_MODEL, load_model, model_display_name
-from spring_core.prompts import build_prompt
-from spring_core.tokens import VirtualTokens
+from spring_core.model.healing import Healed
+from spring_core.model.inputs import InputLayer
+from spring_core.model.loading import DEFAULT_MODEL, load_model, model_display_name
+from spring_core.model.tokens import VirtualTokens
+from spring_core.prompts.layouts import build_prompt
 from spring_core.types import Generation, GenerationSettings, Passage, PromptParts
 
 __all__ = ["SpringModel"]
@@ -132,13 +132,13 @@ class SpringModel:
         self.check_k(parts.k)
         return parts
 
-    # ----- the input layer (spring_core.inputs) --------------------------------------------------------------
+    # ----- the input layer (spring_core.model.inputs) --------------------------------------------------------------
 
     def encode(self, parts: PromptParts) -> list[int]:
         """Token ids of a prompt with exactly one BOS; virtual token ``[ri]`` is the id ``vocab_rows + i - 1``.
 
         With ``k == 0`` this is exactly ``tokenizer(prompt)["input_ids"]`` (without special tokens for a prompt
-        rendered by a chat template, which holds them already; see ``spring_core.inputs``).
+        rendered by a chat template, which holds them already; see ``spring_core.model.inputs``).
         """
         return self.inputs.encode(parts)
 
@@ -156,7 +156,7 @@ class SpringModel:
         return set(self.inputs.eos_token_ids)
 
     def heal(self, parts: PromptParts) -> Healed:
-        """The prompt generation feeds for ``parts``, with trailing spaces healed (``spring_core.healing``)."""
+        """The prompt generation feeds for ``parts``, with trailing spaces healed (``spring_core.model.healing``)."""
         return self.inputs.heal(parts)
 
     @torch.inference_mode()

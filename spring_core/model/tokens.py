@@ -2,7 +2,7 @@
 
 The table is an ``n x d`` float32 parameter that lives beside the base model; the model's vocabulary, input
 embeddings and lm_head are never touched. Any prefix ``[r1]..[rk]`` (k <= n) can be used at inference. Its rows
-live in the embedding module's *output* space (``spring_core.inputs``): Gemma scales ``weight[ids]`` by
+live in the embedding module's *output* space (``spring_core.model.inputs``): Gemma scales ``weight[ids]`` by
 ``sqrt(hidden)`` inside the module, so every initialiser reads the module's output, never the raw ``.weight``.
 
 Example:
@@ -37,10 +37,10 @@ from spring_core.artifacts.manifest import (
     write_artifact,
 )
 from spring_core.errors import ArtifactError, InputError
-from spring_core.inputs import InputLayer
-from spring_core.models import load_model, model_display_name
+from spring_core.model.inputs import InputLayer
+from spring_core.model.loading import load_model, model_display_name
 from spring_core.options import LAYOUTS
-from spring_core.prompts import DEFAULT_INSTRUCTION
+from spring_core.prompts.layouts import DEFAULT_INSTRUCTION
 from spring_core.types import MARKER_TEMPLATE
 
 TOKENS_FILE = "tokens.safetensors"

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from spring_core.errors import ContextWindowError, InputError
-from spring_core.healing import Healed, allowed_first_ids, heal
+from spring_core.model.healing import Healed, allowed_first_ids, heal
 from spring_core.types import PromptParts
 
 _SCALE_SAMPLE_ROWS = 64
@@ -132,7 +132,7 @@ class InputLayer:
     # ----- text -> ids ---------------------------------------------------------------------------------------
 
     def heal(self, parts: PromptParts) -> Healed:
-        """The prompt to feed for ``parts`` with its trailing spaces healed (``spring_core.healing``), when some
+        """The prompt to feed for ``parts`` with its trailing spaces healed (``spring_core.model.healing``), when some
         id the model can emit starts with them; else ``parts`` as they are."""
         healed, spaces = heal(parts)
         if not spaces:
