@@ -78,8 +78,8 @@ adapters the clients write. Anything after -- goes to vLLM unchanged, e.g. its o
   spring-rag serve {DEFAULT_MODEL} --port 8001 --adapters                                      (a second, PRAG server)
 
 then point a client at it:  SpringLLM(tokens=..., backend="http://127.0.0.1:8000")
-vLLM pins its own torch and transformers: install it in a venv of its own (.venv-vllm; scripts/bootstrap.sh makes
-one) or pass --python. --print-command shows the command instead of running it.
+vLLM pins its own torch and transformers: install it in a venv of its own (.venv-vllm; `bash scripts/bootstrap.sh
+--serving` makes one) or pass --python. --print-command shows the command instead of running it.
 """
 
 

