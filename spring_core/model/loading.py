@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -63,6 +64,7 @@ ALIASES: dict[str, BundledModel] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
+_CONVERTED_NAME = re.compile(r"(.+)-[0-9a-f]{16}")  # converted_gguf_dir's folder name: GGUF stem, file digest
 
 
 def spring_home() -> Path:
@@ -198,17 +200,31 @@ def _process_alive(pid: int) -> bool:
 def resolve_model_source(name_or_path: str) -> tuple[str, str]:
     """Map what the user named to ``(folder or hub id, display name)``, converting GGUF files on the way."""
     if name_or_path in ALIASES:
-        return str(converted_gguf_dir(bundled_gguf_path(name_or_path))), ALIASES[name_or_path].display_name
-    path = Path(name_or_path).expanduser()
-    if path.suffix == ".gguf":
+        source = str(converted_gguf_dir(bundled_gguf_path(name_or_path)))
+    elif (path := Path(name_or_path).expanduser()).suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file {path} does not exist")
-        return str(converted_gguf_dir(path.resolve())), path.stem
-    if path.is_dir():
+        source = str(converted_gguf_dir(path.resolve()))
+    elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is a folder but holds no config.json; point at a saved Hugging Face model")
-        return str(path), path.resolve().name
-    return name_or_path, name_or_path
+        source = str(path.resolve())
+    else:
+        source = name_or_path
+    return source, display_name_of(source)
+
+
+def display_name_of(source: str) -> str:
+    """The readable name of what ``from_pretrained`` read: a hub id as it is, a folder by its name, and a GGUF file
+    converted into the cache by the model it holds (``SmolLM2-135M-Instruct`` for the bundled alias)."""
+    path = Path(source)
+    if not path.is_absolute():
+        return source
+    converted = _CONVERTED_NAME.fullmatch(path.name)
+    if converted and path.parent == spring_home() / "models":
+        stem = converted.group(1)
+        return next((alias.display_name for alias in ALIASES.values() if Path(alias.gguf_file).stem == stem), stem)
+    return path.name
 
 
 def load_model(
@@ -233,7 +249,7 @@ def load_model(
     """
     if model is not None and tokenizer is not None:
         return model, tokenizer
-    source, display_name = resolve_model_source(name_or_path)
+    source = resolve_model_source(name_or_path)[0]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -248,8 +264,6 @@ def load_model(
             if device_map is None:
                 model = model.to(target)
             model.eval()
-            # Manifests and error messages name the model by what the user asked for, not a cache path.
-            model.config._name_or_path = display_name
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"could not load {name_or_path!r}: {exc}. Use a local folder saved with save_pretrained, the alias "
@@ -259,11 +273,10 @@ def load_model(
 
 
 def model_display_name(model: Any, fallback: str = "unknown-model") -> str:
-    """A readable name for a loaded model (its ``name_or_path``), used in manifests and error messages."""
-    name = getattr(model.config, "_name_or_path", "") or ""
-    if not name:
-        return fallback
-    return Path(name).name if os.path.isabs(name) else name
+    """A readable name for a loaded model, read from the ``name_or_path`` transformers recorded (the model's config
+    is never written to), used in manifests and error messages."""
+    name = getattr(model.config, "name_or_path", "") or ""
+    return display_name_of(name) if name else fallback
 
 
 class ModelPool:

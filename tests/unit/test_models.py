@@ -12,6 +12,7 @@ import torch
 from spring_core.errors import ModelLoadError
 from spring_core.model.loading import (
     _remove_stale_conversions,
+    display_name_of,
     load_model,
     model_display_name,
     resolve_device,
@@ -48,6 +49,17 @@ def test_load_folder_in_bfloat16_and_name_it(tiny_dir):
     model, tokenizer = load_model(str(tiny_dir), dtype="bfloat16")
     assert model.dtype == torch.bfloat16 and not model.training
     assert model_display_name(model) == tiny_dir.name
+    assert model.config.name_or_path == str(tiny_dir.resolve())  # what transformers recorded; nothing written
+
+
+def test_a_converted_gguf_folder_is_named_by_its_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPRING_RAG_HOME", str(tmp_path))
+    converted = tmp_path / "models"
+    assert display_name_of(str(converted / "SmolLM2-135M-Instruct.Q4_1-0123456789abcdef")) == "SmolLM2-135M-Instruct"
+    assert display_name_of(str(converted / "my-model.Q8_0-0123456789abcdef")) == "my-model.Q8_0"
+    assert display_name_of(str(tmp_path / "elsewhere" / "my-model.Q8_0-0123456789abcdef")) == (
+        "my-model.Q8_0-0123456789abcdef")
+    assert display_name_of("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def test_injected_objects_are_used_as_they_are(tiny):
