@@ -234,8 +234,9 @@ def app_retrieval_configs(store: Any, chat_plain: Any, chat_auto: Any,
     def joined(docs: Any) -> str:
         return "\n\n".join(d.page_content for d in docs)
 
-    def two_step(chat: Any) -> Callable[[str], str]:  # the tutorial's two-step agent, middleware swapped in
-        agent = create_agent(chat, tools=[], middleware=[SpringRAGMiddleware(vector_store=search, k=2)])
+    def two_step(chat: Any, context_in: str = "system") -> Callable[[str], str]:  # the tutorial's two-step agent
+        middleware = SpringRAGMiddleware(vector_store=search, k=2, context_in=context_in)
+        agent = create_agent(chat, tools=[], middleware=[middleware])
         return lambda q: agent.invoke({"messages": [("user", q)]})["messages"][-1].content.strip()
 
     def given_context(chat: Any) -> Callable[[str], str]:  # prompt | model, the app passes the context in
@@ -265,6 +266,10 @@ def app_retrieval_configs(store: Any, chat_plain: Any, chat_auto: Any,
     return {
         "LangChain 1.x two-step agent (SpringRAGMiddleware), plain model": two_step(chat_plain),
         "LangChain 1.x two-step agent (SpringRAGMiddleware), automatic": two_step(chat_auto),
+        "LangChain 1.x two-step agent (SpringRAGMiddleware, context in the user turn), plain model": two_step(
+            chat_plain, "user"),
+        "LangChain 1.x two-step agent (SpringRAGMiddleware, context in the user turn), automatic": two_step(
+            chat_auto, "user"),
         "LangChain prompt | model given its context, automatic": given_context(chat_auto),
         "LangGraph retrieve/generate (rlm/rag-prompt), plain model": langgraph(chat_plain),
         "LangGraph retrieve/generate (rlm/rag-prompt), automatic": langgraph(chat_auto),

@@ -1,7 +1,9 @@
 """``SpringRAGMiddleware``: two-step RAG for LangChain 1.x agents (``langchain.agents.create_agent``).
 
 LangChain's two-step RAG retrieves for the user's message in a middleware and writes the documents into the
-system prompt (the tutorial's ``@dynamic_prompt``), then the model answers. Written as text, the context cannot be
+system prompt (the tutorial's ``@dynamic_prompt``), then the model answers. ``context_in="user"`` writes them into
+the user's turn instead, right before the question, for this model call only (the agent's state keeps the user's
+message as it was): the order SPRING's tokens read best on a chat model. Written as text, the context cannot be
 told from the rest of the prompt by the model; this middleware does the same two steps and also hands
 ``ChatSpring`` the context and the question as structure, through the model request's settings (the
 ``rag_inputs`` call argument), so the block goes exactly between them: no label heuristic, no warning. With any
@@ -20,7 +22,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.documents import Document
@@ -50,6 +52,9 @@ class SpringRAGMiddleware(AgentMiddleware):
         k: documents per search with ``vector_store`` (a retriever has its own count).
         system_prompt: the system prompt, with ``{context}`` where the documents go (default: the tutorial's).
         format_documents: documents -> context text (default: their texts joined by blank lines).
+        context_in: ``"system"`` (the tutorial's way: the context replaces ``{context}`` in the system prompt) or
+            ``"user"`` (the system prompt without its ``{context}``, and the context written before the question
+            in the last user turn of this model call).
 
     Example:
         >>> from langchain.agents import create_agent
@@ -62,7 +67,8 @@ class SpringRAGMiddleware(AgentMiddleware):
 
     def __init__(self, retriever: Any = None, *, vector_store: Any = None, k: int = 4,
                  system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                 format_documents: Callable[[Sequence[Document]], str] = join_documents):
+                 format_documents: Callable[[Sequence[Document]], str] = join_documents,
+                 context_in: Literal["system", "user"] = "system"):
         super().__init__()
         if (retriever is None) == (vector_store is None):
             raise OptionError("SpringRAGMiddleware needs a retriever or a vector_store (one of them)")
@@ -73,8 +79,10 @@ class SpringRAGMiddleware(AgentMiddleware):
                               f"{type(vector_store).__name__}")
         if not isinstance(system_prompt, str) or "{context}" not in system_prompt:
             raise OptionError("system_prompt must be a string with a {context} placeholder")
+        if context_in not in ("system", "user"):
+            raise OptionError(f"context_in must be 'system' or 'user', got {context_in!r}")
         self.retriever, self.vector_store, self.k = retriever, vector_store, k
-        self.system_prompt, self.format_documents = system_prompt, format_documents
+        self.system_prompt, self.format_documents, self.context_in = system_prompt, format_documents, context_in
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse],
                         ) -> ModelResponse:
@@ -100,11 +108,16 @@ class SpringRAGMiddleware(AgentMiddleware):
 
     def _with_context(self, request: ModelRequest, question: str, documents: Sequence[Document]) -> ModelRequest:
         context = self.format_documents(documents)
-        system = SystemMessage(self.system_prompt.replace("{context}", context))
         settings = dict(request.model_settings)
         if isinstance(unwrap_binding(request.model), ChatSpring):
             settings["rag_inputs"] = {"context": context, "question": question}
-        return request.override(system_message=system, model_settings=settings)
+        if self.context_in == "system":
+            system = SystemMessage(self.system_prompt.replace("{context}", context))
+            return request.override(system_message=system, model_settings=settings)
+        system = SystemMessage(self.system_prompt.replace("{context}", "").strip())
+        last = max(i for i, message in enumerate(request.messages) if isinstance(message, HumanMessage))
+        messages = [*request.messages[:last], HumanMessage(f"{context}\n\n{question}"), *request.messages[last + 1:]]
+        return request.override(system_message=system, messages=messages, model_settings=settings)
 
 
 def _question(request: ModelRequest) -> str | None:

@@ -103,6 +103,21 @@ def test_the_two_step_agent_async_and_with_a_vector_store(chat, sm, retriever, s
     assert answer.content == reference(sm, [system, HumanMessage(QUESTION)], BlockAt(1, 0))
 
 
+def test_context_in_the_user_turn_goes_before_the_question_for_this_call_only(chat, sm, retriever):
+    agent = create_agent(chat, tools=[], middleware=[SpringRAGMiddleware(retriever, context_in="user")])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        state = agent.invoke({"messages": [HumanMessage(QUESTION)]})
+    assert no_spring_warnings(record) == []
+    assert [m.content for m in state["messages"][:1]] == [QUESTION]  # the state keeps the user's own message
+    answer = state["messages"][-1]
+    assert answer.usage_metadata["input_token_details"]["virtual"] == 8
+    context = ROWS[0]["text"]
+    system = SystemMessage(DEFAULT_SYSTEM_PROMPT.replace("{context}", "").strip())
+    turn = f"{context}\n\n{QUESTION}"
+    assert answer.content == reference(sm, [system, HumanMessage(turn)], BlockAt(1, len(context) + 2))
+
+
 def test_the_middleware_refuses_what_it_cannot_use(retriever):
     with pytest.raises(OptionError, match="retriever or a vector_store"):
         SpringRAGMiddleware()
@@ -110,6 +125,8 @@ def test_the_middleware_refuses_what_it_cannot_use(retriever):
         SpringRAGMiddleware(retriever, vector_store=object())
     with pytest.raises(OptionError, match="{context}"):
         SpringRAGMiddleware(retriever, system_prompt="Answer briefly.")
+    with pytest.raises(OptionError, match="context_in"):
+        SpringRAGMiddleware(retriever, context_in="human")
 
 
 # ----- retrieval the tracker cannot see: the template's own variables ------------------------------------------
