@@ -30,7 +30,7 @@ from spring_core.errors import ArtifactError, ModelMismatchError, SpringError
 
 MANIFEST_NAME = "spring.json"
 FORMAT_VERSION = 1
-KINDS = ("virtual-tokens", "lora-adapter", "prefix-adapter", "document-adapters", "poly-experts")
+KINDS = ("virtual-tokens", "lora-adapter", "prefix-adapter", "document-adapters", "poly-experts", "dyprag")
 _FINGERPRINT_ROWS = 64
 
 

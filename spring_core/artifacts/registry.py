@@ -6,6 +6,7 @@ kind              what ``open_artifact(folder, model)`` returns
 virtual-tokens    ``VirtualTokens`` (SPRING; SPRING+ when the manifest names the LoRA it was trained on)
 document-adapters ``DocumentAdapters`` (PRAG), hooks on ``model``
 poly-experts      ``PolyAdapters`` (Poly-PRAG), hooks on ``model``
+dyprag            ``DyPRAGAdapters`` (DyPRAG: adapters made by a translator on the fly), hooks on ``model``
 lora-adapter      nothing to open on its own: ``merge_lora`` folds it into a model copy you own
 ================  ==========================================================================================
 
@@ -58,10 +59,17 @@ def _open_poly_experts(folder: Path, model: Any, model_name: str) -> Any:
     return PolyAdapters.open(folder, model, model_name=model_name)
 
 
+def _open_dyprag(folder: Path, model: Any, model_name: str) -> Any:
+    from spring_core.parametric.dyprag import DyPRAGAdapters
+
+    return DyPRAGAdapters.open(folder, model, model_name=model_name)
+
+
 OPENERS: dict[str, Callable[[Path, Any, str], Any]] = {
     "virtual-tokens": _open_tokens,
     "document-adapters": _open_document_adapters,
     "poly-experts": _open_poly_experts,
+    "dyprag": _open_dyprag,
 }
 
 

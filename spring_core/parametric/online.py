@@ -9,7 +9,9 @@ Modes (the Parametric RAG paper's):
 =============  ================================================================================================
 
 A document without an adapter raises ``UnknownDocumentError`` unless ``missing_adapter="icl"``: then its passage goes
-into the prompt instead (in every knowledge mode) and a warning is logged, so the fallback is never silent.
+into the prompt instead (in every knowledge mode) and a warning is logged, so the fallback is never silent. A
+DyPRAG translator (``DyPRAGAdapters``) has an adapter for every document with an id and a passage: ``plan_call``
+hands it the call's documents (``prepare``) and it encodes the ones it has no adapter for when they are activated.
 
 Example:
     >>> adapters = open_adapters("adapters/", sm.model)
@@ -51,8 +53,10 @@ class ParametricDocument:
 
 
 def open_adapters(folder: str | Path, model: Any, *, model_name: str | None = None) -> Any:
-    """The adapters in ``folder`` for ``model``: a PRAG store (``DocumentAdapters``) or Poly-PRAG experts."""
-    return open_artifact(folder, model, model_name=model_name, kinds=("document-adapters", "poly-experts"))
+    """The adapters in ``folder`` for ``model``: a PRAG store (``DocumentAdapters``), Poly-PRAG experts, or a DyPRAG
+    translator (``DyPRAGAdapters``: any retrieved document gets its adapter at query time)."""
+    return open_artifact(folder, model, model_name=model_name,
+                         kinds=("document-adapters", "poly-experts", "dyprag"))
 
 
 def check_knowledge(knowledge: str, adapters: Any) -> None:
@@ -85,6 +89,9 @@ def plan_call(adapters: Any, documents: Sequence[ParametricDocument], *, knowled
     """
     check_knowledge(knowledge, adapters)
     options.choice("missing_adapter", missing_adapter, options.MISSING_ADAPTER)
+    prepare = getattr(adapters, "prepare", None)
+    if knowledge != "icl" and prepare is not None:  # adapters made from the text at query time (DyPRAG)
+        prepare(documents)
     with_adapter = [d for d in documents
                     if knowledge != "icl" and d.adapter_id is not None and d.adapter_id in adapters]
     without = [d for d in documents if d not in with_adapter]
