@@ -36,11 +36,20 @@ methods:
   poly   Poly-PRAG: --experts latent LoRA experts shared by all documents plus one routing vector per document,
          trained jointly. With --add, an existing --out keeps its experts frozen and only the new documents get
          routing vectors.
+  dyprag DyPRAG: a parameter translator that reads any document's adapter off the model's hidden state in one
+         forward pass, so new documents need no training. It learns from a PRAG store (--store, trained with
+         --method prag on the same augmented file): LM loss on each document's QA with the generated adapter
+         + --kl-weight * KL(PRAG adapter || generated) + --mse-weight * MSE(generated factors, PRAG's). --out gets
+         a translator artifact (open it like a store: adapters="translator/" encodes retrieved documents at query
+         time); with --encode CORPUS --translator T, --out gets a PRAG store of T's adapters for every document.
+         Training writes checkpoints every --checkpoint-every steps and on Ctrl-C; --resume continues.
 
 examples:
   spring-rag parametrize aug.jsonl --method prag --out adapters/
   spring-rag parametrize aug.jsonl --method poly --experts 16 --out poly/
   spring-rag parametrize more-aug.jsonl --method poly --out poly/ --add
+  spring-rag parametrize aug.jsonl --method dyprag --store adapters/ --out translator/
+  spring-rag parametrize --method dyprag --translator translator/ --encode corpus.jsonl --out dyprag-adapters/
 """
 
 
@@ -68,21 +77,24 @@ def add_parametric_parsers(commands: argparse._SubParsersAction) -> None:
     augment.add_argument("--quiet", action="store_true", help="no progress bar")
 
     encode = commands.add_parser(
-        "parametrize", help="PRAG step 2: encode augmented documents as LoRA adapters (prag) or routed experts (poly)",
+        "parametrize", help="PRAG step 2: encode augmented documents as LoRA adapters (prag), routed experts (poly) "
+                            "or a translator that makes adapters without training (dyprag)",
         description="Train parametric knowledge from `spring-rag augment` output; the result is used by SpringLLM / "
                     "ChatSpring (adapters=...) and spring_core.parametric.",
         epilog=PARAMETRIZE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    encode.add_argument("augmented", help="augmented JSONL from `spring-rag augment`")
-    encode.add_argument("--out", required=True, help="adapter store (prag) or expert artifact (poly) folder: new, or "
-                                                      "an earlier prag store (resumed) / poly folder (with --add); "
-                                                      "any other non-empty folder is refused")
-    encode.add_argument("--method", choices=["prag", "poly"], default="prag", help="default: prag")
+    encode.add_argument("augmented", nargs="?", help="augmented JSONL from `spring-rag augment` (not with --encode)")
+    encode.add_argument("--out", required=True, help="adapter store (prag, dyprag --encode), expert artifact (poly) "
+                                                      "or translator (dyprag) folder: new, or an earlier one of the "
+                                                      "same command (resumed; poly with --add); any other non-empty "
+                                                      "folder is refused")
+    encode.add_argument("--method", choices=["prag", "poly", "dyprag"], default="prag", help="default: prag")
     encode.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL})")
     encode.add_argument("--rank", type=int, default=2, help="LoRA rank (default: 2)")
     encode.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha (default: 32)")
-    encode.add_argument("--lr", type=float, default=3e-4, help="learning rate (default: 3e-4)")
-    encode.add_argument("--epochs", type=int, help="passes over each document's examples (default: prag 1, poly 2)")
+    encode.add_argument("--lr", type=float, help="learning rate (default: 3e-4; dyprag 1e-4)")
+    encode.add_argument("--epochs", type=int, help="passes over each document's examples (default: prag 1, poly 2, "
+                                                   "dyprag 1)")
     encode.add_argument("--docs-per-batch", type=int, default=8,
                         help="prag: documents trained side by side, same result as one by one (default: 8)")
     encode.add_argument("--half", action="store_true", help="store the adapters in float16 (half the disk)")
@@ -91,6 +103,20 @@ def add_parametric_parsers(commands: argparse._SubParsersAction) -> None:
     encode.add_argument("--routing-lr", type=float, default=1e-2, help="poly: routing learning rate (default: 1e-2)")
     encode.add_argument("--batch-size", type=int, default=8, help="poly: examples per step (default: 8)")
     encode.add_argument("--add", action="store_true", help="poly: add new documents to the experts in --out")
+    encode.add_argument("--store", help="dyprag: the PRAG store the translator learns from")
+    encode.add_argument("--width", type=int, default=32, help="dyprag: hidden width p of each translator head "
+                                                              "(default: 32)")
+    encode.add_argument("--kl-weight", type=float, default=0.01, help="dyprag: weight of KL(PRAG || generated) "
+                                                                      "(default: 0.01)")
+    encode.add_argument("--mse-weight", type=float, default=100.0, help="dyprag: weight of the MSE to PRAG's "
+                                                                        "factors (default: 100)")
+    encode.add_argument("--checkpoint-every", type=int, default=50, help="dyprag: steps between checkpoints "
+                                                                         "(default: 50)")
+    encode.add_argument("--resume", action="store_true", help="dyprag: continue the run whose checkpoints are in --out")
+    encode.add_argument("--encode", metavar="CORPUS", help="dyprag: write --translator's adapters for every document "
+                                                           "of this corpus JSONL ({id, title, text}) into the store "
+                                                           "--out (a rerun skips the documents already there)")
+    encode.add_argument("--translator", help="dyprag --encode: the translator folder")
     encode.add_argument("--seed", type=int, default=0, help="seed of the initialisation and order (default: 0)")
     encode.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -137,6 +163,10 @@ def run_parametrize(args: argparse.Namespace) -> None:
     from spring_train import parametrize as encoders
     from spring_train.augment import read_augmented
 
+    _check_method_flags(args)
+    if args.method == "dyprag":
+        _run_dyprag(args)
+        return
     out = Path(args.out)
     if not (out / "spring.json").exists():  # a store of this method resumes; any other folder is refused
         refuse_existing_output(out, "--out")
@@ -146,7 +176,7 @@ def run_parametrize(args: argparse.Namespace) -> None:
     sm = SpringModel.from_pretrained(args.model)
     dtype = "float16" if args.half else "float32"
     if args.method == "prag":
-        settings = encoders.PragSettings(rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs or 1,
+        settings = encoders.PragSettings(rank=args.rank, alpha=args.alpha, lr=_lr(args, 3e-4), epochs=args.epochs or 1,
                                          docs_per_batch=args.docs_per_batch, seed=args.seed, storage_dtype=dtype)
         report = encoders.parametrize(sm, augmented, args.out, settings, model_name=args.model,
                                       show_progress=not args.quiet)
@@ -164,7 +194,7 @@ def _run_poly(args: argparse.Namespace, sm: SpringModel, augmented: dict[str, di
     from spring_train import parametrize as encoders
 
     settings = encoders.PolySettings(experts=args.experts, top_experts=args.top_experts, rank=args.rank,
-                                     alpha=args.alpha, lr=args.lr, routing_lr=args.routing_lr,
+                                     alpha=args.alpha, lr=_lr(args, 3e-4), routing_lr=args.routing_lr,
                                      epochs=args.epochs or 2, batch_size=args.batch_size, seed=args.seed,
                                      storage_dtype=dtype)
     out = Path(args.out)
@@ -184,3 +214,69 @@ def _run_poly(args: argparse.Namespace, sm: SpringModel, augmented: dict[str, di
         manifest = {"encoding": {"method": "poly", "settings": {**asdict(settings), "targets": targets}}}
     poly.save(out, base_model_name=args.model, encoding=manifest.get("encoding"))
     return report
+
+
+def _check_method_flags(args: argparse.Namespace) -> None:
+    """Refuse flag combinations that would be silently ignored, naming what to do instead."""
+    if args.method != "dyprag":
+        used = [flag for flag, value in (("--store", args.store), ("--encode", args.encode),
+                                         ("--translator", args.translator), ("--resume", args.resume)) if value]
+        if used:
+            raise SpringError(f"{used[0]} belongs to --method dyprag; drop it or pass --method dyprag")
+        if args.augmented is None:
+            raise SpringError("parametrize needs the augmented JSONL from `spring-rag augment` as its first argument")
+        return
+    if args.encode is not None:
+        if args.translator is None:
+            raise SpringError("--encode needs --translator FOLDER (a translator from `parametrize --method dyprag`)")
+        if args.augmented is not None or args.store is not None or args.resume:
+            raise SpringError("--encode reads only the corpus and the translator; drop the augmented file, --store "
+                              "and --resume (train the translator in a separate run)")
+        return
+    if args.augmented is None or args.store is None:
+        raise SpringError("--method dyprag trains from an augmented JSONL and its PRAG store: pass AUGMENTED and "
+                          "--store STORE (or --encode CORPUS --translator T to encode with a trained translator)")
+    if args.translator is not None:
+        raise SpringError("--translator is for --encode; training writes its translator to --out")
+
+
+def _run_dyprag(args: argparse.Namespace) -> None:
+    from spring_core.model.spring_model import SpringModel
+
+    out = Path(args.out)
+    if args.encode is not None:
+        from spring_core.data import read_corpus
+        from spring_core.parametric.dyprag import DyPRAG
+        from spring_train.dyprag import encode_corpus
+
+        if not (out / "spring.json").exists():
+            refuse_existing_output(out, "--out")
+        corpus = read_corpus(args.encode)
+        sm = SpringModel.from_pretrained(args.model)
+        dyprag = DyPRAG.open(args.translator, sm.model, model_name=args.model)
+        encoded = encode_corpus(dyprag, corpus, out, model_name=args.model, show_progress=not args.quiet)
+        print(f"{args.out}: {encoded.encoded} documents encoded ({encoded.seconds_per_document:.3f} s/document), "
+              f"{encoded.skipped} already there")
+        return
+    from spring_train.augment import read_augmented
+    from spring_train.dyprag import DyPRAGSettings, check_output_folder, train_dyprag
+
+    check_output_folder(out, args.resume)
+    settings = DyPRAGSettings(width=args.width, lr=_lr(args, 1e-4), epochs=args.epochs or 1,
+                              kl_weight=args.kl_weight, mse_weight=args.mse_weight, seed=args.seed,
+                              checkpoint_every=args.checkpoint_every)
+    augmented = read_augmented(args.augmented)
+    sm = SpringModel.from_pretrained(args.model)
+    report = train_dyprag(sm, augmented, args.store, out, settings, model_name=args.model, resume=args.resume,
+                          show_progress=not args.quiet)
+    scores = report.scores
+    print(f"{args.out}: translator trained on {report.documents} documents ({report.steps} steps, "
+          f"{report.seconds:.1f} s); answer loss: no adapter {scores['loss_base']:.3f}, PRAG "
+          f"{scores['loss_prag']:.3f}, DyPRAG {scores['loss_dyprag']:.3f}; encoding "
+          f"{scores['encode_seconds_per_document']:.3f} s/document; {len(report.without_adapter)} documents "
+          f"without a PRAG adapter, {len(report.not_augmented)} without usable augmentation")
+
+
+def _lr(args: argparse.Namespace, default: float) -> float:
+    """``--lr`` when given, else the method's default."""
+    return default if args.lr is None else float(args.lr)

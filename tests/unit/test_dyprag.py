@@ -274,3 +274,57 @@ def test_the_translator_trains_and_encodes_on_other_families(family, tmp_path):
     modules = {name.rsplit(".", 2)[0] if family == "gpt2" else name for name in adapters.spec.modules}
     assert all(name.endswith(FAMILIES[family].mlp) for name in adapters.spec.modules) and len(modules) > 1
     assert set(adapters.adapter("yale")) == {f"{m}.lora_{p}" for m in adapters.spec.modules for p in "AB"}
+
+
+# ----- command line ------------------------------------------------------------------------------------------
+
+
+def test_cli_trains_resumes_encodes_and_refuses_bad_input_with_one_line(tiny_dir, prag_store, tmp_path, capsys):
+    from spring_cli import main
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        return code, out, "\n".join(errors) + "\n" if code == 2 else err
+
+    with pytest.raises(SystemExit):
+        main(["parametrize", "--help"])
+    help_text = capsys.readouterr().out
+    assert "dyprag" in help_text and "--encode CORPUS --translator T" in help_text and "--kl-weight" in help_text
+
+    aug = tmp_path / "aug.jsonl"
+    aug.write_text("".join(json.dumps(row) + "\n" for row in ROWS.values()))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in CORPUS))
+    model = ("--model", str(tiny_dir), "--quiet")
+    train = ("parametrize", str(aug), "--method", "dyprag", "--store", str(prag_store), "--out",
+             str(tmp_path / "t"), "--width", "8", "--lr", "3e-3", "--epochs", "2", *model)
+    code, out, err = cli(*train)
+    assert code == 0, err
+    assert "trained on 2 documents (4 steps" in out and "1 without usable augmentation" in out
+    code, _, err = cli(*train)
+    assert code == 2 and err.count("\n") == 1 and "already holds a finished artifact" in err
+    code, out, _ = cli("info", str(tmp_path / "t"))
+    assert code == 0 and json.loads(out)["kind"] == "dyprag" and json.loads(out)["scores"]["documents"] == 2
+
+    encode = ("parametrize", "--method", "dyprag", "--translator", str(tmp_path / "t"), "--encode", str(corpus),
+              "--out", str(tmp_path / "encoded"), *model)
+    code, out, err = cli(*encode)
+    assert code == 0 and "3 documents encoded" in out, err
+    code, out, _ = cli(*encode)
+    assert code == 0 and "0 documents encoded" in out and "3 already there" in out
+    code, out, _ = cli("info", str(tmp_path / "encoded"))
+    assert code == 0 and json.loads(out)["documents"] == 3
+
+    for bad, message in (
+        (("parametrize", str(aug), "--method", "dyprag", "--out", str(tmp_path / "x"), *model), "--store STORE"),
+        (("parametrize", "--method", "dyprag", "--encode", str(corpus), "--out", str(tmp_path / "x"), *model),
+         "--encode needs --translator"),
+        (("parametrize", str(aug), "--store", str(prag_store), "--out", str(tmp_path / "x"), *model),
+         "--store belongs to --method dyprag"),
+        (("parametrize", "--out", str(tmp_path / "x"), *model), "needs the augmented JSONL"),
+    ):
+        code, _, err = cli(*bad)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "x").exists()

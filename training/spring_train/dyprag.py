@@ -137,7 +137,7 @@ def train_dyprag(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], st
     model = sm.model
     freeze(model)
     out = Path(out)
-    _check_output(out, resume)
+    check_output_folder(out, resume)
     if not isinstance(store, AdapterStore):
         store = AdapterStore.open(store, model=model, model_name=model_name)
     usable, report = _usable(augmented)
@@ -290,7 +290,8 @@ def _store_record(store: AdapterStore) -> dict[str, Any]:
 # ----- checkpoints --------------------------------------------------------------------------------------------
 
 
-def _check_output(out: Path, resume: bool) -> None:
+def check_output_folder(out: Path, resume: bool) -> None:
+    """Refuse an ``out`` that would be overwritten, or a resume without checkpoints (before any model loads)."""
     has_checkpoints = (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).glob("step-*"))
     if resume and not has_checkpoints:
         raise ConfigError(f"--resume: {out / CHECKPOINTS} holds no checkpoint to continue from")
