@@ -22,14 +22,22 @@ translator's, the regression error, and the seconds per document to encode.
 ``encode_corpus`` then writes the translator's adapters for any corpus into a PRAG ``AdapterStore``, resumable.
 
 Example:
-    >>> report = train_dyprag(sm, read_augmented("aug.jsonl"), "adapters/", "translator/",
-    ...                       DyPRAGSettings(width=8, lr=1e-3), model_name="tiny", show_progress=False)
-    >>> report.steps, report.final["loss"] < report.first["loss"]
-    (2, True)
+    >>> from spring_train.parametrize import PragSettings, parametrize
+    >>> augmented = {
+    ...     "harvard": {"status": "ok", "title": "Harvard", "text": "Harvard is named after John Harvard.",
+    ...                 "qa": [{"question": "Who is Harvard named after?", "answer": "John Harvard"}]},
+    ...     "yale": {"status": "ok", "title": "Yale", "text": "Yale is in New Haven.",
+    ...              "qa": [{"question": "Where is Yale?", "answer": "New Haven"}]}}
+    >>> _ = parametrize(sm, augmented, "prag/", PragSettings(lr=2e-2, epochs=3), model_name="tiny",
+    ...                 show_progress=False)                                # the PRAG pairs to learn from
+    >>> report = train_dyprag(sm, augmented, "prag/", "translator/", DyPRAGSettings(width=8, lr=3e-3, epochs=5),
+    ...                       model_name="tiny", show_progress=False)
+    >>> report.steps, report.final["loss"] < report.first["loss"]          # one step per document and epoch
+    (10, True)
     >>> dyprag = DyPRAG.open("translator/", sm.model)
-    >>> encode_corpus(dyprag, read_corpus("corpus.jsonl"), "dyprag-adapters/", model_name="tiny",
-    ...               show_progress=False).encoded
-    3
+    >>> encode_corpus(dyprag, [{"id": "rice", "title": "Rice", "text": "Rice is in Houston."}], "encoded/",
+    ...               model_name="tiny", show_progress=False).encoded      # a new document, no training
+    1
 """
 
 from __future__ import annotations
@@ -106,17 +114,26 @@ class DyPRAGSettings:
 
 @dataclass
 class DyPRAGReport:
-    """What a training run did: steps, seconds, the first and last step's losses, the scores, skipped documents."""
+    """What a training run did: steps, seconds, the mean losses of every epoch, the scores, skipped documents."""
 
     artifact: Path
     documents: int = 0
     steps: int = 0
     seconds: float = 0.0
-    first: dict[str, float] = field(default_factory=dict)
-    final: dict[str, float] = field(default_factory=dict)
+    epochs: list[dict[str, float]] = field(default_factory=list)  # per epoch: the mean of each loss part
     scores: dict[str, float] = field(default_factory=dict)
     without_adapter: list[str] = field(default_factory=list)
     not_augmented: list[str] = field(default_factory=list)
+
+    @property
+    def first(self) -> dict[str, float]:
+        """The first epoch's mean losses (each document once, so epochs compare on the same documents)."""
+        return self.epochs[0] if self.epochs else {}
+
+    @property
+    def final(self) -> dict[str, float]:
+        """The last epoch's mean losses."""
+        return self.epochs[-1] if self.epochs else {}
 
 
 @dataclass
@@ -152,7 +169,7 @@ def train_dyprag(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], st
     translator = ParameterTranslator(config, seed=settings.seed).to(_device(model))
     optimizer = torch.optim.AdamW(translator.parameters(), lr=settings.lr, weight_decay=0.0)
     record = {"settings": settings.record(), "store": _store_record(store), "documents": [d for d, _ in pairs]}
-    start_step, seconds_before = (_restore(out, record, translator, optimizer) if resume else (0, 0.0))
+    start_step, seconds_before, sums = (_restore(out, record, translator, optimizer) if resume else (0, 0.0, []))
 
     docs = _prepare(sm, pairs, store, settings, show_progress)
     total = settings.epochs * len(docs)
@@ -169,28 +186,33 @@ def train_dyprag(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], st
                 losses["loss"].backward()
                 optimizer.step()
                 completed = step + 1
-                values = {key: round(float(value.detach()), 6) for key, value in losses.items()}
-                report_out.first = report_out.first or values
-                report_out.final = values
+                values = {key: float(value.detach()) for key, value in losses.items()}
+                if step % len(docs) == 0:
+                    sums.append({key: 0.0 for key in (*values, "steps")})
+                sums[-1].update({key: sums[-1][key] + value for key, value in values.items()},
+                                steps=sums[-1]["steps"] + 1)
                 progress.update(1)
                 progress.set_postfix(loss=f"{values['loss']:.3f}", mse=f"{values['mse']:.2e}")
                 if completed % settings.checkpoint_every == 0 and completed < total:
-                    _save_checkpoint(out, record, translator, optimizer, completed, time.perf_counter() - started)
+                    _save_checkpoint(out, record, translator, optimizer, completed, time.perf_counter() - started,
+                                     sums)
                 if on_step is not None:
                     on_step({"step": completed, **values})
         except KeyboardInterrupt:
-            _save_checkpoint(out, record, translator, optimizer, completed, time.perf_counter() - started)
+            _save_checkpoint(out, record, translator, optimizer, completed, time.perf_counter() - started, sums)
             progress.close()
             raise TrainingInterrupted(f"interrupted after step {completed} of {total}; a checkpoint is saved in "
                                       f"{out / CHECKPOINTS}. Run the same command with --resume to continue.") from None
         progress.close()
         report_out.steps, report_out.seconds = total, time.perf_counter() - started
+        report_out.epochs = [{key: round(value / epoch["steps"], 6) for key, value in epoch.items() if key != "steps"}
+                             for epoch in sums]
         translator.eval()
         dyprag = DyPRAG(translator, model, sm.tokenizer)
         report_out.scores = score(dyprag, hooks, docs, [row for _, row in pairs])
     dyprag.save(out, base_model_name=model_name, training={**settings.record(), "steps": total,
                                                            "seconds": round(report_out.seconds, 1),
-                                                           "final": report_out.final},
+                                                           "epoch_losses": report_out.epochs},
                 scores=report_out.scores, source_store=record["store"], documents=len(docs))
     if not settings.keep_checkpoints:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
@@ -306,7 +328,7 @@ def check_output_folder(out: Path, resume: bool) -> None:
 
 
 def _save_checkpoint(out: Path, record: dict[str, Any], translator: ParameterTranslator, optimizer: Any, step: int,
-                     seconds: float) -> None:
+                     seconds: float, sums: list[dict[str, float]]) -> None:
     """``checkpoints/step-N``, complete or absent (written in a scratch folder, then renamed); keeps the last two."""
     folder = out / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
@@ -315,7 +337,7 @@ def _save_checkpoint(out: Path, record: dict[str, Any], translator: ParameterTra
     final, scratch = folder / f"step-{step:07d}", folder / f".tmp-step-{step:07d}-{os.getpid()}"
     scratch.mkdir()
     try:
-        save_state(scratch, {"step": step, "seconds": seconds, "record": record,
+        save_state(scratch, {"step": step, "seconds": seconds, "record": record, "epoch_sums": sums,
                              "translator": translator.state_dict(), "optimizer": optimizer.state_dict()})
         if final.exists():
             shutil.rmtree(final)
@@ -327,7 +349,8 @@ def _save_checkpoint(out: Path, record: dict[str, Any], translator: ParameterTra
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _restore(out: Path, record: dict[str, Any], translator: ParameterTranslator, optimizer: Any) -> tuple[int, float]:
+def _restore(out: Path, record: dict[str, Any], translator: ParameterTranslator,
+             optimizer: Any) -> tuple[int, float, list[dict[str, float]]]:
     """Load the newest checkpoint into the run (refused when its settings, store or documents differ)."""
     latest = sorted((out / CHECKPOINTS).glob("step-*"))[-1]
     state = load_state(latest)
@@ -339,7 +362,7 @@ def _restore(out: Path, record: dict[str, Any], translator: ParameterTranslator,
     try:
         translator.load_state_dict(state["translator"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
-        return int(state["step"]), float(state.get("seconds", 0.0))
+        return int(state["step"]), float(state.get("seconds", 0.0)), list(state["epoch_sums"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{latest / STATE_JSON} does not fit this run ({exc}); delete {latest} to resume from "
                               "the checkpoint before it") from exc
