@@ -264,10 +264,10 @@ class DyPRAG:
         return adapter
 
     def adapters(self, *, store: AdapterStore | None = None, merge: str = "sum", cache_size: int = 32,
-                 encoded_cache_size: int = 1024) -> DyPRAGAdapters:
+                 encoded_cache_size: int = 64, text_cache_size: int = 4096) -> DyPRAGAdapters:
         """The adapter set the knowledge modes use (hooks on the model); see ``DyPRAGAdapters``."""
         return DyPRAGAdapters(self, store=store, merge=merge, cache_size=cache_size,
-                              encoded_cache_size=encoded_cache_size)
+                              encoded_cache_size=encoded_cache_size, text_cache_size=text_cache_size)
 
     # ----- files ---------------------------------------------------------------------------------------------
 
@@ -316,7 +316,8 @@ class DyPRAGAdapters(CachedAdapters):
 
     The knowledge modes (``plan_call``) hand each call's documents to ``remember`` first, so a retrieved document
     with an id and a text needs no stored adapter; its adapter is encoded when a call first activates it and
-    kept, by document id, in a bounded cache of ``encoded_cache_size`` adapters that this object owns.
+    kept, by document id, in a bounded cache that this object owns (an adapter is ~1.5 MB for SmolLM2-135M, so
+    the default 64 hold ~100 MB; a document encoded again costs one forward pass of the model).
 
     Args:
         dyprag: the translator on its base model.
@@ -325,22 +326,25 @@ class DyPRAGAdapters(CachedAdapters):
             and the vLLM merge do; a precomputed store answers the same), or ``"mean"``, the paper's average of
             the ``A`` and of the ``B`` factors, one rank-``r`` update.
         cache_size: how many document combinations keep their stacked update.
-        encoded_cache_size: how many documents keep their generated adapter (and texts their id).
+        encoded_cache_size: how many documents keep their generated adapter.
+        text_cache_size: how many documents' texts are remembered (the most recent; at least the documents of the
+            calls in flight).
     """
 
     def __init__(self, dyprag: DyPRAG, *, store: AdapterStore | None = None, merge: str = "sum",
-                 cache_size: int = 32, encoded_cache_size: int = 1024):
+                 cache_size: int = 32, encoded_cache_size: int = 64, text_cache_size: int = 4096):
         if merge not in MERGES:
             raise OptionError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
-        if not isinstance(encoded_cache_size, int) or encoded_cache_size < 1:
-            raise OptionError(f"encoded_cache_size must be a positive integer, got {encoded_cache_size!r}")
+        for name, size in (("encoded_cache_size", encoded_cache_size), ("text_cache_size", text_cache_size)):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise OptionError(f"{name} must be a positive integer, got {size!r}")
         if store is not None and store.spec != dyprag.spec:
             raise ArtifactError(f"the store {store.folder} holds rank {store.spec.rank} adapters on other modules "
                                 "or settings than the translator emits; pair the translator with a store it encoded")
         super().__init__(AdapterHooks(dyprag.model, list(dyprag.spec.modules)), cache_size)
         self.dyprag, self.store, self.merge = dyprag, store, merge
         self.spec = dyprag.spec
-        self.encoded_cache_size = encoded_cache_size
+        self.encoded_cache_size, self.text_cache_size = encoded_cache_size, text_cache_size
         self._texts: OrderedDict[str, Passage] = OrderedDict()
         self._encoded: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._encode_lock = threading.Lock()
@@ -352,7 +356,7 @@ class DyPRAGAdapters(CachedAdapters):
         with self._encode_lock:
             self._texts[doc_id] = document
             self._texts.move_to_end(doc_id)
-            while len(self._texts) > self.encoded_cache_size:
+            while len(self._texts) > self.text_cache_size:
                 self._texts.popitem(last=False)
 
     def prepare(self, documents: Sequence[Any]) -> None:

@@ -218,15 +218,18 @@ def test_on_the_fly_adapters_equal_precomputed_ones_and_answer_in_both_modes(sm,
 
 def test_the_encoded_cache_is_bounded_and_unknown_documents_are_named(sm, trained):
     dyprag = DyPRAG.open(trained[0], sm.model)
-    with DyPRAGAdapters(dyprag, encoded_cache_size=2) as adapters:
+    with DyPRAGAdapters(dyprag, encoded_cache_size=1, text_cache_size=2) as adapters:
         for row in CORPUS:
             adapters.remember(row["id"], row)
-        adapters.update_for(["yale", "new"])
-        assert len(adapters._encoded) == 2 and "harvard" not in adapters  # the oldest text was dropped
+        assert "harvard" not in adapters and "yale" in adapters  # the oldest text was dropped
+        update = adapters.update_for(["yale", "new"])  # more documents than the cache holds still combine
+        assert update.rank == 4 and list(adapters._encoded) == ["new"]
         with pytest.raises(UnknownDocumentError, match="no adapter and no text for document 'harvard'"):
             adapters.update_for(["harvard"])
     with pytest.raises(OptionError, match="merge"):
         DyPRAGAdapters(dyprag, merge="max")
+    with pytest.raises(OptionError, match="text_cache_size"):
+        DyPRAGAdapters(dyprag, text_cache_size=0)
 
 
 def test_mean_merge_averages_the_factors_and_sum_stacks_them(sm, trained):
