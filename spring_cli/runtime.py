@@ -78,6 +78,8 @@ adapters the clients write. Anything after -- goes to vLLM unchanged, e.g. its o
   spring-rag serve {DEFAULT_MODEL} --port 8001 --adapters                                      (a second, PRAG server)
 
 then point a client at it:  SpringLLM(tokens=..., backend="http://127.0.0.1:8000")
+--api-key KEY (or VLLM_API_KEY in the environment, which vLLM reads itself) makes the server refuse requests
+without that key; clients send it with api_key=KEY or their own VLLM_API_KEY.
 vLLM pins its own torch and transformers: install it in a venv of its own (.venv-vllm; `bash scripts/bootstrap.sh
 --serving` makes one) or pass --python. --print-command shows the command instead of running it.
 """
@@ -101,6 +103,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                        help="largest merged adapter rank: documents per query x their rank (default: 64)")
     serve.add_argument("--max-loras", type=int, default=4, help="adapters in one batch at once (default: 4)")
     serve.add_argument("--served-model-name", help="the name clients use (default: the alias or folder name)")
+    serve.add_argument("--api-key", help="a bearer key every request must carry (default: $VLLM_API_KEY if set, "
+                                         "else none); handed to vLLM as its VLLM_API_KEY, out of the process list")
     serve.add_argument("--python", help="the interpreter that has vLLM (default: $SPRING_RAG_VLLM_PYTHON, then "
                                         ".venv-vllm, then this one)")
     serve.add_argument("--print-command", action="store_true", help="print the command instead of running it")
@@ -149,9 +153,11 @@ def run_serve(args: argparse.Namespace) -> None:
 
     argv, env = vllm_command(args.model, python=vllm_python(args.python), host=args.host, port=args.port,
                              dtype=args.dtype, adapters=args.adapters, max_lora_rank=args.max_lora_rank,
-                             max_loras=args.max_loras, served_model_name=args.served_model_name, extra=args.extra)
+                             max_loras=args.max_loras, served_model_name=args.served_model_name,
+                             api_key=args.api_key, extra=args.extra)
     if args.print_command:
-        added = [f"{name}={value}" for name, value in env.items() if os.environ.get(name) != value]
+        added = [f"{name}={'<the key given>' if name == 'VLLM_API_KEY' else value}"  # keys stay out of logs
+                 for name, value in env.items() if os.environ.get(name) != value]
         print(shlex.join(["env", *added, *argv] if added else argv))
         return
     sys.stdout.flush()

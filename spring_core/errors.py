@@ -90,3 +90,9 @@ class ServerReplyError(ServerError):
 class DeadlineError(ServerError, TimeoutError):
     """A call to a server outlived its whole-call ``deadline`` (connecting, retries, back-off and streaming
     included)."""
+
+
+class ServerAuthError(ServerError):
+    """A server refused the request for its API key (401 / 403): none was sent, or not one of its keys. The message
+    says how to pass one (``api_key=``, or the ``VLLM_API_KEY`` environment variable); such a request is never
+    retried."""

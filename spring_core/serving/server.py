@@ -5,7 +5,9 @@
 with ``--enable-prompt-embeds``; ``--adapters`` adds ``--enable-lora`` and run-time adapter loading. vLLM pins
 its own torch and transformers, so it usually lives in a virtual environment of its own: the server runs with the
 Python of ``--python``, else ``$SPRING_RAG_VLLM_PYTHON``, else ``.venv-vllm`` in the current folder, else this
-interpreter when it can import vLLM.
+interpreter when it can import vLLM. ``api_key`` makes the server refuse requests without that bearer key: it is
+handed to vLLM as its own ``VLLM_API_KEY`` environment variable (the same as vLLM's ``--api-key``, but out of the
+process list), and a ``VLLM_API_KEY`` already set is passed through unchanged.
 
 Example:
     >>> argv, env = vllm_command("./my-llama", python="python3", port=8001, adapters=True)  # or "smollm2-135m"
@@ -51,8 +53,11 @@ def vllm_python(python: str | None = None) -> str:
 
 def vllm_command(model: str, *, python: str, host: str = "127.0.0.1", port: int = 8000, dtype: str = "auto",
                  adapters: bool = False, max_lora_rank: int = 64, max_loras: int = 4,
-                 served_model_name: str | None = None, extra: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+                 served_model_name: str | None = None, api_key: str | None = None,
+                 extra: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that serve ``model`` (an alias, folder, ``.gguf`` file or hub id).
+
+    ``api_key``: the bearer key clients must send (``VLLMBackend(api_key=...)``, or ``$VLLM_API_KEY`` on their side).
 
     ``extra`` is passed to vLLM unchanged (``--tensor-parallel-size 4``, ``--max-model-len 4096``, ...).
     """
@@ -61,6 +66,8 @@ def vllm_command(model: str, *, python: str, host: str = "127.0.0.1", port: int 
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", source, "--served-model-name", name,
             "--host", host, "--port", str(port), "--dtype", dtype, "--enable-prompt-embeds"]
     env = dict(os.environ)
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
     if adapters:
         argv += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras)]
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "true"

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,7 @@ from typing import Any
 
 import torch
 
-from spring_core.errors import ModelMismatchError, ServerError, ServerReplyError
+from spring_core.errors import ModelMismatchError, OptionError, ServerAuthError, ServerError, ServerReplyError
 from spring_core.generation import GenerationStream
 from spring_core.model.healing import visible
 from spring_core.model.loading import spring_home
@@ -46,6 +47,9 @@ from spring_core.serving.peft_export import write_peft_adapter
 from spring_core.types import Generation, GenerationSettings, PromptParts, Usage
 
 PROBE_TEXT = "The history of the city begins in the year"
+API_KEY_ENV = "VLLM_API_KEY"
+"""The environment variable a client's key comes from when ``api_key`` is not given: the one vLLM's server reads
+its own key from, so one variable can serve both sides."""
 FINISH_REASONS = frozenset({"stop", "length"})
 """The server's finish reasons this backend reports (``abort`` or anything else is an error, not an answer)."""
 
@@ -74,7 +78,9 @@ class VLLMBackend:
     Args:
         base_url: the server, e.g. ``"http://127.0.0.1:8000"`` (a trailing ``/v1`` is accepted).
         model: the served model name to use (default: the only / first one the server lists).
-        api_key: sent as a bearer token (the server's ``--api-key``).
+        api_key: sent as a bearer token: the server's ``--api-key`` (``spring-rag serve --api-key``). Default: the
+            ``VLLM_API_KEY`` environment variable, if set; ``""`` sends no key. A server that refuses the key (401 /
+            403) raises ``ServerAuthError`` at once (never retried); the key never appears in messages.
         request_timeout: seconds one HTTP request may wait to connect, to send, or for each read.
         deadline: seconds one whole call may take (connecting, every try, back-off, streaming; ``None``: no
             limit); past it a ``DeadlineError`` (a ``TimeoutError``) is raised and the stream closed.
@@ -106,7 +112,8 @@ class VLLMBackend:
             raise ValueError(f"embeds must be 'block' or 'always', got {embeds!r}")
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.model = model
-        self.api_key = api_key
+        self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        self._key_source = "api_key=" if api_key else f"${API_KEY_ENV}" if self.api_key else None
         self.deadline = deadline
         self.http = ServerClient(self.base_url, headers=self._headers(), request_timeout=request_timeout,
                                  max_retries=max_retries, backoff=backoff, error_for=self._error_for)
@@ -254,19 +261,21 @@ class VLLMBackend:
         else:
             body["prompt"] = ids
         reply = self.http.json("POST", "/v1/completions", body, deadline=deadline)
-        logprobs = _choice(reply, "/v1/completions").get("logprobs") or {}
-        token = str((logprobs.get("tokens") or ["?"])[0])
-        served_logprob = float((logprobs.get("token_logprobs") or [math.nan])[0])
-        token_id = int(token.removeprefix("token_id:")) if token.startswith("token_id:") else -1
-        local_logprob = float(local[token_id]) if 0 <= token_id < local.numel() else math.nan
+        token_id, served_logprob = _probe_answer(reply)
+        what = "embeddings" if as_embeds else "token ids"
+        intro = (f"the server at {self.base_url} serves {self.model!r}, which does not answer like this model "
+                 f"({spring.name}): on a probe prompt sent as {what}, the server's next token")
+        fix = ("Start the server on the model the tokens were trained for (`spring-rag serve <model>`), or pass "
+               "check_model=False")
+        if not 0 <= token_id < local.numel():  # its vocabulary is larger than this one's: another model
+            raise ModelMismatchError(f"{intro} has id {token_id}, outside this model's vocabulary of "
+                                     f"{local.numel()} tokens. {fix}")
+        local_logprob = float(local[token_id])
         if not abs(served_logprob - local_logprob) <= self.probe_tolerance:
-            what = "embeddings" if as_embeds else "token ids"
+            text = spring.tokenizer.decode([token_id])
             raise ModelMismatchError(
-                f"the server at {self.base_url} serves {self.model!r}, which does not answer like this model "
-                f"({spring.name}): on a probe prompt sent as {what}, the server's next token {token} has log-prob "
-                f"{served_logprob:.3f}, the local model gives it {local_logprob:.3f}. Start the server on the model "
-                "the tokens were trained for (`spring-rag serve <model>`), or pass check_model=False"
-            )
+                f"{intro} (id {token_id}, {text!r} here) has log-prob {served_logprob:.3f}, this model gives it "
+                f"{local_logprob:.3f} (tolerance {self.probe_tolerance:g}). {fix}")
 
     # ----- requests ------------------------------------------------------------------------------------------
 
@@ -344,18 +353,34 @@ class VLLMBackend:
         """The error for a refusing status: it names the flag to start the server with when that is the cause."""
         message = _error_message(text)
         lowered = message.lower()
-        if ("prompt_embeds" in lowered or "prompt embeds" in lowered) and ("enable" in lowered or "not" in lowered
-                                                                            and "support" in lowered):
+        if status in (401, 403):
+            return ServerAuthError(self._auth_message(status, message))
+        about_embeds = "prompt_embeds" in lowered or "prompt embeds" in lowered
+        if about_embeds and any(word in lowered for word in ("hidden_size", "hidden size", "shape", "match")):
+            return ServerError(f"the server at {self.base_url} refused the prompt embeddings as the wrong width or "
+                               f"shape ({message}): it serves another model than the one this client made them "
+                               "with; start it on the client's model (`spring-rag serve <model>`), or point the "
+                               "client at a server of its model")
+        if about_embeds and ("enable" in lowered or "not" in lowered and "support" in lowered):
             return ServerError(f"the server at {self.base_url} does not take prompt embeddings ({message}); start "
                                "it with --enable-prompt-embeds (`spring-rag serve` does)")
-        if "prompt_embeds" in lowered or "prompt embeds" in lowered:
-            return ServerError(f"the server at {self.base_url} refused the prompt embeddings ({message}); a width "
-                               "or shape mismatch means it serves another model than the one the embeddings were "
-                               "made with: start it on the same model")
+        if about_embeds:
+            return ServerError(f"the server at {self.base_url} refused the prompt embeddings ({message})")
         if status == 404 and "model" in lowered:
             return ServerError(f"the server at {self.base_url} does not serve that model or adapter ({message}); "
                                "LoRA adapters need --enable-lora (`spring-rag serve --adapters`)")
         return ServerError(f"the vLLM server at {self.base_url} answered {status}: {message}")
+
+
+    def _auth_message(self, status: int, message: str) -> str:
+        how = (f"pass the server's key as api_key= (VLLMBackend(url, api_key=...), as_backend(url, api_key=...)) or "
+               f"set ${API_KEY_ENV}; the server's key is its --api-key (`spring-rag serve --api-key`) or the "
+               f"${API_KEY_ENV} it was started with")
+        said = f"{status} {'Unauthorized' if status == 401 else 'Forbidden'}: {message}"
+        if self._key_source is None:
+            return f"the server at {self.base_url} needs an API key and none was sent ({said}); {how}"
+        return (f"the server at {self.base_url} refused the API key sent (from {self._key_source}; {said}): it is not "
+                f"one of the server's keys; {how}")
 
 
 def _sampling(settings: GenerationSettings) -> dict[str, Any]:
@@ -376,6 +401,22 @@ def _choice(reply: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
         raise ServerReplyError(f"the server's reply to {what} holds no choice: {json.dumps(reply, default=str)[:200]}")
     return choices[0]
+
+
+def _probe_answer(reply: Any) -> tuple[int, float]:
+    """The next token's id and log-prob in the reply to the model-check probe (``logprobs=1`` and
+    ``return_tokens_as_token_ids``), or a ``ServerReplyError`` that shows what came instead."""
+    logprobs = _choice(reply, "the model-check probe").get("logprobs")
+    tokens = logprobs.get("tokens") if isinstance(logprobs, Mapping) else None
+    values = logprobs.get("token_logprobs") if isinstance(logprobs, Mapping) else None
+    token = str(tokens[0]) if isinstance(tokens, list) and tokens else ""
+    value = values[0] if isinstance(values, list) and values else None
+    number = token.removeprefix("token_id:")
+    if number == token or not number.isdigit() or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ServerReplyError("the server's reply to the model-check probe holds no next-token id and log-prob "
+                               f"(asked with logprobs=1, return_tokens_as_token_ids=true): {logprobs!r:.200}; is it "
+                               "a vLLM server? check_model=False skips the check")
+    return int(number), float(value)
 
 
 def _generation(reply: Any, prepared: _Prepared) -> Generation:
@@ -459,13 +500,27 @@ def _adapters_identity(adapters: Any, doc_ids: Sequence[str]) -> Any:
     return json.dumps(getattr(adapters, "manifest", None) or {}, sort_keys=True, default=str)
 
 
-def as_backend(backend: Any, *, deadline: float | None = None, max_retries: int | None = None) -> Any:
+def as_backend(backend: Any, *, api_key: str | None = None, deadline: float | None = None,
+               max_retries: int | None = None) -> Any:
     """What the integrations' ``backend=`` takes: ``None`` (in process), a server URL (a ``VLLMBackend`` with the
-    whole-call ``deadline`` and ``max_retries`` when given), or a backend object such as ``VLLMBackend``."""
-    if backend is None or not isinstance(backend, str):
-        return backend
-    if not backend.startswith(("http://", "https://")):
-        raise ValueError(f"backend must be None, a server URL such as 'http://127.0.0.1:8000', or a VLLMBackend; "
-                         f"got {backend!r}")
-    options = {"deadline": deadline, "max_retries": max_retries}
-    return VLLMBackend(backend, **{key: value for key, value in options.items() if value is not None})
+    ``api_key`` -- default ``$VLLM_API_KEY`` --, the whole-call ``deadline`` and ``max_retries`` when given), or a
+    backend object such as ``VLLMBackend`` (which carries its own key).
+
+    Example:
+        >>> as_backend("http://127.0.0.1:8000", api_key="k", deadline=30)
+        VLLMBackend('http://127.0.0.1:8000', model=None)
+        >>> as_backend("127.0.0.1:8000")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        spring_core.errors.OptionError: backend must be None (in process), a server URL such as ...
+    """
+    if isinstance(backend, str):
+        if not backend.startswith(("http://", "https://")):
+            raise OptionError(f"backend must be None (in process), a server URL such as 'http://127.0.0.1:8000', or "
+                              f"a VLLMBackend; got {backend!r} (a URL needs its http:// or https://)")
+        options = {"api_key": api_key, "deadline": deadline, "max_retries": max_retries}
+        return VLLMBackend(backend, **{key: value for key, value in options.items() if value is not None})
+    if api_key is not None:
+        where = "in process (backend=None) no key is used" if backend is None else \
+            f"backend {backend!r} is an object: give it its key (VLLMBackend(url, api_key=...))"
+        raise OptionError(f"api_key is sent to a server named by URL (backend='http://host:8000'); {where}")
+    return backend

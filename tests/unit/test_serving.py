@@ -17,7 +17,7 @@ from peft import PeftModel
 from spring_cli import main
 from spring_core import SpringModel
 from spring_core.engine import Engine, Request
-from spring_core.errors import ServerError
+from spring_core.errors import OptionError, ServerError
 from spring_core.model.loading import load_model
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec
 from spring_core.parametric.online import ParametricDocument
@@ -77,6 +77,14 @@ def test_serve_prints_the_vllm_command_with_the_flags_spring_needs(capsys, tiny_
     assert env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING") == os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING")
 
 
+def test_serve_api_key_reaches_vllm_as_its_own_variable_and_stays_out_of_argv_and_print(capsys, tiny_dir):
+    argv, env = vllm_command(str(tiny_dir), python="py", api_key="s3cret")
+    assert env["VLLM_API_KEY"] == "s3cret" and "s3cret" not in " ".join(argv)  # argv is world-readable (ps)
+    assert main(["serve", str(tiny_dir), "--python", "py", "--api-key", "s3cret", "--print-command"]) == 0
+    line = capsys.readouterr().out
+    assert "'VLLM_API_KEY=<the key given>'" in line and "s3cret" not in line
+
+
 def test_serve_without_vllm_says_how_to_get_it(capsys, tmp_path, monkeypatch, tiny_dir):
     monkeypatch.chdir(tmp_path)  # no .venv-vllm here
     monkeypatch.delenv("SPRING_RAG_VLLM_PYTHON", raising=False)
@@ -105,5 +113,5 @@ def test_marginal_decoding_is_refused_on_a_server_before_any_request(tiny):
     docs = [ParametricDocument(None, "X is Y.", 1.0)]
     with pytest.raises(ServerError, match="decoding 'rag-token' cannot be served"):
         engine.generate(Request(question="Who?", documents=docs, k=0, decoding="rag-token"))
-    with pytest.raises(ValueError, match="server URL"):
+    with pytest.raises(OptionError, match="backend must be .* server URL"):
         as_backend("127.0.0.1:8000")

@@ -19,9 +19,16 @@ from collections.abc import Callable
 import pytest
 
 from spring_core import SpringModel
-from spring_core.errors import DeadlineError, ServerError, ServerReplyError
+from spring_core.errors import (
+    DeadlineError,
+    ModelMismatchError,
+    OptionError,
+    ServerAuthError,
+    ServerError,
+    ServerReplyError,
+)
 from spring_core.options import generation_settings
-from spring_core.serving import VLLMBackend
+from spring_core.serving import VLLMBackend, as_backend
 from spring_core.types import PromptParts
 
 PROMPT = PromptParts("Question: 2+2?\nAnswer:")
@@ -37,20 +44,33 @@ def delta(text: str, finish: str | None = None) -> bytes:
 
 
 class FaultyServer:
-    """A threaded HTTP server whose /v1/completions does what ``script(handler, body)`` says; it counts POSTs."""
+    """A threaded HTTP server whose /v1/completions does what ``script(handler, body)`` says; it counts POSTs and
+    requests. With ``key``, it refuses every request without ``Authorization: Bearer <key>`` as vLLM's own
+    authentication does (401, ``{"error": "Unauthorized"}``), or with ``refuse`` instead of 401."""
 
-    def __init__(self, script: Callable[[http.server.BaseHTTPRequestHandler, dict], None]):
+    def __init__(self, script: Callable[[http.server.BaseHTTPRequestHandler, dict], None], *,
+                 key: str | None = None, refuse: int = 401):
         owner = self
-        self.posts = 0
+        self.posts = self.requests = 0
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def authorized(self) -> bool:
+                owner.requests += 1
+                if key is None or self.headers.get("Authorization") == f"Bearer {key}":
+                    return True
+                self.reply(refuse, json.dumps({"error": "Unauthorized"}).encode())
+                return False
+
             def do_GET(self):
-                self.reply(200, json.dumps(MODELS).encode(), "application/json")
+                if self.authorized():
+                    self.reply(200, json.dumps(MODELS).encode(), "application/json")
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if not self.authorized():
+                    return
                 owner.posts += 1
                 try:
                     script(self, body)
@@ -87,8 +107,8 @@ class FaultyServer:
 def serve():
     servers = []
 
-    def start(script):
-        servers.append(FaultyServer(script))
+    def start(script, **options):
+        servers.append(FaultyServer(script, **options))
         return servers[-1]
 
     yield start
@@ -276,3 +296,132 @@ def test_a_server_killed_mid_stream_says_so_once(serve, sm):
     with pytest.raises(ServerReplyError) as caught:
         stream_text(backend(server, max_retries=3), sm)
     assert server.posts == 1 and "tries" not in str(caught.value)
+
+
+# ----- API keys ----------------------------------------------------------------------------------------------
+
+
+def answer(handler, body):
+    if body.get("stream"):
+        handler.start_stream()
+        handler.wfile.write(delta(" four", "stop") + event("[DONE]"))
+    else:
+        handler.reply(200, json.dumps({"choices": [{"text": " four", "finish_reason": "stop"}]}).encode())
+
+
+def all_paths(b, sm) -> list[Callable[[], object]]:
+    return [lambda: b.generate(sm, PROMPT, SETTINGS), lambda: asyncio.run(b.agenerate(sm, PROMPT, SETTINGS)),
+            lambda: stream_text(b, sm), lambda: astream_text(b, sm)]
+
+
+def test_a_key_is_sent_from_the_argument_or_from_vllm_api_key(serve, sm, monkeypatch):
+    server = serve(answer, key="s3cret")
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    for read in all_paths(backend(server, api_key="s3cret"), sm):
+        result = read()
+        assert (result if isinstance(result, str) else result.text) == " four"
+    monkeypatch.setenv("VLLM_API_KEY", "s3cret")  # vLLM's own variable, read by the client too
+    assert backend(server).generate(sm, PROMPT, SETTINGS).text == " four"
+    monkeypatch.setenv("VLLM_API_KEY", "stale")
+    assert backend(server, api_key="s3cret").generate(sm, PROMPT, SETTINGS).text == " four"  # the argument wins
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_missing_or_wrong_key_is_a_clear_error_sent_once(serve, sm, monkeypatch, status):
+    server = serve(answer, key="s3cret", refuse=status)
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    for b, said in ((backend(server, max_retries=3), "needs an API key and none was sent"),
+                    (backend(server, max_retries=3, api_key="wrong-key"), r"refused the API key sent \(from api_key=")):
+        for read in all_paths(b, sm):
+            before, start = server.requests, time.monotonic()
+            with pytest.raises(ServerAuthError, match=said) as caught:
+                read()
+            assert server.requests - before == 1 and time.monotonic() - start < 2  # never retried
+            assert f"{status} " in str(caught.value) and "api_key=" in str(caught.value)
+            assert "VLLM_API_KEY" in str(caught.value) and "wrong-key" not in str(caught.value)
+    monkeypatch.setenv("VLLM_API_KEY", "also-wrong")
+    with pytest.raises(ServerAuthError, match=r"from \$VLLM_API_KEY"):
+        backend(server).generate(sm, PROMPT, SETTINGS)
+    assert server.posts == 0
+
+
+def test_an_empty_key_argument_sends_none_even_with_vllm_api_key_set(serve, sm, monkeypatch):
+    monkeypatch.setenv("VLLM_API_KEY", "s3cret")
+    with pytest.raises(ServerAuthError, match="none was sent"):
+        backend(serve(answer, key="s3cret"), api_key="").generate(sm, PROMPT, SETTINGS)
+
+
+def test_as_backend_carries_key_and_deadline_and_names_backend_in_its_refusals(serve, sm, monkeypatch):
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    server = serve(answer, key="s3cret")
+    made = as_backend(server.url, api_key="s3cret", deadline=5, max_retries=1)
+    assert isinstance(made, VLLMBackend) and made.deadline == 5 and made.http.max_retries == 1
+    made.check_model = False
+    assert made.generate(sm, PROMPT, SETTINGS).text == " four"
+    assert as_backend(None) is None and as_backend(made) is made
+    for bad in ("127.0.0.1:8000", "localhost"):
+        with pytest.raises(OptionError, match=r"^backend must be None .* a server URL .*got '"):
+            as_backend(bad)
+    for other in (None, made):
+        with pytest.raises(OptionError, match="api_key is sent to a server named by URL"):
+            as_backend(other, api_key="s3cret")
+
+
+# ----- the model check -----------------------------------------------------------------------------------------
+
+
+def probe_reply(logprobs: dict | None) -> Callable:
+    def script(handler, body):
+        assert body["logprobs"] == 1 and body["return_tokens_as_token_ids"] is True
+        handler.reply(200, json.dumps({"choices": [{"text": "x", "finish_reason": "length",
+                                                    "logprobs": logprobs}]}).encode())
+
+    return script
+
+
+def test_a_server_token_outside_the_local_vocabulary_is_named_not_reported_as_nan(serve, sm):
+    vocab = sm.model.get_output_embeddings().weight.shape[0]
+    server = serve(probe_reply({"tokens": [f"token_id:{vocab + 40000}"], "token_logprobs": [-0.25]}))
+    with pytest.raises(ModelMismatchError) as caught:
+        VLLMBackend(server.url).generate(sm, PROMPT, SETTINGS)
+    message = str(caught.value)
+    assert f"has id {vocab + 40000}, outside this model's vocabulary of {vocab} tokens" in message
+    assert "nan" not in message.lower() and "spring-rag serve <model>" in message
+
+
+def test_a_different_log_prob_names_the_token_and_both_finite_values(serve, sm):
+    server = serve(probe_reply({"tokens": ["token_id:5"], "token_logprobs": [-0.25]}))
+    with pytest.raises(ModelMismatchError, match=r"\(id 5, '.*' here\) has log-prob -0\.250, this model gives it "
+                                                 r"-\d+\.\d{3} \(tolerance 0\.1\)") as caught:
+        VLLMBackend(server.url).generate(sm, PROMPT, SETTINGS)
+    assert "nan" not in str(caught.value).lower()
+
+
+@pytest.mark.parametrize("logprobs", [None, {"tokens": ["hello"], "token_logprobs": [-0.2]},
+                                      {"tokens": ["token_id:5"], "token_logprobs": [None]}, {"tokens": []}])
+def test_a_probe_reply_without_a_token_id_and_log_prob_says_so(serve, sm, logprobs):
+    with pytest.raises(ServerReplyError, match="holds no next-token id and log-prob"):
+        VLLMBackend(serve(probe_reply(logprobs)).url).generate(sm, PROMPT, SETTINGS)
+
+
+VLLM_400 = {  # vLLM 0.32's own replies, word for word
+    "width": "`prompt_embeds` hidden_size 576 does not match the model's hidden_size 640. (parameter=prompt_embeds)",
+    "flag": "You must set `--enable-prompt-embeds` to input `prompt_embeds`.",
+}
+
+
+@pytest.mark.parametrize("case", ["width", "flag"])
+def test_a_refused_embedding_is_told_apart_from_a_missing_flag(serve, sm, case):
+    def script(handler, body):
+        error = {"message": VLLM_400[case], "type": "BadRequestError", "param": "prompt_embeds", "code": 400}
+        handler.reply(400, json.dumps({"error": error}).encode())
+
+    server = serve(script)
+    with pytest.raises(ServerError) as caught:
+        backend(server, embeds="always").generate(sm, PROMPT, SETTINGS)
+    message = str(caught.value)
+    assert VLLM_400[case] in message and server.posts == 1  # a refusal is not retried
+    if case == "width":
+        assert "wrong width" in message and "another model" in message and "start it with" not in message
+    else:
+        assert "start it with --enable-prompt-embeds" in message
