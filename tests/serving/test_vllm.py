@@ -1,39 +1,48 @@
 """The vLLM backend against a real vLLM server (SmolLM2-135M-Instruct, float32, CPU): greedy answers equal the
 transformers backend's for the same SPRING prompts, for prompts healed for a trailing space and for a merged
-document adapter; streaming, async, stop, seed and usage; the model check; the errors of a server started without
-spring-rag's flags; both integrations pointed at the server. The servers (``vllm_server``) are started with
-``spring-rag serve``'s own command builder: the SPRING one once per session, the plain one for its test."""
+document adapter; streaming, async, stop, seed and usage; the model check; API keys; the errors of a server started
+without spring-rag's flags; both integrations pointed at the server; Gemma 3 270M, whose embedding module scales
+its rows, served and checked the same way. The servers (``vllm_server``) are started with ``spring-rag serve``'s own
+command builder: the SPRING one (with an API key) once for the module, the plain and the Gemma one for their test."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 from dataclasses import replace
 
+import httpx
 import pytest
 import torch
 from vllm_server import running_server
 
-from spring_core import SpringModel
+from spring_core import SpringModel, VirtualTokens
 from spring_core.data import demo_qa_path
 from spring_core.engine import Engine, Request
-from spring_core.errors import ModelMismatchError, ServerError
+from spring_core.errors import ModelMismatchError, ServerAuthError, ServerError
 from spring_core.model.healing import heal
 from spring_core.options import generation_settings
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec
 from spring_core.parametric.online import ParametricDocument
 from spring_core.prompts.templates import TEMPLATES, render_template
-from spring_core.serving import VLLMBackend
+from spring_core.serving import VLLMBackend, as_backend
 
 pytestmark = pytest.mark.vllm
 TOKENS = "smollm2-135m-squad"
 GREEDY_KW = {"max_new_tokens": 12}
 GREEDY = generation_settings(GREEDY_KW)
+API_KEY = "spring-rag-test-key"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_url(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("vllm") / "spring.log") as url:
+    """The SPRING server, which demands ``API_KEY``: its clients here send it from ``VLLM_API_KEY`` (the variable the
+    server side reads too), set for this module only, as a deployment would."""
+    with running_server(tmp_path_factory.mktemp("vllm") / "spring.log", api_key=API_KEY) as url, \
+            pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_API_KEY", API_KEY)
         yield url
 
 
@@ -42,6 +51,13 @@ def vllm_url(tmp_path_factory):
 @pytest.fixture
 def plain_vllm_url(tmp_path):
     with running_server(tmp_path / "plain.log", plain=True) as url:
+        yield url
+
+
+@pytest.fixture
+def gemma_url(tmp_path):
+    """Gemma 3 270M on its own server, started for its one test (eager, no LoRA, no key)."""
+    with running_server(tmp_path / "gemma.log", model="gemma3-270m", adapters=False) as url:
         yield url
 
 
@@ -168,10 +184,24 @@ def test_a_prompt_healed_for_its_trailing_space_answers_as_transformers(springs,
 
 
 def test_a_client_with_another_model_is_refused_at_connect(tiny, vllm_url):
-    with pytest.raises(ModelMismatchError, match="does not answer like this model"):
+    with pytest.raises(ModelMismatchError, match="does not answer like this model") as caught:
         VLLMBackend(vllm_url).generate(SpringModel(*tiny), "Hello", GREEDY)
+    assert "nan" not in str(caught.value)  # a token outside the tiny vocabulary is named as such
     with pytest.raises(ServerError, match="serves smollm2-135m, not 'llama-70b'"):
         VLLMBackend(vllm_url, model="llama-70b").generate(SpringModel(*tiny), "Hello", GREEDY)
+
+
+def test_the_keyed_server_refuses_a_missing_or_wrong_key_and_takes_the_right_one(springs, vllm_url, monkeypatch):
+    spring = springs["raw"]
+    short = replace(GREEDY, max_new_tokens=2)
+    monkeypatch.delenv("VLLM_API_KEY")
+    with pytest.raises(ServerAuthError, match="needs an API key and none was sent .*401 Unauthorized"):
+        VLLMBackend(vllm_url).generate(spring, "Hello", short)
+    wrong = VLLMBackend(vllm_url, api_key="not-the-key")
+    with pytest.raises(ServerAuthError, match=r"refused the API key sent \(from api_key=; 401"):
+        "".join(wrong.stream(spring, "Hello", short))
+    assert VLLMBackend(vllm_url, api_key=API_KEY).generate(spring, "Hello", short).usage.completion_tokens == 2
+    assert as_backend(vllm_url, api_key=API_KEY, deadline=60).generate(spring, "Hello", short).text
 
 
 def test_a_server_without_spring_flags_gets_errors_that_name_them(springs, tmp_path, rows, plain_vllm_url):
@@ -223,3 +253,56 @@ def test_the_readme_serving_snippet_runs_against_the_server(vllm_url, tmp_path, 
     exec(compile(code, "README.md (Serve on vLLM)", "exec"), {})  # our own documentation
     printed = capsys.readouterr().out.splitlines()
     assert "Harvard" in printed[0] and len(printed) >= 2
+
+
+GEMMA_PASSAGES = ["The Eiffel Tower is a wrought-iron tower in Paris, France.",
+                  "Mount Fuji is the highest mountain in Japan."]
+GEMMA_QUESTIONS = ["Where is the Eiffel Tower?", "What is the highest mountain in Japan?",
+                   "Who built the Eiffel Tower?"]
+
+
+def raw_completion(url: str, model: str, embeds: torch.Tensor) -> str:
+    """A greedy completion of ``embeds`` sent as they are, without the backend."""
+    buffer = io.BytesIO()
+    torch.save(embeds.contiguous(), buffer)
+    body = {"model": model, "prompt_embeds": base64.b64encode(buffer.getvalue()).decode(), "max_tokens": 8,
+            "temperature": 0.0}
+    return httpx.post(url + "/v1/completions", json=body, timeout=120).json()["choices"][0]["text"]
+
+
+def test_gemma3_served_answers_equal_transformers_with_its_scaled_embeddings(gemma3, smollm2, gemma_url):
+    model, tokenizer = gemma3
+    block = VirtualTokens.from_text(model, n=8, tokenizer=tokenizer, text="Answer the question in one or two words.")
+    spring = SpringModel(model, tokenizer, block)
+    backend = VLLMBackend(gemma_url)  # the model check probes it as ids and as embeddings (spring.n > 0)
+    prompts = [spring.prompt_parts(q, GEMMA_PASSAGES, k) for q in GEMMA_QUESTIONS[:2] for k in (0, 1, 8)]
+    local = [spring.generate_from_prompt(p, **GREEDY_KW) for p in prompts]
+    served = [backend.generate(spring, p, GREEDY) for p in prompts]
+    assert [g.text for g in served] == [g.text for g in local]
+    assert [g.usage for g in served] == [g.usage for g in local]
+    assert [g.finish_reason for g in served] == [g.finish_reason for g in local]
+    assert len({g.text for g in served}) > 3  # the block changes answers: the comparison is not vacuous
+    as_embeds = VLLMBackend(gemma_url, embeds="always")
+    assert [as_embeds.generate(spring, p, GREEDY).text for p in prompts[::3]] == [g.text for g in local[::3]]
+
+    # What makes Gemma different: the embedding module multiplies its rows by sqrt(640). Those scaled rows answer
+    # as the in-process model; the bare rows of the table do not (the negative control for the check above).
+    ids = spring.encode(prompts[0])
+    with torch.inference_mode():
+        scaled = spring.embed(torch.tensor([ids]))[0]
+        bare = model.get_input_embeddings().weight[ids]
+    assert torch.allclose(scaled, bare * model.config.hidden_size ** 0.5)
+    assert raw_completion(gemma_url, backend.model, scaled) == spring.generate_from_prompt(prompts[0],
+                                                                                           max_new_tokens=8).text
+    assert raw_completion(gemma_url, backend.model, bare) != raw_completion(gemma_url, backend.model, scaled)
+
+    # SmolLM2's 576-wide embeddings sent to this 640-wide server: the model check stops it first, and without the
+    # check the message says what vLLM said (the width), not to add a flag the server already has.
+    small = SpringModel(*smollm2)
+    prompt = small.prompt_parts("Who?", ["X is Y."], 0)
+    with pytest.raises(ModelMismatchError, match="outside this model's vocabulary of 49152 tokens") as caught:
+        VLLMBackend(gemma_url).generate(small, prompt, GREEDY)
+    assert "nan" not in str(caught.value)
+    with pytest.raises(ServerError, match="hidden_size 576 does not match the model's hidden_size 640") as caught:
+        VLLMBackend(gemma_url, check_model=False, embeds="always").generate(small, prompt, GREEDY)
+    assert "wrong width" in str(caught.value) and "--enable-prompt-embeds" not in str(caught.value)

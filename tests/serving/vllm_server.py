@@ -1,5 +1,5 @@
-"""Start and stop a real vLLM server on 127.0.0.1 for the tests (SmolLM2-135M-Instruct, float32), with the command
-``spring-rag serve`` builds."""
+"""Start and stop a real vLLM server on 127.0.0.1 for the tests (SmolLM2-135M-Instruct or Gemma 3 270M, float32),
+with the command ``spring-rag serve`` builds, optionally with an API key."""
 
 from __future__ import annotations
 
@@ -25,17 +25,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_server(log: Path, *, plain: bool = False) -> tuple[subprocess.Popen, str]:
+def launch_server(log: Path, *, model: str = "smollm2-135m", plain: bool = False, adapters: bool = True,
+                  api_key: str | None = None) -> tuple[subprocess.Popen, str]:
     """Start a server in the background and return it with its URL; ``plain``: without the flags spring-rag needs
-    (no prompt embeddings, no LoRA), as a user might start one by hand."""
+    (no prompt embeddings, no LoRA), as a user might start one by hand; ``api_key``: the key it demands."""
     port = free_port()
     extra = ("--max-model-len", "2048", "--distributed-executor-backend", "uni")
-    argv, env = vllm_command("smollm2-135m", python=vllm_python(), port=port, dtype="float32", adapters=not plain,
-                             max_lora_rank=16, extra=extra)
+    adapters = adapters and not plain
+    argv, env = vllm_command(model, python=vllm_python(), port=port, dtype="float32", adapters=adapters,
+                             max_lora_rank=16, api_key=api_key, extra=extra)
+    if api_key is None:
+        env.pop("VLLM_API_KEY", None)  # a key only where a test asks for one
     if plain:
         argv.remove("--enable-prompt-embeds")
+    if not adapters:
         # vLLM's CPU build runs a LoRA-enabled model eager but torch.compiles any other (minutes on 2 cores, with
-        # no cache on a fresh machine); the error-message test needs no compiled model.
+        # no cache on a fresh machine); these tests need no compiled model.
         argv.append("--enforce-eager")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache: plenty for 2048 tokens x 32 requests
     # The model runs inside the engine process instead of a worker process of its own: one interpreter fewer to
@@ -46,14 +51,15 @@ def launch_server(log: Path, *, plain: bool = False) -> tuple[subprocess.Popen, 
     return process, f"http://127.0.0.1:{port}"
 
 
-def wait_for_server(process: subprocess.Popen, url: str, log: Path) -> str:
+def wait_for_server(process: subprocess.Popen, url: str, log: Path, api_key: str | None = None) -> str:
     """``url`` once the server answers; raises with the end of its log when it exits or does not come up."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the vLLM server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            if httpx.get(url + "/v1/models", timeout=5).status_code == 200:
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+            if httpx.get(url + "/v1/models", headers=headers, timeout=5).status_code == 200:
                 return url
         except httpx.TransportError:
             pass
@@ -73,10 +79,11 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running_server(log: Path, *, plain: bool = False) -> Iterator[str]:
-    """A started server's URL, once it answers; the server is stopped on leaving (see ``launch_server``)."""
-    process, url = launch_server(log, plain=plain)
+def running_server(log: Path, **options) -> Iterator[str]:
+    """A started server's URL, once it answers; the server is stopped on leaving (``options``: see
+    ``launch_server``)."""
+    process, url = launch_server(log, **options)
     try:
-        yield wait_for_server(process, url, log)
+        yield wait_for_server(process, url, log, options.get("api_key"))
     finally:
         stop_server(process)
