@@ -248,13 +248,16 @@ def _run_dyprag(args: argparse.Namespace) -> None:
         from spring_core.data import read_corpus
         from spring_core.parametric.dyprag import DyPRAG
         from spring_train.dyprag import encode_corpus
+        from spring_train.sharding import process_share
 
-        if not (out / "spring.json").exists():
+        process = process_share()  # under `accelerate launch`, each process encodes its share into one store
+        if process[1] == 1 and not (out / "spring.json").exists():
             refuse_existing_output(out, "--out")
         corpus = read_corpus(args.encode)
         sm = SpringModel.from_pretrained(args.model)
         dyprag = DyPRAG.open(args.translator, sm.model, model_name=args.model)
-        encoded = encode_corpus(dyprag, corpus, out, model_name=args.model, show_progress=not args.quiet)
+        encoded = encode_corpus(dyprag, corpus, out, model_name=args.model, process=process,
+                                show_progress=not args.quiet)
         print(f"{args.out}: {encoded.encoded} documents encoded ({encoded.seconds_per_document:.3f} s/document), "
               f"{encoded.skipped} already there")
         return

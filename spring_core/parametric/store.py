@@ -10,7 +10,11 @@ Layout of a store folder::
 index; ``delete`` rewrites only the shards that held the deleted documents, under new names. Only then is the
 manifest replaced, atomically, so a reader or a crash sees the store before or after a change, never half of
 it. Opening checks the manifest, the fingerprint of the model when one is given, and the SHA-256 of every file,
-so a truncated or corrupted shard is named instead of answering with quietly wrong weights.
+so a truncated or corrupted shard is named instead of answering with quietly wrong weights. Several processes may
+write one store (encoding that shards documents over processes): each change holds an exclusive lock on the
+folder (``flock`` on the directory itself, so no lock file is left in it) and starts from the manifest the last
+writer left, so no process drops another's documents
+(``open_or_create`` makes the first one create the store).
 
 Example:
     >>> spec = LoraSpec.for_model(model, rank=2, alpha=32)
@@ -23,11 +27,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,6 +210,21 @@ class AdapterStore:
         return store
 
     @classmethod
+    def open_or_create(cls, folder: Path | str, model: Any, spec: LoraSpec, *, base_model_name: str,
+                       model_name: str = "this model", **fields: Any) -> AdapterStore:
+        """The store in ``folder``, created first when there is none; safe when several processes do it at once.
+        A folder without a store that holds other files is refused (nothing is written into it)."""
+        folder = Path(folder)
+        with _write_lock(folder):
+            if (folder / MANIFEST_NAME).exists():
+                return cls.open(folder, model, model_name=model_name)
+            foreign = sorted(p.name for p in folder.iterdir())
+            if foreign:
+                raise ArtifactError(f"{folder} holds {', '.join(foreign[:3])} but no adapter store; choose a new "
+                                    "folder (nothing was written)")
+            return cls.create(folder, model, spec, base_model_name=base_model_name, **fields)
+
+    @classmethod
     def open(cls, folder: Path | str, model: Any = None, *, model_name: str = "this model", verify: bool = True,
              cache_shards: int = 4) -> AdapterStore:
         """Open a store: checks the manifest, ``model``'s fingerprint (when given) and every file's SHA-256."""
@@ -288,7 +310,8 @@ class AdapterStore:
         dtype = DTYPES[self.spec.dtype]
         packed = {f"{doc_id}/{key}": value.detach().to("cpu", dtype).contiguous()
                   for doc_id, tensors in adapters.items() for key, value in tensors.items()}
-        with self._lock:
+        with self._lock, _write_lock(self.folder):
+            self._reload()
             present = sorted(set(adapters) & set(self._index))
             if present and not replace:
                 raise ArtifactError(f"{len(present)} document(s) already have adapters (e.g. {present[0]!r}); "
@@ -298,11 +321,20 @@ class AdapterStore:
     def delete(self, doc_ids: Iterable[str]) -> None:
         """Drop documents; the shards that held them are rewritten without them (or removed when empty)."""
         doc_ids = list(dict.fromkeys(doc_ids))
-        with self._lock:
+        with self._lock, _write_lock(self.folder):
+            self._reload()
             unknown = [d for d in doc_ids if d not in self._index]
             if unknown:
                 raise UnknownDocumentError(f"cannot delete {unknown[0]!r}: it is not in {self.folder}")
             self._commit(drop=doc_ids, add={})
+
+    def _reload(self) -> None:
+        """Start from the manifest and index on disk when another writer (process) changed them since."""
+        manifest = read_manifest(self.folder, KIND)
+        if manifest.get("index") == self.manifest.get("index"):
+            return
+        index = read_json_object(self.folder / manifest["index"], ArtifactError, "the store's index is damaged")
+        self.manifest, self._index = manifest, {str(k): str(v) for k, v in index.items()}
 
     def _commit(self, *, drop: Sequence[str], add: dict[str, torch.Tensor]) -> None:
         """Write new shard and index files under new names, then the manifest that points at them (the one atomic
@@ -345,3 +377,16 @@ class AdapterStore:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def _write_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the directory ``folder`` (waiting while another process holds it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # closing the descriptor releases the lock
+

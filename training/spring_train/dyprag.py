@@ -383,23 +383,25 @@ class EncodeReport:
 
 
 def encode_corpus(dyprag: DyPRAG, corpus: Sequence[Mapping[str, Any]], store_folder: str | Path, *,
-                  model_name: str, documents_per_shard: int = 64, show_progress: bool = True) -> EncodeReport:
+                  model_name: str, documents_per_shard: int = 64, process: tuple[int, int] = (0, 1),
+                  show_progress: bool = True) -> EncodeReport:
     """The translator's adapter for every corpus row (``{"id", "title", "text"}``) the store at ``store_folder``
     lacks, written in shards of ``documents_per_shard`` (a rerun resumes; a killed run loses at most one shard).
-    The adapters are those ``DyPRAGAdapters`` makes on the fly, bit for bit."""
+    The adapters are those ``DyPRAGAdapters`` makes on the fly, bit for bit. ``process``: ``(index, count)`` of
+    this process among several encoding into the same store (``spring_train.sharding``); it takes its share."""
+    from spring_train.sharding import share
+
     store_folder = Path(store_folder)
     recorded = encoding_record(dyprag)
-    if (store_folder / MANIFEST_NAME).exists():
-        store = AdapterStore.open(store_folder, model=dyprag.model, model_name=model_name)
+    store = AdapterStore.open_or_create(store_folder, dyprag.model, dyprag.spec, base_model_name=model_name,
+                                        model_name=model_name, encoding=recorded)
+    if store.manifest.get("encoding") != recorded:
         method = (store.manifest.get("encoding") or {}).get("method")
-        if store.manifest.get("encoding") != recorded:
-            raise ArtifactError(f"{store_folder} was filled by another encoder ({method}, or another translator); "
-                                "encode into a new --out")
-    else:
-        store = AdapterStore.create(store_folder, dyprag.model, dyprag.spec, base_model_name=model_name,
-                                    encoding=recorded)
-    todo = [row for row in corpus if str(row["id"]) not in store]
-    report = EncodeReport(skipped=len(corpus) - len(todo))
+        raise ArtifactError(f"{store_folder} was filled by another encoder ({method}, or another translator); "
+                            "encode into a new --out")
+    mine = share(corpus, *process)
+    todo = [row for row in mine if str(row["id"]) not in store]
+    report = EncodeReport(skipped=len(mine) - len(todo))
     progress = _progress(len(todo), show_progress, desc="encode", unit="doc")
     began = time.perf_counter()
     for start in range(0, len(todo), documents_per_shard):

@@ -1,0 +1,95 @@
+"""Encoding that shards over processes: several writers into one adapter store lose nothing, and
+`parametrize --method dyprag --encode` under a real 2-process `accelerate launch` writes the store one process
+writes, bit for bit."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_distributed import free_port
+
+from spring_core.model.loading import load_model
+from spring_core.parametric import AdapterStore, LoraSpec
+from spring_core.parametric.dyprag import DyPRAG, DyPRAGConfig, ParameterTranslator
+from spring_train.sharding import process_share, share
+
+CORPUS = [{"id": f"doc-{i}", "title": f"Title {i}", "text": f"Document {i} says the answer is {i * 7}."}
+          for i in range(7)]
+
+
+def adapter(spec: LoraSpec, seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {f"{name}.lora_{part}": torch.randn(*shape, generator=generator)
+            for name, (out_f, in_f) in spec.modules.items() for part, shape in (("A", (2, in_f)), ("B", (out_f, 2)))}
+
+
+def write_share(folder: str, model, spec: LoraSpec, index: int) -> None:
+    store = AdapterStore.open_or_create(folder, model, spec, base_model_name="tiny")
+    for i in share(range(12), index, 2):
+        store.add({f"doc-{i}": adapter(spec, i)})  # one commit per document: as many races as possible
+
+
+def test_two_processes_adding_to_one_store_lose_nothing(tiny, tmp_path):
+    model = tiny[0]
+    spec = LoraSpec.for_model(model, rank=2, alpha=32)
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=write_share, args=(str(tmp_path / "store"), model, spec, i)) for i in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    store = AdapterStore.open(tmp_path / "store", model=model)  # every file's SHA-256 checked
+    assert sorted(store.ids(), key=lambda d: int(d.split("-")[1])) == [f"doc-{i}" for i in range(12)]
+    assert all(torch.equal(store.get(f"doc-{i}")[key], value)
+               for i in range(12) for key, value in adapter(spec, i).items())
+    assert len(store.manifest["files"]) == 12 + 1  # one shard per add, one index: nothing retired was left behind
+
+
+def test_process_share_reads_the_launcher_and_refuses_nonsense():
+    from spring_train.config import ConfigError
+
+    assert process_share({"RANK": "0", "WORLD_SIZE": "3"}) == (0, 3)
+    assert share(CORPUS, 2, 3) == [CORPUS[2], CORPUS[5]]
+    for env in ({"RANK": "2", "WORLD_SIZE": "2"}, {"RANK": "x"}):
+        with pytest.raises(ConfigError, match="RANK"):
+            process_share(env)
+
+
+@pytest.mark.distributed
+def test_two_launched_processes_encode_the_store_one_process_encodes(tiny_dir, tmp_path):
+    import json
+
+    model, tokenizer = load_model(str(tiny_dir))
+    spec = LoraSpec.for_model(model, rank=2, alpha=32)
+    translator = tmp_path / "translator"
+    DyPRAG(ParameterTranslator(DyPRAGConfig.for_model(model, spec, width=8, init_std=0.2)), model,
+           tokenizer).save(translator, base_model_name="tiny")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in CORPUS))
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               HF_HOME=str(tmp_path / "home"))
+
+    def encode(out: Path, *launcher: str) -> None:
+        command = [sys.executable, *launcher, "-m", "spring_cli", "parametrize", "--method", "dyprag", "--translator",
+                   str(translator), "--encode", str(corpus), "--out", str(out), "--model", str(tiny_dir), "--quiet"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    encode(tmp_path / "one")
+    encode(tmp_path / "two", "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip",
+           "127.0.0.1", "--main_process_port", str(free_port()))
+    one, two = (AdapterStore.open(tmp_path / name, model=model) for name in ("one", "two"))
+    assert sorted(one.ids()) == sorted(two.ids()) == sorted(row["id"] for row in CORPUS)
+    assert len([name for name in two.manifest["files"] if name.startswith("shards/")]) == 2  # one per process
+    for doc_id in one.ids():
+        assert all(torch.equal(value, two.get(doc_id)[key]) for key, value in one.get(doc_id).items())
