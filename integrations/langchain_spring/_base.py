@@ -20,7 +20,7 @@ from uuid import UUID
 from langchain_core.documents import Document
 from langchain_core.language_models import LangSmithParams
 from langchain_core.messages.ai import UsageMetadata
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from langchain_spring.placement import find_placement
 from langchain_spring.tracking import TRACKER, RunSignals, install_tracker
@@ -126,6 +126,9 @@ class SpringParams(BaseModel):
     r"""Where generation runs: ``None`` (this process, transformers), a vLLM server URL such as
     ``"http://127.0.0.1:8000"`` (``spring-rag serve`` starts one), or a ``spring_core.serving.VLLMBackend``. The
     prompts, the block placement and the adapters are the same; marginal ``decoding``\ s run in process only."""
+    api_key: SecretStr | None = None
+    """The key of a server ``backend`` given as a URL (its ``--api-key``); default: the ``VLLM_API_KEY``
+    environment variable, as vLLM's own server reads it. A ``VLLMBackend`` object carries its own key."""
     decoding: str = "stuff"
     """How a call with ``documents=`` reads them: ``stuff`` (one prompt) or marginal decoding over the documents
     one by one (``rag-token``, ``rag-sequence``, ``rag-sequence-fast``). Prompts that arrive rendered (the
@@ -228,7 +231,9 @@ class SpringParams(BaseModel):
         if self._engine is None:
             with _LOCK:
                 if self._engine is None:
-                    backend = as_backend(self.backend, deadline=self.timeout, max_retries=self.max_retries)
+                    key = None if self.api_key is None else self.api_key.get_secret_value()
+                    backend = as_backend(self.backend, api_key=key, deadline=self.timeout,
+                                         max_retries=self.max_retries)
                     self._engine = Engine(self.spring, self.parametric_adapters, backend)
         return self._engine
 

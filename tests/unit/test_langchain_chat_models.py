@@ -374,3 +374,14 @@ def test_the_tracker_forgets_every_run_once_it_ends(chat, retriever):
     with pytest.raises(OptionError):  # a run that fails is forgotten too
         rag_chain(retriever, chat.bind(max_tokens="x")).invoke(QUESTION)
     assert TRACKER.tracked_runs() == before
+
+
+def test_api_key_goes_to_a_server_backend_and_never_into_repr(sm, monkeypatch):
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    chat = ChatSpring(spring_model=sm, backend="http://127.0.0.1:9", api_key="s3cret")
+    assert "s3cret" not in repr(chat) and "s3cret" not in str(chat.model_dump())
+    assert chat.engine.backend.api_key == "s3cret"  # building the engine contacts no server
+    monkeypatch.setenv("VLLM_API_KEY", "from-env")  # vLLM's own variable, as its server reads it
+    assert ChatSpring(spring_model=sm, backend="http://127.0.0.1:9").engine.backend.api_key == "from-env"
+    with pytest.raises(OptionError, match="api_key is sent to a server named by URL"):
+        _ = ChatSpring(spring_model=sm, api_key="s3cret").engine  # in process there is no server to send it to

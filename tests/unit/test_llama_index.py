@@ -465,3 +465,15 @@ def test_a_plain_string_that_looks_like_a_rag_prompt_warns_once_naming_the_struc
         warnings.simplefilter("always")
         fresh.predict(PromptTemplate("Context: none.\nQuestion: {q}\nAnswer:"), q="hi")
     assert not [w for w in record if "looks like a RAG prompt" in str(w.message)]
+
+
+def test_api_key_goes_to_a_server_backend_and_never_into_repr(tiny, tokens, monkeypatch):
+    from spring_core.errors import OptionError
+
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    model, tokenizer = tiny
+    llm = SpringLLM(model=model, tokenizer=tokenizer, tokens=tokens, backend="http://127.0.0.1:9", api_key="s3cret")
+    assert "s3cret" not in repr(llm) and "s3cret" not in str(llm.model_dump())
+    assert llm._engine.backend.api_key == "s3cret"  # building the LLM contacts no server
+    with pytest.raises(OptionError, match="api_key is sent to a server named by URL"):
+        SpringLLM(model=model, tokenizer=tokenizer, tokens=tokens, api_key="s3cret")

@@ -136,6 +136,9 @@ class SpringLLM(CustomLLM):
                                                               "(read its text instead, logged).")
     backend: Any = Field(default=None, description="Where generation runs: None (in process), a vLLM server URL "
                                                    "or a spring_core.serving.VLLMBackend.")
+    api_key: str | None = Field(default=None, exclude=True, repr=False,
+                                description="The key of a server backend given as a URL (its --api-key); "
+                                            "default: the VLLM_API_KEY environment variable.")
 
     _engine: Engine = PrivateAttr()
     _warned: set[str] = PrivateAttr(default_factory=set)
@@ -156,7 +159,7 @@ class SpringLLM(CustomLLM):
         check_knowledge(self.knowledge, adapters)
         if self.k is not None:
             options.virtual_token_count(self.k, spring_model.n)
-        self._engine = Engine(spring_model, adapters, as_backend(self.backend))
+        self._engine = Engine(spring_model, adapters, as_backend(self.backend, api_key=self.api_key))
         self.layout = self.layout or spring_model.layout
         if not self.context_window:
             self.context_window = int(getattr(spring_model.model.config, "max_position_embeddings", 2048))
