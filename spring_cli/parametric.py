@@ -44,6 +44,10 @@ methods:
          time); with --encode CORPUS --translator T, --out gets a PRAG store of T's adapters for every document.
          Training writes checkpoints every --checkpoint-every steps and on Ctrl-C; --resume continues.
 
+Under `accelerate launch --num_processes N -m spring_cli parametrize ...`, prag and dyprag --encode split the
+documents between the processes (every N-th, by position), which write into the one --out store; a rerun skips
+what is there.
+
 examples:
   spring-rag parametrize aug.jsonl --method prag --out adapters/
   spring-rag parametrize aug.jsonl --method poly --experts 16 --out poly/
@@ -167,8 +171,14 @@ def run_parametrize(args: argparse.Namespace) -> None:
     if args.method == "dyprag":
         _run_dyprag(args)
         return
+    from spring_train.sharding import process_share
+
     out = Path(args.out)
-    if not (out / "spring.json").exists():  # a store of this method resumes; any other folder is refused
+    process = process_share()  # under `accelerate launch`, each process encodes its share into one store
+    if process[1] > 1 and args.method == "poly":
+        raise SpringError("--method poly trains its experts jointly over all documents; run it as one process "
+                          "(prag and dyprag --encode shard over processes)")
+    if process[1] == 1 and not (out / "spring.json").exists():  # a store resumes; any other folder is refused
         refuse_existing_output(out, "--out")
     augmented = read_augmented(args.augmented)
     if not augmented:
@@ -178,7 +188,7 @@ def run_parametrize(args: argparse.Namespace) -> None:
     if args.method == "prag":
         settings = encoders.PragSettings(rank=args.rank, alpha=args.alpha, lr=_lr(args, 3e-4), epochs=args.epochs or 1,
                                          docs_per_batch=args.docs_per_batch, seed=args.seed, storage_dtype=dtype)
-        report = encoders.parametrize(sm, augmented, args.out, settings, model_name=args.model,
+        report = encoders.parametrize(sm, augmented, args.out, settings, model_name=args.model, process=process,
                                       show_progress=not args.quiet)
     else:
         report = _run_poly(args, sm, augmented, dtype)

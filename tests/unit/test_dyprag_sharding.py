@@ -1,6 +1,6 @@
-"""Encoding that shards over processes: several writers into one adapter store lose nothing, and
-`parametrize --method dyprag --encode` under a real 2-process `accelerate launch` writes the store one process
-writes, bit for bit."""
+"""Encoding that shards over processes: several writers into one adapter store lose nothing, and `parametrize`
+(PRAG, and DyPRAG's --encode) under a real 2-process `accelerate launch` writes the store one process writes, bit
+for bit."""
 
 from __future__ import annotations
 
@@ -62,6 +62,32 @@ def test_process_share_reads_the_launcher_and_refuses_nonsense():
             process_share(env)
 
 
+def one_and_two_processes(tmp_path: Path, model, *arguments: str) -> tuple[AdapterStore, AdapterStore]:
+    """``spring-rag parametrize ARGUMENTS --out one`` as one process, then ``--out two`` under a 2-process
+    ``accelerate launch`` (each on one thread); both stores opened, after checking that each launched process
+    encoded its share (4 and 3 of the 7 documents)."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               HF_HOME=str(tmp_path / "home"))
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
+              "--main_process_port", str(free_port())]
+    for name, launcher in (("one", []), ("two", launch)):
+        command = [sys.executable, *launcher, "-m", "spring_cli", "parametrize", *arguments, "--out",
+                   str(tmp_path / name), "--quiet"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 documents encoded" in done.stdout and "3 documents encoded" in done.stdout, done.stdout
+    return AdapterStore.open(tmp_path / "one", model=model), AdapterStore.open(tmp_path / "two", model=model)
+
+
+def assert_same_store(one: AdapterStore, two: AdapterStore, ids: list[str]) -> None:
+    assert sorted(one.ids()) == sorted(two.ids()) == sorted(ids)
+    for doc_id in ids:
+        assert all(torch.equal(value, two.get(doc_id)[key]) for key, value in one.get(doc_id).items())
+
+
 @pytest.mark.distributed
 def test_two_launched_processes_encode_the_store_one_process_encodes(tiny_dir, tmp_path):
     import json
@@ -73,23 +99,30 @@ def test_two_launched_processes_encode_the_store_one_process_encodes(tiny_dir, t
            tokenizer).save(translator, base_model_name="tiny")
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(row) + "\n" for row in CORPUS))
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               HF_HOME=str(tmp_path / "home"))
+    one, two = one_and_two_processes(tmp_path, model, "--method", "dyprag", "--translator", str(translator),
+                                     "--encode", str(corpus), "--model", str(tiny_dir))
+    assert_same_store(one, two, [row["id"] for row in CORPUS])
 
-    def encode(out: Path, *launcher: str) -> None:
-        command = [sys.executable, *launcher, "-m", "spring_cli", "parametrize", "--method", "dyprag", "--translator",
-                   str(translator), "--encode", str(corpus), "--out", str(out), "--model", str(tiny_dir), "--quiet"]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
-        assert done.returncode == 0, done.stderr[-3000:]
 
-    encode(tmp_path / "one")
-    encode(tmp_path / "two", "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip",
-           "127.0.0.1", "--main_process_port", str(free_port()))
-    one, two = (AdapterStore.open(tmp_path / name, model=model) for name in ("one", "two"))
-    assert sorted(one.ids()) == sorted(two.ids()) == sorted(row["id"] for row in CORPUS)
-    assert len([name for name in two.manifest["files"] if name.startswith("shards/")]) == 2  # one per process
-    for doc_id in one.ids():
-        assert all(torch.equal(value, two.get(doc_id)[key]) for key, value in one.get(doc_id).items())
+@pytest.mark.distributed
+def test_two_launched_processes_train_the_prag_adapters_one_process_trains(tiny_dir, tmp_path):
+    import json
+
+    model, _ = load_model(str(tiny_dir))
+    augmented = tmp_path / "aug.jsonl"
+    augmented.write_text("".join(json.dumps({**row, "status": "ok", "qa": [
+        {"question": f"What does document {i} say?", "answer": str(i * 7)}]}) + "\n" for i, row in enumerate(CORPUS)))
+    one, two = one_and_two_processes(tmp_path, model, str(augmented), "--method", "prag", "--docs-per-batch", "1",
+                                     "--model", str(tiny_dir))
+    assert_same_store(one, two, [row["id"] for row in CORPUS])
+
+
+def test_poly_refuses_to_run_as_several_processes(tmp_path, monkeypatch, capsys):
+    from spring_cli import main
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    augmented = tmp_path / "aug.jsonl"
+    augmented.write_text("")
+    assert main(["parametrize", str(augmented), "--method", "poly", "--out", str(tmp_path / "poly")]) == 2
+    assert "trains its experts jointly" in capsys.readouterr().err and not (tmp_path / "poly").exists()

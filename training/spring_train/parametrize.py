@@ -136,22 +136,26 @@ def document_examples(sm: SpringModel, row: Mapping[str, Any], max_answer_tokens
 
 
 def parametrize(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], store_folder: str | Path,
-                settings: PragSettings, *, model_name: str, show_progress: bool = True) -> ParametrizeReport:
-    """Encode every ``ok`` document of ``augmented`` (id -> row) that the store at ``store_folder`` lacks."""
+                settings: PragSettings, *, model_name: str, process: tuple[int, int] = (0, 1),
+                show_progress: bool = True) -> ParametrizeReport:
+    """Encode every ``ok`` document of ``augmented`` (id -> row) that the store at ``store_folder`` lacks.
+
+    ``process``: ``(index, count)`` of this process among several encoding into the same store
+    (``spring_train.sharding``); it encodes its share of the documents (every ``count``-th, by position).
+    """
+    from spring_train.sharding import share
+
     model = sm.model
     freeze(model)
     spec = LoraSpec.for_model(model, rank=settings.rank, alpha=settings.alpha, targets=settings.targets,
                               dtype=settings.storage_dtype)
-    store_folder = Path(store_folder)
-    if (store_folder / "spring.json").exists():
-        store = AdapterStore.open(store_folder, model=model, model_name=model_name)
-        recorded = store.manifest.get("encoding", {}).get("settings")
-        if store.spec != spec or recorded != _recorded(settings, model):
-            raise SpringError(f"{store_folder} was encoded with other settings ({recorded}); use a new --out folder")
-    else:
-        store = AdapterStore.create(store_folder, model, spec, base_model_name=model_name,
-                                    encoding={"method": "prag", "settings": _recorded(settings, model)})
+    store = AdapterStore.open_or_create(store_folder, model, spec, base_model_name=model_name, model_name=model_name,
+                                        encoding={"method": "prag", "settings": _recorded(settings, model)})
+    recorded = store.manifest.get("encoding", {}).get("settings")
+    if store.spec != spec or recorded != _recorded(settings, model):
+        raise SpringError(f"{store_folder} was encoded with other settings ({recorded}); use a new --out folder")
     docs, report = _usable(augmented)
+    docs = share(docs, *process)
     todo = [(doc_id, document_examples(sm, row, settings.max_answer_tokens)) for doc_id, row in docs
             if doc_id not in store]
     report.skipped = len(docs) - len(todo)
