@@ -114,6 +114,10 @@ def add_parametric_parsers(commands: argparse._SubParsersAction) -> None:
                                                                       "(default: 0.01)")
     encode.add_argument("--mse-weight", type=float, default=100.0, help="dyprag: weight of the MSE to PRAG's "
                                                                         "factors (default: 100)")
+    encode.add_argument("--held-out", type=float, default=0.0, help="dyprag: fraction of the documents kept out of "
+                                                                     "training and scored apart, to see how the "
+                                                                     "translator does on documents it never saw "
+                                                                     "(default: 0)")
     encode.add_argument("--checkpoint-every", type=int, default=50, help="dyprag: steps between checkpoints "
                                                                          "(default: 50)")
     encode.add_argument("--resume", action="store_true", help="dyprag: continue the run whose checkpoints are in --out")
@@ -277,7 +281,7 @@ def _run_dyprag(args: argparse.Namespace) -> None:
     check_output_folder(out, args.resume)
     settings = DyPRAGSettings(width=args.width, lr=_lr(args, 1e-4), epochs=args.epochs or 1,
                               kl_weight=args.kl_weight, mse_weight=args.mse_weight, seed=args.seed,
-                              checkpoint_every=args.checkpoint_every)
+                              held_out=args.held_out, checkpoint_every=args.checkpoint_every)
     augmented = read_augmented(args.augmented)
     sm = SpringModel.from_pretrained(args.model)
     report = train_dyprag(sm, augmented, args.store, out, settings, model_name=args.model, resume=args.resume,
@@ -288,6 +292,10 @@ def _run_dyprag(args: argparse.Namespace) -> None:
           f"{scores['loss_prag']:.3f}, DyPRAG {scores['loss_dyprag']:.3f}; encoding "
           f"{scores['encode_seconds_per_document']:.3f} s/document; {len(report.without_adapter)} documents "
           f"without a PRAG adapter, {len(report.not_augmented)} without usable augmentation")
+    held = scores.get("held_out")
+    if held:
+        print(f"  held out ({held['documents']} documents never trained on): answer loss no adapter "
+              f"{held['loss_base']:.3f}, PRAG {held['loss_prag']:.3f}, DyPRAG {held['loss_dyprag']:.3f}")
 
 
 def _lr(args: argparse.Namespace, default: float) -> float:

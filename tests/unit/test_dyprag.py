@@ -145,6 +145,28 @@ def test_an_interrupted_run_resumes_bit_for_bit(sm, prag_store, trained, tmp_pat
     assert (out / "translator.safetensors").read_bytes() == (trained[0] / "translator.safetensors").read_bytes()
 
 
+def test_held_out_documents_are_never_trained_on_and_scored_apart(sm, prag_store, tmp_path):
+    from spring_train.dyprag import hold_out
+
+    pairs = [(doc, ROWS[doc]) for doc in ("harvard", "yale")]
+    train, apart = hold_out(pairs, 0.5, seed=0)
+    assert len(train) == len(apart) == 1 and {train[0][0], apart[0][0]} == {"harvard", "yale"}
+    assert hold_out(pairs, 0.5, seed=0) == (train, apart)  # a function of the seed
+    steps: list[dict] = []
+    report = train_dyprag(sm, ROWS, prag_store, tmp_path / "t", DyPRAGSettings(width=8, lr=3e-3, epochs=2,
+                                                                              held_out=0.5),
+                          model_name="tiny", show_progress=False, on_step=steps.append)
+    assert (report.documents, report.steps, len(steps)) == (1, 2, 2)
+    held = report.scores["held_out"]
+    assert held["documents"] == 1 and set(held) >= {"loss_base", "loss_prag", "loss_dyprag"}
+    assert held["loss_base"] != report.scores["loss_base"]  # scored on the other document
+    assert json.loads((tmp_path / "t" / "spring.json").read_text())["scores"]["held_out"] == held
+    from spring_train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="held_out"):
+        DyPRAGSettings(held_out=1.0)
+
+
 def test_training_without_prag_adapters_for_the_documents_is_refused(sm, prag_store, tmp_path):
     from spring_core.errors import SpringError
 

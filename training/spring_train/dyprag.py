@@ -91,6 +91,7 @@ class DyPRAGSettings:
     max_document_tokens: int = 512
     max_answer_tokens: int = 32
     seed: int = 0
+    held_out: float = 0.0  # this fraction of the documents (a seeded draw) is kept out of training and scored apart
     checkpoint_every: int = 50
     keep_checkpoints: bool = False
 
@@ -101,6 +102,8 @@ class DyPRAGSettings:
                 raise ConfigError(f"DyPRAG {name} must be a positive integer, got {value!r}")
         if not self.lr > 0:
             raise ConfigError(f"DyPRAG lr must be > 0, got {self.lr!r}")
+        if not 0.0 <= self.held_out < 1.0:
+            raise ConfigError(f"DyPRAG held_out must be a fraction in [0, 1), got {self.held_out!r}")
         if self.kl_weight < 0 or self.mse_weight < 0:
             raise ConfigError(f"DyPRAG loss weights must be >= 0, got kl {self.kl_weight}, mse {self.mse_weight}")
 
@@ -164,6 +167,7 @@ def train_dyprag(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], st
     if not pairs:
         raise SpringError(f"none of the augmented documents has a PRAG adapter in {store.folder}; encode them first "
                           "with `spring-rag parametrize AUG --method prag --out STORE`")
+    pairs, apart = hold_out(pairs, settings.held_out, settings.seed)
     config = DyPRAGConfig.for_model(model, store.spec, width=settings.width, init_std=settings.init_std,
                                     max_document_tokens=settings.max_document_tokens)
     translator = ParameterTranslator(config, seed=settings.seed).to(_device(model))
@@ -210,6 +214,9 @@ def train_dyprag(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], st
         translator.eval()
         dyprag = DyPRAG(translator, model, sm.tokenizer)
         report_out.scores = score(dyprag, hooks, docs, [row for _, row in pairs])
+        if apart:
+            held = _prepare(sm, apart, store, settings, show_progress=False)
+            report_out.scores["held_out"] = score(dyprag, hooks, held, [row for _, row in apart])
     dyprag.save(out, base_model_name=model_name, training={**settings.record(), "steps": total,
                                                            "seconds": round(report_out.seconds, 1),
                                                            "epoch_losses": report_out.epochs},
@@ -291,6 +298,18 @@ def _prepare(sm: SpringModel, pairs: Sequence[tuple[str, Mapping[str, Any]]], st
         progress.update(1)
     progress.close()
     return docs
+
+
+def hold_out(pairs: Sequence[tuple[str, Mapping[str, Any]]], fraction: float,
+             seed: int) -> tuple[list[tuple[str, Mapping[str, Any]]], list[tuple[str, Mapping[str, Any]]]]:
+    """``(training, held apart)``: ``round(fraction * n)`` documents drawn with ``seed`` are held apart (at least one
+    when ``fraction > 0``; at least one always trains)."""
+    count = min(len(pairs) - 1, max(1, round(fraction * len(pairs)))) if fraction > 0 else 0
+    if fraction > 0 and count < 1:
+        raise ConfigError(f"held_out {fraction} leaves no document to train on ({len(pairs)} with a PRAG adapter)")
+    apart = set(random.Random(f"{seed}:held-out").sample(range(len(pairs)), count))
+    return ([pair for i, pair in enumerate(pairs) if i not in apart],
+            [pair for i, pair in enumerate(pairs) if i in apart])
 
 
 def _order(seed: int, epoch: int, count: int) -> list[int]:
