@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import threading
@@ -342,22 +343,34 @@ class DyPRAGAdapters(CachedAdapters):
             raise ArtifactError(f"the store {store.folder} holds rank {store.spec.rank} adapters on other modules "
                                 "or settings than the translator emits; pair the translator with a store it encoded")
         super().__init__(AdapterHooks(dyprag.model, list(dyprag.spec.modules)), cache_size)
-        self.dyprag, self.store, self.merge = dyprag, store, merge
+        # not ``store``: a served merge (the vLLM backend) names an adapter set with a ``store`` by that store's
+        # shards alone, which would leave the translator and the texts of unstored documents out of the name
+        self.dyprag, self.prag_store, self.merge = dyprag, store, merge
+        self.manifest = dyprag.manifest  # the translator's files and their SHA-256: what names its adapters
         self.spec = dyprag.spec
         self.encoded_cache_size, self.text_cache_size = encoded_cache_size, text_cache_size
         self._texts: OrderedDict[str, Passage] = OrderedDict()
-        self._encoded: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._encoded: OrderedDict[str, tuple[dict[str, torch.Tensor], str]] = OrderedDict()  # adapter, text digest
         self._encode_lock = threading.Lock()
 
     def remember(self, doc_id: str, document: Passage) -> None:
-        """Know ``doc_id``'s text, so a call can activate it (its adapter is encoded on first use)."""
+        """Know ``doc_id``'s text, so a call can activate it (its adapter is encoded on first use). A new text for an
+        id already encoded drops its adapter and every cached combination with it, so it is encoded again."""
         if not isinstance(doc_id, str) or not doc_id:
             raise OptionError(f"a document id must be a non-empty string, got {doc_id!r}")
+        digest = _digest(document)
         with self._encode_lock:
             self._texts[doc_id] = document
             self._texts.move_to_end(doc_id)
             while len(self._texts) > self.text_cache_size:
                 self._texts.popitem(last=False)
+            stale = doc_id in self._encoded and self._encoded[doc_id][1] != digest
+            if stale:
+                del self._encoded[doc_id]
+        if stale:
+            with self._lock:
+                for key in [key for key in self._cache if doc_id in key]:
+                    del self._cache[key]
 
     def prepare(self, documents: Sequence[Any]) -> None:
         """``remember`` every document of a call that has an id and a passage (``ParametricDocument``s)."""
@@ -377,20 +390,35 @@ class DyPRAGAdapters(CachedAdapters):
             cached = self._encoded.get(doc_id)
             if cached is not None:
                 self._encoded.move_to_end(doc_id)
-                return cached
+                return cached[0]
             document = self._texts.get(doc_id)
         if document is None:
             raise UnknownDocumentError(f"no adapter and no text for document {doc_id!r}; pass its passage with the "
                                        "call (ParametricDocument) or adapters.remember(id, text) first")
         adapter = self.dyprag.encode(document)
         with self._encode_lock:
-            self._encoded[doc_id] = adapter
+            self._encoded[doc_id] = (adapter, _digest(document))
             while len(self._encoded) > self.encoded_cache_size:
                 self._encoded.popitem(last=False)
         return adapter
 
     def _stored(self) -> Any:
-        return self.store if self.store is not None else ()
+        return self.prag_store if self.prag_store is not None else ()
+
+    def identity(self, doc_ids: Sequence[str]) -> list[Any]:
+        """What determines the update of ``doc_ids``: the translator's weights hash, the merge, and per document
+        its stored shard or the SHA-256 of the text it is encoded from (for a cache key of merged adapters)."""
+        store = self._stored()
+        translator = self.manifest.get("files", {}).get(TRANSLATOR, {}).get("sha256")
+        documents = []
+        for doc_id in doc_ids:
+            if doc_id in store:
+                documents.append(["stored", str(self.prag_store.folder.resolve()), self.prag_store._index.get(doc_id)])
+            else:
+                with self._encode_lock:
+                    document, cached = self._texts.get(doc_id), self._encoded.get(doc_id)
+                documents.append(["text", cached[1] if cached is not None else _digest(document or "")])
+        return [translator or id(self.dyprag), self.merge, documents]
 
     def _compute(self, doc_ids: tuple[str, ...]) -> LoraUpdate:
         adapters = [self.adapter(doc_id) for doc_id in doc_ids]
@@ -405,6 +433,11 @@ class DyPRAGAdapters(CachedAdapters):
         if store is not None and not isinstance(store, AdapterStore):
             store = AdapterStore.open(store, model=model, model_name=model_name)
         return DyPRAG.open(folder, model, model_name=model_name).adapters(store=store, merge=merge)
+
+
+def _digest(document: Passage) -> str:
+    """The SHA-256 of what the translator reads of ``document``."""
+    return hashlib.sha256(document_text(document).encode("utf-8")).hexdigest()
 
 
 def encoding_record(dyprag: DyPRAG) -> dict[str, Any]:

@@ -254,6 +254,21 @@ def test_the_encoded_cache_is_bounded_and_unknown_documents_are_named(sm, traine
         DyPRAGAdapters(dyprag, text_cache_size=0)
 
 
+def test_a_new_text_for_an_id_is_encoded_again_and_the_identity_names_translator_and_texts(sm, trained, tmp_path):
+    dyprag = DyPRAG.open(trained[0], sm.model)
+    with DyPRAGAdapters(dyprag) as adapters:
+        adapters.remember("doc", CORPUS[0])
+        before, key = adapters.update_for(["doc"]), adapters.identity(["doc"])
+        adapters.remember("doc", CORPUS[0])  # the same text: nothing is encoded again
+        assert adapters.update_for(["doc"]) is before and adapters.identity(["doc"]) == key
+        adapters.remember("doc", CORPUS[2])
+        after = adapters.update_for(["doc"])
+        name = next(iter(dyprag.spec.modules))
+        assert not torch.equal(after.factors[name][0], before.factors[name][0])
+        assert adapters.identity(["doc"]) != key and adapters.identity(["doc"])[0] == \
+            dyprag.manifest["files"]["translator.safetensors"]["sha256"]
+
+
 def test_mean_merge_averages_the_factors_and_sum_stacks_them(sm, trained):
     dyprag = DyPRAG.open(trained[0], sm.model)
     with DyPRAGAdapters(dyprag, merge="mean") as mean, DyPRAGAdapters(dyprag) as total:
