@@ -6,9 +6,10 @@ Run it from the repository root:
     python cookbook/langchain_agent.py --question "Who is Harvard named after?" --tokens my-tokens/
 
 What it shows: LangChain's two-step RAG agent (``create_agent(model, tools=[], middleware=[...])``): the
-middleware retrieves for the user's message, writes the documents into the system prompt, as the tutorial's
-``@dynamic_prompt`` does, and also hands ``ChatSpring`` the context and the question as structure, so the block
-sits exactly between them (no label heuristic, no warning). The same agent runs with k = 0 (the base model) and
+middleware retrieves for the user's message, writes the documents before the question (the tutorial's
+``@dynamic_prompt`` writes them into the system prompt; ``context_in="system"`` does that), and also hands
+``ChatSpring`` the context and the question as structure, so the block sits exactly between them (no label
+heuristic, no warning). The same agent runs with k = 0 (the base model) and
 with the bundled trained tokens (``smollm2-135m-squad``, k = 50); each answer's ``usage_metadata`` counts the
 virtual tokens in ``input_token_details["virtual"]``.
 What to expect: with k = 0 SmolLM2 answers in sentences; with the tokens it answers in a few words. The first

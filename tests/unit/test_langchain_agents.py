@@ -69,7 +69,7 @@ def no_spring_warnings(record):
 
 
 def test_the_two_step_agent_reads_the_block_between_the_context_and_the_question(chat, sm, retriever):
-    agent = create_agent(chat, tools=[], middleware=[SpringRAGMiddleware(retriever)])
+    agent = create_agent(chat, tools=[], middleware=[SpringRAGMiddleware(retriever, context_in="system")])
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         answer = agent.invoke({"messages": [HumanMessage(QUESTION)]})["messages"][-1]
@@ -89,9 +89,11 @@ def test_the_two_step_agent_async_and_with_a_vector_store(chat, sm, retriever, s
             return self.similarity_search(query, k)
 
     system_prompt = "Facts you know:\n{context}"  # no label naming the context, and no retriever run to track
-    sync_agent = create_agent(chat, tools=[], middleware=[SpringRAGMiddleware(retriever, system_prompt=system_prompt)])
+    sync_agent = create_agent(chat, tools=[], middleware=[SpringRAGMiddleware(retriever, system_prompt=system_prompt,
+                                                                               context_in="system")])
     expected = sync_agent.invoke({"messages": [HumanMessage(QUESTION)]})["messages"][-1].content
-    middleware = SpringRAGMiddleware(vector_store=BM25VectorStore(), k=1, system_prompt=system_prompt)
+    middleware = SpringRAGMiddleware(vector_store=BM25VectorStore(), k=1, system_prompt=system_prompt,
+                                     context_in="system")
     agent = create_agent(chat, tools=[], middleware=[middleware])
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -103,8 +105,8 @@ def test_the_two_step_agent_async_and_with_a_vector_store(chat, sm, retriever, s
     assert answer.content == reference(sm, [system, HumanMessage(QUESTION)], BlockAt(1, 0))
 
 
-def test_context_in_the_user_turn_goes_before_the_question_for_this_call_only(chat, sm, retriever):
-    agent = create_agent(chat, tools=[], middleware=[SpringRAGMiddleware(retriever, context_in="user")])
+def test_by_default_the_context_goes_before_the_question_in_the_user_turn_for_this_call_only(chat, sm, retriever):
+    agent = create_agent(chat, tools=[], middleware=[SpringRAGMiddleware(retriever)])
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         state = agent.invoke({"messages": [HumanMessage(QUESTION)]})
