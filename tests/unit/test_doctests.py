@@ -55,6 +55,7 @@ TINY = {
     "spring_core.model.tokens": 5,
     "spring_core.serving.peft_export": 4,
     "spring_core.serving.server": 2,
+    "spring_core.serving.vllm": 2,
     "langchain_spring": 4,
     "langchain_spring.chains": 5,
     "langchain_spring.chat_models": 9,
