@@ -167,6 +167,17 @@ def test_held_out_documents_are_never_trained_on_and_scored_apart(sm, prag_store
         DyPRAGSettings(held_out=1.0)
 
 
+def test_the_loss_is_lm_plus_weighted_kl_and_mse_and_kl_weight_0_skips_the_teacher(sm, prag_store, tmp_path):
+    for name, kl_weight in (("with", 0.5), ("without", 0.0)):
+        steps: list[dict] = []
+        train_dyprag(sm, ROWS, prag_store, tmp_path / name, DyPRAGSettings(width=8, kl_weight=kl_weight,
+                                                                          mse_weight=3.0), model_name="tiny",
+                     show_progress=False, on_step=steps.append)
+        for step in steps:
+            assert step["loss"] == pytest.approx(step["lm"] + kl_weight * step["kl"] + 3.0 * step["mse"], rel=1e-5)
+            assert (step["kl"] > 0) == (kl_weight > 0)
+
+
 def test_training_without_prag_adapters_for_the_documents_is_refused(sm, prag_store, tmp_path):
     from spring_core.errors import SpringError
 

@@ -230,14 +230,17 @@ def _losses(model: Any, hooks: AdapterHooks, translator: ParameterTranslator, do
             config: DyPRAGConfig, settings: DyPRAGSettings) -> dict[str, torch.Tensor]:
     """The step's loss and its parts for one document (every example of it in one batch)."""
     spec = config.spec
-    with torch.no_grad():
-        teacher = _answer_logits(model, hooks, doc.batch, LoraUpdate.sum(spec, [doc.target], model))
     factors = translator(doc.state[None])
     student_update = LoraUpdate({name: (a[0], b[0] * spec.scale) for name, (a, b) in factors.items()})
     student = _answer_logits(model, hooks, doc.batch, student_update)
     lm = torch.stack([answer_loss_sum(student[i:i + 1], doc.batch.labels[i:i + 1]) / length
                       for i, length in enumerate(doc.answer_lengths)]).mean()
-    kl = answer_kl(teacher, student, doc.batch.labels)
+    if settings.kl_weight > 0:  # the teacher's forward pass is a third of a step: skipped when it does not count
+        with torch.no_grad():
+            teacher = _answer_logits(model, hooks, doc.batch, LoraUpdate.sum(spec, [doc.target], model))
+        kl = answer_kl(teacher, student, doc.batch.labels)
+    else:
+        kl = torch.zeros((), device=lm.device)
     mse = sum(torch.nn.functional.mse_loss(a[0], doc.target[f"{name}.lora_A"])
               + torch.nn.functional.mse_loss(b[0], doc.target[f"{name}.lora_B"]) for name, (a, b) in factors.items())
     assert isinstance(mse, torch.Tensor)
