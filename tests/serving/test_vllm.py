@@ -243,6 +243,29 @@ def test_both_integrations_answer_through_the_server_as_in_process(smollm2, vllm
     assert answers[("langchain", vllm_url)] == answers[("langchain", None)]
 
 
+def test_both_integrations_carry_the_key_of_a_server_named_by_url(smollm2, vllm_url, monkeypatch):
+    from llama_index.core.prompts import PromptTemplate
+    from llama_index.llms.spring import SpringLLM
+
+    from langchain_spring import ChatSpring
+
+    monkeypatch.delenv("VLLM_API_KEY")
+    template = PromptTemplate("Context:\n{context_str}\n\nQuery: {query_str}\nAnswer:")
+    model, tokenizer = smollm2
+    for key, expected in (("not-the-key", "refused the API key sent"), (API_KEY, None)):
+        llm = SpringLLM(model=model, tokenizer=tokenizer, tokens=TOKENS, max_new_tokens=2, backend=vllm_url,
+                        api_key=key)
+        chat = ChatSpring(model="smollm2-135m", tokens=TOKENS, max_tokens=2, backend=vllm_url, api_key=key)
+        calls = [lambda llm=llm: llm.predict(template, context_str="Paris is in France.", query_str="Where is Paris?"),
+                 lambda chat=chat: chat.invoke("Where is Paris?").content]
+        for call in calls:
+            if expected is None:
+                assert call()
+            else:
+                with pytest.raises(ServerAuthError, match=expected):
+                    call()
+
+
 def test_the_readme_serving_snippet_runs_against_the_server(vllm_url, tmp_path, monkeypatch, capsys):
     from readme_blocks import python_blocks
 
