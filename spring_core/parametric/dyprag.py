@@ -220,7 +220,7 @@ def document_states(model: Any, ids: Sequence[Sequence[int]]) -> torch.Tensor:
     device = model.get_input_embeddings().weight.device
     states = []
     for row in ids:
-        output = model(input_ids=torch.tensor([list(row)], device=device), output_hidden_states=True,
+        output = model(input_ids=torch.tensor([list(row)], device=device), output_hidden_states=True, use_cache=False,
                        logits_to_keep=1)
         states.append(output.hidden_states[-1][0, -1].float())
     return torch.stack(states)
