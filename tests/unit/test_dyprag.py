@@ -210,6 +210,24 @@ def test_the_artifact_opens_through_the_registry_and_refuses_another_model_and_d
     with pytest.raises(ArtifactError, match="does not match the SHA-256"):
         DyPRAG.open(broken, sm.model)
 
+    import hashlib
+
+    from safetensors.torch import load, save
+
+    weights = load((out / "translator.safetensors").read_bytes())
+    weights["heads.0.a_out.weight"] = weights["heads.0.a_out.weight"][:-1]  # well-formed, wrong shape, hash updated
+    data = save(weights)
+    (broken / "translator.safetensors").write_bytes(data)
+    manifest = json.loads((broken / "spring.json").read_text())
+    manifest["files"]["translator.safetensors"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (broken / "spring.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="does not hold this translator's weights"):
+        DyPRAG.open(broken, sm.model)
+    manifest["translator"] = {"width": 8}
+    (broken / "spring.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="translator config is damaged"):
+        DyPRAG.open(broken, sm.model)
+
 
 # ----- adapters on the fly and precomputed ---------------------------------------------------------------------
 
