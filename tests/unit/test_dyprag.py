@@ -267,6 +267,19 @@ def test_on_the_fly_adapters_equal_precomputed_ones_and_answer_in_both_modes(sm,
         assert torch.equal(sm.model(ids).logits, plain)  # nothing stays on the model after the calls
 
 
+def test_a_paired_store_is_read_first_and_must_hold_the_translators_kind_of_adapter(sm, trained, prag_store):
+    dyprag = DyPRAG.open(trained[0], sm.model)
+    with DyPRAGAdapters.open(trained[0], sm.model, store=prag_store) as adapters:
+        assert "harvard" in adapters and "new" not in adapters  # stored: no text needed
+        stored = AdapterStore.open(prag_store).get("harvard")
+        assert all(torch.equal(adapters.adapter("harvard")[key], value) for key, value in stored.items())
+        assert adapters.identity(["harvard"])[2][0][0] == "stored" and not adapters._encoded
+    other = AdapterStore.create(prag_store.parent / "rank4", sm.model, LoraSpec.for_model(sm.model, rank=4),
+                                base_model_name="tiny")
+    with pytest.raises(ArtifactError, match="pair the translator with a store it encoded"):
+        DyPRAGAdapters(dyprag, store=other)
+
+
 def test_the_encoded_cache_is_bounded_and_unknown_documents_are_named(sm, trained):
     dyprag = DyPRAG.open(trained[0], sm.model)
     with DyPRAGAdapters(dyprag, encoded_cache_size=1, text_cache_size=2) as adapters:
