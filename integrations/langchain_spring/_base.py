@@ -168,8 +168,8 @@ class SpringParams(BaseModel):
             unknown = sorted(str(key) for key in values if key not in known)
             if unknown:
                 warnings.warn(
-                    f"{cls.__name__} ignores the argument(s) {', '.join(unknown)} (a local model needs no API key "
-                    f"or client settings); its options are {', '.join(sorted(SpringParams.model_fields))}",
+                    f"{cls.__name__} ignores the argument(s) {', '.join(unknown)} (a model in this process needs no "
+                    f"client settings; api_key= is for a server backend); its options are {', '.join(sorted(SpringParams.model_fields))}",
                     UserWarning,
                     stacklevel=4,
                 )

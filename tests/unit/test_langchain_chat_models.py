@@ -295,7 +295,7 @@ def test_construction_guards(sm):
     with pytest.raises(ValueError, match="model_kwargs accepts"):
         ChatSpring(model_kwargs={"device_map": "auto"})
     with pytest.warns(UserWarning, match="ignores the argument"):
-        ChatSpring(api_key="unused")
+        ChatSpring(base_url="unused")
     assert ChatSpring(spring_model=sm).model == sm.name
 
 
