@@ -96,3 +96,9 @@ class ServerAuthError(ServerError):
     """A server refused the request for its API key (401 / 403): none was sent, or not one of its keys. The message
     says how to pass one (``api_key=``, or the ``VLLM_API_KEY`` environment variable); such a request is never
     retried."""
+
+
+class ThinClientError(SpringError):
+    """A thin client of a served model (its tokenizer and input-embedding rows, no transformer layers) was asked for
+    something that needs the model's layers in this process: a forward pass, in-process generation or marginal
+    decoding, document adapters. The message says what to load instead."""

@@ -32,6 +32,7 @@ from spring_core.model.loading import DEFAULT_MODEL, DEFAULT_POOL
 from spring_core.parametric.online import ParametricDocument, check_knowledge, open_adapters
 from spring_core.prompts.placement import Placement
 from spring_core.serving import as_backend
+from spring_core.serving.thin import is_thin, refuse, serves_remotely, thin_spring_model
 
 LOAD_KWARGS = ("device", "dtype")
 """Keys ``model_kwargs`` accepts; they go to ``SpringModel.from_pretrained`` when the model is loaded by name."""
@@ -199,7 +200,8 @@ class SpringParams(BaseModel):
     @property
     def spring(self) -> SpringModel:
         """The ``SpringModel`` in use: ``spring_model`` (with ``tokens``, if given), else the model loaded by name on
-        first use (base weights shared per process)."""
+        first use (base weights shared per process); with a server ``backend``, a thin client of the model named
+        (its tokenizer and input-embedding rows, no layers: ``spring_core.serving.thin``)."""
         if self.spring_model is not None and self.tokens is None and self.layout is None:
             return self.spring_model
         if self._spring is None:
@@ -211,6 +213,8 @@ class SpringParams(BaseModel):
     def _load(self) -> SpringModel:
         if self.spring_model is not None:
             return self.spring_model.with_tokens(self.tokens or self.spring_model.tokens, layout=self.layout)
+        if serves_remotely(self.backend):  # the server runs the layers: a thin client (tokenizer + embedding rows)
+            return thin_spring_model(self.model, self.tokens, layout=self.layout)
         model, tokenizer = DEFAULT_POOL.get(self.model, self.model_kwargs.get("device"), self.model_kwargs.get("dtype"))
         return SpringModel(model, tokenizer, self.tokens, layout=self.layout)
 
@@ -222,6 +226,8 @@ class SpringParams(BaseModel):
         if self._adapters is None:
             with _LOCK:
                 if self._adapters is None:
+                    if is_thin(self.spring.model):
+                        refuse(f"adapters={str(self.adapters)!r}")
                     self._adapters = open_adapters(self.adapters, self.spring.model, model_name=self.model)
         return self._adapters
 

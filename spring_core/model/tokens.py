@@ -319,13 +319,16 @@ def _check_values(weight: torch.Tensor, where: Path) -> None:
 
 def _embedding_largest(model: Any) -> float:
     """The largest magnitude the embedding module outputs (its weight's, times the measured module/weight ratio:
-    the tables live in the module's output space, e.g. ``sqrt(hidden)`` times the weight on Gemma)."""
+    the tables live in the module's output space, e.g. ``sqrt(hidden)`` times the weight on Gemma). A thin client's
+    model (``spring_core.serving.thin``) reads its table's largest value from the file (``embedding_largest``)."""
     layer = InputLayer(model, None)
     try:
         scale = layer.embedding_scale()
     except InputError:
         scale = 1.0
-    return float(layer.embedding.weight.detach().abs().max()) * abs(scale)
+    largest = getattr(model, "embedding_largest", None)
+    weight_largest = largest() if callable(largest) else float(layer.embedding.weight.detach().abs().max())
+    return weight_largest * abs(scale)
 
 
 def _warn_if_far_outside(weight: torch.Tensor, base_largest: float, where: Path) -> None:

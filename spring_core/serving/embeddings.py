@@ -33,6 +33,8 @@ from spring_core.errors import InputError, ModelLoadError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_SCAN_ROWS = 4096
 
 
 class EmbeddingRows:
@@ -53,25 +55,25 @@ class EmbeddingRows:
                 raise ModelLoadError(f"{self.file} holds no tensor {name!r}")
             table = handle.get_slice(name)
             shape = table.get_shape()
+            stored = table.get_dtype()
         if len(shape) != 2:
             raise InputError(f"the embedding {name!r} in {self.file} is {list(shape)}, not (vocab, width)")
+        if stored not in _DTYPES:
+            raise InputError(f"the embedding {name!r} in {self.file} is stored as {stored}, not a float type")
         self.num_rows, self.width = int(shape[0]), int(shape[1])
+        self.dtype: torch.dtype = _DTYPES[stored]
+        """The table's dtype as stored (the rows and the module's output have it)."""
+        self._largest: float | None = None
         self._rows: dict[int, torch.Tensor] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> EmbeddingRows:
+    def from_folder(cls, folder: str | Path, skeleton: torch.nn.Module | None = None) -> EmbeddingRows:
         """The input embedding of the model saved in ``folder`` (``config.json`` and safetensors), named and scaled
-        as its transformers class does, without loading any weight."""
-        from transformers import AutoConfig, AutoModelForCausalLM
-
+        as its transformers class does, without loading any weight (``skeleton``: that class already built on the
+        ``meta`` device, see ``meta_skeleton``)."""
         folder = Path(folder)
-        try:
-            config = AutoConfig.from_pretrained(folder)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot read the model config in {folder}: {exc}") from exc
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
+        skeleton = meta_skeleton(folder) if skeleton is None else skeleton
         module = skeleton.get_input_embeddings()
         qualified = next(name for name, child in skeleton.named_modules() if child is module)
         file, name = _find_tensor(folder, f"{qualified}.weight", tuple(module.weight.shape))
@@ -94,7 +96,7 @@ class EmbeddingRows:
             raise InputError(f"token ids {bad[:5]} are outside the embedding's {self.num_rows} rows")
         self._read(sorted(set(ids) - self._rows.keys()))
         if not ids:
-            return torch.empty(0, self.width)
+            return torch.empty(0, self.width, dtype=self.dtype)
         return torch.stack([self._rows[i] for i in ids])
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -104,6 +106,20 @@ class EmbeddingRows:
         if self.scale is not None:  # as transformers' scaled embeddings: a float32 scalar cast to the weight's dtype
             out = out * torch.tensor(self.scale).to(out.dtype)
         return out
+
+    def largest(self) -> float:
+        """The largest magnitude in the table (as stored, no scale), read once in blocks of rows that are not
+        kept."""
+        if self._largest is None:
+            from safetensors import safe_open
+
+            largest = 0.0
+            with safe_open(str(self.file), framework="pt") as handle:
+                table = handle.get_slice(self.name)
+                for start in range(0, self.num_rows, _SCAN_ROWS):
+                    largest = max(largest, float(table[start:start + _SCAN_ROWS].abs().max()))
+            self._largest = largest
+        return self._largest
 
     def _read(self, missing: list[int]) -> None:
         """Read ``missing`` (sorted, unique) rows, one slice per run of consecutive ids."""
@@ -122,6 +138,20 @@ class EmbeddingRows:
                     for offset, row in enumerate(table[first:stop])}
         with self._lock:
             self._rows.update(read)
+
+
+def meta_skeleton(folder: str | Path) -> torch.nn.Module:
+    """The causal-LM class of the model saved in ``folder``, built from its ``config.json`` on the ``meta`` device:
+    its modules, names and shapes, no memory and no weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the model config in {folder}: {exc}") from exc
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def _module_scale(module: torch.nn.Module) -> float | None:

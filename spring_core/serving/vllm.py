@@ -9,6 +9,9 @@ sum; ``peft_export``), written once to ``adapter_dir`` (a folder the server read
 requests: the first token alone, restricted to ids that start with those spaces (``allowed_token_ids``), then the
 rest after it.
 
+The client need not hold the model: a thin ``SpringModel`` (``spring_core.serving.thin``: the tokenizer, the token
+table and the input-embedding rows read lazily from the safetensors) builds the same requests, byte for byte.
+
 What the server cannot do exactly is refused: marginal decoding (RAG-Sequence / RAG-Token) needs each passage's full
 next-token distribution at every step, which vLLM's top-n logprobs do not give, so ``decoding`` must be ``stuff``.
 
@@ -44,6 +47,7 @@ from spring_core.model.loading import spring_home
 from spring_core.model.spring_model import SpringModel
 from spring_core.serving.http import Deadline, ServerClient, parse_json
 from spring_core.serving.peft_export import write_peft_adapter
+from spring_core.serving.thin import is_thin, refuse
 from spring_core.types import Generation, GenerationSettings, PromptParts, Usage
 
 PROBE_TEXT = "The history of the city begins in the year"
@@ -93,8 +97,11 @@ class VLLMBackend:
             prompt (a plain prompt then goes as its embeddings too: the same answer, as the tests check).
         dtype: the served model's dtype, to which embeddings are cast before they are sent (default: the local
             model's).
-        check_model: at the first call, compare the server's next-token log-probabilities on a probe prompt with
-            the local model's (as ids, and as embeddings when they are used) and refuse a different model.
+        check_model: at the first call, refuse a server that runs another model: with a loaded model, the server's
+            next-token log-probabilities on a probe prompt (as ids, and as embeddings when they are used) must match
+            the local model's; with a thin client (``spring_core.serving.thin``: no layers, no local forward pass),
+            the server's answer to the probe sent as token ids must match its answer to the client's embeddings of
+            them, which holds only if the client's embedding rows are the served model's.
 
     Example:
         >>> backend = VLLMBackend("http://127.0.0.1:8000", request_timeout=60)                       # doctest: +SKIP
@@ -190,6 +197,8 @@ class VLLMBackend:
     # ----- document adapters ---------------------------------------------------------------------------------
 
     def _lora(self, spring: SpringModel, adapters: Any, doc_ids: Sequence[str], deadline: Deadline) -> str | None:
+        if doc_ids and is_thin(spring.model):
+            refuse("document adapters (opened and merged on the model's modules)")
         return self.adapter_name(spring, adapters, doc_ids, deadline=deadline) if doc_ids else None
 
     def adapter_name(self, spring: SpringModel, adapters: Any, doc_ids: Sequence[str], *,
@@ -243,25 +252,53 @@ class VLLMBackend:
             self.model = served[0]
         elif self.model not in served:
             raise ServerError(f"the server at {self.base_url} serves {', '.join(served)}, not {self.model!r}")
-        if self.check_model:
+        if self.check_model and is_thin(spring.model):
+            self._probe_rows(spring, deadline=deadline)
+        elif self.check_model:
             self._probe(spring, as_embeds=False, deadline=deadline)
             if spring.n > 0 or self.embeds == "always":
                 self._probe(spring, as_embeds=True, deadline=deadline)
         self._checked.add(id(spring.model))
 
-    def _probe(self, spring: SpringModel, *, as_embeds: bool, deadline: Deadline) -> None:
-        parts = PromptParts(PROBE_TEXT)
-        ids = spring.encode(parts)
-        with torch.inference_mode():
-            local = torch.log_softmax(spring.logits(parts)[0, -1].float(), dim=-1)
+    def _probe_reply(self, spring: SpringModel, ids: list[int], *, as_embeds: bool,
+                     deadline: Deadline) -> tuple[int, float]:
+        """The server's greedy next token (id, log-prob) after the probe ``ids``, sent as ids or as embeddings."""
         body: dict[str, Any] = {"model": self.model, "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
                                 "return_tokens_as_token_ids": True}
         if as_embeds:
             body["prompt_embeds"] = self._embeds(spring, ids)
         else:
             body["prompt"] = ids
-        reply = self.http.json("POST", "/v1/completions", body, deadline=deadline)
-        token_id, served_logprob = _probe_answer(reply)
+        return _probe_answer(self.http.json("POST", "/v1/completions", body, deadline=deadline))
+
+    def _probe_rows(self, spring: SpringModel, *, deadline: Deadline) -> None:
+        """The thin client's check, with no local forward pass: the server scores the probe sent as token ids and as
+        this client's embeddings of them; the two agree only if the client's embedding rows are the served model's
+        (a different model, or its rows unscaled, moves the answer)."""
+        ids = spring.encode(PromptParts(PROBE_TEXT))
+        by_ids = self._probe_reply(spring, ids, as_embeds=False, deadline=deadline)
+        by_rows = self._probe_reply(spring, ids, as_embeds=True, deadline=deadline)
+        intro = (f"the server at {self.base_url} serves {self.model!r}, which does not answer like this client's "
+                 f"model ({spring.name}):")
+        fix = ("Start the server on the client's model (`spring-rag serve <model>`), or pass check_model=False")
+        vocabulary = spring.inputs.output_rows
+        if not 0 <= by_ids[0] < vocabulary:  # its vocabulary is larger than this one's: another model
+            raise ModelMismatchError(f"{intro} its next token after a probe prompt sent as token ids has id "
+                                     f"{by_ids[0]}, outside this model's vocabulary of {vocabulary} tokens. {fix}")
+        if by_ids[0] != by_rows[0] or not abs(by_ids[1] - by_rows[1]) <= self.probe_tolerance:
+            said = [f"id {token} ({spring.tokenizer.decode([token]) if 0 <= token < vocabulary else 'outside'!r}, "
+                    f"log-prob {logprob:.3f})" for token, logprob in (by_ids, by_rows)]
+            raise ModelMismatchError(
+                f"{intro} a probe prompt sent as token ids gets the next token {said[0]}, the same prompt sent as "
+                f"this client's input embeddings {said[1]} (tolerance {self.probe_tolerance:g}): the client's "
+                f"embedding rows are not the served model's. {fix}")
+
+    def _probe(self, spring: SpringModel, *, as_embeds: bool, deadline: Deadline) -> None:
+        parts = PromptParts(PROBE_TEXT)
+        ids = spring.encode(parts)
+        with torch.inference_mode():
+            local = torch.log_softmax(spring.logits(parts)[0, -1].float(), dim=-1)
+        token_id, served_logprob = self._probe_reply(spring, ids, as_embeds=as_embeds, deadline=deadline)
         what = "embeddings" if as_embeds else "token ids"
         intro = (f"the server at {self.base_url} serves {self.model!r}, which does not answer like this model "
                  f"({spring.name}): on a probe prompt sent as {what}, the server's next token")

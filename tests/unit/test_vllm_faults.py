@@ -9,16 +9,20 @@ answer as finished, must not outlive its deadline by more than a moment, and mus
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.server
+import io
 import json
+import shutil
 import socketserver
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
+import torch
 
-from spring_core import SpringModel
+from spring_core import SpringModel, VirtualTokens
 from spring_core.errors import (
     DeadlineError,
     ModelMismatchError,
@@ -26,9 +30,12 @@ from spring_core.errors import (
     ServerAuthError,
     ServerError,
     ServerReplyError,
+    ThinClientError,
 )
 from spring_core.options import generation_settings
 from spring_core.serving import VLLMBackend, as_backend
+from spring_core.serving.thin import is_thin, thin_spring_model
+from spring_core.serving.vllm import PROBE_TEXT
 from spring_core.types import PromptParts
 
 PROMPT = PromptParts("Question: 2+2?\nAnswer:")
@@ -425,3 +432,143 @@ def test_a_refused_embedding_is_told_apart_from_a_missing_flag(serve, sm, case):
         assert "wrong width" in message and "another model" in message and "start it with" not in message
     else:
         assert "start it with --enable-prompt-embeds" in message
+
+
+# ----- the thin client (issue #29 part 3): no transformer layer in the client -----------------------------------
+
+
+class Recording:
+    """A healthy server that answers the model-check probe (``logprobs``) with ``probe(body)`` -- ``(token id,
+    log-prob)`` -- and anything else with `` ok``; it keeps every body it was sent."""
+
+    def __init__(self, probe: Callable[[dict], tuple[int, float]] = lambda body: (5, -0.5)):
+        self.bodies: list[dict] = []
+        self.probe = probe
+
+    def __call__(self, handler, body):
+        self.bodies.append(body)
+        if body.get("logprobs"):
+            token, logprob = self.probe(body)
+            logprobs = {"tokens": [f"token_id:{token}"], "token_logprobs": [logprob]}
+            handler.reply(200, json.dumps({"choices": [{"text": "x", "finish_reason": "length",
+                                                        "logprobs": logprobs}]}).encode())
+            return
+        usage = {"prompt_tokens": 9, "completion_tokens": 1}
+        handler.reply(200, json.dumps({"choices": [{"text": " ok", "finish_reason": "stop"}], "usage": usage}).encode())
+
+
+def decoded(body: dict) -> torch.Tensor:
+    """The tensor a body's ``prompt_embeds`` carries (as vLLM reads it)."""
+    return torch.load(io.BytesIO(base64.b64decode(body["prompt_embeds"])), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokens(tiny, tmp_path_factory):
+    """A virtual-token artifact made for the tiny model."""
+    folder = tmp_path_factory.mktemp("tiny-tokens") / "tokens"
+    VirtualTokens.from_text(tiny[0], n=6, tokenizer=tiny[1]).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def thin(tiny_dir, tiny_tokens):
+    return thin_spring_model(str(tiny_dir), tiny_tokens, pool=None)
+
+
+def test_the_thin_client_sends_what_the_full_client_sends_and_checks_the_model_on_the_server(serve, tiny, thin,
+                                                                                            tiny_tokens):
+    full = SpringModel(*tiny, tokens=tiny_tokens)
+    prompts = [full.prompt_parts("Who wrote Hamlet?", ["Hamlet was written by Shakespeare."], k) for k in (0, 1, 6)]
+    bodies = {}
+    for name, spring in (("full", full), ("thin", thin)):
+        recording = Recording()
+        server = serve(recording)
+        check = VLLMBackend(server.url, check_model=name == "thin")  # the full client's check needs a real model
+        answers = [check.generate(spring, p, SETTINGS) for p in prompts]
+        assert [a.text for a in answers] == [" ok"] * 3 and [a.usage.virtual_tokens for a in answers] == [0, 1, 6]
+        bodies[name] = recording.bodies
+    probes = lambda recorded: [b for b in recorded if b.get("logprobs")]  # noqa: E731
+    requests = lambda recorded: [b for b in recorded if not b.get("logprobs")]  # noqa: E731
+    # the requests are the same bytes: token ids where there is no block, the same embeddings where there is one
+    assert requests(bodies["thin"]) == requests(bodies["full"])
+    assert [("prompt" in b, "prompt_embeds" in b) for b in requests(bodies["thin"])] == [(True, False),
+                                                                                          (False, True), (False, True)]
+    assert torch.equal(decoded(requests(bodies["thin"])[2]),
+                       full.embed(torch.tensor([full.encode(prompts[2])]))[0].detach())
+    # the thin check: the same probe as ids and as the client's embeddings, scored by the server (no local forward)
+    thin_probes = probes(bodies["thin"])
+    assert len(thin_probes) == 2 and thin_probes[0]["prompt"] == thin.encode(PromptParts(PROBE_TEXT))
+    assert torch.equal(decoded(thin_probes[1]), thin.embed(torch.tensor([thin_probes[0]["prompt"]]))[0])
+    assert thin.model.get_input_embeddings().rows.loaded < thin.model.get_input_embeddings().rows.num_rows
+
+
+def test_the_thin_check_refuses_embeddings_the_server_answers_differently_from_the_ids(serve, thin):
+    server = serve(Recording(lambda body: (5, -0.5) if "prompt" in body else (7, -2.0)))
+    with pytest.raises(ModelMismatchError, match=r"sent as token ids gets the next token id 5 .*log-prob -0\.500.*"
+                                                 r"this client's input embeddings id 7 .*log-prob -2\.000.*"
+                                                 r"embedding rows are not the served model's") as caught:
+        VLLMBackend(server.url).generate(thin, PROMPT, SETTINGS)
+    assert "spring-rag serve <model>" in str(caught.value) and "nan" not in str(caught.value)
+    server = serve(Recording(lambda body: (5, -0.5) if "prompt" in body else (5, -0.75)))  # same token, off by 0.25
+    with pytest.raises(ModelMismatchError, match="tolerance 0.1"):
+        VLLMBackend(server.url).generate(thin, PROMPT, SETTINGS)
+    outside = thin.inputs.output_rows + 100
+    with pytest.raises(ModelMismatchError, match=f"has id {outside}, outside this model's vocabulary of "):
+        VLLMBackend(serve(Recording(lambda body: (outside, -0.1))).url).generate(thin, PROMPT, SETTINGS)
+    assert VLLMBackend(server.url, check_model=False).generate(thin, PROMPT, SETTINGS).text == " ok"
+
+
+def test_the_thin_client_refuses_what_needs_the_layers_and_says_what_to_load(serve, thin, tmp_path):
+    from spring_core.engine import Engine, Request
+    from spring_core.parametric.online import ParametricDocument
+
+    with pytest.raises(ThinClientError, match=r"a forward pass .* SpringModel.from_pretrained\(name\)"):
+        thin.logits(PROMPT)
+    with pytest.raises(ThinClientError, match="needs the model's transformer layers in this process"):
+        Engine(thin).generate(Request(prompt=PROMPT, settings={"max_new_tokens": 2}))  # in-process backend
+    server = serve(Recording())
+    documents = [ParametricDocument(None, text, None) for text in ("X is Y.", "Z is W.")]
+    request = Request(question="Who?", documents=documents, decoding="rag-token", settings={"max_new_tokens": 2})
+    with pytest.raises(ServerError, match="marginal decoding needs every passage's full next-token distribution"):
+        Engine(thin, backend=VLLMBackend(server.url)).generate(request)
+
+
+def test_the_thin_client_keeps_the_fingerprint_check_of_artifacts(tiny_dir, thin, tmp_path):
+    from conftest import make_tiny_model
+
+    other_dir = tmp_path / "other"
+    shutil.copytree(tiny_dir, other_dir)
+    other = make_tiny_model(other_dir, thin.tokenizer, seed=1)  # the same shapes, other weights
+    foreign = tmp_path / "foreign"
+    VirtualTokens.from_text(other, n=4, tokenizer=thin.tokenizer).save(foreign)
+    with pytest.raises(ModelMismatchError, match=f"{foreign} was made for .* but is being loaded into"):
+        thin.with_tokens(foreign)
+    assert thin_spring_model(str(other_dir), foreign, pool=None).n == 4  # its own model's thin client takes it
+    assert thin.model.get_input_embeddings().weight.shape == (thin.inputs.vocab_rows, thin.inputs.width)
+
+
+def test_both_integrations_build_a_thin_client_for_a_server_backend(serve, tiny_dir, tiny_tokens, tmp_path):
+    from llama_index.core.prompts import PromptTemplate
+    from llama_index.llms.spring import SpringLLM
+
+    from langchain_spring import ChatSpring
+
+    recording = Recording()
+    server = serve(recording)
+    chat = ChatSpring(model=str(tiny_dir), tokens=str(tiny_tokens), backend=server.url, max_tokens=2, api_key="")
+    llm = SpringLLM(model_name=str(tiny_dir), tokens=str(tiny_tokens), backend=server.url, max_new_tokens=2,
+                    api_key="")
+    assert chat.invoke("Where is Paris?").content == " ok"
+    template = PromptTemplate("Context:\n{context_str}\n\nQuery: {query_str}\nAnswer:")
+    assert llm.predict(template, context_str="Paris is in France.", query_str="Where is Paris?") == " ok"
+    assert is_thin(chat.spring.model) and is_thin(llm.spring_model.model)
+    assert sum("prompt_embeds" in body and not body.get("logprobs") for body in recording.bodies) == 1  # the block
+    in_process = ChatSpring(model=str(tiny_dir), tokens=str(tiny_tokens), max_tokens=2)
+    assert not is_thin(in_process.spring.model)  # no server: the model is loaded as ever
+    store = tmp_path / "adapters"
+    store.mkdir()
+    with pytest.raises(ThinClientError, match=f"adapters='{store}' needs the model's transformer layers"):
+        SpringLLM(model_name=str(tiny_dir), backend=server.url, adapters=str(store), api_key="")
+    with pytest.raises(ThinClientError, match="adapters="):
+        ChatSpring(model=str(tiny_dir), backend=server.url, adapters=str(store), knowledge="prag",
+                   api_key="").invoke("Hello")

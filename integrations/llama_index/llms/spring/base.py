@@ -72,6 +72,7 @@ from spring_core.parametric.online import ParametricDocument, check_knowledge, o
 from spring_core.prompts.layouts import has_chat_template, render_chat, unique_sentinel
 from spring_core.prompts.placement import Span, fill_placeholders, place_block
 from spring_core.serving import as_backend
+from spring_core.serving.thin import is_thin, refuse, serves_remotely, thin_spring_model
 from spring_core.types import Passage, PromptParts
 
 CONTEXT_VARIABLES = ("context_str", "context_msg")
@@ -148,13 +149,18 @@ class SpringLLM(CustomLLM):
         super().__init__(**kwargs)
         install_query_usage()
         options.choice("decoding", self.decoding, options.DECODINGS)
-        if spring_model is None:
+        if spring_model is None and model is None and tokenizer is None and serves_remotely(self.backend):
+            # the server runs the layers: a thin client (tokenizer + input-embedding rows, spring_core.serving.thin)
+            spring_model = thin_spring_model(self.model_name, self.tokens, layout=self.layout)
+        elif spring_model is None:
             if model is None and tokenizer is None:
                 model, tokenizer = DEFAULT_POOL.get(self.model_name, self.device)
             spring_model = SpringModel.from_pretrained(self.model_name, self.tokens, device=self.device, model=model,
                                                        tokenizer=tokenizer, layout=self.layout)
         adapters = self.adapters
         if isinstance(adapters, (str, Path)):
+            if is_thin(spring_model.model):
+                refuse(f"adapters={str(adapters)!r}")
             adapters = open_adapters(adapters, spring_model.model, model_name=self.model_name)
         check_knowledge(self.knowledge, adapters)
         if self.k is not None:
