@@ -102,3 +102,9 @@ class ThinClientError(SpringError):
     """A thin client of a served model (its tokenizer and input-embedding rows, no transformer layers) was asked for
     something that needs the model's layers in this process: a forward pass, in-process generation or marginal
     decoding, document adapters. The message says what to load instead."""
+
+
+class ToolCallingError(SpringError, NotImplementedError):
+    """A chat model was asked to call tools (``bind_tools``, ``with_structured_output``) but its chat template does
+    not take tools, or writes tool calls in a format spring-rag cannot read back. The message names the template's
+    gap and the way that needs no tools (two-step RAG with ``SpringRAGMiddleware``)."""

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -36,8 +37,15 @@ from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
 
 from langchain_spring._base import SpringParams, finished, usage_metadata
+from langchain_spring.tools import (
+    check_tool_support,
+    parse_tool_calls,
+    render_tool_prompt,
+    template_tools,
+    tool_definitions,
+)
 from langchain_spring.tracking import TRACKER
-from spring_core import Generation
+from spring_core import Generation, options
 from spring_core.aio import iterate_in_thread
 from spring_core.engine import Request
 from spring_core.generation import GenerationStream
@@ -48,31 +56,50 @@ from spring_core.types import PromptParts
 _ROLES: dict[type[BaseMessage], str] = {SystemMessage: "system", HumanMessage: "user", AIMessage: "assistant"}
 
 
-def message_turns(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """``[{"role", "content"}]`` for a chat template; text content only, tool messages are refused."""
-    turns = []
+def message_turns(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """``[{"role", "content"}]`` for a chat template, text content only; an AI message's tool calls go in its
+    ``tool_calls`` (``[{"id", "type": "function", "function": {"name", "arguments"}}]``) and a tool message becomes
+    a ``tool`` turn with its ``tool_call_id`` and tool ``name``, as Hugging Face chat templates take them."""
+    turns: list[dict[str, Any]] = []
+    names: dict[str, str] = {}
     for message in messages:
-        if isinstance(message, ToolMessage) or getattr(message, "tool_calls", None):
-            raise NotImplementedError("ChatSpring does not support tool calling, so it cannot read tool messages")
         if isinstance(message, ChatMessage):
             role = message.role
+        elif isinstance(message, ToolMessage):
+            role = "tool"
         else:
             role = next((name for kind, name in _ROLES.items() if isinstance(message, kind)), None)
             if role is None:
-                raise ValueError(f"ChatSpring cannot read a {type(message).__name__}; use system, human or AI messages")
+                raise ValueError(f"ChatSpring cannot read a {type(message).__name__}; use system, human, AI or tool "
+                                 "messages")
         if not isinstance(message.content, str):
             other = sorted({str(block.get("type")) for block in message.content
-                            if isinstance(block, dict) and block.get("type") != "text"})
+                            if isinstance(block, dict) and block.get("type") not in ("text", "tool_call")})
             if other:
                 raise ValueError(f"ChatSpring reads text only; this message holds {', '.join(other)} content")
-        turns.append({"role": role, "content": message.text})
+        turn: dict[str, Any] = {"role": role, "content": message.text}
+        if isinstance(message, AIMessage) and message.tool_calls:
+            turn["tool_calls"] = [{"id": call.get("id") or f"call_{i}", "type": "function",
+                                   "function": {"name": call["name"], "arguments": call["args"]}}
+                                  for i, call in enumerate(message.tool_calls)]
+            names |= {c["id"]: c["function"]["name"] for c in turn["tool_calls"]}
+        if isinstance(message, ToolMessage):
+            turn["tool_call_id"] = message.tool_call_id
+            turn["name"] = message.name or names.get(message.tool_call_id, "tool")
+        turns.append(turn)
     return turns
 
 
-def render_messages(turns: Sequence[dict[str, str]], tokenizer: Any, placement: Placement | None = None,
+def has_tool_turns(turns: Sequence[dict[str, Any]]) -> bool:
+    """Whether a conversation holds tool calls or tool results."""
+    return any(turn["role"] == "tool" or turn.get("tool_calls") for turn in turns)
+
+
+def render_messages(turns: Sequence[dict[str, Any]], tokenizer: Any, placement: Placement | None = None,
                     k: int = 0) -> PromptParts:
     """The prompt: the chat template with the assistant turn opened (else a ``Role: content`` transcript), with a
-    ``k``-token block at ``placement``."""
+    ``k``-token block at ``placement``. Conversations with tool calls or results go through
+    ``render_tool_messages``."""
     at = placement.at if placement is not None else None
     if has_chat_template(tokenizer):
         return render_chat(tokenizer, turns, at, k)
@@ -88,14 +115,34 @@ def render_messages(turns: Sequence[dict[str, str]], tokenizer: Any, placement: 
     return PromptParts(text[:offset], k, text[offset:])
 
 
+def render_tool_messages(turns: Sequence[dict[str, Any]], tokenizer: Any, tools: Sequence[dict[str, Any]] | None,
+                         k: int) -> PromptParts:
+    """The prompt of a conversation with bound ``tools`` or tool turns (``langchain_spring.tools``): rendered by the
+    chat template (its tool format, or the plain fallback); ending with tool results, a ``k``-token block right
+    before the answer.
+
+    Example:
+        >>> turns = message_turns([HumanMessage("Who wrote Hamlet?"), AIMessage("", tool_calls=[
+        ...     {"name": "search", "args": {"q": "Hamlet"}, "id": "c1"}]), ToolMessage("Shakespeare.", tool_call_id="c1")])
+        >>> render_tool_messages(turns, tokenizer, None, 4).after   # the block closes the prompt
+        ''
+    """  # noqa: E501
+    return render_tool_prompt(turns, tokenizer, tools, k, lambda plain: render_messages(plain, tokenizer))
+
+
 class ChatSpring(SpringParams, BaseChatModel):
     """Chat model over ``spring_core.SpringModel``: a local Hugging Face LLM plus optional SPRING virtual tokens.
 
     Fields (LangChain names): ``model``, ``tokens``, ``k``, ``temperature``, ``max_tokens``, ``stop``,
     ``timeout``, ``max_retries``, ``model_kwargs``; ``spring_model=`` shares a ``SpringModel`` you loaded. The
     model loads on first use. Answers carry ``usage_metadata`` with real token counts: ``input_tokens`` includes
-    the virtual tokens, which are also given as ``input_token_details["virtual"]``. Tool calling and structured
-    output are not supported.
+    the virtual tokens, which are also given as ``input_token_details["virtual"]``.
+
+    Tool calling (``bind_tools``, ``with_structured_output``, agents such as ``create_agent(chat, [tool])``) works
+    for a model whose chat template takes tools and writes calls in a format ``langchain_spring.tools`` reads
+    (Hermes/Qwen ``<tool_call>``, Llama JSON, Mistral ``[TOOL_CALLS]``); other templates raise
+    ``ToolCallingError`` at bind time, naming ``SpringRAGMiddleware`` (two-step RAG). When a conversation ends with
+    tool results, they are the retrieved context: the block goes after them, right before the answer.
 
     ``invoke(question, documents=docs)`` answers from retrieved documents read as separate passages, with the
     field ``decoding`` (``stuff``, ``rag-token``, ``rag-sequence``, ``rag-sequence-fast``; per call: ``decoding=``) and
@@ -122,18 +169,39 @@ class ChatSpring(SpringParams, BaseChatModel):
         self,
         tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
         *,
-        tool_choice: str | None = None,
+        tool_choice: str | dict[str, Any] | bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Not supported: SPRING models here have no tool-calling format."""
-        raise NotImplementedError(
-            "ChatSpring does not support tool calling (bind_tools) or structured output: it answers in plain text"
-        )
+        """Bind tools: the chat template renders them (``apply_chat_template(tools=...)``) and the answer's tool
+        calls are parsed into ``AIMessage.tool_calls``.
+
+        Raises ``ToolCallingError`` (a ``NotImplementedError``) here, at bind time, when the model's chat template
+        does not take tools; RAG then works without tools through ``SpringRAGMiddleware``. ``tool_choice`` is
+        passed to nothing that enforces it (generation is not constrained): ``"none"`` leaves the tools out of the
+        prompt, anything else lets the model choose.
+
+        Example:
+            >>> agent = create_agent(ChatSpring(model="my-qwen/"), [retrieve_context])   # a tool-taking template
+        """
+        check_tool_support(self.engine.spring.tokenizer)
+        if tool_choice in ("none", False):
+            return self.bind(**kwargs)
+        return self.bind(tools=tool_definitions(tools), **kwargs)
+
+    def with_structured_output(self, schema: Any, *, include_raw: bool = False,
+                               **kwargs: Any) -> Runnable[LanguageModelInput, Any]:
+        """Structured output through a tool call (LangChain's ``function_calling`` method), for a chat template that
+        takes tools; ``ToolCallingError`` otherwise (see ``bind_tools``)."""
+        check_tool_support(self.engine.spring.tokenizer, "with_structured_output")
+        return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
 
     # ----- generation ----------------------------------------------------------------------------------------
 
     def _chat_request(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
                       run_manager: Any = None) -> Request:
+        kwargs = dict(kwargs)
+        tools = kwargs.pop("tools", None)
+        kwargs.pop("tool_choice", None)
         turns = message_turns(messages)
         if kwargs.get("documents") is not None:
             if [turn["role"] for turn in turns] != ["user"]:
@@ -142,21 +210,44 @@ class ChatSpring(SpringParams, BaseChatModel):
                     f"or one human message), not {len(turns)} message(s) with roles {[t['role'] for t in turns]}"
                 )
             return self._documents_request(turns[0]["content"], stop, kwargs)
-        run_id = getattr(run_manager, "run_id", None) or TRACKER.run_for(messages)
         settings, k = self._call_settings(stop, kwargs)
+        tokenizer = self.engine.spring.tokenizer
+        if tools or has_tool_turns(turns):  # agentic: the tool results, when they close the conversation, are context
+            n = self.engine.spring.n
+            k = options.virtual_token_count(n if k is None else k, n)
+            return Request(prompt=render_tool_messages(turns, tokenizer, tools, k), settings=settings)
+        run_id = getattr(run_manager, "run_id", None) or TRACKER.run_for(messages)
         placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, k,
                                        kwargs.get("rag_inputs"))
-        return Request(prompt=render_messages(turns, self.engine.spring.tokenizer, placement, k), settings=settings)
+        return Request(prompt=render_messages(turns, tokenizer, placement, k), settings=settings)
 
     def _metadata(self, generation: Generation) -> dict[str, Any]:
         return {"model_name": self.model, "finish_reason": generation.finish_reason}
 
-    def _result(self, generation: Generation) -> ChatResult:
+    def _message(self, generation: Generation, tools: Sequence[dict[str, Any]] | None) -> AIMessage:
+        """The answer; with ``tools`` bound, the tool calls in it parsed (the template's format) into
+        ``tool_calls``."""
         metadata = self._metadata(generation)
-        message = AIMessage(
-            content=generation.text, usage_metadata=usage_metadata(generation.usage), response_metadata=metadata
-        )
-        return ChatResult(generations=[ChatGeneration(message=message, generation_info=dict(metadata))])
+        usage = usage_metadata(generation.usage)
+        if not tools:
+            return AIMessage(content=generation.text, usage_metadata=usage, response_metadata=metadata)
+        tokenizer = self.engine.spring.tokenizer
+        support = template_tools(tokenizer)
+        raw = generation.text
+        if generation.token_ids:  # markers such as Mistral's [TOOL_CALLS] are special tokens, dropped from .text
+            raw = tokenizer.decode(generation.token_ids, skip_special_tokens=False)
+        names = [tool["function"]["name"] for tool in tools]
+        content, calls, invalid = parse_tool_calls(raw, support.format or "hermes", names=names,
+                                                   special=[str(t) for t in tokenizer.all_special_tokens])
+        if not calls and not invalid:
+            content = generation.text
+        return AIMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid, usage_metadata=usage,
+                         response_metadata=metadata)
+
+    def _result(self, generation: Generation, tools: Sequence[dict[str, Any]] | None = None) -> ChatResult:
+        message = self._message(generation, tools)
+        return ChatResult(generations=[ChatGeneration(message=message,
+                                                      generation_info=dict(message.response_metadata))])
 
     def _last_chunk(self, stream: GenerationStream) -> ChatGenerationChunk:
         """The closing chunk: no text, the whole answer's usage and metadata (LangChain sums chunks)."""
@@ -169,6 +260,18 @@ class ChatSpring(SpringParams, BaseChatModel):
         )
         return ChatGenerationChunk(message=message)
 
+    def _whole_chunk(self, result: ChatResult, run_manager: Any) -> ChatGenerationChunk:
+        message = result.generations[0].message
+        assert isinstance(message, AIMessage)
+        chunk = ChatGenerationChunk(message=AIMessageChunk(
+            content=message.content, usage_metadata=message.usage_metadata, response_metadata=message.response_metadata,
+            tool_call_chunks=[{"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i,
+                               "type": "tool_call_chunk"} for i, c in enumerate(message.tool_calls)],
+            chunk_position="last"))
+        if run_manager is not None:
+            run_manager.on_llm_new_token(str(message.content), chunk=chunk)
+        return chunk
+
     def _start_stream(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
                       run_manager: Any = None) -> GenerationStream:
         return self._open_stream(self._chat_request(messages, stop, kwargs, run_manager))
@@ -176,16 +279,19 @@ class ChatSpring(SpringParams, BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         request = self._chat_request(messages, stop, kwargs, run_manager)
-        return self._result(self._complete_all([request])[0])
+        return self._result(self._complete_all([request])[0], kwargs.get("tools"))
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         # Loading, prompt rendering and generation all block: run them in a worker thread.
         request = await run_in_executor(None, self._chat_request, messages, stop, kwargs, run_manager)
-        return self._result((await run_in_executor(None, self._complete_all, [request]))[0])
+        return self._result((await run_in_executor(None, self._complete_all, [request]))[0], kwargs.get("tools"))
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        if kwargs.get("tools"):  # tool calls parse from the whole answer: one chunk
+            yield self._whole_chunk(self._generate(messages, stop, run_manager, **kwargs), run_manager)
+            return
         stream = self._start_stream(messages, stop, kwargs, run_manager)
         for delta in self._deltas(stream):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta))
@@ -197,6 +303,12 @@ class ChatSpring(SpringParams, BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        if kwargs.get("tools"):  # tool calls parse from the whole answer: one chunk
+            chunk = self._whole_chunk(await self._agenerate(messages, stop, None, **kwargs), None)
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
+            yield chunk
+            return
         # Loading, rendering and encoding block, so they run in a worker thread; so does the token stream.
         stream = await run_in_executor(None, self._start_stream, messages, stop, kwargs, run_manager)
         async for delta in iterate_in_thread(lambda: self._deltas(stream)):

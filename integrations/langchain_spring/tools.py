@@ -1,0 +1,356 @@
+"""Tool calling for ``ChatSpring``: what a chat template can render, the tool-call formats it writes, and the
+answer step of agentic RAG.
+
+**Which templates take tools.** ``template_tools(tokenizer)`` renders a probe conversation through the tokenizer's
+chat template: a user turn with and without a probe tool definition (``apply_chat_template(tools=...)``), then an
+assistant turn that calls the probe tool and a ``tool`` turn with its result. A template takes tools when the
+probe tool's name shows up only in the render with tools; it renders calls and results when the probe call and
+the probe result show up. The tool-call *format* is the one whose parser reads the probe call back from the text
+the template writes for the assistant turn (the text a model trained on that template emits):
+
+* ``hermes``: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (Hermes, Qwen 2.5 / 3, SmolLM3,
+  MiniCPM and other ChatML-style tool templates);
+* ``llama-json``: a JSON object ``{"name": ..., "parameters": {...}}`` (Llama 3.1+ and Llama 4, optionally after
+  ``<|python_tag|>`` / inside ``<|python_start|>..<|python_end|>``);
+* ``mistral``: ``[TOOL_CALLS]`` followed by a JSON list of ``{"name", "arguments"}`` or by
+  ``name[ARGS]{...}`` (Mistral's v3 to v13 tokenizers).
+
+**The answer step.** In an agent that retrieves through a tool, the tool's result is the context: when the
+conversation ends with tool results, the block of virtual tokens goes after them, right before the answer (at the
+start of the assistant turn the template opens). A template that does not render tool calls and results gets a
+plain fallback (``fallback_turns``): the call is written into the assistant turn as ``Tool call: name {json}``
+and the results become one user turn, ``Tool result (name):`` followed by the result, which every chat template
+and the ``Role: content`` transcript can show.
+
+**Tool results are plain text.** Any spelling of one of the tokenizer's added tokens (``<|im_end|>``,
+``<tool_call>``, ...) inside a tool result gets a word joiner (U+2060) after its first character, so it is read
+as characters and never becomes that token (``plain_text``); ``[r1]`` is always characters (virtual tokens are
+structure, never text).
+
+Example:
+    >>> support = template_tools(tokenizer)                  # a Qwen 2.5 tokenizer
+    >>> support.tools, support.calls, support.format
+    (True, True, 'hermes')
+    >>> parse_tool_calls('<tool_call>\\n{"name": "search", "arguments": {"q": "x"}}\\n</tool_call>', "hermes")
+    ('', [{'name': 'search', 'args': {'q': 'x'}, 'id': 'call_...', 'type': 'tool_call'}], [])
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from spring_core.errors import ToolCallingError
+from spring_core.prompts.layouts import has_chat_template, unique_sentinel
+from spring_core.types import PromptParts
+
+FORMATS = ("hermes", "llama-json", "mistral")
+"""The tool-call formats ``ChatSpring`` reads."""
+
+WORD_JOINER = "\u2060"
+
+_TWO_STEP = ("for RAG without tool calling, use the two-step pattern: create_agent(chat, tools=[], "
+             "middleware=[SpringRAGMiddleware(retriever)]) retrieves before the model call and places the block "
+             "exactly")
+
+
+@dataclass(frozen=True)
+class TemplateTools:
+    """What a chat template does with tools (see ``template_tools``).
+
+    ``tools``: it renders tool definitions (``apply_chat_template(tools=...)``); ``calls``: it renders an assistant
+    turn's ``tool_calls``; ``results``: it renders a ``tool`` turn; ``format``: the tool-call format it writes
+    (one of ``FORMATS``), ``None`` when no parser reads its calls back.
+    """
+
+    tools: bool = False
+    calls: bool = False
+    results: bool = False
+    format: str | None = None
+
+    @property
+    def native(self) -> bool:
+        """Tool calls and results render through the template itself (else ``fallback_turns`` writes them)."""
+        return self.calls and self.results
+
+
+_CACHE: weakref.WeakKeyDictionary[Any, tuple[str, TemplateTools]] = weakref.WeakKeyDictionary()
+
+
+def template_tools(tokenizer: Any) -> TemplateTools:
+    """Probe what ``tokenizer``'s chat template does with tools (cached per tokenizer and template)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not has_chat_template(tokenizer):
+        return TemplateTools()
+    try:
+        cached = _CACHE.get(tokenizer)
+    except TypeError:
+        cached = None
+    if cached is not None and cached[0] == template:
+        return cached[1]
+    support = _probe(tokenizer)
+    try:
+        _CACHE[tokenizer] = (str(template), support)
+    except TypeError:
+        pass
+    return support
+
+
+def _render(tokenizer: Any, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str | None:
+    try:
+        return str(tokenizer.apply_chat_template(list(messages), tokenize=False, **kwargs))
+    except Exception:  # a template that raises on tools, tool roles or tool calls does not take them
+        return None
+
+
+def _probe(tokenizer: Any) -> TemplateTools:
+    name, argument, result, question = (unique_sentinel()[1:-1] for _ in range(4))
+    name, argument = f"probe_{name}", f"arg_{argument}"
+    tool = {"type": "function", "function": {"name": name, "description": "A probe tool.", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string", "description": "A query."}}, "required": ["q"]}}}
+    user = {"role": "user", "content": question}
+    without = _render(tokenizer, [user], add_generation_prompt=True)
+    with_tools = _render(tokenizer, [user], add_generation_prompt=True, tools=[tool])
+    takes_tools = with_tools is not None and with_tools != without and name in with_tools
+    call = {"id": "a1b2c3d4e", "type": "function", "function": {"name": name, "arguments": {"q": argument}}}
+    assistant = {"role": "assistant", "content": "", "tool_calls": [call]}
+    answered = _render(tokenizer, [user, assistant, {"role": "tool", "content": result, "tool_call_id": "a1b2c3d4e",
+                                                     "name": name}], add_generation_prompt=True,
+                       tools=[tool] if takes_tools else None)
+    calls = answered is not None and argument in answered and name in answered.replace(with_tools or "", "", 1)
+    results = answered is not None and result in answered
+    kind = None
+    prompt = with_tools if takes_tools else without
+    emitted = _render(tokenizer, [user, assistant], tools=[tool] if takes_tools else None)
+    if calls and prompt is not None and emitted is not None and emitted.startswith(prompt):
+        text = emitted[len(prompt):]
+        for candidate in FORMATS:
+            _, parsed, _ = parse_tool_calls(text, candidate, special=_specials(tokenizer))
+            if [(c["name"], c["args"]) for c in parsed] == [(name, {"q": argument})]:
+                kind = candidate
+                break
+    return TemplateTools(takes_tools, calls, results, kind)
+
+
+def _specials(tokenizer: Any) -> list[str]:
+    return [str(t) for t in getattr(tokenizer, "all_special_tokens", [])]
+
+
+def check_tool_support(tokenizer: Any, what: str = "bind_tools") -> TemplateTools:
+    """``template_tools(tokenizer)`` when tools can be bound; else ``ToolCallingError`` that says why and names
+    the two-step pattern."""
+    support = template_tools(tokenizer)
+    if not has_chat_template(tokenizer):
+        raise ToolCallingError(f"{what} needs a chat template that takes tools, and this model's tokenizer has no "
+                               f"chat template; {_TWO_STEP}")
+    if not support.tools or not support.calls:
+        gap = "tool definitions (apply_chat_template(tools=...))" if not support.tools else "assistant tool calls"
+        raise ToolCallingError(f"{what} needs a chat template that takes tools, and this model's chat template does "
+                               f"not render {gap}; {_TWO_STEP}")
+    if support.format is None:
+        raise ToolCallingError(f"{what}: this model's chat template renders tools, but in a tool-call format "
+                               f"spring-rag cannot read back (it reads {', '.join(FORMATS)}); {_TWO_STEP}")
+    return support
+
+
+# ----- rendering -------------------------------------------------------------------------------------------------
+
+
+def plain_text(text: str, tokenizer: Any) -> str:
+    """``text`` with every spelling of one of ``tokenizer``'s added tokens broken by a word joiner (U+2060) after
+    its first character, so that tokenizing the rendered prompt reads it as characters, never as that token."""
+    spellings = sorted({str(s) for s in _added_spellings(tokenizer) if len(str(s)) > 1}, key=len, reverse=True)
+    if not spellings or not any(s in text for s in spellings):
+        return text
+    pattern = re.compile("|".join(re.escape(s) for s in spellings))
+    while True:
+        broken = pattern.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
+        if broken == text:
+            return text
+        text = broken
+
+
+def _added_spellings(tokenizer: Any) -> list[str]:
+    try:
+        added = list(tokenizer.get_added_vocab())
+    except Exception:
+        added = []
+    return [*added, *_specials(tokenizer)]
+
+
+def fallback_turns(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Tool calls and results as plain turns, for a template that does not render them: an assistant turn's calls
+    as lines ``Tool call: name {json arguments}`` after its text, consecutive tool results as one user turn of
+    ``Tool result (name):\\n<result>`` paragraphs.
+
+    Example:
+        >>> fallback_turns([{"role": "assistant", "content": "", "tool_calls": [
+        ...     {"function": {"name": "search", "arguments": {"q": "x"}}}]},
+        ...     {"role": "tool", "name": "search", "content": "X is Y."}])
+        [{'role': 'assistant', 'content': 'Tool call: search {"q": "x"}'}, {'role': 'user', 'content': 'Tool result (search):\\nX is Y.'}]
+    """  # noqa: E501
+    plain: list[dict[str, str]] = []
+    for turn in turns:
+        if turn["role"] == "tool":
+            paragraph = f"Tool result ({turn.get('name') or 'tool'}):\n{turn['content']}"
+            if plain and plain[-1].get("_tool") == "1":
+                plain[-1]["content"] += "\n\n" + paragraph
+            else:
+                plain.append({"role": "user", "content": paragraph, "_tool": "1"})
+            continue
+        content = str(turn["content"])
+        calls = [f"Tool call: {c['function']['name']} {json.dumps(c['function']['arguments'], ensure_ascii=False)}"
+                 for c in turn.get("tool_calls") or ()]
+        plain.append({"role": str(turn["role"]), "content": "\n".join(([content] if content else []) + calls)})
+    return [{"role": t["role"], "content": t["content"]} for t in plain]
+
+
+def render_tool_prompt(turns: Sequence[Mapping[str, Any]], tokenizer: Any, tools: Sequence[Mapping[str, Any]] | None,
+                       k: int, transcript: Callable[[Sequence[Mapping[str, str]]], PromptParts]) -> PromptParts:
+    """The prompt of a conversation with tools, tool calls or tool results, assistant turn opened; when it ends
+    with tool results and ``k > 0``, a ``k``-token block right before the answer.
+
+    ``tools`` are OpenAI-style tool definitions (rendered by the template; they need ``template_tools(...).tools``).
+    Tool results are made ``plain_text`` first. Without native support the turns go through ``fallback_turns``;
+    ``transcript`` renders turns for a tokenizer without a chat template.
+    """
+    turns = [dict(t, content=plain_text(str(t["content"]), tokenizer)) if t["role"] == "tool" else dict(t)
+             for t in turns]
+    answer_step = bool(turns) and turns[-1]["role"] == "tool"
+    k = k if answer_step else 0
+    if not has_chat_template(tokenizer):
+        rendered = transcript(fallback_turns(turns))
+        return PromptParts(rendered.plain_text(), k, "", rendered.special_tokens)
+    support = template_tools(tokenizer)
+    kwargs: dict[str, Any] = {"tools": list(tools)} if tools else {}
+    messages: Sequence[Mapping[str, Any]] = turns if support.native else fallback_turns(turns)
+    try:
+        rendered = str(tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True,
+                                                     **kwargs))
+    except Exception as error:
+        raise ToolCallingError(f"this model's chat template could not render the conversation with its tool calls "
+                               f"({type(error).__name__}: {error}); {_TWO_STEP}") from error
+    return PromptParts(rendered, k, "", special_tokens=False)
+
+
+# ----- parsing ---------------------------------------------------------------------------------------------------
+
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+_LLAMA_TAGS = ("<|python_tag|>", "<|python_start|>", "<|python_end|>")
+
+
+def parse_tool_calls(text: str, format: str, *, names: Sequence[str] | None = None,
+                     special: Sequence[str] = ()) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(content, tool_calls, invalid_tool_calls)`` of a model's output in a tool-call ``format``, as LangChain's
+    ``AIMessage`` holds them. ``names`` (the bound tools) limit what counts as a call in the ``llama-json`` format,
+    which has no marker; ``special`` are token spellings to drop around the calls (an end-of-turn token).
+    Text with no call is returned as the content, unchanged."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown tool-call format {format!r}; known: {', '.join(FORMATS)}")
+    calls: list[dict[str, Any]] = []
+    invalid: list[dict[str, Any]] = []
+    if format == "hermes":
+        if "<tool_call>" not in text:
+            return text, [], []
+        for match in _HERMES.finditer(text):
+            _add_call(match.group(1), calls, invalid)
+        content = _strip_specials(_HERMES.sub("", text), special)
+        return content, calls, invalid
+    if format == "mistral":
+        head, found, tail = text.partition("[TOOL_CALLS]")
+        if not found:
+            return text, [], []
+        for part in tail.split("[TOOL_CALLS]"):
+            part = _strip_specials(part, special)
+            if "[ARGS]" in part:  # v11+: name[ARGS]{...} (v13: name[CALL_ID]id[ARGS]{...})
+                name, _, arguments = part.partition("[ARGS]")
+                _add_call(arguments, calls, invalid, name=name.split("[CALL_ID]")[0].strip())
+            else:  # v3 / v7: a JSON list of {"name", "arguments"}
+                _add_call(part, calls, invalid)
+        return _strip_specials(head, special), calls, invalid
+    body = _strip_specials(text, special)
+    for tag in _LLAMA_TAGS:
+        body = body.replace(tag, "")
+    body = body.strip()
+    if not body.startswith("{"):
+        return text, [], []
+    found_calls: list[dict[str, Any]] = []
+    for piece in _json_objects(body):
+        if not isinstance(piece, dict) or "name" not in piece or not ({"parameters", "arguments"} & set(piece)):
+            return text, [], []
+        if names is not None and piece["name"] not in names:
+            return text, [], []
+        arguments = piece.get("parameters", piece.get("arguments"))
+        found_calls.append(_call(str(piece["name"]), arguments))
+    if not found_calls:
+        return text, [], []
+    return "", found_calls, []
+
+
+def _strip_specials(text: str, special: Sequence[str]) -> str:
+    text = text.strip()
+    changed = True
+    while changed and text:
+        changed = False
+        for token in special:
+            if token and text.endswith(token):
+                text, changed = text[: -len(token)].rstrip(), True
+            if token and text.startswith(token):
+                text, changed = text[len(token):].lstrip(), True
+    return text
+
+
+def _json_objects(body: str) -> list[Any]:
+    """JSON values one after another, separated by whitespace, ``;`` or ``,``; ``[]`` when any is not JSON."""
+    decoder, values, at = json.JSONDecoder(), [], 0
+    while at < len(body):
+        while at < len(body) and body[at] in " \t\r\n;,":
+            at += 1
+        if at >= len(body):
+            break
+        try:
+            value, at = decoder.raw_decode(body, at)
+        except json.JSONDecodeError:
+            return []
+        values.append(value)
+    return values
+
+
+def _call(name: str, arguments: Any) -> dict[str, Any]:
+    if isinstance(arguments, str):
+        arguments = json.loads(arguments) if arguments.strip() else {}
+    if not isinstance(arguments, dict):
+        raise ValueError("tool arguments must be a JSON object")
+    return {"name": name, "args": arguments, "id": _call_id(), "type": "tool_call"}
+
+
+def _add_call(raw: str, calls: list[dict[str, Any]], invalid: list[dict[str, Any]], name: str | None = None) -> None:
+    """Parse one call into ``calls``: a JSON object (or a list of them) with ``name`` and ``arguments``, or, with
+    ``name`` given, the arguments object alone; what does not parse goes to ``invalid`` as written."""
+    try:
+        value = json.loads(raw)
+        if name is not None:
+            calls.append(_call(name, value))
+            return
+        for item in value if isinstance(value, list) else [value]:
+            calls.append(_call(str(item["name"]), item.get("arguments", item.get("parameters", {}))))
+    except (ValueError, KeyError, TypeError) as error:
+        invalid.append({"name": name, "args": raw, "id": _call_id(),
+                        "error": f"not a JSON tool call ({error})", "type": "invalid_tool_call"})
+
+
+def tool_definitions(tools: Sequence[Any]) -> list[dict[str, Any]]:
+    """LangChain tools (``BaseTool``, functions, pydantic models, dicts) as OpenAI-style definitions."""
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    return [convert_to_openai_tool(tool) for tool in tools]
+
+
+def _call_id() -> str:
+    """A fresh call id of 9 letters and digits (Mistral's templates accept no other)."""
+    return uuid.uuid4().hex[:9]
