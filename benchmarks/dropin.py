@@ -21,8 +21,11 @@ tokens, the bundled ``smollm2-135m-squad`` tokens at k = 50. EM / F1 in % (SQuAD
   writes. Where no LangChain retriever runs (the app searches the store itself): ``LangChain 1.x two-step agent``
   (``create_agent`` with ``SpringRAGMiddleware`` over the store as a vector store), ``prompt | model given its
   context`` (the tutorial prompt, the context passed in) and ``LangGraph retrieve/generate`` (LangGraph's RAG
-  tutorial: a retrieve node, a generate node with ``rlm/rag-prompt``). ``prompt | model given its context`` sends
-  the tutorial chain's messages, so its plain-model row is ``LangChain tutorial chain, plain model``.
+  tutorial: a retrieve node, a generate node with ``rlm/rag-prompt``), and ``agentic RAG answer step``: the step
+  of LangChain's agentic RAG tutorial that answers from the tool's result (the question, the model's call of the
+  tutorial's ``retrieve_context`` tool, and the ``ToolMessage`` that tool returns for the top 2 passages).
+  ``prompt | model given its context`` sends the tutorial chain's messages, so its plain-model row is
+  ``LangChain tutorial chain, plain model``.
 
 Predictions are kept in ``--out/predictions.jsonl`` keyed by configuration and question, so an interrupted run
 resumes; after the bundled tokens change, delete the predictions of the configurations that use them.
@@ -217,8 +220,10 @@ def app_retrieval_configs(store: Any, chat_plain: Any, chat_auto: Any,
 
     from langchain.agents import create_agent
     from langchain_core.documents import Document as LangChainDocument
+    from langchain_core.messages import AIMessage, HumanMessage
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.tools import tool
     from langgraph.graph import START, StateGraph
 
     from langchain_spring import SpringRAGMiddleware
@@ -263,7 +268,23 @@ def app_retrieval_configs(store: Any, chat_plain: Any, chat_auto: Any,
         compiled = graph.compile()
         return lambda q: compiled.invoke({"question": q})["answer"].strip()
 
+    def answer_step(chat: Any) -> Callable[[str], str]:  # agentic RAG: the step that answers from the tool's result
+        @tool(response_format="content_and_artifact")
+        def retrieve_context(query: str) -> tuple[str, list[Any]]:
+            """Retrieve information to help answer a query."""
+            docs = search.similarity_search(query, k=2)
+            return "\n\n".join(f"Source: {doc.metadata}\nContent: {doc.page_content}" for doc in docs), docs
+
+        def answer(q: str) -> str:
+            call = {"name": "retrieve_context", "args": {"query": q}, "id": "call_retrieve", "type": "tool_call"}
+            messages = [HumanMessage(q), AIMessage("", tool_calls=[call]), retrieve_context.invoke(call)]
+            return chat.invoke(messages).content.strip()
+
+        return answer
+
     return {
+        "LangChain 1.x agentic RAG answer step (ToolMessage), plain model": answer_step(chat_plain),
+        "LangChain 1.x agentic RAG answer step (ToolMessage), automatic": answer_step(chat_auto),
         "LangChain 1.x two-step agent (SpringRAGMiddleware), plain model": two_step(chat_plain),
         "LangChain 1.x two-step agent (SpringRAGMiddleware), automatic": two_step(chat_auto),
         "LangChain 1.x two-step agent (SpringRAGMiddleware, context in the user turn), plain model": two_step(
