@@ -287,3 +287,64 @@ def test_vllm_and_mistral_templates_round_trip(vllm_templates, tmp_path, name, f
     tokenizer.chat_template = vllm_templates[name]
     assert round_trip(tokenizer, TWO_CALLS) == (fmt, [(c["name"], c["args"]) for c in TWO_CALLS])
     assert template_tools(tokenizer).native
+
+
+# ----- an agent driven end to end: create_agent(chat, [tool]) on a tiny model taught the Llama 4 tool format --------
+
+
+def teach(sm: SpringModel, examples: list[tuple[PromptParts, str]], steps: int = 300) -> float:
+    """Fit the tiny model (its own copy) to answer each prompt with its text and the end-of-turn token; the last
+    loss."""
+    import torch
+
+    eos = sm.tokenizer.eos_token_id
+    batches = []
+    for parts, target in examples:
+        ids = sm.encode(parts)
+        answer_ids = sm.tokenizer(target, add_special_tokens=False)["input_ids"] + [eos]
+        batches.append((torch.tensor([ids + answer_ids]), len(ids), torch.tensor(answer_ids)))
+    optimizer = torch.optim.Adam(sm.model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    loss = torch.tensor(0.0)
+    for _ in range(steps):
+        for input_ids, start, labels in batches:
+            with torch.no_grad():
+                embeds = sm.embed(input_ids)
+            logits = sm.model(inputs_embeds=embeds).logits[0, start - 1:-1]
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if loss.item() < 1e-3:
+            break
+    sm.model.eval()
+    return loss.item()
+
+
+def test_create_agent_calls_the_tool_and_answers_from_its_result_with_the_block(tmp_path):
+    """A real ``create_agent`` graph: the model's tool call (Llama 4 format, parsed back) runs the tool, and the
+    answer step reads the tool's result with the block right before the answer."""
+    from langchain.agents import create_agent
+
+    model, tokenizer = tiny_with_template(tmp_path, llama4_template(), LLAMA4_SPECIALS, "<|begin_of_text|>",
+                                          "<|eot|>")
+    model.train()
+    sm = SpringModel(model, tokenizer, VirtualTokens.random(model, n=8, seed=1))
+    chat = ChatSpring(spring_model=sm, max_tokens=96)
+    tools = chat.bind_tools([retrieve_context]).kwargs["tools"]
+    call = {"name": "retrieve_context", "args": {"query": "Hamlet"}, "id": "a1b2c3d4e", "type": "tool_call"}
+    first = chat._chat_request([HumanMessage(QUESTION)], None, {"tools": tools}).prompt
+    answered = [HumanMessage(QUESTION), AIMessage("", tool_calls=[call]), retrieve_context.invoke(call)]
+    second = chat._chat_request(answered, None, {"tools": tools}).prompt
+    assert first.k == 0 and second.k == 8 and second.after == ""
+    emitted = '<|python_start|><|python_end|>{"name": "retrieve_context", "parameters": {"query": "Hamlet"}}'
+    assert teach(sm, [(first, emitted), (second, "Shakespeare")]) < 0.05
+
+    agent = create_agent(chat, [retrieve_context])
+    messages = agent.invoke({"messages": [HumanMessage(QUESTION)]})["messages"]
+    assert [type(m).__name__ for m in messages] == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage"]
+    assert [(c["name"], c["args"]) for c in messages[1].tool_calls] == [("retrieve_context", {"query": "Hamlet"})]
+    assert messages[1].usage_metadata["input_token_details"]["virtual"] == 0  # no tool result yet: no block
+    assert messages[2].content == RESULT and messages[2].artifact == [RESULT]
+    assert messages[3].usage_metadata["input_token_details"]["virtual"] == 8
+    assert messages[3].content == "Shakespeare" == answer(sm, second)
