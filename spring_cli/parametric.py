@@ -23,6 +23,11 @@ output: one JSON line per document, {"id", "title", "text", "status": "ok"|"fail
 not usable JSON after --max-attempts is written as failed, with the reason, and counted in the summary.
 Re-running skips the ids already in --out (add --retry-failed to try the failed ones again).
 
+Under `accelerate launch --num_processes N -m spring_cli augment ...` each process augments every N-th document
+(by position, after --limit) and appends to the one --out file: each chunk of --batch-size documents is one write
+under an exclusive lock on the file, so lines never interleave, and a killed process loses only the chunk it was
+writing (a rerun redoes it).
+
 examples:
   spring-rag augment corpus.jsonl --out aug.jsonl --limit 100
   spring-rag augment corpus.jsonl --out cloze.jsonl --augmenter cloze     no LLM: fill-in-the-blank pairs
@@ -137,7 +142,10 @@ def _check_augment_output(out: Path, corpus: Path) -> None:
     if not out.is_file() or out.stat().st_size == 0:
         return
     with out.open("rb") as handle:
-        first = handle.readline(MAX_LINE_BYTES).strip()
+        first = handle.readline(MAX_LINE_BYTES)
+    if not first.endswith(b"\n") and first.startswith(b'{"id": "'):
+        return  # a first line still being written by another process, or left half-written by a killed run
+    first = first.strip()
     try:
         row = json.loads(first.decode("utf-8")) if first else None
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -151,12 +159,14 @@ def run_augment(args: argparse.Namespace) -> None:
     from spring_core.data import read_corpus
     from spring_core.model.spring_model import SpringModel
     from spring_train.augment import augment_corpus
+    from spring_train.sharding import process_share, share
 
     if args.limit is not None and args.limit < 1:
         raise SpringError("--limit must be at least 1")
     _check_augment_output(Path(args.out), Path(args.corpus))
-    corpus = read_corpus(args.corpus)[: args.limit]
-    sm = SpringModel.from_pretrained(args.model) if args.augmenter == "llm" else None
+    process = process_share()  # under `accelerate launch`, each process augments its share into the one --out
+    corpus = share(read_corpus(args.corpus)[: args.limit], *process)
+    sm = SpringModel.from_pretrained(args.model, device=_process_device(process)) if args.augmenter == "llm" else None
     report = augment_corpus(sm, corpus, args.out, seed=args.seed, pairs=args.pairs, max_attempts=args.max_attempts,
                             batch_size=args.batch_size, retry_failed=args.retry_failed, augmenter=args.augmenter,
                             show_progress=not args.quiet)
@@ -164,6 +174,17 @@ def run_augment(args: argparse.Namespace) -> None:
           f"({report.seconds_per_document:.1f} s/document)")
     for doc_id, reason in list(report.failures.items())[:10]:
         print(f"  failed {doc_id}: {reason}")
+
+
+def _process_device(process: tuple[int, int]) -> str | None:
+    """Under several processes on a machine with GPUs, each process's own GPU (``LOCAL_RANK``); else the default."""
+    import os
+
+    import torch
+
+    if process[1] > 1 and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', process[0])) % torch.cuda.device_count()}"
+    return None
 
 
 def run_parametrize(args: argparse.Namespace) -> None:

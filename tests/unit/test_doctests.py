@@ -31,6 +31,7 @@ QUICK = {
     "spring_core.types": 4,
     "spring_cli": 2,
     "spring_train.report": 3,
+    "spring_train.sharding": 3,
 }
 # these use a model, tokens, a store...: the tiny random Llama's (tests/doctest_globals.py; outputs that do not
 # depend on its random weights: shapes, counts, usage, prompts)

@@ -11,6 +11,12 @@ the document id and the attempt), then the document is written as ``failed`` wit
 reported, never dropped. Lines are appended as documents finish, so an interrupted run resumes: ids already in
 the output are skipped (``retry_failed=True`` tries the failed ones again; the newest line of an id wins).
 
+Several processes may augment into one output file (``spring-rag augment`` under ``accelerate launch``, each with
+its share of the corpus, ``spring_train.sharding``): every chunk is appended with one write while an exclusive
+``flock`` on the file is held, and the repair of a half-written last line (a writer killed mid-write) happens under
+the same lock, so no process ever cuts or interleaves another's line, and a killed process loses only the chunk it
+was writing.
+
 Example:
     >>> from spring_core.data import read_corpus
     >>> corpus = read_corpus("corpus.jsonl")[:3]
@@ -27,12 +33,15 @@ Example:
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 import re
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,15 +123,17 @@ def parse_qa(text: str, *, count: int = 3, min_pairs: int = 1) -> list[dict[str,
 
 
 def read_augmented(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The newest line per document id of an augmented JSONL (a half-written last line is dropped)."""
+    """The newest line per document id of an augmented JSONL. A half-written last line (a writer killed mid-write)
+    is dropped from the file, under the lock writers hold (``append_lines``), so a line another process is writing
+    at that moment is never cut."""
     path = Path(path)
     if not path.exists():
         return {}
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):  # a run killed mid-write: that document is augmented again
-        path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
+    with _locked(path) as handle:  # other processes may be appending: read (and repair) between their writes
+        _drop_half_line(handle, path)  # a run killed mid-write: that document is augmented again
+        numbered = list(iter_jsonl(path))
     rows: dict[str, dict[str, Any]] = {}
-    for number, row in iter_jsonl(path):
+    for number, row in numbered:
         if not isinstance(row.get("id"), str) or row.get("status") not in ("ok", "failed"):
             raise DataError(f"{path}:{number}: not an augmented document (needs a string 'id' and 'status' ok/failed)")
         if row["status"] == "ok" and (not isinstance(row.get("rewrite"), (str, type(None)))
@@ -131,6 +142,57 @@ def read_augmented(path: str | Path) -> dict[str, dict[str, Any]]:
                             "null)")
         rows[row["id"]] = row
     return rows
+
+
+def append_lines(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Append ``rows`` to the JSONL ``path`` as one write under an exclusive ``flock`` on the file, after dropping a
+    half-written last line that a killed writer left (so the new lines never join it).
+
+    Safe with any number of processes appending to (and ``read_augmented`` reading) the same file at once.
+    """
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    with _locked(path, create=True) as handle:
+        _drop_half_line(handle, Path(path))
+        written = os.write(handle, data)
+        while written < len(data):  # a regular file takes it whole; this only finishes an interrupted write
+            written += os.write(handle, data[written:])
+
+
+@contextmanager
+def _locked(path: str | Path, *, create: bool = False) -> Iterator[int]:
+    """A read-write descriptor of ``path`` (appending) while this process holds an exclusive lock on the file."""
+    try:
+        handle = os.open(path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
+    except PermissionError:
+        if create:
+            raise
+        handle = os.open(path, os.O_RDONLY)  # a read-only file can still be read (and locked: flock needs no write)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another process writes
+        yield handle
+    finally:
+        os.close(handle)  # closing the descriptor releases the lock
+
+
+def _drop_half_line(handle: int, path: Path, block: int = 1 << 16) -> None:
+    """Cut the file back to its last newline. Under the lock, a last line without one can only be what a writer
+    killed mid-write left behind (a live writer finishes its whole write before it lets go of the lock)."""
+    end = os.fstat(handle).st_size
+    if end == 0 or os.pread(handle, 1, end - 1) == b"\n":
+        return
+    keep, cut = 0, end - 1
+    while cut > 0:  # the last newline, read backwards a block at a time (lines can be long)
+        start = max(0, cut - block)
+        found = os.pread(handle, cut - start, start).rfind(b"\n")
+        if found >= 0:
+            keep = start + found + 1
+            break
+        cut = start
+    try:
+        os.ftruncate(handle, keep)
+    except OSError as exc:
+        raise DataError(f"{path}: the last line was left half-written by an interrupted run and the file cannot be "
+                        f"changed ({exc.strerror}); make it writable, or delete that line") from exc
 
 
 def cloze_pairs(doc_id: str, text: str, *, count: int = 3, seed: int = 0) -> list[dict[str, str]]:
@@ -198,9 +260,7 @@ def augment_corpus(sm: SpringModel | None, corpus: Sequence[dict[str, Any]], out
             results = [_cloze_row(row, seed=seed, pairs=pairs, min_pairs=min_pairs) for row in chunk]
         else:
             results = _augment_chunk(sm, chunk, **settings)
-        with out.open("a", encoding="utf-8") as handle:
-            for result in results:
-                handle.write(json.dumps(result, ensure_ascii=False) + "\n")
+        append_lines(out, results)  # one locked write per chunk: other processes may share `out`
         for result in results:
             if result["status"] == "ok":
                 report.ok += 1

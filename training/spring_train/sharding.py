@@ -1,10 +1,11 @@
-"""Which documents this process encodes when `parametrize` runs as several processes (`accelerate launch`,
-torchrun): each takes every N-th document of the input, by position, and writes into the one store.
+"""Which documents this process handles when `parametrize` or `augment` runs as several processes (`accelerate
+launch`, torchrun): each takes every N-th document of the input, by position, and writes into the one output.
 
 The share is fixed by the input order alone, before anything is skipped, so processes that start at different
-times, or a rerun after some of them were killed, split the same documents the same way; the store's write lock
-(``AdapterStore``) makes their writes safe, and each write is a whole shard, so a killed process loses only the
-shard it was encoding.
+times, or a rerun after some of them were killed, split the same documents the same way. The outputs' locks make
+the writes safe: the store's write lock (``AdapterStore``), each write a whole shard, and the augmented file's lock
+(``spring_train.augment.append_lines``), each write a whole chunk of lines; a killed process loses only the shard
+or chunk it was writing.
 
 Example:
     >>> share(["a", "b", "c", "d", "e"], 1, 2)
