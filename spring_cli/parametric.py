@@ -297,9 +297,10 @@ def _run_dyprag(args: argparse.Namespace) -> None:
               f"{encoded.skipped} already there")
         return
     from spring_train.augment import read_augmented
-    from spring_train.dyprag import DyPRAGSettings, check_output_folder, train_dyprag
+    from spring_train.checkpoint import check_output_folder
+    from spring_train.dyprag import DyPRAGSettings, train_dyprag
 
-    check_output_folder(out, args.resume)
+    check_output_folder(out, args.resume, run="DyPRAG run")
     settings = DyPRAGSettings(width=args.width, lr=_lr(args, 1e-4), epochs=args.epochs or 1,
                               kl_weight=args.kl_weight, mse_weight=args.mse_weight, seed=args.seed,
                               held_out=args.held_out, checkpoint_every=args.checkpoint_every)

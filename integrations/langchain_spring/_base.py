@@ -170,7 +170,8 @@ class SpringParams(BaseModel):
             if unknown:
                 warnings.warn(
                     f"{cls.__name__} ignores the argument(s) {', '.join(unknown)} (a model in this process needs no "
-                    f"client settings; api_key= is for a server backend); its options are {', '.join(sorted(SpringParams.model_fields))}",
+                    "client settings; api_key= is for a server backend); its options are "
+                    f"{', '.join(sorted(SpringParams.model_fields))}",
                     UserWarning,
                     stacklevel=4,
                 )

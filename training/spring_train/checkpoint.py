@@ -30,9 +30,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from spring_core.artifacts.manifest import atomic_write_bytes
+from spring_core.artifacts.manifest import MANIFEST_NAME, atomic_write_bytes
 from spring_core.errors import SpringError
+from spring_train.config import ConfigError
 
+CHECKPOINTS = "checkpoints"
+"""The folder of a run's ``step-N`` checkpoints, inside its ``--out``."""
 STATE_JSON = "state.json"
 STATE_TENSORS = "tensors.safetensors"
 _TAG = "__spring__"
@@ -123,3 +126,24 @@ def _hashable(key: Any) -> Any:
     if isinstance(key, (list, dict)):
         raise TypeError("a dict key must be a number, string or tuple")
     return key
+
+
+def check_output_folder(out: Path, resume: bool, *, rewritable: tuple[str, ...] = (),
+                        run: str = "training run") -> None:
+    """Refuse an ``out`` a run would overwrite, or a ``resume`` with no checkpoint to continue from (checked before
+    any model loads). ``rewritable`` names what a run killed before its first checkpoint may leave and write again.
+    """
+    has_checkpoints = (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).glob("step-*"))
+    if resume and not has_checkpoints:
+        raise ConfigError(f"--resume: {out / CHECKPOINTS} holds no checkpoint to continue from")
+    if not resume and has_checkpoints:
+        raise ConfigError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it, "
+                          "or choose another --out")
+    if not resume and (out / MANIFEST_NAME).exists():
+        raise ConfigError(f"{out} already holds a finished artifact; choose another --out (nothing was overwritten)")
+    if resume or not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in (*rewritable, CHECKPOINTS))
+    if foreign:
+        raise ConfigError(f"{out} already holds {', '.join(foreign[:3])}, which no {run} wrote; choose another "
+                          "--out (nothing was overwritten)")

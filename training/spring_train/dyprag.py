@@ -53,7 +53,6 @@ from typing import Any
 
 import torch
 
-from spring_core.artifacts.manifest import MANIFEST_NAME
 from spring_core.errors import ArtifactError, SpringError
 from spring_core.model.spring_model import SpringModel
 from spring_core.parametric import AdapterHooks, AdapterStore, LoraUpdate
@@ -66,12 +65,18 @@ from spring_core.parametric.dyprag import (
     encoding_record,
 )
 from spring_train.batching import IGNORE, Batch, answer_loss_sum, collate
-from spring_train.checkpoint import STATE_JSON, CheckpointError, load_state, save_state
+from spring_train.checkpoint import (
+    CHECKPOINTS,
+    STATE_JSON,
+    CheckpointError,
+    check_output_folder,
+    load_state,
+    save_state,
+)
 from spring_train.config import ConfigError
 from spring_train.methods import freeze
 from spring_train.parametrize import _progress, _usable, document_examples
 
-CHECKPOINTS = "checkpoints"
 SCORED_DOCUMENTS = 64  # the training documents scored after training (the first ones): a bounded extra cost
 
 
@@ -158,7 +163,7 @@ def train_dyprag(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], st
     model = sm.model
     freeze(model)
     out = Path(out)
-    check_output_folder(out, resume)
+    check_output_folder(out, resume, run="DyPRAG run")
     if not isinstance(store, AdapterStore):
         store = AdapterStore.open(store, model=model, model_name=model_name)
     usable, report = _usable(augmented)
@@ -334,21 +339,6 @@ def _store_record(store: AdapterStore) -> dict[str, Any]:
 
 
 # ----- checkpoints --------------------------------------------------------------------------------------------
-
-
-def check_output_folder(out: Path, resume: bool) -> None:
-    """Refuse an ``out`` that would be overwritten, or a resume without checkpoints (before any model loads)."""
-    has_checkpoints = (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).glob("step-*"))
-    if resume and not has_checkpoints:
-        raise ConfigError(f"--resume: {out / CHECKPOINTS} holds no checkpoint to continue from")
-    if not resume and has_checkpoints:
-        raise ConfigError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it, or choose "
-                          "another --out")
-    if (out / MANIFEST_NAME).exists():
-        raise ConfigError(f"{out} already holds a finished artifact; choose another --out (nothing was overwritten)")
-    if not resume and out.is_dir() and any(p.name != CHECKPOINTS for p in out.iterdir()):
-        raise ConfigError(f"{out} already holds files no DyPRAG run wrote; choose another --out (nothing was "
-                          "overwritten)")
 
 
 def _save_checkpoint(out: Path, record: dict[str, Any], translator: ParameterTranslator, optimizer: Any, step: int,

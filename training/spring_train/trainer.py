@@ -39,13 +39,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from spring_core.artifacts.manifest import MANIFEST_NAME, atomic_write_bytes
+from spring_core.artifacts.manifest import atomic_write_bytes
 from spring_core.errors import DataError, SpringError
 from spring_core.model.loading import load_model
 from spring_core.model.spring_model import SpringModel
 from spring_core.prompts.templates import TEMPLATES
 from spring_train.batching import Example, build_example, collate
-from spring_train.checkpoint import STATE_JSON, CheckpointError, load_state, save_state
+from spring_train.checkpoint import (
+    CHECKPOINTS,
+    STATE_JSON,
+    CheckpointError,
+    check_output_folder,
+    load_state,
+    save_state,
+)
 from spring_train.config import ConfigError, TrainConfig, template_names
 from spring_train.data import (
     DataSource,
@@ -58,7 +65,6 @@ from spring_train.data import (
 )
 from spring_train.methods import TrainTarget, build_target
 
-CHECKPOINTS = "checkpoints"
 CACHE = "cache"  # the retrieval store built from --corpus
 LOG_FILE = "train_log.jsonl"
 LEGACY_STATE_FILE = "trainer_state.pt"  # the old pickle format: refused, never loaded
@@ -97,7 +103,7 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
     from accelerate import Accelerator
 
     out = Path(config.out)
-    _check_output_folder(out, resume)
+    check_output_folder(out, resume, rewritable=(CACHE, LOG_FILE))
     mixed = choose_precision(config.precision)
     # Autocast is applied here rather than through Accelerator(mixed_precision=...), whose process-wide state
     # cannot change between two runs in one process.
@@ -204,24 +210,6 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
             shutil.rmtree(out / CACHE, ignore_errors=True)
     accelerator.wait_for_everyone()
     return TrainResult(out, total_steps, seconds, last_loss, target.trainable_count())
-
-
-def _check_output_folder(out: Path, resume: bool) -> None:
-    has_checkpoints = (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).glob("step-*"))
-    if resume and not has_checkpoints:
-        raise ConfigError(f"--resume: {out / CHECKPOINTS} holds no checkpoint to continue from")
-    if not resume and has_checkpoints:
-        raise ConfigError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it, "
-                          "or choose another --out")
-    if not resume and (out / MANIFEST_NAME).exists():
-        raise ConfigError(f"{out} already holds a finished artifact; choose another --out (nothing was overwritten)")
-    if resume or not out.is_dir():
-        return
-    # What a run killed before its first checkpoint leaves (the retrieval cache, the log) may be written again.
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in (CACHE, LOG_FILE, CHECKPOINTS))
-    if foreign:
-        raise ConfigError(f"{out} already holds {', '.join(foreign[:3])}, which no training run wrote; choose another "
-                          "--out (nothing was overwritten)")
 
 
 def _check_launch(accelerator: Any) -> None:
