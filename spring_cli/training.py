@@ -103,12 +103,23 @@ methods:
   lora         a LoRA artifact (--lora)                              prefix   a prefix artifact (--prefix)
   append :closed-book to a trained method to drop the passages (the paper's non-RAG column), e.g. lora:closed-book
 
+parametric knowledge (Parametric RAG): --knowledge icl,prag,combine evaluates concat and spring once per mode
+  icl      the passages in the prompt (the default; what every method does without --knowledge)
+  prag     the question alone in the prompt, the passages' document adapters from --adapters applied
+  combine  both (spring + combine: combine + SPRING at every --k)
+  --adapters is a PRAG store or Poly-PRAG experts (`spring-rag parametrize`), or a DyPRAG translator folder, which
+  encodes every passage on the fly. A passage's adapter id is its corpus id when retrieved (--corpus/--store), else
+  the "id" of a row's own passage. A passage the store has no adapter for stops the run before it starts, unless
+  --missing-adapter icl reads it as text. Other methods run as without --knowledge.
+
 outputs in --out: predictions.jsonl (one line per question and method; a rerun resumes), results.json,
 results.md (per-dataset and average EM / F1 / Acc, first-line scores, seconds per question) and em_f1_vs_k.png.
 
-example:
+examples:
   spring-rag eval --data dev.jsonl --limit 300 --corpus corpus.jsonl --passages 3 \\
       --methods closed-book,concat,prompt,prompt-chat,spring --tokens my-tokens --k 1,5,10,25,50 --out eval/
+  spring-rag eval --data dev.jsonl --corpus corpus.jsonl --methods closed-book,concat \\
+      --knowledge icl,prag,combine --adapters adapters/ --out eval-prag/
 """
 
 
@@ -146,6 +157,16 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--decoding", default="stuff",
                     help="comma-separated decodings: stuff (default; all passages in one prompt), rag-token, "
                          "rag-sequence, rag-sequence-fast (passages read one by one, weighted by retriever scores)")
+    ev.add_argument("--knowledge", default="icl",
+                    help="comma-separated knowledge modes for concat and spring: icl (default; passages in the "
+                         "prompt), prag (their document adapters only), combine (both); prag and combine need "
+                         "--adapters")
+    ev.add_argument("--adapters", metavar="DIR",
+                    help="the documents' adapters for --knowledge prag/combine: a PRAG store, Poly-PRAG experts or a "
+                         "DyPRAG translator (from `spring-rag parametrize`)")
+    ev.add_argument("--missing-adapter", choices=["error", "icl"], default="error",
+                    help="a passage the --adapters store has no adapter for: error (default; the run stops before "
+                         "it starts, naming them) or icl (its text goes into the prompt instead)")
     ev.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default: 16)")
     ev.add_argument("--batch-size", type=int, default=16, help="questions per generate call (default: 16)")
     ev.add_argument("--record-metrics", action="store_true",
@@ -181,14 +202,17 @@ def run_eval(args: argparse.Namespace) -> None:
     plan = EvalPlan(model=args.model, methods=parse_methods(args.methods), ks=ks, plus_ks=plus_ks, tokens=args.tokens,
                     lora=args.lora, prefix=args.prefix, spring_plus=args.spring_plus,
                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                    decodings=[m.strip() for m in args.decoding.split(",") if m.strip()])
+                    decodings=[m.strip() for m in args.decoding.split(",") if m.strip()],
+                    knowledge=[m.strip() for m in args.knowledge.split(",") if m.strip()], adapters=args.adapters,
+                    missing_adapter=args.missing_adapter)
     out = Path(args.out)
     datasets = load_datasets(args.data, limit=args.limit, passages=args.passages, corpus=args.corpus,
                              store=args.store, retriever=args.retriever, cache_dir=out / "cache",
                              own_passages=args.own_passages)
     results = evaluate(plan, datasets, out)
     config = {key: value for key, value in vars(args).items() if key != "command"}
-    for key in ("data", "out", "corpus", "store", "own_passages", "tokens", "lora", "prefix", "spring_plus"):
+    for key in ("data", "out", "corpus", "store", "own_passages", "tokens", "lora", "prefix", "spring_plus",
+                "adapters"):
         # File names only: reports get committed, and machine paths must not travel with them.
         value = config[key]
         config[key] = [Path(p).name for p in value] if isinstance(value, list) else value and Path(value).name

@@ -13,6 +13,14 @@ Methods (``--methods``; ``:closed-book`` after a trained method drops the passag
 ``spring+``        virtual tokens trained on top of a LoRA, once per ``k``
 =================  ==========================================================================================
 
+``knowledge`` reads the passages as document knowledge (Parametric RAG) for the methods in the SPRING layout on the
+base model, ``concat`` and ``spring``: ``icl`` (default) puts them in the prompt, ``prag`` applies the documents'
+adapters from ``adapters`` (a PRAG store, Poly-PRAG experts, or a DyPRAG translator, which encodes each passage
+when first asked for it) with the question alone in the prompt, ``combine`` does both (with ``spring``:
+combine + SPRING). A passage's adapter id is its corpus id when it was retrieved (``--corpus``/``--store``), else
+the ``"id"`` of a row's own passage; a DyPRAG translator keys a passage without an id by its text. A passage whose
+adapter the store lacks is refused before anything runs, or with ``missing_adapter="icl"`` read as text.
+
 ``decodings`` adds RAG-Token / RAG-Sequence decoding (passages read one by one, weighted by their retriever scores)
 next to the default ``stuff`` decoding for the methods in the SPRING layout (concat, spring, spring+, lora, prefix).
 
@@ -40,7 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +58,8 @@ from spring_core.errors import DataError, SpringError
 from spring_core.metrics import aggregate, first_line, score
 from spring_core.model.spring_model import SpringModel
 from spring_core.model.tokens import resolve_artifact
-from spring_core.options import DECODINGS
+from spring_core.options import DECODINGS, KNOWLEDGE, MISSING_ADAPTER
+from spring_core.parametric.online import ParametricDocument
 from spring_core.prompts.layouts import DEFAULT_INSTRUCTION, build_prompt, format_passages, render_chat
 from spring_core.types import PromptParts
 
@@ -76,6 +85,11 @@ class Method:
     def marginal(self) -> bool:
         """Whether RAG-Token/RAG-Sequence decoding applies: a method in the SPRING layout that reads passages."""
         return self.key in ("concat", "spring", "spring+", "lora", "prefix") and not self.closed_book
+
+    @property
+    def parametric(self) -> bool:
+        """Whether the knowledge modes apply: a method in the SPRING layout on the base model that reads passages."""
+        return self.key in ("concat", "spring") and not self.closed_book
 
     @property
     def label(self) -> str:
@@ -114,11 +128,30 @@ class EvalPlan:
     max_new_tokens: int = 16
     batch_size: int = 16
     decodings: list[str] = field(default_factory=lambda: ["stuff"])
+    knowledge: list[str] = field(default_factory=lambda: ["icl"])
+    adapters: str | None = None  # PRAG store, Poly-PRAG experts or DyPRAG translator, for knowledge prag/combine
+    missing_adapter: str = "error"
 
     def __post_init__(self) -> None:
         unknown = [decoding for decoding in self.decodings if decoding not in DECODINGS]
         if unknown or not self.decodings:
             raise EvalError(f"unknown decoding(s) {unknown}; choose from {', '.join(DECODINGS)}")
+        unknown = [mode for mode in self.knowledge if mode not in KNOWLEDGE]
+        if unknown or not self.knowledge:
+            raise EvalError(f"unknown knowledge mode(s) {unknown}; choose from {', '.join(KNOWLEDGE)}")
+        if self.missing_adapter not in MISSING_ADAPTER:
+            raise EvalError(f"unknown --missing-adapter rule {self.missing_adapter!r}; choose from "
+                            f"{', '.join(MISSING_ADAPTER)}")
+        parametric = [mode for mode in self.knowledge if mode != "icl"]
+        if parametric and not self.adapters:
+            raise EvalError(f"--knowledge {parametric[0]} needs --adapters FOLDER (a PRAG store or Poly-PRAG experts "
+                            "from `spring-rag parametrize`, or a DyPRAG translator)")
+        if self.adapters and not parametric:
+            raise EvalError("--adapters is read only by --knowledge prag or combine; add them (e.g. --knowledge "
+                            "icl,prag,combine) or drop --adapters")
+        if parametric and not any(method.parametric for method in self.methods):
+            raise EvalError(f"--knowledge {parametric[0]} applies to the methods concat and spring (the SPRING layout "
+                            "on the base model); add one of them to --methods")
         for method in self.methods:
             option = TRAINED.get(method.key)
             if option and not getattr(self, option):
@@ -143,7 +176,7 @@ def load_datasets(files: Sequence[str], *, limit: int | None, passages: int, cor
     Files in ``own_passages`` keep all of their rows' own passages even when the others are retrieved (e.g.
     HotpotQA's gold paragraphs with their distractors next to SQuAD questions answered from a corpus).
     """
-    from spring_train.data import attach_retrieved, load_sources, open_retriever
+    from spring_train.data import load_sources, open_retriever
 
     keep = {Path(path).resolve() for path in own_passages}
     unknown = keep - {Path(path).resolve() for path in files}
@@ -155,13 +188,37 @@ def load_datasets(files: Sequence[str], *, limit: int | None, passages: int, cor
     retrieved = [source for source in sources if Path(source.path).resolve() not in keep]
     found = open_retriever(corpus=corpus, store=store, backend=retriever, cache_dir=cache_dir)
     if found is not None:
-        attach_retrieved(retrieved, found, passages)
+        for source in retrieved:
+            for start in range(0, len(source.rows), 256):
+                chunk = source.rows[start:start + 256]
+                for row, hits in zip(chunk, found.retrieve_batch([row["question"] for row in chunk], passages),
+                                     strict=True):
+                    row["passages"] = [hit.as_passage() for hit in hits]
+                    row["passage_scores"] = [hit.score for hit in hits]
+                    row["passage_ids"] = [hit.id for hit in hits]  # the adapter ids of the knowledge modes
     for source in retrieved:
         for row in source.rows:
             row["passages"] = list(row.get("passages") or [])[:passages]
-            if "passage_scores" in row:
-                row["passage_scores"] = row["passage_scores"][:passages]
+            for key in ("passage_scores", "passage_ids"):
+                if key in row:
+                    row[key] = row[key][:passages]
     return {dataset_name(source.path): source.rows for source in sources}
+
+
+def documents_for(row: dict[str, Any], *, by_text: bool = False) -> list[ParametricDocument]:
+    """``row``'s passages as documents with adapter ids: the corpus id of a retrieved passage, else the ``"id"`` of a
+    row's own passage, else (``by_text``, for adapters made from the text: DyPRAG) a hash of the passage's text."""
+    passages = list(row.get("passages") or [])
+    ids = list(row.get("passage_ids") or [None] * len(passages))
+    scores = list(row.get("passage_scores") or [None] * len(passages))
+    documents = []
+    for passage, doc_id, score_ in zip(passages, ids, scores, strict=True):
+        if doc_id is None and isinstance(passage, Mapping) and isinstance(passage.get("id"), str):
+            doc_id = passage["id"]
+        if doc_id is None and by_text:
+            doc_id = "text-" + _digest(passage)
+        documents.append(ParametricDocument(doc_id, passage, score_))
+    return documents
 
 
 def _passages(method: Method, row: dict[str, Any]) -> list[Any]:
@@ -203,6 +260,8 @@ def evaluate(plan: EvalPlan, datasets: dict[str, list[dict[str, Any]]], out: str
     for method, artifact in _grouped(plan):
         sm = load(artifact)
         setup = _setup_digest(plan, artifact)
+        knowledge = plan.knowledge if method.parametric else ["icl"]  # the other methods read passages their way
+        parametric = _Parametric(plan, sm, datasets) if any(mode != "icl" for mode in knowledge) else None
         ks = {"spring": plan.ks, "spring+": plan.plus_ks or plan.ks}.get(method.key, [None])
         for k in ks:
             if k is not None:
@@ -210,9 +269,65 @@ def evaluate(plan: EvalPlan, datasets: dict[str, list[dict[str, Any]]], out: str
             for decoding in plan.decodings:
                 if decoding != "stuff" and not method.marginal:
                     continue  # marginal decoding reads passages one by one in the SPRING layout
-                for name, rows in datasets.items():
-                    results.append(_run_one(plan, sm, method, k, decoding, name, rows, store, progress, setup))
+                for mode in knowledge:
+                    if mode == "prag" and decoding != "stuff":
+                        continue  # the prompt holds no passage to read one by one
+                    for name, rows in datasets.items():
+                        results.append(_run_one(plan, sm, method, k, decoding, name, rows, store, progress, setup,
+                                                mode, parametric))
     return results
+
+
+class _Parametric:
+    """The adapters for one loaded model, opened once, and what identifies them in the prediction digests.
+
+    A store's documents are checked before anything runs: a passage it has no adapter for is refused (listing some)
+    unless ``missing_adapter="icl"`` reads it as text."""
+
+    def __init__(self, plan: EvalPlan, sm: SpringModel, datasets: dict[str, list[dict[str, Any]]]):
+        from spring_core.parametric import open_adapters
+
+        assert plan.adapters is not None  # EvalPlan checked it
+        self.adapters = open_adapters(plan.adapters, sm.model, model_name=plan.model)
+        self.by_text = hasattr(self.adapters, "prepare")  # adapters made from the text at query time (DyPRAG)
+        self.identity = _adapters_identity(plan.adapters)
+        self.missing = 0
+        if self.by_text:
+            return
+        total = 0
+        unknown: list[str | None] = []
+        for rows in datasets.values():
+            for row in rows:
+                documents = documents_for(row)
+                total += len(documents)
+                unknown += [d.adapter_id for d in documents if d.adapter_id is None or d.adapter_id not in
+                            self.adapters]
+        self.missing = len(unknown)
+        if unknown and plan.missing_adapter == "error":
+            named = sorted({str(doc_id) for doc_id in unknown if doc_id is not None})
+            without_id = sum(doc_id is None for doc_id in unknown)
+            found = (f"{len(named)} document(s) not in {plan.adapters} (e.g. {', '.join(named[:3])})" if named
+                     else "")
+            if without_id:
+                found += ("; " if found else "") + (f"{without_id} passage(s) without an id (retrieve them with "
+                                                    "--corpus/--store, or give the rows' passages an \"id\")")
+            raise EvalError(f"{len(unknown)} of the {total} passages have no adapter: {found}. Encode them with "
+                            "`spring-rag parametrize`, or pass --missing-adapter icl to read their text in the "
+                            "prompt instead")
+
+    def documents(self, row: dict[str, Any]) -> list[ParametricDocument]:
+        return documents_for(row, by_text=self.by_text)
+
+
+def _adapters_identity(folder: str) -> Any:
+    """What the adapters' answers depend on: their manifest where it lists every file's SHA-256 (a PRAG store, whose
+    shards are then not read again), else the files' SHA-256 (``_artifact_files``)."""
+    path = Path(folder) / MANIFEST_NAME
+    manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    files = manifest.get("files")
+    if isinstance(files, dict) and files and all(isinstance(v, dict) and v.get("sha256") for v in files.values()):
+        return {key: value for key, value in manifest.items() if key not in ("metrics", "created")}
+    return _artifact_files(folder)
 
 
 def _grouped(plan: EvalPlan) -> Iterator[tuple[Method, str | None]]:
@@ -259,12 +374,21 @@ def _digest(value: Any) -> str:
 
 def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, decoding: str, dataset: str,
              rows: list[dict[str, Any]], store: _PredictionStore, progress: Callable[[str], None],
-             setup: str) -> dict[str, Any]:
-    label = method.label if decoding == "stuff" else f"{method.label} [{decoding}]"
+             setup: str, knowledge: str = "icl", parametric: _Parametric | None = None) -> dict[str, Any]:
+    tags = [mode for mode in (knowledge,) if mode != "icl"] + [mode for mode in (decoding,) if mode != "stuff"]
+    label = f"{method.label} [{', '.join(tags)}]" if tags else method.label
     key = (dataset, label, k)
     inputs = {str(row["id"]): _input_digest(setup, row, _passages(method, row)) for row in rows}
+    if knowledge != "icl":
+        assert parametric is not None
+        inputs = {row_id: _digest({"input": digest, "knowledge": knowledge, "adapters": parametric.identity,
+                                   "ids": [d.adapter_id for d in parametric.documents(row)],
+                                   "missing_adapter": plan.missing_adapter})
+                  for (row_id, digest), row in zip(inputs.items(), rows, strict=True)}
     todo = [row for row in rows if (*key, str(row["id"]), inputs[str(row["id"])]) not in store.done]
-    if decoding == "stuff":
+    if knowledge != "icl":
+        _generate_parametric(plan, sm, method, k, decoding, knowledge, parametric, key, todo, store, inputs)
+    elif decoding == "stuff":
         _generate_batched(plan, sm, method, k, key, todo, store, inputs)
     else:
         for row in todo:
@@ -273,7 +397,8 @@ def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, dec
                               scores=row.get("passage_scores"), max_new_tokens=plan.max_new_tokens)
             store.add([_prediction(key, row, out.text, time.perf_counter() - began, inputs)])
     predictions = [store.done[(*key, str(row["id"]), inputs[str(row["id"])])] for row in rows]
-    result = {"dataset": dataset, "method": label, "k": k, "decoding": decoding,
+    result = {"dataset": dataset, "method": label, "k": k, "decoding": decoding, "knowledge": knowledge,
+              "adapters": Path(plan.adapters).name if knowledge != "icl" and plan.adapters else None,
               "retrieval": not method.closed_book and method.key != "closed-book"}
     result.update(aggregate([p["scores"] for p in predictions]))
     lines = aggregate([p["scores_line"] for p in predictions])
@@ -298,6 +423,23 @@ def _generate_batched(plan: EvalPlan, sm: SpringModel, method: Method, k: int | 
         seconds = (time.perf_counter() - began) / len(chosen)
         store.add([_prediction(key, todo[i], out.text, seconds, inputs)
                    for i, out in zip(chosen, outputs, strict=True)])
+
+
+def _generate_parametric(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, decoding: str,
+                         knowledge: str, parametric: _Parametric | None, key: tuple[str, str, int | None],
+                         todo: list[dict[str, Any]], store: _PredictionStore, inputs: dict[str, str]) -> None:
+    """One question at a time through the engine (each question activates its own documents' adapters)."""
+    from spring_core.engine import Engine, Request
+
+    assert parametric is not None
+    engine = Engine(sm, parametric.adapters)
+    for row in todo:
+        request = Request(question=row["question"], documents=parametric.documents(row), k=k or 0,
+                          decoding=decoding, knowledge=knowledge, missing_adapter=plan.missing_adapter,
+                          settings={"max_new_tokens": plan.max_new_tokens})
+        began = time.perf_counter()
+        out = engine.generate(request)
+        store.add([_prediction(key, row, out.text, time.perf_counter() - began, inputs)])
 
 
 def _length(prompt: PromptParts | dict[str, Any]) -> int:
