@@ -109,8 +109,8 @@ parametric knowledge (Parametric RAG): --knowledge icl,prag,combine evaluates co
   combine  both (spring + combine: combine + SPRING at every --k)
   --adapters is a PRAG store or Poly-PRAG experts (`spring-rag parametrize`), or a DyPRAG translator folder, which
   encodes every passage on the fly. A passage's adapter id is its corpus id when retrieved (--corpus/--store), else
-  the "id" of a row's own passage. A passage the store has no adapter for stops the run before it starts, unless
-  --missing-adapter icl reads it as text. Other methods run as without --knowledge.
+  the "id" of a row's own passage. A passage the store has no adapter for stops the run before any answer with
+  adapters, unless --missing-adapter icl reads it as text. Other methods run as without --knowledge.
 
 outputs in --out: predictions.jsonl (one line per question and method; a rerun resumes), results.json,
 results.md (per-dataset and average EM / F1 / Acc, first-line scores, seconds per question) and em_f1_vs_k.png.

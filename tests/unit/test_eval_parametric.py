@@ -114,6 +114,27 @@ def test_a_passage_the_store_lacks_stops_the_run_before_it_starts_unless_read_as
     code, _, err = cli(capsys, *args, "--missing-adapter", "icl")
     assert code == 0, err
     assert len(predictions(files["root"] / "missing")["Concat [prag]"]) == 2
+    report = json.loads((files["root"] / "missing" / "results.json").read_text())
+    assert [row["without_adapter"] for row in report["results"]] == [2]  # mit, read as text for both questions
+
+
+def test_spring_tokens_with_combine_and_marginal_decoding_with_adapters(files, capsys):
+    from spring_core import VirtualTokens
+
+    tiny = load_model(str(files["model"]))
+    VirtualTokens.random(tiny[0], 3, tokenizer=tiny[1]).save(files["root"] / "tokens")
+    args = eval_args(files, "spring", "--corpus", str(files["corpus"]), "--passages", "2", "--methods",
+                     "concat,spring", "--tokens", str(files["root"] / "tokens"), "--k", "2", "--knowledge",
+                     "icl,prag,combine", "--adapters", str(files["store"]), "--decoding", "stuff,rag-token",
+                     "--missing-adapter", "icl")
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err
+    answers = predictions(files["root"] / "spring")
+    assert set(answers) == {"Concat", "Concat [prag]", "Concat [combine]", "Concat [rag-token]",
+                            "Concat [combine, rag-token]", "SPRING", "SPRING [prag]", "SPRING [combine]",
+                            "SPRING [rag-token]", "SPRING [combine, rag-token]"}  # prag has nothing to marginalise
+    assert answers["SPRING [combine]"] != answers["SPRING"]  # combine + SPRING: the adapters change the answers
+    assert answers["Concat [combine, rag-token]"] != answers["Concat [rag-token]"]
 
 
 def test_a_dyprag_translator_encodes_the_rows_own_passages_on_the_fly(files, capsys):

@@ -19,7 +19,7 @@ adapters from ``adapters`` (a PRAG store, Poly-PRAG experts, or a DyPRAG transla
 when first asked for it) with the question alone in the prompt, ``combine`` does both (with ``spring``:
 combine + SPRING). A passage's adapter id is its corpus id when it was retrieved (``--corpus``/``--store``), else
 the ``"id"`` of a row's own passage; a DyPRAG translator keys a passage without an id by its text. A passage whose
-adapter the store lacks is refused before anything runs, or with ``missing_adapter="icl"`` read as text.
+adapter the store lacks is refused before any answer with adapters, or with ``missing_adapter="icl"`` read as text.
 
 ``decodings`` adds RAG-Token / RAG-Sequence decoding (passages read one by one, weighted by their retriever scores)
 next to the default ``stuff`` decoding for the methods in the SPRING layout (concat, spring, spring+, lora, prefix).
@@ -281,8 +281,8 @@ def evaluate(plan: EvalPlan, datasets: dict[str, list[dict[str, Any]]], out: str
 class _Parametric:
     """The adapters for one loaded model, opened once, and what identifies them in the prediction digests.
 
-    A store's documents are checked before anything runs: a passage it has no adapter for is refused (listing some)
-    unless ``missing_adapter="icl"`` reads it as text."""
+    A store's documents are checked before any answer with them: a passage it has no adapter for is refused
+    (naming some) unless ``missing_adapter="icl"`` reads it as text."""
 
     def __init__(self, plan: EvalPlan, sm: SpringModel, datasets: dict[str, list[dict[str, Any]]]):
         from spring_core.parametric import open_adapters
@@ -291,19 +291,10 @@ class _Parametric:
         self.adapters = open_adapters(plan.adapters, sm.model, model_name=plan.model)
         self.by_text = hasattr(self.adapters, "prepare")  # adapters made from the text at query time (DyPRAG)
         self.identity = _adapters_identity(plan.adapters)
-        self.missing = 0
-        if self.by_text:
-            return
-        total = 0
-        unknown: list[str | None] = []
-        for rows in datasets.values():
-            for row in rows:
-                documents = documents_for(row)
-                total += len(documents)
-                unknown += [d.adapter_id for d in documents if d.adapter_id is None or d.adapter_id not in
-                            self.adapters]
-        self.missing = len(unknown)
+        rows = [row for dataset in datasets.values() for row in dataset]
+        unknown = [doc_id for row in rows for doc_id in self.without_adapter(row)]
         if unknown and plan.missing_adapter == "error":
+            total = sum(len(row.get("passages") or []) for row in rows)
             named = sorted({str(doc_id) for doc_id in unknown if doc_id is not None})
             without_id = sum(doc_id is None for doc_id in unknown)
             found = (f"{len(named)} document(s) not in {plan.adapters} (e.g. {', '.join(named[:3])})" if named
@@ -317,6 +308,13 @@ class _Parametric:
 
     def documents(self, row: dict[str, Any]) -> list[ParametricDocument]:
         return documents_for(row, by_text=self.by_text)
+
+    def without_adapter(self, row: dict[str, Any]) -> list[str | None]:
+        """The ids of ``row``'s passages that have no adapter (``None``: a passage without an id); a translator
+        has one for every passage."""
+        if self.by_text:
+            return []
+        return [d.adapter_id for d in self.documents(row) if d.adapter_id is None or d.adapter_id not in self.adapters]
 
 
 def _adapters_identity(folder: str) -> Any:
@@ -400,6 +398,8 @@ def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, dec
     result = {"dataset": dataset, "method": label, "k": k, "decoding": decoding, "knowledge": knowledge,
               "adapters": Path(plan.adapters).name if knowledge != "icl" and plan.adapters else None,
               "retrieval": not method.closed_book and method.key != "closed-book"}
+    if parametric is not None and knowledge != "icl":  # passages read as text for want of an adapter
+        result["without_adapter"] = sum(len(parametric.without_adapter(row)) for row in rows)
     result.update(aggregate([p["scores"] for p in predictions]))
     lines = aggregate([p["scores_line"] for p in predictions])
     result.update({f"{m}_line": v for m, v in lines.items() if m != "count"})
