@@ -14,7 +14,7 @@ from spring_core.model.loading import load_model
 from spring_core.parametric import LoraSpec
 from spring_core.parametric.dyprag import DyPRAG, DyPRAGConfig, ParameterTranslator
 from spring_train.evaluate import EvalError, EvalPlan, documents_for, parse_methods
-from spring_train.parametrize import PragSettings, parametrize
+from spring_train.parametrize import PolySettings, PragSettings, parametrize, train_poly
 
 AUGMENTED = {
     "harvard": {"id": "harvard", "title": "Harvard", "status": "ok",
@@ -33,12 +33,16 @@ QUESTIONS = [{"id": "q1", "question": "Who is Harvard University named after?", 
 
 @pytest.fixture(scope="module")
 def files(tiny_dir, tmp_path_factory) -> dict[str, Path]:
-    """The QA file (questions only: passages come from the corpus), the corpus, a PRAG store of two of its three
-    documents, a DyPRAG translator, and the QA file again with the gold passages in the rows (no ids)."""
+    """The QA file (questions only: passages come from the corpus), the corpus, a PRAG store and Poly-PRAG experts
+    for two of its three documents, a DyPRAG translator, and the QA file again with the gold passages in the rows
+    (no ids)."""
     root = tmp_path_factory.mktemp("eval-parametric")
     sm = SpringModel(*load_model(str(tiny_dir)))
     parametrize(sm, AUGMENTED, root / "store", PragSettings(lr=2e-2, epochs=3), model_name="tiny",
                 show_progress=False)
+    poly, _ = train_poly(sm, AUGMENTED, PolySettings(experts=4, top_experts=2, lr=1e-2, routing_lr=5e-2, epochs=2,
+                                                     batch_size=2), show_progress=False)
+    poly.save(root / "poly", base_model_name="tiny")
     spec = LoraSpec.for_model(sm.model, rank=2, alpha=32)
     DyPRAG(ParameterTranslator(DyPRAGConfig.for_model(sm.model, spec, width=8, init_std=0.2)), sm.model,
            sm.tokenizer).save(root / "translator", base_model_name="tiny")
@@ -50,7 +54,8 @@ def files(tiny_dir, tmp_path_factory) -> dict[str, Path]:
     (root / "gold").mkdir()
     (root / "gold" / "dev.jsonl").write_text("".join(json.dumps(row) + "\n" for row in gold))
     return {"root": root, "model": tiny_dir, "data": root / "toy" / "dev.jsonl", "corpus": root / "corpus.jsonl",
-            "store": root / "store", "translator": root / "translator", "gold": root / "gold" / "dev.jsonl"}
+            "store": root / "store", "translator": root / "translator", "poly": root / "poly",
+            "gold": root / "gold" / "dev.jsonl"}
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -135,6 +140,15 @@ def test_spring_tokens_with_combine_and_marginal_decoding_with_adapters(files, c
                             "SPRING [rag-token]", "SPRING [combine, rag-token]"}  # prag has nothing to marginalise
     assert answers["SPRING [combine]"] != answers["SPRING"]  # combine + SPRING: the adapters change the answers
     assert answers["Concat [combine, rag-token]"] != answers["Concat [rag-token]"]
+
+
+def test_poly_prag_experts_route_the_retrieved_documents(files, capsys):
+    args = eval_args(files, "poly", "--corpus", str(files["corpus"]), "--passages", "1", "--methods",
+                     "closed-book,concat", "--knowledge", "prag", "--adapters", str(files["poly"]))
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err
+    answers = predictions(files["root"] / "poly")
+    assert answers["Concat [prag]"] != answers["Closed-book"]
 
 
 def test_a_dyprag_translator_encodes_the_rows_own_passages_on_the_fly(files, capsys):
