@@ -118,16 +118,10 @@ def render_messages(turns: Sequence[dict[str, Any]], tokenizer: Any, placement: 
 def render_tool_messages(turns: Sequence[dict[str, Any]], tokenizer: Any, tools: Sequence[dict[str, Any]] | None,
                          k: int) -> PromptParts:
     """The prompt of a conversation with bound ``tools`` or tool turns (``langchain_spring.tools``): rendered by the
-    chat template (its tool format, or the plain fallback); ending with tool results, a ``k``-token block right
-    before the answer.
-
-    Example:
-        >>> turns = message_turns([HumanMessage("Who wrote Hamlet?"), AIMessage("", tool_calls=[
-        ...     {"name": "search", "args": {"q": "Hamlet"}, "id": "c1"}]), ToolMessage("Shakespeare.", tool_call_id="c1")])
-        >>> render_tool_messages(turns, tokenizer, None, 4).after   # the block closes the prompt
-        ''
-    """  # noqa: E501
-    return render_tool_prompt(turns, tokenizer, tools, k, lambda plain: render_messages(plain, tokenizer))
+    chat template (its tool format, or the plain fallback); ending with tool results, a ``k``-token block after
+    them (natively right before the answer; in the fallback before the question asked again)."""
+    return render_tool_prompt(turns, tokenizer, tools, k, lambda plain, at, size: render_messages(
+        plain, tokenizer, None if at is None else Placement(at), size))
 
 
 class ChatSpring(SpringParams, BaseChatModel):
@@ -181,7 +175,7 @@ class ChatSpring(SpringParams, BaseChatModel):
         prompt, anything else lets the model choose.
 
         Example:
-            >>> agent = create_agent(ChatSpring(model="my-qwen/"), [retrieve_context])   # a tool-taking template
+            >>> agent = create_agent(ChatSpring(model="my-qwen/"), [retrieve_context])  # doctest: +SKIP
         """
         check_tool_support(self.engine.spring.tokenizer)
         if tool_choice in ("none", False):

@@ -16,11 +16,13 @@ the template writes for the assistant turn (the text a model trained on that tem
   ``name[ARGS]{...}`` (Mistral's v3 to v13 tokenizers).
 
 **The answer step.** In an agent that retrieves through a tool, the tool's result is the context: when the
-conversation ends with tool results, the block of virtual tokens goes after them, right before the answer (at the
-start of the assistant turn the template opens). A template that does not render tool calls and results gets a
-plain fallback (``fallback_turns``): the call is written into the assistant turn as ``Tool call: name {json}``
-and the results become one user turn, ``Tool result (name):`` followed by the result, which every chat template
-and the ``Role: content`` transcript can show.
+conversation ends with tool results, the block of virtual tokens goes after them. A template that renders tool
+calls and results gets the block right before the answer (at the start of the assistant turn it opens). Any
+other template gets a plain fallback (``fallback_turns``): the call is written into the assistant turn as
+``Tool call: name {json}``, the results become one user turn, ``Tool result (name):`` followed by the result,
+which asks the question again (``Question: ...``, SPRING's order), and the block goes between the results and
+that question, where SPRING's tokens were trained to be read (right before the answer, the bundled tokens score
+0 EM on SmolLM2: they were trained to be followed by a question).
 
 **Tool results are plain text.** Any spelling of one of the tokenizer's added tokens (``<|im_end|>``,
 ``<tool_call>``, ...) inside a tool result gets a word joiner (U+2060) after its first character, so it is read
@@ -32,7 +34,7 @@ Example:
     >>> support.tools, support.calls, support.format
     (True, True, 'hermes')
     >>> parse_tool_calls('<tool_call>\\n{"name": "search", "arguments": {"q": "x"}}\\n</tool_call>', "hermes")
-    ('', [{'name': 'search', 'args': {'q': 'x'}, 'id': 'call_...', 'type': 'tool_call'}], [])
+    ('', [{'name': 'search', 'args': {'q': 'x'}, 'id': '...', 'type': 'tool_call'}], [])
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from typing import Any
 
 from spring_core.errors import ToolCallingError
 from spring_core.prompts.layouts import has_chat_template, unique_sentinel
-from spring_core.types import PromptParts
+from spring_core.types import BlockAt, PromptParts
 
 FORMATS = ("hermes", "llama-json", "mistral")
 """The tool-call formats ``ChatSpring`` reads."""
@@ -186,13 +188,15 @@ def _added_spellings(tokenizer: Any) -> list[str]:
 def fallback_turns(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """Tool calls and results as plain turns, for a template that does not render them: an assistant turn's calls
     as lines ``Tool call: name {json arguments}`` after its text, consecutive tool results as one user turn of
-    ``Tool result (name):\\n<result>`` paragraphs.
+    ``Tool result (name):\n<result>`` paragraphs. When the conversation ends with tool results, that turn asks the
+    question again (the last user turn before the call): ``\n\nQuestion: <question>``, SPRING's order, context
+    then question (``render_tool_prompt`` puts the block right before it).
 
     Example:
-        >>> fallback_turns([{"role": "assistant", "content": "", "tool_calls": [
-        ...     {"function": {"name": "search", "arguments": {"q": "x"}}}]},
-        ...     {"role": "tool", "name": "search", "content": "X is Y."}])
-        [{'role': 'assistant', 'content': 'Tool call: search {"q": "x"}'}, {'role': 'user', 'content': 'Tool result (search):\\nX is Y.'}]
+        >>> fallback_turns([{"role": "user", "content": "What is X?"}, {"role": "assistant", "content": "",
+        ...     "tool_calls": [{"function": {"name": "search", "arguments": {"q": "x"}}}]},
+        ...     {"role": "tool", "name": "search", "content": "X is Y."}])[1:]
+        [{'role': 'assistant', 'content': 'Tool call: search {"q": "x"}'}, {'role': 'user', 'content': 'Tool result (search):\nX is Y.\n\nQuestion: What is X?'}]
     """  # noqa: E501
     plain: list[dict[str, str]] = []
     for turn in turns:
@@ -207,30 +211,53 @@ def fallback_turns(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
         calls = [f"Tool call: {c['function']['name']} {json.dumps(c['function']['arguments'], ensure_ascii=False)}"
                  for c in turn.get("tool_calls") or ()]
         plain.append({"role": str(turn["role"]), "content": "\n".join(([content] if content else []) + calls)})
+    question = asked_question(turns)
+    if turns and turns[-1]["role"] == "tool" and question:
+        plain[-1]["content"] += QUESTION_AGAIN + question
     return [{"role": t["role"], "content": t["content"]} for t in plain]
 
 
-def render_tool_prompt(turns: Sequence[Mapping[str, Any]], tokenizer: Any, tools: Sequence[Mapping[str, Any]] | None,
-                       k: int, transcript: Callable[[Sequence[Mapping[str, str]]], PromptParts]) -> PromptParts:
-    """The prompt of a conversation with tools, tool calls or tool results, assistant turn opened; when it ends
-    with tool results and ``k > 0``, a ``k``-token block right before the answer.
+QUESTION_AGAIN = "\n\nQuestion: "
+"""What the fallback's last tool-result turn adds before the question it asks again."""
 
-    ``tools`` are OpenAI-style tool definitions (rendered by the template; they need ``template_tools(...).tools``).
-    Tool results are made ``plain_text`` first. Without native support the turns go through ``fallback_turns``;
-    ``transcript`` renders turns for a tokenizer without a chat template.
+
+def asked_question(turns: Sequence[Mapping[str, Any]]) -> str | None:
+    """The question a conversation's closing tool results answer: the last user turn before its last tool call."""
+    calls = [i for i, turn in enumerate(turns) if turn.get("tool_calls")]
+    before = turns[: calls[-1]] if calls else turns
+    return next((str(t["content"]) for t in reversed(before) if t["role"] == "user" and str(t["content"]).strip()),
+                None)
+
+
+def render_tool_prompt(turns: Sequence[Mapping[str, Any]], tokenizer: Any, tools: Sequence[Mapping[str, Any]] | None,
+                       k: int, render: Callable[[Sequence[Mapping[str, str]], BlockAt | None, int], PromptParts],
+                       ) -> PromptParts:
+    """The prompt of a conversation with tools, tool calls or tool results, assistant turn opened; when it ends
+    with tool results and ``k > 0``, a ``k``-token block after them.
+
+    Natively (a template that renders tool calls and results) the block goes right before the answer, at the start
+    of the assistant turn the template opens. In the fallback (``fallback_turns``) it goes between the results and
+    the question asked again after them. ``tools`` are OpenAI-style tool definitions (rendered by the template).
+    Tool results are made ``plain_text`` first. ``render`` renders plain turns with a block at a ``BlockAt`` (the
+    chat template, or a transcript without one).
     """
     turns = [dict(t, content=plain_text(str(t["content"]), tokenizer)) if t["role"] == "tool" else dict(t)
              for t in turns]
     answer_step = bool(turns) and turns[-1]["role"] == "tool"
     k = k if answer_step else 0
-    if not has_chat_template(tokenizer):
-        rendered = transcript(fallback_turns(turns))
-        return PromptParts(rendered.plain_text(), k, "", rendered.special_tokens)
     support = template_tools(tokenizer)
+    if not support.native:
+        plain = fallback_turns(turns)
+        at = None
+        if k and asked_question(turns):
+            last = plain[-1]["content"]
+            at = BlockAt(len(plain) - 1, last.rindex(QUESTION_AGAIN) + 2)
+        elif k:
+            return PromptParts(render(plain, None, 0).plain_text(), k, "", has_chat_template(tokenizer) is False)
+        return render(plain, at, k)
     kwargs: dict[str, Any] = {"tools": list(tools)} if tools else {}
-    messages: Sequence[Mapping[str, Any]] = turns if support.native else fallback_turns(turns)
     try:
-        rendered = str(tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True,
+        rendered = str(tokenizer.apply_chat_template(list(turns), tokenize=False, add_generation_prompt=True,
                                                      **kwargs))
     except Exception as error:
         raise ToolCallingError(f"this model's chat template could not render the conversation with its tool calls "

@@ -88,18 +88,33 @@ def answer(sm, parts: PromptParts) -> str:
 
 def test_a_template_without_tool_support_reads_the_tool_result_in_the_documented_fallback(sm):
     """The tiny ChatML template renders no tool calls: the call is written into the assistant turn, the result is
-    a user turn, and the block closes the prompt (the assistant turn the template opens)."""
+    a user turn that asks the question again, and the block goes between the result and that question."""
     chat = ChatSpring(spring_model=sm, max_tokens=8)
     answer_message = chat.invoke(conversation())
     assert answer_message.usage_metadata["input_token_details"]["virtual"] == 8
     turns = [{"role": "user", "content": QUESTION},
              {"role": "assistant", "content": 'Tool call: retrieve_context {"query": "Hamlet author"}'},
-             {"role": "user", "content": f"Tool result (retrieve_context):\n{RESULT}"}]
-    rendered = sm.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    assert rendered.endswith("<|im_start|>assistant\n")
-    assert answer_message.content == answer(sm, PromptParts(rendered, 8, "", special_tokens=False))
-    assert chat.bind(k=0).invoke(conversation()).usage_metadata["input_token_details"]["virtual"] == 0
+             {"role": "user", "content": f"Tool result (retrieve_context):\n{RESULT}\n\nQuestion: {QUESTION}"}]
     assert fallback_turns(hf_conversation()) == turns
+    rendered = sm.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    at = rendered.rindex("Question: ")
+    assert answer_message.content == answer(sm, PromptParts(rendered[:at], 8, rendered[at:], special_tokens=False))
+    assert chat.bind(k=0).invoke(conversation()).usage_metadata["input_token_details"]["virtual"] == 0
+    # without a question before the call there is none to ask again: the block closes the prompt
+    alone = chat._chat_request(conversation()[1:], None, {}).prompt
+    assert alone.k == 8 and alone.after == "" and alone.before.endswith("<|im_start|>assistant\n")
+
+
+def test_without_a_chat_template_the_transcript_carries_the_fallback(tiny):
+    import copy
+
+    tokenizer = copy.deepcopy(tiny[1])
+    tokenizer.chat_template = None
+    sm = SpringModel(tiny[0], tokenizer, VirtualTokens.random(tiny[0], n=8, seed=1))
+    prompt = ChatSpring(spring_model=sm, max_tokens=8)._chat_request(conversation(), None, {}).prompt
+    assert prompt.before == (f'User: {QUESTION}\nAssistant: Tool call: retrieve_context {{"query": "Hamlet author"}}\n'
+                             f"User: Tool result (retrieve_context):\n{RESULT}\n\n")
+    assert prompt.k == 8 and prompt.after == f"Question: {QUESTION}\nAssistant:"
 
 
 def test_the_tool_call_and_result_render_through_a_real_tool_template(llama4):
