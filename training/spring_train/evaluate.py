@@ -379,10 +379,10 @@ def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, dec
     inputs = {str(row["id"]): _input_digest(setup, row, _passages(method, row)) for row in rows}
     if knowledge != "icl":
         assert parametric is not None
-        inputs = {row_id: _digest({"input": digest, "knowledge": knowledge, "adapters": parametric.identity,
-                                   "ids": [d.adapter_id for d in parametric.documents(row)],
-                                   "missing_adapter": plan.missing_adapter})
-                  for (row_id, digest), row in zip(inputs.items(), rows, strict=True)}
+        inputs = {str(row["id"]): _digest({"input": inputs[str(row["id"])], "knowledge": knowledge,
+                                           "adapters": parametric.identity, "missing_adapter": plan.missing_adapter,
+                                           "ids": [d.adapter_id for d in parametric.documents(row)]})
+                  for row in rows}
     todo = [row for row in rows if (*key, str(row["id"]), inputs[str(row["id"])]) not in store.done]
     if knowledge != "icl":
         _generate_parametric(plan, sm, method, k, decoding, knowledge, parametric, key, todo, store, inputs)
