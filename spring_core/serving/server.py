@@ -2,12 +2,15 @@
 
 ``spring-rag serve smollm2-135m`` resolves the alias to the converted safetensors folder vLLM reads and runs
 ``python -m vllm.entrypoints.openai.api_server`` (vLLM's own ``vllm`` command fails on some distributions of it)
-with ``--enable-prompt-embeds``; ``--adapters`` adds ``--enable-lora`` and run-time adapter loading. vLLM pins
-its own torch and transformers, so it usually lives in a virtual environment of its own: the server runs with the
-Python of ``--python``, else ``$SPRING_RAG_VLLM_PYTHON``, else ``.venv-vllm`` in the current folder, else this
-interpreter when it can import vLLM. ``api_key`` makes the server refuse requests without that bearer key: it is
-handed to vLLM as its own ``VLLM_API_KEY`` environment variable (the same as vLLM's ``--api-key``, but out of the
-process list), and a ``VLLM_API_KEY`` already set is passed through unchanged.
+with ``--enable-prompt-embeds`` and ``--trust-request-chat-template`` (a SPRING request then sends only its
+block as embeddings: the rest goes as text joined by a template the request carries, which the server tokenizes
+to the client's own ids; a key, ``api_key``, keeps that to your clients); ``--adapters`` adds ``--enable-lora``
+and run-time adapter loading. vLLM pins its own torch and transformers, so it usually lives in a virtual
+environment of its own: the server runs with the Python of ``--python``, else ``$SPRING_RAG_VLLM_PYTHON``, else
+``.venv-vllm`` in the current folder, else this interpreter when it can import vLLM. ``api_key`` makes the server
+refuse requests without that bearer key: it is handed to vLLM as its own ``VLLM_API_KEY`` environment variable
+(the same as vLLM's ``--api-key``, but out of the process list), and a ``VLLM_API_KEY`` already set is passed
+through unchanged.
 
 Example:
     >>> argv, env = vllm_command("./my-llama", python="python3", port=8001, adapters=True)  # or "smollm2-135m"
@@ -64,7 +67,8 @@ def vllm_command(model: str, *, python: str, host: str = "127.0.0.1", port: int 
     source, _display = resolve_model_source(model)
     name = served_model_name or (model if model in ALIASES else Path(source).name or model)
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", source, "--served-model-name", name,
-            "--host", host, "--port", str(port), "--dtype", dtype, "--enable-prompt-embeds"]
+            "--host", host, "--port", str(port), "--dtype", dtype, "--enable-prompt-embeds",
+            "--trust-request-chat-template"]
     env = dict(os.environ)
     if api_key:
         env["VLLM_API_KEY"] = api_key

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import threading
@@ -40,7 +42,14 @@ from typing import Any
 
 import torch
 
-from spring_core.errors import ModelMismatchError, OptionError, ServerAuthError, ServerError, ServerReplyError
+from spring_core.errors import (
+    DeadlineError,
+    ModelMismatchError,
+    OptionError,
+    ServerAuthError,
+    ServerError,
+    ServerReplyError,
+)
 from spring_core.generation import GenerationStream
 from spring_core.model.healing import visible
 from spring_core.model.loading import spring_home
@@ -51,9 +60,20 @@ from spring_core.serving.thin import is_thin, refuse
 from spring_core.types import Generation, GenerationSettings, PromptParts, Usage
 
 PROBE_TEXT = "The history of the city begins in the year"
+PROBE_SPLIT = ("The history of the city", " begins in", " the year")
+"""The split-request probe: text, then the middle sent as embeddings (as a block is), then text."""
+COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
+PLACEHOLDER = "<prompt_embeds>"
+"""vLLM's placeholder for a ``prompt_embeds`` content part in a rendered chat (a special token it registers on its
+own copy of the tokenizer; ``vllm/renderers/chat_utils.py``), expanded to one position per embedding row."""
+JOIN_TEMPLATE = ("{% for message in messages %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}"
+                 "{% endfor %}")
+"""The chat template a split request carries: the user turn's parts joined as they are (vLLM renders a
+``prompt_embeds`` part as its placeholder), so the server tokenizes exactly the text this client built."""
 API_KEY_ENV = "VLLM_API_KEY"
 """The environment variable a client's key comes from when ``api_key`` is not given: the one vLLM's server reads
 its own key from, so one variable can serve both sides."""
+logger = logging.getLogger(__name__)
 FINISH_REASONS = frozenset({"stop", "length"})
 """The server's finish reasons this backend reports (``abort`` or anything else is an error, not an answer)."""
 
@@ -69,6 +89,7 @@ class _Prepared:
     body: dict[str, Any]
     k: int
     prompt: str
+    path: str = COMPLETIONS
     spaces: str = ""
     head: str = ""
     head_tokens: int = 0
@@ -97,6 +118,13 @@ class VLLMBackend:
             prompt (a plain prompt then goes as its embeddings too: the same answer, as the tests check).
         dtype: the served model's dtype, to which embeddings are cast before they are sent (default: the local
             model's).
+        split: send a block as embeddings and the rest of the prompt as text the server tokenizes exactly as this
+            client did (vLLM's chat endpoint with ``prompt_embeds`` content parts and a template that joins them,
+            which needs the server's ``--trust-request-chat-template``; ``spring-rag serve`` sets it): a request
+            then carries ``k`` rows instead of the whole prompt's. Used where the model check found the server
+            answering such a request as the same prompt sent as ids, and the tokenizer reproduces the prompt's ids
+            from that text; otherwise (``split=False`` too, and with document adapters: vLLM 0.32's engine dies on
+            a split request with a LoRA) the whole prompt goes as embeddings.
         check_model: at the first call, refuse a server that runs another model: with a loaded model, the server's
             next-token log-probabilities on a probe prompt (as ids, and as embeddings when they are used) must match
             the local model's; with a thin client (``spring_core.serving.thin``: no layers, no local forward pass),
@@ -114,7 +142,7 @@ class VLLMBackend:
                  request_timeout: float = 120.0, deadline: float | None = None, max_retries: int = 6,
                  backoff: float = 0.5,
                  adapter_dir: str | Path | None = None, embeds: str = "block", dtype: str | torch.dtype | None = None,
-                 check_model: bool = True, probe_tolerance: float = 0.1):
+                 check_model: bool = True, probe_tolerance: float = 0.1, split: bool = True):
         if embeds not in ("block", "always"):
             raise ValueError(f"embeds must be 'block' or 'always', got {embeds!r}")
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
@@ -129,6 +157,9 @@ class VLLMBackend:
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.check_model = check_model
         self.probe_tolerance = probe_tolerance
+        self.split = split
+        self._split_ok: dict[int, bool] = {}  # per model: the server answers a split request as the same ids
+        self._marked: dict[int, tuple[Any, int]] = {}  # per tokenizer: a copy that knows PLACEHOLDER, and its id
         self._checked: set[int] = set()
         self._loaded: set[str] = set()
         self._lock = threading.Lock()
@@ -145,7 +176,7 @@ class VLLMBackend:
         deadline = Deadline(self.deadline)
         lora = self._lora(spring, adapters, adapter_ids, deadline)
         prepared = self._prepare(spring, prompt, settings, lora, stream=False, deadline=deadline)
-        reply = prepared.finished or self.http.json("POST", "/v1/completions", prepared.body, deadline=deadline)
+        reply = prepared.finished or self.http.json("POST", prepared.path, prepared.body, deadline=deadline)
         return _generation(reply, prepared)
 
     def stream(self, spring: SpringModel, prompt: PromptParts | str, settings: GenerationSettings,
@@ -165,7 +196,7 @@ class VLLMBackend:
         lora = await asyncio.to_thread(self._lora, spring, adapters, adapter_ids, deadline)
         prepared = await asyncio.to_thread(self._prepare, spring, prompt, settings, lora, stream=False,
                                            deadline=deadline)
-        reply = prepared.finished or await self.http.ajson("POST", "/v1/completions", prepared.body, deadline=deadline)
+        reply = prepared.finished or await self.http.ajson("POST", prepared.path, prepared.body, deadline=deadline)
         return _generation(reply, prepared)
 
     def generate_batch(self, spring: SpringModel, prompts: Sequence[PromptParts],
@@ -186,7 +217,7 @@ class VLLMBackend:
         if prepared.finished:
             return
         reader = _StreamReader(prepared.body["max_tokens"])
-        async with self.http.aopen("POST", "/v1/completions", prepared.body, deadline=deadline) as reply:
+        async with self.http.aopen("POST", prepared.path, prepared.body, deadline=deadline) as reply:
             async for line in reply.aiter_lines():
                 if delta := reader.read(line):
                     yield delta
@@ -258,7 +289,59 @@ class VLLMBackend:
             self._probe(spring, as_embeds=False, deadline=deadline)
             if spring.n > 0 or self.embeds == "always":
                 self._probe(spring, as_embeds=True, deadline=deadline)
+        if self.split and self.embeds == "block" and spring.n > 0:
+            self._split_ok[id(spring.model)] = self._probe_split(spring, deadline=deadline)
         self._checked.add(id(spring.model))
+
+    def _probe_split(self, spring: SpringModel, *, deadline: Deadline) -> bool:
+        """Whether this server answers a split request (text, embeddings, text) as the same prompt sent as ids:
+        a refused request (no ``--trust-request-chat-template``, an older vLLM) or another answer means no."""
+        before, middle, after = PROBE_SPLIT
+        middle_ids = spring.tokenizer(middle, add_special_tokens=False)["input_ids"]
+        parts = PromptParts(before, len(middle_ids), after)
+        marked = spring.encode(parts)
+        start = next(i for i, token in enumerate(marked) if token >= spring.vocab_rows)
+        ids = marked[:start] + middle_ids + marked[start + len(middle_ids):]
+        texts = self._split_texts(spring, parts, marked)
+        if texts is None:
+            return False
+        by_ids = self._probe_reply(spring, ids, as_embeds=False, deadline=deadline)
+        body = {"model": self.model, "max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": 1,
+                "return_tokens_as_token_ids": True,
+                **_split_body(texts, self._embeds(spring, middle_ids))}
+        try:
+            by_split = _chat_probe_answer(self.http.json("POST", CHAT, body, deadline=deadline))
+        except DeadlineError:
+            raise
+        except ServerError as exc:  # refused, or an answer without the log-prob asked for: not a server to split for
+            logger.info("%s: blocks go as whole-prompt embeddings (a split request was refused: %s)", self, exc)
+            return False
+        if by_split[0] != by_ids[0] or not abs(by_split[1] - by_ids[1]) <= self.probe_tolerance:
+            logger.warning("%s answers a split request (text, embeddings, text) otherwise than the same prompt as "
+                           "ids (%s against %s): blocks go as whole-prompt embeddings", self, by_split, by_ids)
+            return False
+        return True
+
+    def _split_texts(self, spring: SpringModel, parts: PromptParts, ids: list[int]) -> tuple[str, str] | None:
+        """The text before and after the block whose tokenization around vLLM's placeholder gives exactly ``ids``
+        (as the server will tokenize it), or ``None`` when this tokenizer does not reproduce them."""
+        tokenizer = spring.tokenizer
+        if id(tokenizer) not in self._marked:
+            marked = copy.deepcopy(tokenizer)  # the model's own tokenizer is never changed
+            marked.add_special_tokens({"additional_special_tokens": [PLACEHOLDER]})
+            placeholder = marked.encode(PLACEHOLDER, add_special_tokens=False)
+            self._marked[id(tokenizer)] = (marked, placeholder[0] if len(placeholder) == 1 else -1)
+        marked, placeholder = self._marked[id(tokenizer)]
+        start = next(i for i, token in enumerate(ids) if token >= spring.vocab_rows)
+        prefix, suffix = ids[:start], ids[start + parts.k:]
+        before = tokenizer(parts.before, add_special_tokens=False)["input_ids"]
+        after = tokenizer(parts.after, add_special_tokens=False)["input_ids"]
+        if placeholder < 0 or len(before) > len(prefix) or len(after) > len(suffix):
+            return None
+        lead, trail = prefix[:len(prefix) - len(before)], suffix[len(after):]
+        texts = (tokenizer.decode(lead) + parts.before, parts.after + tokenizer.decode(trail))
+        rendered = marked(texts[0] + PLACEHOLDER + texts[1], add_special_tokens=False)["input_ids"]
+        return texts if list(rendered) == [*prefix, placeholder, *suffix] else None
 
     def _probe_reply(self, spring: SpringModel, ids: list[int], *, as_embeds: bool,
                      deadline: Deadline) -> tuple[int, float]:
@@ -323,11 +406,19 @@ class VLLMBackend:
         healed, ids = spring.inputs.prepare(parts, settings.max_new_tokens)
         body = _sampling(settings)
         body["model"] = lora or self.model
-        if parts.k > 0 or self.embeds == "always":
+        texts = None
+        # never with a LoRA: vLLM 0.32's LoRA embedding layer miscounts a split prompt's positions and its engine
+        # dies (einsum size mismatch in punica's bgmv_expand), so a request with document adapters goes whole
+        if parts.k > 0 and lora is None and healed.first_ids is None and self._split_ok.get(id(spring.model)):
+            texts = self._split_texts(spring, healed.parts, ids)
+        if texts is not None:  # the block as its rows, the rest as text the server tokenizes to the same ids
+            start = next(i for i, token in enumerate(ids) if token >= spring.vocab_rows)
+            body.update(_split_body(texts, self._embeds(spring, ids[start:start + parts.k])))
+        elif parts.k > 0 or self.embeds == "always":
             body["prompt_embeds"] = self._embeds(spring, ids)
         else:
             body["prompt"] = ids
-        prepared = _Prepared(body, parts.k, parts.render())
+        prepared = _Prepared(body, parts.k, parts.render(), CHAT if texts is not None else COMPLETIONS)
         if healed.first_ids is not None:
             prepared = self._first_healed_token(spring, prepared, ids, healed.spaces, healed.first_ids.tolist(),
                                                 deadline)
@@ -374,7 +465,7 @@ class VLLMBackend:
             stream.result = _generation(prepared.finished, prepared)
             return
         reader = _StreamReader(prepared.body["max_tokens"])
-        with self.http.open("POST", "/v1/completions", prepared.body, deadline=deadline) as reply:
+        with self.http.open("POST", prepared.path, prepared.body, deadline=deadline) as reply:
             for line in reply.iter_lines():
                 if deadline.expired():  # a trickling server does not extend the call; a line cut by the
                     raise deadline.error("the stream")  # watchdog's shutdown is never read as an event
@@ -432,6 +523,36 @@ def _sampling(settings: GenerationSettings) -> dict[str, Any]:
     return body
 
 
+def _split_body(texts: tuple[str, str], block: str) -> dict[str, Any]:
+    """The chat-endpoint fields of a split request: one user turn of text, the block's rows, text, joined by
+    ``JOIN_TEMPLATE`` with nothing added."""
+    content = [{"type": "text", "text": texts[0]}, {"type": "prompt_embeds", "data": block},
+               {"type": "text", "text": texts[1]}]
+    return {"messages": [{"role": "user", "content": content}], "chat_template": JOIN_TEMPLATE,
+            "add_generation_prompt": False}
+
+
+def _chat_probe_answer(reply: Any) -> tuple[int, float]:
+    """The next token's id and log-prob in a chat reply to the split probe, or a ``ServerReplyError``."""
+    logprobs = _choice(reply, "the split-request probe").get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, Mapping) else None
+    first = content[0] if isinstance(content, list) and content and isinstance(content[0], Mapping) else {}
+    token, value = str(first.get("token", "")), first.get("logprob")
+    number = token.removeprefix("token_id:")
+    if number == token or not number.isdigit() or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ServerReplyError("the server's reply to the split-request probe holds no next-token id and log-prob: "
+                               f"{logprobs!r:.200}; split=False skips it")
+    return int(number), float(value)
+
+
+def _text(choice: Mapping[str, Any]) -> Any:
+    """A choice's text: a completion's ``text``, a chat reply's ``message.content`` (``None`` there: empty)."""
+    if "text" in choice:
+        return choice["text"]
+    message = choice.get("message")
+    return (message.get("content") or "") if isinstance(message, Mapping) else None
+
+
 def _choice(reply: Any, what: str) -> Mapping[str, Any]:
     """The first choice of a completion reply, or a ``ServerReplyError`` that shows what came instead."""
     choices = reply.get("choices") if isinstance(reply, Mapping) else None
@@ -458,8 +579,8 @@ def _probe_answer(reply: Any) -> tuple[int, float]:
 
 def _generation(reply: Any, prepared: _Prepared) -> Generation:
     """The ``Generation`` of a completion reply, whose finish reason is the server's own (never guessed)."""
-    choice = _choice(reply, "/v1/completions")
-    finish, text = choice.get("finish_reason"), choice.get("text")
+    choice = _choice(reply, "the request")
+    finish, text = choice.get("finish_reason"), _text(choice)
     if finish not in FINISH_REASONS or not isinstance(text, str):
         raise ServerReplyError(f"the server's answer is not a finished completion (finish_reason="
                                f"{choice.get('finish_reason')!r}, text={text!r:.80})")
@@ -500,7 +621,8 @@ class _StreamReader:
         delta = ""
         for choice in event.get("choices") or []:
             self.finish = choice.get("finish_reason") or self.finish
-            delta += choice.get("text") or ""
+            chat = choice.get("delta")  # a chat stream's delta, else a completion's text
+            delta += (chat.get("content") if isinstance(chat, Mapping) else choice.get("text")) or ""
         if delta:
             self.text.append(delta)
         if len(self.text) > self.max_tokens:

@@ -28,6 +28,8 @@ from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec
 from spring_core.parametric.online import ParametricDocument
 from spring_core.prompts.templates import TEMPLATES, render_template
 from spring_core.serving import VLLMBackend, as_backend
+from spring_core.serving.http import Deadline
+from spring_core.serving.thin import is_thin, thin_spring_model
 
 pytestmark = pytest.mark.vllm
 TOKENS = "smollm2-135m-squad"
@@ -92,6 +94,52 @@ def test_greedy_answers_equal_transformers_for_k_0_1_and_50(springs, backend, ro
     assert [g.usage.as_dict() for g in served] == [g.usage.as_dict() for g in local]
     assert [g.finish_reason for g in served] == [g.finish_reason for g in local]
     assert len({g.text for g in served}) > 1  # the block changes answers: the comparison is not vacuous
+
+
+@pytest.mark.parametrize("layout", ["raw", "chat"])
+def test_the_thin_client_answers_as_in_process_without_the_models_layers(springs, vllm_url, rows, layout):
+    spring = springs[layout]
+    thin = thin_spring_model("smollm2-135m", TOKENS, layout=layout, pool=None)  # checked against the fingerprint
+    backend = VLLMBackend(vllm_url)  # its model check runs on the server: the probe as ids and as thin embeddings
+    prompts = [spring.prompt_parts(row["question"], passages(row), k) for row in rows[1:] for k in (0, 1, 50)]
+    assert [thin.encode(p) for p in prompts] == [spring.encode(p) for p in prompts]
+    local = [spring.generate_from_prompt(p, **GREEDY_KW) for p in prompts]
+    served = [backend.generate(thin, p, GREEDY) for p in prompts]
+    assert [g.text for g in served] == [g.text for g in local]
+    assert [g.usage.as_dict() for g in served] == [g.usage.as_dict() for g in local]
+    assert [g.finish_reason for g in served] == [g.finish_reason for g in local]
+    assert len({g.text for g in served}) > 1
+    rows_read = thin.model.get_input_embeddings().rows
+    assert rows_read.loaded < 1000 < rows_read.num_rows  # the rows its prompts used, not the table
+
+
+@pytest.mark.parametrize("layout", ["raw", "chat"])
+def test_a_split_request_sends_the_block_alone_and_answers_as_in_process(springs, vllm_url, rows, layout, capsys):
+    spring = springs[layout]
+    split, whole = VLLMBackend(vllm_url), VLLMBackend(vllm_url, split=False)
+    prompts = [spring.prompt_parts(row["question"], passages(row), k) for row in rows for k in (1, 50)]
+    local = [spring.generate_from_prompt(p, **GREEDY_KW) for p in prompts]
+    served = [split.generate(spring, p, GREEDY) for p in prompts]
+    assert split._split_ok[id(spring.model)]  # the server answered the split probe as the same ids
+    assert [g.text for g in served] == [g.text for g in local]
+    assert [g.usage for g in served] == [g.usage for g in local]
+    assert [g.finish_reason for g in served] == [g.finish_reason for g in local]
+    assert "".join(split.stream(spring, prompts[-1], GREEDY)) == local[-1].text
+
+    async def deltas():
+        return [d async for d in split.astream(spring, prompts[-1], GREEDY)]
+
+    assert "".join(asyncio.run(deltas())) == local[-1].text
+    sizes = {}
+    for name, backend in (("split", split), ("whole", whole)):
+        bodies = [backend._prepare(spring, p, GREEDY, None, stream=False, deadline=Deadline(None)).body
+                  for p in prompts[1::2]]  # k = 50
+        sizes[name] = sum(len(json.dumps(body)) for body in bodies) / len(bodies)
+        assert ("messages" in bodies[0]) == (name == "split")
+    with capsys.disabled():
+        print(f"\n{layout}: bytes per k=50 request, whole-prompt embeddings {sizes['whole']:.0f}, split "
+              f"{sizes['split']:.0f}")
+    assert sizes["split"] < 0.5 * sizes["whole"]
 
 
 def test_a_text_prompt_and_the_same_text_as_embeddings_answer_identically(springs, vllm_url, rows):
@@ -241,6 +289,9 @@ def test_both_integrations_answer_through_the_server_as_in_process(smollm2, vllm
                                                                   ).content
     assert answers[("llama_index", vllm_url)] == answers[("llama_index", None)]
     assert answers[("langchain", vllm_url)] == answers[("langchain", None)]
+    # ChatSpring named its model and SpringLLM got objects: with the server, the first is a thin client
+    chat = ChatSpring(model="smollm2-135m", tokens=TOKENS, backend=vllm_url)
+    assert is_thin(chat.spring.model) and not is_thin(llm.spring_model.model)
 
 
 def test_both_integrations_carry_the_key_of_a_server_named_by_url(smollm2, vllm_url, monkeypatch):
@@ -305,6 +356,14 @@ def test_gemma3_served_answers_equal_transformers_with_its_scaled_embeddings(gem
     assert [g.usage for g in served] == [g.usage for g in local]
     assert [g.finish_reason for g in served] == [g.finish_reason for g in local]
     assert len({g.text for g in served}) > 3  # the block changes answers: the comparison is not vacuous
+    # The thin client (tokenizer + rows read from the safetensors, scaled as the module scales them) answers the
+    # same; its check (the probe as ids and as its embeddings, on the server) refuses the same rows left unscaled.
+    thin = thin_spring_model("gemma3-270m", block, pool=None)
+    assert [VLLMBackend(gemma_url).generate(thin, p, GREEDY).text for p in prompts] == [g.text for g in local]
+    unscaled = thin_spring_model("gemma3-270m", block, pool=None)
+    unscaled.model.get_input_embeddings().rows.scale = None
+    with pytest.raises(ModelMismatchError, match="embedding rows are not the served model's"):
+        VLLMBackend(gemma_url).generate(unscaled, prompts[0], GREEDY)
     as_embeds = VLLMBackend(gemma_url, embeds="always")
     assert [as_embeds.generate(spring, p, GREEDY).text for p in prompts[::3]] == [g.text for g in local[::3]]
 

@@ -38,6 +38,7 @@ def launch_server(log: Path, *, model: str = "smollm2-135m", plain: bool = False
         env.pop("VLLM_API_KEY", None)  # a key only where a test asks for one
     if plain:
         argv.remove("--enable-prompt-embeds")
+        argv.remove("--trust-request-chat-template")
     if not adapters:
         # vLLM's CPU build runs a LoRA-enabled model eager but torch.compiles any other (minutes on 2 cores, with
         # no cache on a fresh machine); these tests need no compiled model.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import http.server
 import io
 import json
@@ -35,7 +36,7 @@ from spring_core.errors import (
 from spring_core.options import generation_settings
 from spring_core.serving import VLLMBackend, as_backend
 from spring_core.serving.thin import is_thin, thin_spring_model
-from spring_core.serving.vllm import PROBE_TEXT
+from spring_core.serving.vllm import JOIN_TEMPLATE, PLACEHOLDER, PROBE_TEXT
 from spring_core.types import PromptParts
 
 PROMPT = PromptParts("Question: 2+2?\nAnswer:")
@@ -438,28 +439,49 @@ def test_a_refused_embedding_is_told_apart_from_a_missing_flag(serve, sm, case):
 
 
 class Recording:
-    """A healthy server that answers the model-check probe (``logprobs``) with ``probe(body)`` -- ``(token id,
-    log-prob)`` -- and anything else with `` ok``; it keeps every body it was sent."""
+    """A healthy server that answers the model-check and split probes (``logprobs``) with ``probe(body)`` --
+    ``(token id, log-prob)`` -- and anything else with `` ok``, in the completions or the chat format (``messages``)
+    as vLLM does; it keeps every body it was sent. ``refuse_chat``: a chat request gets vLLM's 400 for a request
+    template it does not trust."""
 
-    def __init__(self, probe: Callable[[dict], tuple[int, float]] = lambda body: (5, -0.5)):
+    def __init__(self, probe: Callable[[dict], tuple[int, float]] = lambda body: (5, -0.5), *,
+                 refuse_chat: bool = False):
         self.bodies: list[dict] = []
         self.probe = probe
+        self.refuse_chat = refuse_chat
 
     def __call__(self, handler, body):
         self.bodies.append(body)
+        chat = "messages" in body
+        if chat and self.refuse_chat:
+            message = ("Chat template is passed with request, but --trust-request-chat-template is not set. Refused "
+                       "request with untrusted chat template.")
+            handler.reply(400, json.dumps({"error": {"message": message, "code": 400}}).encode())
+            return
         if body.get("logprobs"):
             token, logprob = self.probe(body)
-            logprobs = {"tokens": [f"token_id:{token}"], "token_logprobs": [logprob]}
-            handler.reply(200, json.dumps({"choices": [{"text": "x", "finish_reason": "length",
+            logprobs = ({"content": [{"token": f"token_id:{token}", "logprob": logprob}]} if chat else
+                        {"tokens": [f"token_id:{token}"], "token_logprobs": [logprob]})
+            answer = {"message": {"role": "assistant", "content": "x"}} if chat else {"text": "x"}
+            handler.reply(200, json.dumps({"choices": [{**answer, "finish_reason": "length",
                                                         "logprobs": logprobs}]}).encode())
             return
         usage = {"prompt_tokens": 9, "completion_tokens": 1}
-        handler.reply(200, json.dumps({"choices": [{"text": " ok", "finish_reason": "stop"}], "usage": usage}).encode())
+        if body.get("stream") and chat:  # a chat stream: a role delta, the content, the usage
+            handler.start_stream()
+            handler.wfile.write(event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+                                + event({"choices": [{"index": 0, "delta": {"content": " ok"},
+                                                      "finish_reason": "stop"}]})
+                                + event({"choices": [], "usage": usage}) + event("[DONE]"))
+            return
+        answer = {"message": {"role": "assistant", "content": " ok"}} if chat else {"text": " ok"}
+        handler.reply(200, json.dumps({"choices": [{**answer, "finish_reason": "stop"}], "usage": usage}).encode())
 
 
 def decoded(body: dict) -> torch.Tensor:
-    """The tensor a body's ``prompt_embeds`` carries (as vLLM reads it)."""
-    return torch.load(io.BytesIO(base64.b64decode(body["prompt_embeds"])), weights_only=True)
+    """The tensor a body's ``prompt_embeds`` (or a ``prompt_embeds`` content part's ``data``) carries, as vLLM reads
+    it."""
+    return torch.load(io.BytesIO(base64.b64decode(body.get("prompt_embeds") or body["data"])), weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -489,17 +511,58 @@ def test_the_thin_client_sends_what_the_full_client_sends_and_checks_the_model_o
         bodies[name] = recording.bodies
     probes = lambda recorded: [b for b in recorded if b.get("logprobs")]  # noqa: E731
     requests = lambda recorded: [b for b in recorded if not b.get("logprobs")]  # noqa: E731
-    # the requests are the same bytes: token ids where there is no block, the same embeddings where there is one
+    # the requests are the same bytes: token ids where there is no block, the same block rows where there is one
     assert requests(bodies["thin"]) == requests(bodies["full"])
-    assert [("prompt" in b, "prompt_embeds" in b) for b in requests(bodies["thin"])] == [(True, False),
-                                                                                          (False, True), (False, True)]
-    assert torch.equal(decoded(requests(bodies["thin"])[2]),
-                       full.embed(torch.tensor([full.encode(prompts[2])]))[0].detach())
-    # the thin check: the same probe as ids and as the client's embeddings, scored by the server (no local forward)
+    assert [("prompt" in b, "messages" in b) for b in requests(bodies["thin"])] == [(True, False), (False, True),
+                                                                                   (False, True)]
+    content = requests(bodies["thin"])[2]["messages"][0]["content"]
+    ids = full.encode(prompts[2])
+    start = ids.index(full.vocab_rows)
+    assert torch.equal(decoded(content[1]), full.embed(torch.tensor([ids[start:start + 6]]))[0].detach())
+    # the thin check: the same probe as ids and as the client's embeddings, scored by the server (no local forward);
+    # then (both clients) the split probe: a prompt as ids, and as text, embedded rows, text
     thin_probes = probes(bodies["thin"])
-    assert len(thin_probes) == 2 and thin_probes[0]["prompt"] == thin.encode(PromptParts(PROBE_TEXT))
+    assert len(thin_probes) == 4 and thin_probes[0]["prompt"] == thin.encode(PromptParts(PROBE_TEXT))
     assert torch.equal(decoded(thin_probes[1]), thin.embed(torch.tensor([thin_probes[0]["prompt"]]))[0])
+    assert [("messages" in b) for b in probes(bodies["full"])] == [False, True]
     assert thin.model.get_input_embeddings().rows.loaded < thin.model.get_input_embeddings().rows.num_rows
+
+
+def test_a_split_request_is_the_block_rows_and_text_the_server_tokenizes_to_the_same_ids(serve, thin):
+    prompt = thin.prompt_parts("Who wrote Hamlet? [r1]", ["Hamlet [r2] was written by Shakespeare."], 6)
+    recording = Recording()
+    split = VLLMBackend(serve(recording).url)
+    assert split.generate(thin, prompt, SETTINGS).text == " ok"
+    whole = Recording()
+    assert VLLMBackend(serve(whole).url, split=False).generate(thin, prompt, SETTINGS).text == " ok"
+    sent, whole_body = recording.bodies[-1], whole.bodies[-1]
+    assert sent["chat_template"] == JOIN_TEMPLATE and sent["add_generation_prompt"] is False
+    before, rows, after = sent["messages"][0]["content"]
+    assert decoded(rows).shape == (6, thin.inputs.width) and decoded(whole_body).shape[0] > 6
+    # what vLLM does with it: its tokenizer copy knows the placeholder, which it expands to one position per row
+    marked = copy.deepcopy(thin.tokenizer)
+    marked.add_special_tokens({"additional_special_tokens": [PLACEHOLDER]})
+    placeholder = marked.convert_tokens_to_ids(PLACEHOLDER)
+    served = marked(before["text"] + PLACEHOLDER + after["text"], add_special_tokens=False)["input_ids"]
+    ids = thin.encode(prompt)
+    start = served.index(placeholder)
+    assert served[:start] + [thin.vocab_rows + i for i in range(6)] + served[start + 1:] == ids
+    assert "[r2]" in before["text"] and "[r1]" in after["text"]  # marker-like text stays text
+    assert len(json.dumps(sent)) < 0.6 * len(json.dumps(whole_body))
+    stream = split.stream(thin, prompt, SETTINGS)  # the chat stream's deltas
+    assert "".join(stream) == " ok" and stream.result.finish_reason == "stop"
+    assert stream.result.usage.virtual_tokens == 6 and recording.bodies[-1]["stream"] is True
+
+
+@pytest.mark.parametrize("server", ["refuses the template", "answers otherwise"])
+def test_a_server_that_cannot_split_exactly_gets_the_whole_prompt_as_embeddings(serve, thin, server):
+    recording = (Recording(refuse_chat=True) if server == "refuses the template" else
+                 Recording(lambda body: (9, -3.0) if "messages" in body else (5, -0.5)))
+    backend = VLLMBackend(serve(recording).url)
+    prompt = thin.prompt_parts("Who?", ["X is Y."], 6)
+    assert backend.generate(thin, prompt, SETTINGS).text == " ok"
+    assert "prompt_embeds" in recording.bodies[-1] and decoded(recording.bodies[-1]).shape[0] == len(
+        thin.encode(prompt))
 
 
 def test_the_thin_check_refuses_embeddings_the_server_answers_differently_from_the_ids(serve, thin):
@@ -562,7 +625,7 @@ def test_both_integrations_build_a_thin_client_for_a_server_backend(serve, tiny_
     template = PromptTemplate("Context:\n{context_str}\n\nQuery: {query_str}\nAnswer:")
     assert llm.predict(template, context_str="Paris is in France.", query_str="Where is Paris?") == " ok"
     assert is_thin(chat.spring.model) and is_thin(llm.spring_model.model)
-    assert sum("prompt_embeds" in body and not body.get("logprobs") for body in recording.bodies) == 1  # the block
+    assert sum("messages" in body and not body.get("logprobs") for body in recording.bodies) == 1  # the block
     in_process = ChatSpring(model=str(tiny_dir), tokens=str(tiny_tokens), max_tokens=2)
     assert not is_thin(in_process.spring.model)  # no server: the model is loaded as ever
     store = tmp_path / "adapters"
