@@ -92,7 +92,9 @@ def test_a_prag_store_answers_in_every_mode_and_the_adapters_change_the_answers(
                      "closed-book,concat", "--knowledge", "icl,prag,combine", "--adapters", str(files["store"]))
     code, out, err = cli(capsys, *args)
     assert code == 0, err
-    assert "Concat [prag]" in out and "Concat [combine]" in out
+    progress = [line for line in out.splitlines() if line.startswith("toy/dev")]  # one line per result, as it ends
+    assert [line.split("EM")[0].split()[1:] for line in progress] == [
+        ["Closed-book"], ["Concat"], ["Concat", "[prag]"], ["Concat", "[combine]"]]
     report = json.loads((files["root"] / "prag" / "results.json").read_text())
     assert report["config"]["knowledge"] == "icl,prag,combine" and report["config"]["adapters"] == "store"
     modes = {row["method"]: (row["knowledge"], row["adapters"]) for row in report["results"]}

@@ -404,7 +404,7 @@ def _run_one(plan: EvalPlan, sm: SpringModel, method: Method, k: int | None, dec
     lines = aggregate([p["scores_line"] for p in predictions])
     result.update({f"{m}_line": v for m, v in lines.items() if m != "count"})
     result["seconds_per_question"] = round(sum(p["seconds"] for p in predictions) / len(predictions), 4)
-    progress(f"{dataset:<28} {method.label + (f' k={k}' if k else ''):<28} EM {result['em']:5.1f}  "
+    progress(f"{dataset:<28} {label + (f' k={k}' if k else ''):<28} EM {result['em']:5.1f}  "
              f"F1 {result['f1']:5.1f}  Acc {result['acc']:5.1f}  (first line: EM {result['em_line']:5.1f})")
     return result
 
