@@ -82,7 +82,8 @@ def open_retriever(*, corpus: str | None, store: str | None, backend: str, cache
 
 def attach_retrieved(sources: Sequence[DataSource], retriever: Store, top_k: int, batch_size: int = 256) -> None:
     """Replace every row's passages by the ``top_k`` best retrieved for its question (best first), with their
-    retriever scores in ``passage_scores``."""
+    retriever scores in ``passage_scores`` and their corpus ids in ``passage_ids`` (the adapter ids of the
+    knowledge modes)."""
     for source in sources:
         for start in range(0, len(source.rows), batch_size):
             chunk = source.rows[start:start + batch_size]
@@ -90,6 +91,7 @@ def attach_retrieved(sources: Sequence[DataSource], retriever: Store, top_k: int
             for row, row_hits in zip(chunk, hits, strict=True):
                 row["passages"] = [hit.as_passage() for hit in row_hits]
                 row["passage_scores"] = [hit.score for hit in row_hits]
+                row["passage_ids"] = [hit.id for hit in row_hits]
 
 
 def require_passages(sources: Sequence[DataSource]) -> None:

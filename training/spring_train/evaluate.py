@@ -176,7 +176,7 @@ def load_datasets(files: Sequence[str], *, limit: int | None, passages: int, cor
     Files in ``own_passages`` keep all of their rows' own passages even when the others are retrieved (e.g.
     HotpotQA's gold paragraphs with their distractors next to SQuAD questions answered from a corpus).
     """
-    from spring_train.data import load_sources, open_retriever
+    from spring_train.data import attach_retrieved, load_sources, open_retriever
 
     keep = {Path(path).resolve() for path in own_passages}
     unknown = keep - {Path(path).resolve() for path in files}
@@ -188,14 +188,7 @@ def load_datasets(files: Sequence[str], *, limit: int | None, passages: int, cor
     retrieved = [source for source in sources if Path(source.path).resolve() not in keep]
     found = open_retriever(corpus=corpus, store=store, backend=retriever, cache_dir=cache_dir)
     if found is not None:
-        for source in retrieved:
-            for start in range(0, len(source.rows), 256):
-                chunk = source.rows[start:start + 256]
-                for row, hits in zip(chunk, found.retrieve_batch([row["question"] for row in chunk], passages),
-                                     strict=True):
-                    row["passages"] = [hit.as_passage() for hit in hits]
-                    row["passage_scores"] = [hit.score for hit in hits]
-                    row["passage_ids"] = [hit.id for hit in hits]  # the adapter ids of the knowledge modes
+        attach_retrieved(retrieved, found, passages)
     for source in retrieved:
         for row in source.rows:
             row["passages"] = list(row.get("passages") or [])[:passages]
