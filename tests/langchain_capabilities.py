@@ -8,7 +8,7 @@ class ChatSpringCapabilities:
 
     @property
     def has_tool_calling(self) -> bool:
-        return False  # bind_tools exists only to raise NotImplementedError with a clear message
+        return False  # the tiny ChatML template takes no tools: bind_tools raises ToolCallingError
 
     @property
     def has_tool_choice(self) -> bool:

@@ -114,7 +114,12 @@ class RetrievalTracker(BaseCallbackHandler):
             if run_type == "prompt" and isinstance(inputs, dict):  # a prompt template, with its variables
                 root.template_inputs.append({str(k): v for k, v in inputs.items() if isinstance(v, str)})
 
-    on_chain_start = on_tool_start = _run_started
+    on_chain_start = _run_started
+
+    def on_tool_start(self, serialized: Any, input_str: str, *, run_id: UUID, parent_run_id: UUID | None = None,
+                      inputs: Any = None, **kwargs: Any) -> None:
+        # LangChain passes a tool's inputs by keyword beside its input string; only the run's place in the tree counts
+        self._run_started(serialized, input_str, run_id=run_id, parent_run_id=parent_run_id, **kwargs)
 
     def _model_started(self, serialized: Any, prompts: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
                        **kwargs: Any) -> None:

@@ -225,3 +225,19 @@ def test_an_faq_chain_places_the_block_as_an_ordinary_one(chat, tmp_path):
     context = format_docs(faq.invoke(question))
     by_value = (SPRING_RAG_CHAT_PROMPT | chat).invoke({"context": context, "question": question})
     assert answer.usage_metadata["input_token_details"]["virtual"] == 8 and answer.content == by_value.content
+
+
+def test_the_tracker_follows_tool_runs_without_a_callback_error(chat, caplog):
+    from langchain_core.runnables import RunnableLambda
+    from langchain_core.tools import tool
+
+    @tool
+    def lookup(query: str) -> str:
+        """Look a fact up."""
+        return "Paris is in France."
+
+    assert chat is not None  # building ChatSpring installs the tracker
+    chain = RunnableLambda(lambda question: lookup.invoke({"query": question}))
+    with caplog.at_level("WARNING"):
+        assert chain.invoke("Where is Paris?") == "Paris is in France."
+    assert not [r for r in caplog.records if "RetrievalTracker" in r.getMessage()]
