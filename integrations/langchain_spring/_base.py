@@ -31,8 +31,8 @@ from spring_core.generation import GenerationStream
 from spring_core.model.loading import DEFAULT_MODEL, DEFAULT_POOL
 from spring_core.parametric.online import ParametricDocument, check_knowledge, open_adapters
 from spring_core.prompts.placement import Placement
-from spring_core.serving import as_backend
-from spring_core.serving.thin import is_thin, refuse, serves_remotely, thin_spring_model
+from spring_core.serving.thin import is_thin, refuse, thin_spring_model
+from spring_core.serving.vllm import as_backend, serves_remotely
 
 LOAD_KWARGS = ("device", "dtype")
 """Keys ``model_kwargs`` accepts; they go to ``SpringModel.from_pretrained`` when the model is loaded by name."""

@@ -239,11 +239,3 @@ def thin_spring_model(name_or_path: str, tokens: VirtualTokens | str | Path | No
     server backend (``VLLMBackend``) to answer; ``tokens`` are checked against the model's fingerprint as ever."""
     model, tokenizer = pool.get(name_or_path) if pool is not None else load_thin(name_or_path)
     return SpringModel(model, tokenizer, tokens, layout=layout)
-
-
-def serves_remotely(backend: Any) -> bool:
-    """Whether ``backend`` (what the integrations' ``backend=`` takes) names a server: a URL or a ``VLLMBackend``."""
-    from spring_core.serving.vllm import VLLMBackend
-
-    return isinstance(backend, VLLMBackend) or isinstance(backend, str) and backend.startswith(("http://",
-                                                                                                 "https://"))

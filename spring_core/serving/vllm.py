@@ -659,6 +659,12 @@ def _adapters_identity(adapters: Any, doc_ids: Sequence[str]) -> Any:
     return json.dumps(getattr(adapters, "manifest", None) or {}, sort_keys=True, default=str)
 
 
+def serves_remotely(backend: Any) -> bool:
+    """Whether ``backend`` (what the integrations' ``backend=`` takes) names a server: a URL or a ``VLLMBackend``."""
+    return isinstance(backend, VLLMBackend) or isinstance(backend, str) and backend.startswith(("http://",
+                                                                                                 "https://"))
+
+
 def as_backend(backend: Any, *, api_key: str | None = None, deadline: float | None = None,
                max_retries: int | None = None) -> Any:
     """What the integrations' ``backend=`` takes: ``None`` (in process), a server URL (a ``VLLMBackend`` with the

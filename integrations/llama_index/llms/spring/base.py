@@ -71,8 +71,8 @@ from spring_core.model.loading import DEFAULT_MODEL, DEFAULT_POOL
 from spring_core.parametric.online import ParametricDocument, check_knowledge, open_adapters
 from spring_core.prompts.layouts import has_chat_template, render_chat, unique_sentinel
 from spring_core.prompts.placement import Span, fill_placeholders, place_block
-from spring_core.serving import as_backend
-from spring_core.serving.thin import is_thin, refuse, serves_remotely, thin_spring_model
+from spring_core.serving.thin import is_thin, refuse, thin_spring_model
+from spring_core.serving.vllm import as_backend, serves_remotely
 from spring_core.types import Passage, PromptParts
 
 CONTEXT_VARIABLES = ("context_str", "context_msg")
