@@ -90,11 +90,6 @@ def message_turns(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     return turns
 
 
-def has_tool_turns(turns: Sequence[dict[str, Any]]) -> bool:
-    """Whether a conversation holds tool calls or tool results."""
-    return any(turn["role"] == "tool" or turn.get("tool_calls") for turn in turns)
-
-
 def render_messages(turns: Sequence[dict[str, Any]], tokenizer: Any, placement: Placement | None = None,
                     k: int = 0) -> PromptParts:
     """The prompt: the chat template with the assistant turn opened (else a ``Role: content`` transcript), with a
@@ -206,7 +201,8 @@ class ChatSpring(SpringParams, BaseChatModel):
             return self._documents_request(turns[0]["content"], stop, kwargs)
         settings, k = self._call_settings(stop, kwargs)
         tokenizer = self.engine.spring.tokenizer
-        if tools or has_tool_turns(turns):  # agentic: the tool results, when they close the conversation, are context
+        # agentic: the tool results, when they close the conversation, are context
+        if tools or any(turn["role"] == "tool" or turn.get("tool_calls") for turn in turns):
             n = self.engine.spring.n
             k = options.virtual_token_count(n if k is None else k, n)
             return Request(prompt=render_tool_messages(turns, tokenizer, tools, k), settings=settings)
@@ -218,13 +214,11 @@ class ChatSpring(SpringParams, BaseChatModel):
     def _metadata(self, generation: Generation) -> dict[str, Any]:
         return {"model_name": self.model, "finish_reason": generation.finish_reason}
 
-    def _message(self, generation: Generation, tools: Sequence[dict[str, Any]] | None) -> AIMessage:
-        """The answer; with ``tools`` bound, the tool calls in it parsed (the template's format) into
+    def _tool_message(self, generation: Generation, tools: Sequence[dict[str, Any]]) -> AIMessage:
+        """The answer with ``tools`` bound: the tool calls in it parsed (the template's format) into
         ``tool_calls``."""
         metadata = self._metadata(generation)
         usage = usage_metadata(generation.usage)
-        if not tools:
-            return AIMessage(content=generation.text, usage_metadata=usage, response_metadata=metadata)
         tokenizer = self.engine.spring.tokenizer
         support = template_tools(tokenizer)
         raw = generation.text
@@ -239,7 +233,9 @@ class ChatSpring(SpringParams, BaseChatModel):
                          response_metadata=metadata)
 
     def _result(self, generation: Generation, tools: Sequence[dict[str, Any]] | None = None) -> ChatResult:
-        message = self._message(generation, tools)
+        message = self._tool_message(generation, tools) if tools else AIMessage(
+            content=generation.text, usage_metadata=usage_metadata(generation.usage),
+            response_metadata=self._metadata(generation))
         return ChatResult(generations=[ChatGeneration(message=message,
                                                       generation_info=dict(message.response_metadata))])
 
