@@ -95,6 +95,16 @@ def tiny(tiny_dir):
     return load_model(str(tiny_dir))
 
 
+@pytest.fixture(scope="module")
+def hooked_sm(tiny_dir):
+    """A ``SpringModel`` on a private copy of the tiny model, one per test module: document adapters hook its
+    modules, so it never shares the session's ``tiny``."""
+    from spring_core import SpringModel
+    from spring_core.model.loading import load_model
+
+    return SpringModel(*load_model(str(tiny_dir)))
+
+
 def weights_digest(model) -> str:
     """SHA-256 over every parameter and buffer: proves the base weights were never written."""
     digest = hashlib.sha256()

@@ -8,11 +8,10 @@ import json
 import multiprocessing
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_distributed import free_port
+from cpu_launch import run_spring_rag
 
 from spring_core.errors import DataError
 from spring_train.augment import append_lines, augment_corpus, read_augmented
@@ -103,18 +102,8 @@ def test_a_read_only_file_is_read_and_a_half_line_in_it_is_named(tmp_path):
 
 
 def launch_augment(tmp_path: Path, corpus: Path, out: Path, processes: int) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               HF_HOME=str(tmp_path / "home"))
-    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
-                "--main_process_port", str(free_port())] if processes == 2 else []
-    command = [sys.executable, *launcher, "-m", "spring_cli", "augment", str(corpus), "--out", str(out),
-               "--augmenter", "cloze", "--batch-size", "1", "--quiet"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return run_spring_rag(processes, tmp_path / "home", "augment", str(corpus), "--out", str(out),
+                          "--augmenter", "cloze", "--batch-size", "1", "--quiet")
 
 
 @pytest.mark.distributed

@@ -8,15 +8,13 @@ run resumed from its checkpoint must end where the uninterrupted one ended.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cpu_launch import run_spring_rag
 from safetensors.torch import load_file
 from test_trainer import write_qa
 
@@ -34,28 +32,11 @@ ROWS, STEPS = 13, 6
 SETTINGS = dict(n=6, lr=1e-2, batch_size=4, grad_accum=2, epochs=1.5, precision="fp32", checkpoint_every=2)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def launch(tiny_dir: Path, data: Path, out: Path, home: Path, *extra: str) -> subprocess.CompletedProcess:
-    """`accelerate launch --multi_gpu --num_processes 2` on CPUs: torchrun's launcher, Accelerate on gloo."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               HF_HOME=str(home))  # HF_HOME: no accelerate config file of this machine's user is read
-    port = str(free_port())
+    """`spring-rag train` under `accelerate launch --multi_gpu --num_processes 2` on CPUs (gloo)."""
     args = [f"--{key.replace('_', '-')}={value}" for key, value in SETTINGS.items()]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_ip", "127.0.0.1", "--main_process_port", port,
-               "-m", "spring_cli", "train", "--model", str(tiny_dir), "--data", str(data), "--out", str(out),
-               "--quiet", *args, *extra]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return run_spring_rag(2, home, "train", "--model", str(tiny_dir), "--data", str(data), "--out", str(out),
+                          "--quiet", *args, *extra)
 
 
 def log_of(out: Path) -> list[dict]:

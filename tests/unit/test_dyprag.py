@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from augmented_rows import AUGMENTED, corpus_rows
 from conftest import make_tiny_model, weights_digest
 
 from spring_core import SpringModel
@@ -30,17 +31,8 @@ from spring_train.dyprag import DyPRAGSettings, encode_corpus, train_dyprag
 from spring_train.parametrize import PragSettings, parametrize
 from spring_train.trainer import TrainingInterrupted
 
-ROWS = {
-    "harvard": {"id": "harvard", "title": "Harvard", "status": "ok",
-                "text": "Harvard University is named after John Harvard, a minister.",
-                "rewrite": "John Harvard, a minister, gave Harvard University its name.",
-                "qa": [{"question": "Who is Harvard named after?", "answer": "John Harvard"}]},
-    "yale": {"id": "yale", "title": "Yale", "status": "ok", "text": "Yale University is in New Haven, Connecticut.",
-             "rewrite": "New Haven, Connecticut is home to Yale University.",
-             "qa": [{"question": "Where is Yale?", "answer": "New Haven"}]},
-    "mit": {"id": "mit", "status": "failed", "error": "no JSON"},
-}
-CORPUS = [{"id": k, "title": v["title"], "text": v["text"]} for k, v in ROWS.items() if v["status"] == "ok"]
+ROWS = {**AUGMENTED, "mit": {"id": "mit", "status": "failed", "error": "no JSON"}}
+CORPUS = corpus_rows(ROWS)
 CORPUS.append({"id": "new", "title": "Rice", "text": "Rice University is in Houston, Texas."})
 FAST = DyPRAGSettings(width=8, lr=3e-3, epochs=5, checkpoint_every=2)
 

@@ -9,8 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from langchain_core.documents import Document
 
-from spring_core import SpringModel
-from spring_core.model.loading import load_model
 from spring_core.parametric import LoraSpec
 from spring_core.parametric.dyprag import DyPRAG, DyPRAGAdapters, DyPRAGConfig, ParameterTranslator
 
@@ -24,35 +22,30 @@ TEXTS = {
 
 
 @pytest.fixture(scope="module")
-def sm(tiny_dir):
-    return SpringModel(*load_model(str(tiny_dir)))  # a private copy: its modules get hooked
-
-
-@pytest.fixture(scope="module")
-def translator(sm, tmp_path_factory):
+def translator(hooked_sm, tmp_path_factory):
     """A translator whose (random, untrained) adapters are large enough to change the tiny model's answers."""
-    spec = LoraSpec.for_model(sm.model, rank=2, alpha=32)
-    config = DyPRAGConfig.for_model(sm.model, spec, width=8, init_std=0.2)
+    spec = LoraSpec.for_model(hooked_sm.model, rank=2, alpha=32)
+    config = DyPRAGConfig.for_model(hooked_sm.model, spec, width=8, init_std=0.2)
     folder = tmp_path_factory.mktemp("dyprag") / "translator"
-    DyPRAG(ParameterTranslator(config), sm.model, sm.tokenizer).save(folder, base_model_name="tiny")
+    DyPRAG(ParameterTranslator(config), hooked_sm.model, hooked_sm.tokenizer).save(folder, base_model_name="tiny")
     return folder
 
 
-def expected(sm, translator, ids: list[str], passages: list[str], max_new_tokens: int,
+def expected(hooked_sm, translator, ids: list[str], passages: list[str], max_new_tokens: int,
              texts: dict[str, str] | None = None) -> str:
     """The answer with the documents' adapters made by a separate adapter set from ``texts`` (default ``TEXTS``)."""
-    with DyPRAGAdapters.open(translator, sm.model) as adapters:
+    with DyPRAGAdapters.open(translator, hooked_sm.model) as adapters:
         for doc_id in ids:
             adapters.remember(doc_id, (texts or TEXTS)[doc_id])
         with adapters.activate(ids):
-            return sm.generate(QUESTION, passages, 0, max_new_tokens=max_new_tokens).text
+            return hooked_sm.generate(QUESTION, passages, 0, max_new_tokens=max_new_tokens).text
 
 
-def test_chat_spring_prag_encodes_each_calls_documents_in_8_threads(sm, translator):
+def test_chat_spring_prag_encodes_each_calls_documents_in_8_threads(hooked_sm, translator):
     from langchain_spring import ChatSpring
 
-    chat = ChatSpring(spring_model=sm, adapters=str(translator), knowledge="prag", max_tokens=6)
-    answers = {doc: expected(sm, translator, [doc], [], 6) for doc in TEXTS}
+    chat = ChatSpring(spring_model=hooked_sm, adapters=str(translator), knowledge="prag", max_tokens=6)
+    answers = {doc: expected(hooked_sm, translator, [doc], [], 6) for doc in TEXTS}
     assert len(set(answers.values())) > 1, "the translator's adapters should change the answers"
 
     def ask(doc: str) -> str:
@@ -63,7 +56,7 @@ def test_chat_spring_prag_encodes_each_calls_documents_in_8_threads(sm, translat
         assert list(pool.map(ask, docs)) == [answers[doc] for doc in docs]
 
 
-def test_langchain_chain_with_the_compressor_and_combine(sm, translator):
+def test_langchain_chain_with_the_compressor_and_combine(hooked_sm, translator):
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.runnables import RunnableLambda
 
@@ -76,14 +69,14 @@ def test_langchain_chain_with_the_compressor_and_combine(sm, translator):
 
     compressor = ParametricAdapterCompressor()
     retriever = TwoDocs() | RunnableLambda(lambda docs: compressor.compress_documents(docs, QUESTION))
-    llm = SpringLLM(spring_model=sm, adapters=str(translator), knowledge="combine", max_tokens=5)
+    llm = SpringLLM(spring_model=hooked_sm, adapters=str(translator), knowledge="combine", max_tokens=5)
     chain = create_spring_rag_chain(retriever, llm)
-    want = expected(sm, translator, ["harvard", "yale"], [TEXTS["harvard"], TEXTS["yale"]], 5)
+    want = expected(hooked_sm, translator, ["harvard", "yale"], [TEXTS["harvard"], TEXTS["yale"]], 5)
     assert chain.invoke(QUESTION) == want
     assert isinstance(llm.parametric_adapters, DyPRAGAdapters)
 
 
-def test_llama_index_query_engine_with_the_postprocessor(sm, translator, tmp_path):
+def test_llama_index_query_engine_with_the_postprocessor(hooked_sm, translator, tmp_path):
     from llama_index.llms.spring import SpringLLM, spring_query_engine
     from llama_index.postprocessor.spring import ParametricAdapterPostprocessor
     from llama_index.retrievers.spring import SpringRetriever
@@ -92,7 +85,7 @@ def test_llama_index_query_engine_with_the_postprocessor(sm, translator, tmp_pat
     corpus.write_text("".join(json.dumps({"id": doc, "title": "", "text": text}) + "\n"
                               for doc, text in TEXTS.items()))
     retriever = SpringRetriever.from_corpus(corpus, tmp_path / "bm25", backend="bm25", similarity_top_k=2)
-    llm = SpringLLM(spring_model=sm, adapters=str(translator), knowledge="prag", max_new_tokens=5)
+    llm = SpringLLM(spring_model=hooked_sm, adapters=str(translator), knowledge="prag", max_new_tokens=5)
     engine = spring_query_engine(retriever, llm, node_postprocessors=[ParametricAdapterPostprocessor()])
     response = engine.query(QUESTION)
     ids = [node.node.metadata["adapter_id"] for node in response.source_nodes]
@@ -100,4 +93,4 @@ def test_llama_index_query_engine_with_the_postprocessor(sm, translator, tmp_pat
     # the translator reads each passage as the LLM receives it: the node's content with its (llm) metadata
     seen = {node.node.metadata["adapter_id"]: node.node.get_content(metadata_mode="llm")
             for node in response.source_nodes}
-    assert response.response == expected(sm, translator, ids, [], 5, texts=seen)
+    assert response.response == expected(hooked_sm, translator, ids, [], 5, texts=seen)

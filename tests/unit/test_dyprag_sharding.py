@@ -5,14 +5,11 @@ for bit."""
 from __future__ import annotations
 
 import multiprocessing
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import free_port
+from cpu_launch import run_spring_rag
 
 from spring_core.model.loading import load_model
 from spring_core.parametric import AdapterStore, LoraSpec
@@ -66,18 +63,9 @@ def one_and_two_processes(tmp_path: Path, model, *arguments: str) -> tuple[Adapt
     """``spring-rag parametrize ARGUMENTS --out one`` as one process, then ``--out two`` under a 2-process
     ``accelerate launch`` (each on one thread); both stores opened, after checking that each launched process
     encoded its share (4 and 3 of the 7 documents)."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               HF_HOME=str(tmp_path / "home"))
-    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
-              "--main_process_port", str(free_port())]
-    for name, launcher in (("one", []), ("two", launch)):
-        command = [sys.executable, *launcher, "-m", "spring_cli", "parametrize", *arguments, "--out",
-                   str(tmp_path / name), "--quiet"]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
-        assert done.returncode == 0, done.stderr[-3000:]
+    for name, processes in (("one", 1), ("two", 2)):
+        done = run_spring_rag(processes, tmp_path / "home", "parametrize", *arguments, "--out", str(tmp_path / name),
+                              "--quiet")
     assert "4 documents encoded" in done.stdout and "3 documents encoded" in done.stdout, done.stdout
     return AdapterStore.open(tmp_path / "one", model=model), AdapterStore.open(tmp_path / "two", model=model)
 

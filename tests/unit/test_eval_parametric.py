@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from augmented_rows import AUGMENTED, corpus_rows
 
 from spring_core import SpringModel
 from spring_core.model.loading import load_model
@@ -16,16 +17,7 @@ from spring_core.parametric.dyprag import DyPRAG, DyPRAGConfig, ParameterTransla
 from spring_train.evaluate import EvalError, EvalPlan, documents_for, parse_methods
 from spring_train.parametrize import PolySettings, PragSettings, parametrize, train_poly
 
-AUGMENTED = {
-    "harvard": {"id": "harvard", "title": "Harvard", "status": "ok",
-                "text": "Harvard University is named after John Harvard, a minister.",
-                "rewrite": "John Harvard, a minister, gave Harvard University its name.",
-                "qa": [{"question": "Who is Harvard named after?", "answer": "John Harvard"}]},
-    "yale": {"id": "yale", "title": "Yale", "status": "ok", "text": "Yale University is in New Haven, Connecticut.",
-             "rewrite": "New Haven, Connecticut is home to Yale University.",
-             "qa": [{"question": "Where is Yale University?", "answer": "New Haven"}]},
-}
-CORPUS = [{"id": key, "title": row["title"], "text": row["text"]} for key, row in AUGMENTED.items()]
+CORPUS = corpus_rows(AUGMENTED)
 CORPUS.append({"id": "mit", "title": "MIT", "text": "MIT was founded in 1861 in Boston."})  # no adapter for it
 QUESTIONS = [{"id": "q1", "question": "Who is Harvard University named after?", "answers": ["John Harvard"]},
              {"id": "q2", "question": "Where is Yale University?", "answers": ["New Haven"]}]

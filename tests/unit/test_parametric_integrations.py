@@ -9,8 +9,7 @@ import pytest
 import torch
 from langchain_core.documents import Document
 
-from spring_core import OptionError, SpringModel
-from spring_core.model.loading import load_model
+from spring_core import OptionError
 from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec, UnknownDocumentError
 
 QUESTION = "Who is Harvard named after?"
@@ -19,15 +18,10 @@ DOCS = [f"doc-{i}" for i in range(8)]
 
 
 @pytest.fixture(scope="module")
-def sm(tiny_dir):
-    return SpringModel(*load_model(str(tiny_dir)))  # a private copy: its modules get hooked
-
-
-@pytest.fixture(scope="module")
-def store_folder(sm, tmp_path_factory):
-    spec = LoraSpec.for_model(sm.model, rank=2, alpha=32)
+def store_folder(hooked_sm, tmp_path_factory):
+    spec = LoraSpec.for_model(hooked_sm.model, rank=2, alpha=32)
     folder = tmp_path_factory.mktemp("adapters")
-    store = AdapterStore.create(folder, sm.model, spec, base_model_name="tiny")
+    store = AdapterStore.create(folder, hooked_sm.model, spec, base_model_name="tiny")
     adapters = {}
     for i, doc in enumerate(DOCS):
         generator = torch.Generator().manual_seed(100 + i)
@@ -39,24 +33,24 @@ def store_folder(sm, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def adapters(sm, store_folder):
-    return DocumentAdapters(AdapterStore.open(store_folder, model=sm.model), sm.model)
+def adapters(hooked_sm, store_folder):
+    return DocumentAdapters(AdapterStore.open(store_folder, model=hooked_sm.model), hooked_sm.model)
 
 
-def expected_answers(sm, adapters, max_new_tokens: int = 6) -> dict[str, str]:
+def expected_answers(hooked_sm, adapters, max_new_tokens: int = 6) -> dict[str, str]:
     answers = {}
     for doc in DOCS:
         with adapters.activate([doc]):
-            answers[doc] = sm.generate(QUESTION, [], 0, max_new_tokens=max_new_tokens).text
+            answers[doc] = hooked_sm.generate(QUESTION, [], 0, max_new_tokens=max_new_tokens).text
     assert len(set(answers.values())) > 1, "the random adapters should change the answers"
     return answers
 
 
-def test_chat_spring_prag_matches_sequential_answers_from_8_threads_and_8_tasks(sm, adapters):
+def test_chat_spring_prag_matches_sequential_answers_from_8_threads_and_8_tasks(hooked_sm, adapters):
     from langchain_spring import ChatSpring
 
-    chat = ChatSpring(spring_model=sm, adapters=adapters, knowledge="prag", max_tokens=6)
-    expected = expected_answers(sm, adapters)
+    chat = ChatSpring(spring_model=hooked_sm, adapters=adapters, knowledge="prag", max_tokens=6)
+    expected = expected_answers(hooked_sm, adapters)
 
     def ask(doc: str) -> str:
         return chat.invoke(QUESTION, documents=[Document(PASSAGE, metadata={"adapter_id": doc})]).content
@@ -74,12 +68,12 @@ def test_chat_spring_prag_matches_sequential_answers_from_8_threads_and_8_tasks(
     streamed = "".join(c.content for c in chat.stream(QUESTION, documents=[Document(PASSAGE, metadata={
         "adapter_id": "doc-3"})]))
     assert streamed == expected["doc-3"]
-    assert chat.invoke(QUESTION).content == sm.generate_from_prompt(
-        sm.tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False,
+    assert chat.invoke(QUESTION).content == hooked_sm.generate_from_prompt(
+        hooked_sm.tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False,
                                          add_generation_prompt=True), max_new_tokens=6).text  # no adapter left on
 
 
-def test_langchain_chain_with_the_compressor_activates_the_retrieved_documents(sm, store_folder):
+def test_langchain_chain_with_the_compressor_activates_the_retrieved_documents(hooked_sm, store_folder):
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.runnables import RunnableLambda
 
@@ -92,20 +86,21 @@ def test_langchain_chain_with_the_compressor_activates_the_retrieved_documents(s
 
     compressor = ParametricAdapterCompressor()
     retriever = TwoDocs() | RunnableLambda(lambda docs: compressor.compress_documents(docs, QUESTION))
-    llm = SpringLLM(spring_model=sm, adapters=str(store_folder), knowledge="combine", max_tokens=5)
+    llm = SpringLLM(spring_model=hooked_sm, adapters=str(store_folder), knowledge="combine", max_tokens=5)
     chain = create_spring_rag_chain(retriever, llm)
     with llm.parametric_adapters.activate(["doc-1", "doc-5"]):
-        expected = sm.generate(QUESTION, [PASSAGE, "Yale is in New Haven."], 0, max_new_tokens=5).text
+        expected = hooked_sm.generate(QUESTION, [PASSAGE, "Yale is in New Haven."], 0, max_new_tokens=5).text
     assert chain.invoke(QUESTION) == expected
     with pytest.raises(UnknownDocumentError, match="no adapter for document"):
         llm.invoke(QUESTION, documents=[Document(PASSAGE, metadata={"adapter_id": "unknown"})])
 
 
-def test_llama_index_llm_answers_with_adapters_per_call_in_threads_and_tasks(sm, adapters, store_folder, tmp_path):
+def test_llama_index_llm_answers_with_adapters_per_call_in_threads_and_tasks(hooked_sm, adapters, store_folder,
+                                                                               tmp_path):
     from llama_index.llms.spring import SpringLLM
 
-    llm = SpringLLM(spring_model=sm, adapters=adapters, knowledge="prag", max_new_tokens=6)
-    expected = expected_answers(sm, adapters)
+    llm = SpringLLM(spring_model=hooked_sm, adapters=adapters, knowledge="prag", max_new_tokens=6)
+    expected = expected_answers(hooked_sm, adapters)
 
     def ask(doc: str) -> str:
         return llm.answer(QUESTION, [PASSAGE], adapter_ids=[doc]).text
@@ -119,10 +114,10 @@ def test_llama_index_llm_answers_with_adapters_per_call_in_threads_and_tasks(sm,
 
     assert dict(zip(DOCS, asyncio.run(all_tasks()), strict=True)) == expected
     with pytest.raises(OptionError, match="needs adapters"):
-        SpringLLM(spring_model=sm, knowledge="prag")
+        SpringLLM(spring_model=hooked_sm, knowledge="prag")
 
 
-def test_llama_index_query_engine_with_the_postprocessor_and_combine(sm, store_folder, tmp_path):
+def test_llama_index_query_engine_with_the_postprocessor_and_combine(hooked_sm, store_folder, tmp_path):
     import json
 
     from llama_index.llms.spring import SpringLLM, spring_query_engine
@@ -133,11 +128,11 @@ def test_llama_index_query_engine_with_the_postprocessor_and_combine(sm, store_f
     corpus.write_text("".join(json.dumps({"id": doc, "title": "", "text": f"Passage {i} about Harvard."}) + "\n"
                               for i, doc in enumerate(DOCS[:3])))
     retriever = SpringRetriever.from_corpus(corpus, tmp_path / "bm25", backend="bm25", similarity_top_k=2)
-    llm = SpringLLM(spring_model=sm, adapters=str(store_folder), knowledge="combine", max_new_tokens=5)
+    llm = SpringLLM(spring_model=hooked_sm, adapters=str(store_folder), knowledge="combine", max_new_tokens=5)
     engine = spring_query_engine(retriever, llm, node_postprocessors=[ParametricAdapterPostprocessor()])
     response = engine.query(QUESTION)
     ids = [node.node.metadata["adapter_id"] for node in response.source_nodes]
     texts = [node.node.get_content(metadata_mode="llm") for node in response.source_nodes]
     with llm.adapter_set.activate(ids):
-        expected = sm.generate(QUESTION, texts, 0, max_new_tokens=5).text
+        expected = hooked_sm.generate(QUESTION, texts, 0, max_new_tokens=5).text
     assert len(ids) == 2 and response.response == expected
