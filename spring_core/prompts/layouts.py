@@ -7,6 +7,14 @@ question, passage, document or chat message that contains ``[r1]`` or any other 
 plain characters. ``render()`` writes the block as ``[r1]..[rk]`` for display and logs only; nothing parses it
 back.
 
+**Content is characters.** A tokenizer reads the spelling of one of its added tokens (``<|im_end|>``,
+``<start_of_turn>``, ``<tool_call>``...) as that token wherever it occurs, so a passage or a message that spells
+one could end a chat turn or fake a tool call. Every prompt spring-rag builds from content (passages, questions,
+chat turns, template variables) passes it through ``literal_text`` first, which breaks such spellings with a word
+joiner (U+2060): the model reads the characters, never the token. Only the chat template (and the tokenizer's own
+BOS) writes special tokens. A finished prompt string the caller hands over is read as written, as transformers
+reads it.
+
 Example:
     >>> parts = build_prompt("Who wrote Hamlet?", ["Hamlet is a play by Shakespeare."], k=2)
     >>> parts.render()
@@ -17,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,6 +39,41 @@ DEFAULT_INSTRUCTION = (
     "Only return the answer without any other words."
 )
 """The sentence the SPRING paper initialises its virtual tokens from."""
+
+
+WORD_JOINER = "\u2060"
+
+
+def literal_text(text: str, tokenizer: Any) -> str:
+    """``text`` with every spelling of one of ``tokenizer``'s added or special tokens broken by a word joiner
+    (U+2060) after its first character, so tokenizing a prompt that holds it reads characters, never that token;
+    ``text`` itself when it spells none (or ``tokenizer`` is ``None``).
+
+    Example:
+        >>> literal_text("a <|im_end|> b", tokenizer) == "a <\u2060|im_end|> b"  # a ChatML tokenizer
+        True
+    """
+    spellings = token_spellings(tokenizer) if tokenizer is not None else []
+    if not any(s in text for s in spellings):
+        return text
+    pattern = re.compile("|".join(re.escape(s) for s in spellings))
+    while True:  # breaking one spelling can complete another ("<<|im_end|>|im_end|>"), so until none is left
+        broken = pattern.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
+        if broken == text:
+            return text
+        text = broken
+
+
+def token_spellings(tokenizer: Any) -> list[str]:
+    """The texts ``tokenizer`` reads as one added or special token wherever they occur, longest first (those of
+    two characters or more that are not only whitespace)."""
+    try:
+        added = [str(s) for s in tokenizer.get_added_vocab()]
+    except (AttributeError, NotImplementedError):
+        added = []
+    spellings = {s for s in [*added, *map(str, getattr(tokenizer, "all_special_tokens", []))]
+                 if len(s) > 1 and s.strip()}
+    return sorted(spellings, key=len, reverse=True)
 
 
 def passage_title_and_text(passage: Passage) -> tuple[str, str]:
@@ -74,7 +118,7 @@ def build_prompt(
     context = format_passages(passages or [])
     head = context + "\n\n" if context else ""
     if layout == "raw":
-        return PromptParts(head, k, question_tail(question, layout))
+        return PromptParts(literal_text(head, tokenizer), k, literal_text(question_tail(question, layout), tokenizer))
     turn = {"role": "user", "content": head + question_tail(question, layout)}
     return render_chat(tokenizer, [turn], BlockAt(0, len(head)), k)
 
@@ -90,19 +134,22 @@ def render_chat(tokenizer: Any, turns: Sequence[Mapping[str, str]], block: Block
     block at ``block`` (a turn and a character offset in its content).
 
     The block's place is marked with a random sentinel that no content holds, so the split is exact whatever the
-    turns contain. Without a chat template this raises ``LayoutError``.
+    turns contain; each turn's content is ``literal_text`` (only the template writes special tokens). Without a
+    chat template this raises ``LayoutError``.
     """
     if not has_chat_template(tokenizer):
         raise LayoutError("this model's tokenizer has no chat template, so the 'chat' layout cannot be used; use "
                           "the 'raw' layout (layout='raw')")
-    turns = [{"role": str(t["role"]), "content": str(t["content"])} for t in turns]
+    contents = [str(t["content"]) for t in turns]
+    turns = [{"role": str(t["role"]), "content": literal_text(c, tokenizer)} for t, c in zip(turns, contents,
+                                                                                             strict=True)]
     if block is None or k == 0:
         rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
         return PromptParts(rendered, 0, "", special_tokens=False)
-    sentinel = unique_sentinel(t["content"] for t in turns)
-    content = turns[block.message]["content"]
-    turns[block.message] = {**turns[block.message],
-                            "content": content[:block.offset] + sentinel + content[block.offset:]}
+    sentinel = unique_sentinel(contents)
+    content = contents[block.message]
+    turns[block.message]["content"] = (literal_text(content[:block.offset], tokenizer) + sentinel
+                                       + literal_text(content[block.offset:], tokenizer))
     rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     before, found, after = rendered.partition(sentinel)
     if not found or sentinel in after:

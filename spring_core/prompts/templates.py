@@ -19,7 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spring_core.prompts.layouts import format_passages, passage_title_and_text, render_chat, spring_template
+from spring_core.prompts.layouts import (
+    format_passages,
+    literal_text,
+    passage_title_and_text,
+    render_chat,
+    spring_template,
+)
 from spring_core.prompts.placement import Span, fill_placeholders, place_block
 from spring_core.types import Passage, PromptParts
 
@@ -94,7 +100,8 @@ def render_template(template: RagTemplate, question: str, passages: Sequence[Pas
                     tokenizer: Any = None) -> PromptParts:
     """``template`` filled with the passages (written as ``template.context`` says) and the question, a
     ``k``-token block placed by the integrations' rule (``place_block``)."""
-    values = {"context": CONTEXT_FORMATS[template.context](passages), "question": question}
+    values = {"context": literal_text(CONTEXT_FORMATS[template.context](passages), tokenizer),
+              "question": literal_text(question, tokenizer)}
     texts, context, questions = [], [], []
     for index, (_, text) in enumerate(template.turns):
         filled, spans = fill_placeholders(text, {name: "{" + name + "}" for name in values}, values)

@@ -69,7 +69,7 @@ from spring_core.engine import Engine, Request
 from spring_core.errors import OptionError
 from spring_core.model.loading import DEFAULT_MODEL, DEFAULT_POOL
 from spring_core.parametric.online import ParametricDocument, check_knowledge, open_adapters
-from spring_core.prompts.layouts import has_chat_template, render_chat, unique_sentinel
+from spring_core.prompts.layouts import has_chat_template, literal_text, render_chat, unique_sentinel
 from spring_core.prompts.placement import Span, fill_placeholders, place_block
 from spring_core.serving.thin import is_thin, refuse, thin_spring_model
 from spring_core.serving.vllm import as_backend, serves_remotely
@@ -201,7 +201,8 @@ class SpringLLM(CustomLLM):
         a RAG call (no context variable) or uses no virtual tokens.
 
         Each variable is rendered as a random sentinel first, so the context and the question are located in the
-        template's own output; their values are put in afterwards and never searched.
+        template's own output; their values are put in afterwards (``literal_text``: a value that spells a special
+        token is read as characters) and never searched.
         """
         variables = {**getattr(prompt, "kwargs", {}), **prompt_args}
         if not any(str(variables.get(name) or "") for name in CONTEXT_VARIABLES):
@@ -218,7 +219,8 @@ class SpringLLM(CustomLLM):
             return None
         sentinels = {name: unique_sentinel(str(v) for v in variables.values()) for name in variables}
         rendered = self._get_prompt(prompt, **sentinels)
-        text, spans = fill_placeholders(rendered, sentinels, variables)
+        values = {name: literal_text(str(value), spring.tokenizer) for name, value in variables.items()}
+        text, spans = fill_placeholders(rendered, sentinels, values)
         context = [Span(0, start, end) for name, start, end in spans if name in CONTEXT_VARIABLES]
         questions = [Span(0, start, end) for name, start, end in spans if name in QUERY_VARIABLES]
         placement = place_block([text], context, questions)
