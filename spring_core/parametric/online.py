@@ -41,6 +41,9 @@ from spring_core.generation import optional_scores
 from spring_core.types import Passage
 
 logger = logging.getLogger("spring_rag.parametric")
+MISSING_ADAPTER_WARNING = ("no adapter for document(s) %s: their passages go into the prompt instead "
+                           "(missing_adapter='icl')")
+"""What ``plan_call`` logs (on ``logger``) for documents read as text because they have no adapter."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,7 @@ def plan_call(adapters: Any, documents: Sequence[ParametricDocument], *, knowled
         if missing_adapter == "error":
             raise UnknownDocumentError(f"no adapter for document(s) {unknown}; encode them with `spring-rag "
                                        "parametrize`, or pass missing_adapter='icl' to read their text instead")
-        logger.warning("no adapter for document(s) %s: their passages go into the prompt instead "
-                       "(missing_adapter='icl')", unknown)
+        logger.warning(MISSING_ADAPTER_WARNING, unknown)
     in_prompt = list(documents) if knowledge in ("icl", "combine") else without
     if k is None and knowledge == "prag":
         k = 0

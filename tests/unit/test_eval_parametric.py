@@ -5,6 +5,7 @@ refused with one line."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,7 @@ def test_a_prag_store_answers_in_every_mode_and_the_adapters_change_the_answers(
     assert (files["root"] / "prag" / "predictions.jsonl").read_text() == lines
 
 
-def test_a_passage_the_store_lacks_stops_the_run_before_it_starts_unless_read_as_text(files, capsys):
+def test_a_passage_the_store_lacks_stops_the_run_before_it_starts_unless_read_as_text(files, capsys, caplog):
     args = eval_args(files, "missing", "--corpus", str(files["corpus"]), "--passages", "3", "--methods", "concat",
                      "--knowledge", "prag", "--adapters", str(files["store"]))
     code, _, err = cli(capsys, *args)
@@ -110,8 +111,11 @@ def test_a_passage_the_store_lacks_stops_the_run_before_it_starts_unless_read_as
     err = one_error_line(err)
     assert "2 of the 6 passages have no adapter" in err and "mit" in err and "--missing-adapter icl" in err
     assert not (files["root"] / "missing" / "predictions.jsonl").exists()
-    code, _, err = cli(capsys, *args, "--missing-adapter", "icl")
+    with caplog.at_level(logging.WARNING):
+        code, _, err = cli(capsys, *args, "--missing-adapter", "icl")
     assert code == 0, err
+    said = [record.getMessage() for record in caplog.records if "no adapter" in record.getMessage()]
+    assert len(said) == 1 and said[0].startswith("2 passage(s) have no adapter"), said  # once, not per question
     assert len(predictions(files["root"] / "missing")["Concat [prag]"]) == 2
     report = json.loads((files["root"] / "missing" / "results.json").read_text())
     assert [row["without_adapter"] for row in report["results"]] == [2]  # mit, read as text for both questions

@@ -47,8 +47,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,9 +61,12 @@ from spring_core.metrics import aggregate, first_line, score
 from spring_core.model.spring_model import SpringModel
 from spring_core.model.tokens import resolve_artifact
 from spring_core.options import DECODINGS, KNOWLEDGE, MISSING_ADAPTER
-from spring_core.parametric.online import ParametricDocument
+from spring_core.parametric.online import MISSING_ADAPTER_WARNING, ParametricDocument
+from spring_core.parametric.online import logger as online_logger
 from spring_core.prompts.layouts import DEFAULT_INSTRUCTION, build_prompt, format_passages, render_chat
 from spring_core.types import PromptParts
+
+logger = logging.getLogger("spring_rag.eval")
 
 METHODS = ("closed-book", "concat", "prompt", "prompt-chat", "spring", "lora", "prefix", "spring+")
 LABELS = {"closed-book": "Closed-book", "concat": "Concat", "prompt": "Prompt", "prompt-chat": "Prompt-chat",
@@ -298,6 +303,9 @@ class _Parametric:
             raise EvalError(f"{len(unknown)} of the {total} passages have no adapter: {found}. Encode them with "
                             "`spring-rag parametrize`, or pass --missing-adapter icl to read their text in the "
                             "prompt instead")
+        if unknown:  # said once here; the engine's per-question warnings would repeat it for every question
+            logger.warning("%d passage(s) have no adapter in %s: their text goes into the prompt instead "
+                           "(--missing-adapter icl)", len(unknown), plan.adapters)
 
     def documents(self, row: dict[str, Any]) -> list[ParametricDocument]:
         return documents_for(row, by_text=self.by_text)
@@ -426,13 +434,27 @@ def _generate_parametric(plan: EvalPlan, sm: SpringModel, method: Method, k: int
 
     assert parametric is not None
     engine = Engine(sm, parametric.adapters)
-    for row in todo:
-        request = Request(question=row["question"], documents=parametric.documents(row), k=k or 0,
-                          decoding=decoding, knowledge=knowledge, missing_adapter=plan.missing_adapter,
-                          settings={"max_new_tokens": plan.max_new_tokens})
-        began = time.perf_counter()
-        out = engine.generate(request)
-        store.add([_prediction(key, row, out.text, time.perf_counter() - began, inputs)])
+    with _without_missing_adapter_warnings():
+        for row in todo:
+            request = Request(question=row["question"], documents=parametric.documents(row), k=k or 0,
+                              decoding=decoding, knowledge=knowledge, missing_adapter=plan.missing_adapter,
+                              settings={"max_new_tokens": plan.max_new_tokens})
+            began = time.perf_counter()
+            out = engine.generate(request)
+            store.add([_prediction(key, row, out.text, time.perf_counter() - began, inputs)])
+
+
+@contextmanager
+def _without_missing_adapter_warnings() -> Iterator[None]:
+    """Drop the engine's per-question "no adapter" warnings (``_Parametric`` said it once for the whole run)."""
+    def keep(record: logging.LogRecord) -> bool:
+        return record.msg != MISSING_ADAPTER_WARNING
+
+    online_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        online_logger.removeFilter(keep)
 
 
 def _length(prompt: PromptParts | dict[str, Any]) -> int:
