@@ -208,7 +208,7 @@ def run_parametrize(args: argparse.Namespace) -> None:
     augmented = read_augmented(args.augmented)
     if not augmented:
         raise SpringError(f"{args.augmented} holds no augmented documents; run `spring-rag augment` first")
-    sm = SpringModel.from_pretrained(args.model)
+    sm = SpringModel.from_pretrained(args.model, device=_process_device(process))
     dtype = "float16" if args.half else "float32"
     if args.method == "prag":
         settings = encoders.PragSettings(rank=args.rank, alpha=args.alpha, lr=_lr(args, 3e-4), epochs=args.epochs or 1,
@@ -289,7 +289,7 @@ def _run_dyprag(args: argparse.Namespace) -> None:
         if process[1] == 1 and not (out / "spring.json").exists():
             refuse_existing_output(out, "--out")
         corpus = read_corpus(args.encode)
-        sm = SpringModel.from_pretrained(args.model)
+        sm = SpringModel.from_pretrained(args.model, device=_process_device(process))
         dyprag = DyPRAG.open(args.translator, sm.model, model_name=args.model)
         encoded = encode_corpus(dyprag, corpus, out, model_name=args.model, process=process,
                                 show_progress=not args.quiet)

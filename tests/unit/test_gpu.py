@@ -61,3 +61,12 @@ def test_load_model_with_device_map_auto(tiny_dir):
     assert model.get_input_embeddings().weight.device.type == "cuda"
     sm = SpringModel(model, tokenizer, VirtualTokens.random(model, 2, tokenizer=tokenizer))
     assert sm.generate(QUESTION, PASSAGES, 2, max_new_tokens=4).usage.virtual_tokens == 2
+
+
+def test_each_launched_encoding_process_takes_its_own_gpu(monkeypatch):
+    from spring_cli.parametric import _process_device
+
+    count = torch.cuda.device_count()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert _process_device((1, 2)) == f"cuda:{1 % count}"
+    assert _process_device((0, 1)) is None  # one process: the default device
