@@ -45,35 +45,28 @@ WORD_JOINER = "\u2060"
 
 
 def literal_text(text: str, tokenizer: Any) -> str:
-    """``text`` with every spelling of one of ``tokenizer``'s added or special tokens broken by a word joiner
-    (U+2060) after its first character, so tokenizing a prompt that holds it reads characters, never that token;
-    ``text`` itself when it spells none (or ``tokenizer`` is ``None``).
+    """``text`` with every spelling of one of ``tokenizer``'s added or special tokens (two characters or more, not
+    only whitespace) broken by a word joiner (U+2060) after its first character, so tokenizing a prompt that holds
+    it reads characters, never that token; ``text`` itself when it spells none (or ``tokenizer`` is ``None``).
 
     Example:
         >>> literal_text("a <|im_end|> b", tokenizer) == "a <\u2060|im_end|> b"  # a ChatML tokenizer
         True
     """
-    spellings = token_spellings(tokenizer) if tokenizer is not None else []
-    if not any(s in text for s in spellings):
+    try:
+        added = [str(s) for s in tokenizer.get_added_vocab()] if tokenizer is not None else []
+    except (AttributeError, NotImplementedError):
+        added = []
+    spellings = {s for s in [*added, *map(str, getattr(tokenizer, "all_special_tokens", []))]
+                 if len(s) > 1 and s.strip() and s in text}
+    if not spellings:
         return text
-    pattern = re.compile("|".join(re.escape(s) for s in spellings))
+    pattern = re.compile("|".join(re.escape(s) for s in sorted(spellings, key=len, reverse=True)))
     while True:  # breaking one spelling can complete another ("<<|im_end|>|im_end|>"), so until none is left
         broken = pattern.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
         if broken == text:
             return text
         text = broken
-
-
-def token_spellings(tokenizer: Any) -> list[str]:
-    """The texts ``tokenizer`` reads as one added or special token wherever they occur, longest first (those of
-    two characters or more that are not only whitespace)."""
-    try:
-        added = [str(s) for s in tokenizer.get_added_vocab()]
-    except (AttributeError, NotImplementedError):
-        added = []
-    spellings = {s for s in [*added, *map(str, getattr(tokenizer, "all_special_tokens", []))]
-                 if len(s) > 1 and s.strip()}
-    return sorted(spellings, key=len, reverse=True)
 
 
 def passage_title_and_text(passage: Passage) -> tuple[str, str]:
