@@ -8,7 +8,9 @@ rows it has read, and applies what the module applies on top of its lookup -- Ge
 ``sqrt(hidden)`` cast to the weight's dtype -- so that its output equals ``model.get_input_embeddings()(ids)`` bit
 for bit.
 
-Which tensor, and which scale, come from the model's own class: the model is built on the ``meta`` device (no
+Which tensor, and which scale, come from the model's own class. For the architectures in ``KNOWN_EMBEDDINGS``
+they are read from a table (so a client never imports transformers' modeling code, about 120 MB of memory); the
+test suite checks every entry against the class itself. Any other architecture is built on the ``meta`` device (no
 memory, no weights) to name its input-embedding module and learn its type. An embedding module of a type whose
 output is not its looked-up rows (times a scale) is refused, never guessed.
 
@@ -25,7 +27,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -68,16 +72,14 @@ class EmbeddingRows:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_folder(cls, folder: str | Path, skeleton: torch.nn.Module | None = None) -> EmbeddingRows:
+    def from_folder(cls, folder: str | Path, layout: EmbeddingLayout | None = None) -> EmbeddingRows:
         """The input embedding of the model saved in ``folder`` (``config.json`` and safetensors), named and scaled
-        as its transformers class does, without loading any weight (``skeleton``: that class already built on the
-        ``meta`` device, see ``meta_skeleton``)."""
+        as its transformers class does, without loading any weight (``layout``: already described, see
+        ``embedding_layout``)."""
         folder = Path(folder)
-        skeleton = meta_skeleton(folder) if skeleton is None else skeleton
-        module = skeleton.get_input_embeddings()
-        qualified = next(name for name, child in skeleton.named_modules() if child is module)
-        file, name = _find_tensor(folder, f"{qualified}.weight", tuple(module.weight.shape))
-        return cls(file, name, scale=_module_scale(module))
+        layout = embedding_layout(read_config(folder)) if layout is None else layout
+        file, name = _find_tensor(folder, f"{layout.module}.weight", layout.shape)
+        return cls(file, name, scale=layout.scale)
 
     @property
     def loaded(self) -> int:
@@ -109,15 +111,15 @@ class EmbeddingRows:
 
     def largest(self) -> float:
         """The largest magnitude in the table (as stored, no scale), read once in blocks of rows that are not
-        kept."""
+        kept; the file is mapped anew for each block, so the pages one block touched are let go before the next."""
         if self._largest is None:
             from safetensors import safe_open
 
             largest = 0.0
-            with safe_open(str(self.file), framework="pt") as handle:
-                table = handle.get_slice(self.name)
-                for start in range(0, self.num_rows, _SCAN_ROWS):
-                    largest = max(largest, float(table[start:start + _SCAN_ROWS].abs().max()))
+            for start in range(0, self.num_rows, _SCAN_ROWS):
+                with safe_open(str(self.file), framework="pt") as handle:
+                    block = handle.get_slice(self.name)[start:start + _SCAN_ROWS]
+                largest = max(largest, float(block.abs().max()))
             self._largest = largest
         return self._largest
 
@@ -140,16 +142,72 @@ class EmbeddingRows:
             self._rows.update(read)
 
 
-def meta_skeleton(folder: str | Path) -> torch.nn.Module:
-    """The causal-LM class of the model saved in ``folder``, built from its ``config.json`` on the ``meta`` device:
-    its modules, names and shapes, no memory and no weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+@dataclass(frozen=True)
+class EmbeddingLayout:
+    """Where a causal-LM class keeps its input embedding and what the module does with its rows.
 
-    folder = Path(folder)
+    ``module``: its qualified name (the weight is ``module + ".weight"``); ``shape``: the weight's ``(rows,
+    width)``; ``scale``: what the module multiplies its rows by (``None``: a plain lookup); ``output_rows``: how
+    many ids the model's head emits.
+    """
+
+    module: str
+    shape: tuple[int, int]
+    scale: float | None
+    output_rows: int
+
+
+KNOWN_EMBEDDINGS: dict[str, tuple[str, str, bool]] = {
+    "llama": ("model.embed_tokens", "hidden_size", False),
+    "mistral": ("model.embed_tokens", "hidden_size", False),
+    "qwen2": ("model.embed_tokens", "hidden_size", False),
+    "qwen3": ("model.embed_tokens", "hidden_size", False),
+    "phi3": ("model.embed_tokens", "hidden_size", False),
+    "gpt2": ("transformer.wte", "n_embd", False),
+    "opt": ("model.decoder.embed_tokens", "word_embed_proj_dim", False),
+    "gemma3_text": ("model.embed_tokens", "hidden_size", True),
+}
+"""``model_type`` -> (the input-embedding module's name, the config field of its width, whether it multiplies its
+rows by ``sqrt(hidden_size)`` as Gemma 3's scaled word embedding does). Each entry is checked against the class."""
+
+
+def read_config(folder: str | Path) -> Any:
+    """The transformers config saved in ``folder`` (``ModelLoadError`` when it cannot be read)."""
+    from transformers import AutoConfig
+
     try:
-        config = AutoConfig.from_pretrained(folder)
+        return AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read the model config in {folder}: {exc}") from exc
+
+
+def embedding_layout(config: Any) -> EmbeddingLayout:
+    """``config``'s input-embedding layout: from ``KNOWN_EMBEDDINGS`` for those architectures, else from its class
+    built on the ``meta`` device (``skeleton_layout``)."""
+    known = KNOWN_EMBEDDINGS.get(getattr(config, "model_type", ""))
+    if known is None:
+        return skeleton_layout(meta_skeleton(config))
+    module, width, scaled = known
+    vocab = int(config.vocab_size)
+    return EmbeddingLayout(module, (vocab, int(getattr(config, width))),
+                           float(config.hidden_size ** 0.5) if scaled else None, vocab)
+
+
+def skeleton_layout(skeleton: torch.nn.Module) -> EmbeddingLayout:
+    """The input-embedding layout of a model (built on the ``meta`` device: ``meta_skeleton``)."""
+    module = skeleton.get_input_embeddings()
+    qualified = next(name for name, child in skeleton.named_modules() if child is module)
+    head = skeleton.get_output_embeddings()
+    rows, width = (int(n) for n in module.weight.shape)
+    return EmbeddingLayout(qualified, (rows, width), _module_scale(module),
+                           int(head.weight.shape[0]) if head is not None else rows)
+
+
+def meta_skeleton(config: Any) -> torch.nn.Module:
+    """The causal-LM class of ``config`` built on the ``meta`` device: its modules, names and shapes, no memory and
+    no weights (this imports transformers' modeling code)."""
+    from transformers import AutoModelForCausalLM
+
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 

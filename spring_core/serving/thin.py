@@ -34,7 +34,7 @@ from spring_core.errors import ModelLoadError, ThinClientError
 from spring_core.model.loading import display_name_of, resolve_model_source
 from spring_core.model.spring_model import SpringModel
 from spring_core.model.tokens import VirtualTokens
-from spring_core.serving.embeddings import EmbeddingRows, meta_skeleton
+from spring_core.serving.embeddings import EmbeddingRows, embedding_layout, read_config
 
 SNAPSHOT_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
 """What a thin client fetches of a hub model: config, tokenizer and safetensors (rows are read lazily from them)."""
@@ -103,16 +103,17 @@ class ThinModel:
         from transformers import GenerationConfig
 
         self.folder = Path(folder)
-        skeleton = meta_skeleton(self.folder)
-        self.config = skeleton.config
+        self.config = read_config(self.folder)
         self.config.name_or_path = str(self.folder)
         self.name = name or display_name_of(str(self.folder))
         if (self.folder / "generation_config.json").is_file():
             self.generation_config = GenerationConfig.from_pretrained(self.folder)
         else:
-            self.generation_config = skeleton.generation_config
-        self._embedding = RowsEmbedding(EmbeddingRows.from_folder(self.folder, skeleton))
-        self._output = skeleton.get_output_embeddings()  # on the meta device: its shape only, no memory
+            self.generation_config = GenerationConfig.from_model_config(self.config)
+        layout = embedding_layout(self.config)
+        self._embedding = RowsEmbedding(EmbeddingRows.from_folder(self.folder, layout))
+        # the head's shape only (on the meta device, no memory): the input layer counts the ids it can emit
+        self._output = torch.nn.Linear(layout.shape[1], layout.output_rows, bias=False, device="meta")
 
     @classmethod
     def from_folder(cls, folder: str | Path, *, name: str | None = None) -> ThinModel:

@@ -12,7 +12,13 @@ from families import build
 
 from spring_core import SpringModel
 from spring_core.errors import InputError, ModelLoadError
-from spring_core.serving.embeddings import EmbeddingRows
+from spring_core.serving.embeddings import (
+    KNOWN_EMBEDDINGS,
+    EmbeddingRows,
+    embedding_layout,
+    meta_skeleton,
+    skeleton_layout,
+)
 
 
 def saved(name: str, folder, dtype: torch.dtype = torch.float32, **save_options):
@@ -59,3 +65,30 @@ def test_ids_outside_the_table_and_folders_without_safetensors_are_refused(tmp_p
     (tmp_path / "m" / "model.safetensors").rename(tmp_path / "m" / "other.bin")
     with pytest.raises(ModelLoadError, match="no model.safetensors"):
         EmbeddingRows.from_folder(tmp_path / "m")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma3", "gpt2", "phi3", "opt350m"])
+def test_the_known_embedding_table_says_what_the_models_class_says(family):
+    model, _ = build(family)
+    assert model.config.model_type in KNOWN_EMBEDDINGS
+    assert embedding_layout(model.config) == skeleton_layout(meta_skeleton(model.config)) == skeleton_layout(model)
+
+
+def test_every_known_architecture_is_checked_against_its_class():
+    from transformers import Qwen3Config
+
+    checked = {build(family)[0].config.model_type for family in ("llama", "qwen2", "mistral", "gemma3", "gpt2",
+                                                                  "phi3", "opt350m")}
+    assert set(KNOWN_EMBEDDINGS) - checked == {"qwen3"}  # checked here, on a small config of its own
+    config = Qwen3Config(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    assert embedding_layout(config) == skeleton_layout(meta_skeleton(config))
+
+
+def test_an_architecture_outside_the_table_is_described_by_its_class():
+    from transformers import FalconConfig
+
+    config = FalconConfig(vocab_size=96, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    assert config.model_type not in KNOWN_EMBEDDINGS
+    layout = embedding_layout(config)
+    assert layout.module == "transformer.word_embeddings" and layout.shape == (96, 16) and layout.scale is None
