@@ -295,7 +295,8 @@ class SpringParams(BaseModel):
         """Where the block goes in these messages and how many tokens it holds (``None``/0: not a RAG call);
         ``k`` is the call's (``None``: all ``n``); ``rag_inputs`` (``{"context": ..., "question": ...}``, from
         ``SpringRAGMiddleware`` or the caller) say where the context and the question are, else the run's
-        signals do (``langchain_spring.placement``)."""
+        signals do (``langchain_spring.placement``). A question-first prompt's placement carries the question to
+        ask again right after the block (``Placement.restated``; ``Placement.restate`` writes it into the texts)."""
         signals = None
         if rag_inputs is not None:
             if not isinstance(rag_inputs, Mapping) or not all(isinstance(v, str) for v in rag_inputs.values()):
@@ -316,7 +317,8 @@ class SpringParams(BaseModel):
         if placement.question_first and "question_first" not in self._warned:  # common (rlm/rag-prompt, refine)
             self._warned.add("question_first")  # and it still works, so it is logged, not warned
             logger.info("this RAG prompt states the question before the context, an order SPRING's tokens were not "
-                        "trained on; the block goes right after the context")
+                        "trained on; the block goes right after the context and the question is asked again after "
+                        "it (context, block, question, as SPRING reads them)")
         return placement, k
 
     def _warn_once(self, key: str, message: str) -> None:

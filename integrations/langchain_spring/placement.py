@@ -16,9 +16,13 @@ The signals, in order:
 
 ``spring_core.prompts.placement.place_block`` then puts the block at the start of the question's line after the context
 (the last human turn when the context sits in an earlier message), or right after the context when the question
-comes first. Values are only ever located, never parsed: a document that equals the question (FAQ corpora), is a
-prefix of it or a single word of it (a title-only document) is told apart from the question by position (see
-``context_and_question``). Anything else is not a RAG call: no block, the base model as it is.
+comes first (``rlm/rag-prompt``); then, when the question's text was found (signals 1 and 2), the placement also
+carries the question to ask again right after the block (``Placement.restated``, ``Question: <question>``), so the
+model reads context, block, question and the prompt's own answer cue, SPRING's order. Calls without a block
+(``k == 0``) read the prompt untouched. Values are only ever located, never parsed: a document that equals the
+question (FAQ corpora), is a prefix of it or a single word of it (a title-only document) is told apart from the
+question by position (see ``context_and_question``). Anything else is not a RAG call: no block, the base model as it
+is.
 """
 
 from __future__ import annotations

@@ -18,11 +18,15 @@ the template writes for the assistant turn (the text a model trained on that tem
 **The answer step.** In an agent that retrieves through a tool, the tool's result is the context: when the
 conversation ends with tool results, the block of virtual tokens goes after them. A template that renders tool
 calls and results gets the block right before the answer (at the start of the assistant turn it opens). Any
-other template gets a plain fallback (``fallback_turns``): the call is written into the assistant turn as
-``Tool call: name {json}``, the results become one user turn, ``Tool result (name):`` followed by the result,
-which asks the question again (``Question: ...``, SPRING's order), and the block goes between the results and
-that question, where SPRING's tokens were trained to be read (right before the answer, the bundled tokens score
-0 EM on SmolLM2: they were trained to be followed by a question).
+other template gets a plain rendering, SPRING's order: the closing question, the assistant's tool calls and the
+tool results become one user turn (``answer_turns``), the results' text, then the block, then
+``Question: <question>``, where SPRING's tokens were trained to be read (right before the answer, the bundled tokens
+score 0 EM on SmolLM2: they were trained to be followed by a question). Spread over three turns (the question, an
+assistant ``Tool call:`` turn, the results asking the question again), the same block scored 15 EM against 27 for
+the two-step layout on the drop-in benchmark; as one turn it reads like the two-step layout. Without a block
+(``k == 0``, the plain model) the conversation is rendered as before (``fallback_turns``): calls written into the
+assistant turn as ``Tool call: name {json}``, the results one user turn of ``Tool result (name):`` paragraphs that
+asks the question again.
 
 **Tool results are plain text.** Any spelling of one of the tokenizer's added tokens (``<|im_end|>``,
 ``<tool_call>``, ...) inside a tool result gets a word joiner (U+2060) after its first character, so it is read
@@ -198,6 +202,15 @@ def fallback_turns(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
         ...     {"role": "tool", "name": "search", "content": "X is Y."}])[1:]
         [{'role': 'assistant', 'content': 'Tool call: search {"q": "x"}'}, {'role': 'user', 'content': 'Tool result (search):\nX is Y.\n\nQuestion: What is X?'}]
     """  # noqa: E501
+    plain = _plain_turns(turns)
+    question = asked_question(turns)
+    if turns and turns[-1]["role"] == "tool" and question:
+        plain[-1]["content"] += QUESTION_AGAIN + question
+    return plain
+
+
+def _plain_turns(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """``fallback_turns`` without the question asked again."""
     plain: list[dict[str, str]] = []
     for turn in turns:
         if turn["role"] == "tool":
@@ -211,14 +224,43 @@ def fallback_turns(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
         calls = [f"Tool call: {c['function']['name']} {json.dumps(c['function']['arguments'], ensure_ascii=False)}"
                  for c in turn.get("tool_calls") or ()]
         plain.append({"role": str(turn["role"]), "content": "\n".join(([content] if content else []) + calls)})
-    question = asked_question(turns)
-    if turns and turns[-1]["role"] == "tool" and question:
-        plain[-1]["content"] += QUESTION_AGAIN + question
     return [{"role": t["role"], "content": t["content"]} for t in plain]
 
 
+def answer_turns(turns: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, str]], int] | None:
+    """The answer step in SPRING's order, for a template that does not render tools, and where its block goes.
+
+    When the conversation closes with a question, the assistant's tool calls (with no text of their own) and
+    their results, those turns become one user turn: the results' text (``\n\n`` between results), then
+    ``\n\nQuestion: <question>``; the turns before the question are rendered as ``fallback_turns`` renders them.
+    Returns the turns and the character offset of ``Question:`` in the last one (the block goes there), or
+    ``None`` when the conversation does not close that way. The question and the results are put in as they are,
+    never searched: a question that holds ``\n\nQuestion: `` or ``[r1]`` stays text.
+
+    Example:
+        >>> answer_turns([{"role": "user", "content": "What is X?"}, {"role": "assistant", "content": "",
+        ...     "tool_calls": [{"function": {"name": "search", "arguments": {"q": "x"}}}]},
+        ...     {"role": "tool", "name": "search", "content": "X is Y."}])
+        ([{'role': 'user', 'content': 'X is Y.\n\nQuestion: What is X?'}], 9)
+    """
+    calls = [i for i, turn in enumerate(turns) if turn.get("tool_calls")]
+    if not calls or turns[-1]["role"] != "tool":
+        return None
+    asked = next((i for i in range(calls[-1] - 1, -1, -1)
+                  if turns[i]["role"] == "user" and str(turns[i]["content"]).strip()), None)
+    if asked is None:
+        return None
+    closing = turns[asked + 1:]
+    if any(t["role"] not in ("assistant", "tool") or (t["role"] == "assistant" and (
+            not t.get("tool_calls") or str(t["content"]).strip())) for t in closing):
+        return None
+    results = "\n\n".join(str(t["content"]) for t in closing if t["role"] == "tool")
+    turn = {"role": "user", "content": results + QUESTION_AGAIN + str(turns[asked]["content"])}
+    return [*_plain_turns(turns[:asked]), turn], len(results) + QUESTION_AGAIN.index("Question")
+
+
 QUESTION_AGAIN = "\n\nQuestion: "
-"""What the fallback's last tool-result turn adds before the question it asks again."""
+"""What comes between the tool results and the question they answer (the block goes after the line breaks)."""
 
 
 def asked_question(turns: Sequence[Mapping[str, Any]]) -> str | None:
@@ -236,10 +278,12 @@ def render_tool_prompt(turns: Sequence[Mapping[str, Any]], tokenizer: Any, tools
     with tool results and ``k > 0``, a ``k``-token block after them.
 
     Natively (a template that renders tool calls and results) the block goes right before the answer, at the start
-    of the assistant turn the template opens. In the fallback (``fallback_turns``) it goes between the results and
-    the question asked again after them. ``tools`` are OpenAI-style tool definitions (rendered by the template).
-    Tool results are made ``plain_text`` first. ``render`` renders plain turns with a block at a ``BlockAt`` (the
-    chat template, or a transcript without one).
+    of the assistant turn the template opens. Otherwise the closing question, calls and results are one user turn
+    (``answer_turns``: results, block, question); a conversation that does not close that way, and any call
+    without a block, is rendered by ``fallback_turns`` (a block then goes between the results and the question
+    asked again after them, or at the very end when no question was asked). ``tools`` are OpenAI-style tool
+    definitions (rendered by the template). Tool results are made ``plain_text`` first. ``render`` renders plain
+    turns with a block at a ``BlockAt`` (the chat template, or a transcript without one).
     """
     turns = [dict(t, content=plain_text(str(t["content"]), tokenizer)) if t["role"] == "tool" else dict(t)
              for t in turns]
@@ -247,11 +291,16 @@ def render_tool_prompt(turns: Sequence[Mapping[str, Any]], tokenizer: Any, tools
     k = k if answer_step else 0
     support = template_tools(tokenizer)
     if not support.native:
+        answer = answer_turns(turns) if k else None
+        if answer is not None:
+            merged, offset = answer
+            return render(merged, BlockAt(len(merged) - 1, offset), k)
         plain = fallback_turns(turns)
         at = None
         if k and asked_question(turns):
             last = plain[-1]["content"]
-            at = BlockAt(len(plain) - 1, last.rindex(QUESTION_AGAIN) + 2)
+            question = asked_question(turns) or ""  # the block before "Question:", found by length, not searched
+            at = BlockAt(len(plain) - 1, len(last) - len(question) - len(QUESTION_AGAIN) + QUESTION_AGAIN.index("Q"))
         elif k:
             return PromptParts(render(plain, None, 0).plain_text(), k, "", has_chat_template(tokenizer) is False)
         return render(plain, at, k)

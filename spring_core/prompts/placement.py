@@ -10,14 +10,21 @@ completion prompt, one per turn for a chat). ``place_block`` turns them into one
    ...`` in LlamaIndex's default template, ``[r1]..[rk]Question: ...`` in SPRING's own), or, when the question
    shares a line with the end of the context, right after the context. A question in a later chat turn than the
    context gets the block at the start of the line in that turn.
-3. The question comes first (``rlm/rag-prompt``, LlamaIndex's refine template) or cannot be found: the block goes
-   right after the context, at the start of the next line when only spaces follow the context on its line, so it
-   still sits between the context and the answer cue. ``Placement.question_first`` says so, for a warning.
+3. The question comes first (``rlm/rag-prompt``, LlamaIndex's refine template): the block goes right after the
+   context, at the start of the next line when only spaces follow the context on its line, and the question is
+   asked again right after the block (``Placement.restated``: ``Question: <question>`` and a line break), so the
+   model reads context, block, question, then the prompt's own answer cue: SPRING's order. The restated question
+   is the question's value as the span holds it, written after a fixed label (structure spring-rag adds, never
+   parsed: a question that holds ``[r1]`` stays text). ``Placement.question_first`` says so, for a log line.
+4. The question cannot be found: the block goes right after the context as in rule 3, with nothing restated.
+
+Nothing is restated without a block: ``place_block`` is only asked for ``k > 0`` calls, and ``Placement.restate``
+leaves the texts as they are for ``k == 0``, so a call without virtual tokens reads the prompt untouched.
 
 Example:
     >>> texts = ["Context:\\nParis is in France.\\nQuery: Where is Paris?\\nAnswer:"]
     >>> place_block(texts, [Span(0, 9, 28)], [Span(0, 36, 51)])
-    Placement(at=BlockAt(message=0, offset=29), question_first=False)
+    Placement(at=BlockAt(message=0, offset=29), question_first=False, restated='')
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from spring_core.types import BlockAt
+
+RESTATED_QUESTION = "Question: {question}\n"
+"""What rule 3 writes right after the block: the question asked again (its value put in as it is) and a line
+break, so the prompt's own answer cue (``Answer:``) follows on the next line, as in SPRING's own layout."""
 
 
 @dataclass(frozen=True, order=True)
@@ -40,11 +51,21 @@ class Span:
 
 @dataclass(frozen=True)
 class Placement:
-    """The block's position, and whether the question came before the context (a layout SPRING was not
-    trained on)."""
+    """The block's position, whether the question came before the context (rule 3), and ``restated``: the text
+    spring-rag writes right after the block to ask that question again (``""`` when nothing is restated)."""
 
     at: BlockAt
     question_first: bool = False
+    restated: str = ""
+
+    def restate(self, texts: Sequence[str], k: int) -> list[str]:
+        """``texts`` as the model reads them around a ``k``-token block: ``restated`` written at the block's
+        position when ``k > 0``; the texts unchanged for ``k == 0`` (no block, so nothing is asked again)."""
+        texts = list(texts)
+        if k and self.restated:
+            text = texts[self.at.message]
+            texts[self.at.message] = text[:self.at.offset] + self.restated + text[self.at.offset:]
+        return texts
 
 
 def place_block(texts: Sequence[str], context: Sequence[Span], questions: Sequence[Span], *,
@@ -63,7 +84,10 @@ def place_block(texts: Sequence[str], context: Sequence[Span], questions: Sequen
     elif not questions and question_turn is not None and question_turn > end.message:
         question = Span(question_turn, 0, 0)
     else:
-        return Placement(_after_context(texts[end.message], end), question_first=bool(questions))
+        at = _after_context(texts[end.message], end)
+        if not questions:
+            return Placement(at)
+        return Placement(at, question_first=True, restated=_restated(texts, at, max(questions)))
     line_start = texts[question.message].rfind("\n", 0, question.start) + 1
     if question.message == end.message:
         line_start = max(line_start, end.end)
@@ -92,6 +116,18 @@ def fill_placeholders(text: str, placeholders: Mapping[str, str],
         spans.append((name, len(out), len(out) + len(str(values[name]))))
         out += str(values[name])
         rest = rest[at + len(placeholder):]
+
+
+def _restated(texts: Sequence[str], at: BlockAt, question: Span) -> str:
+    """The question asked again after a block at ``at``: on a line of its own (a line break first when the block
+    sits right after the context, mid-line), followed by a line break unless nothing follows in that text."""
+    text = texts[at.message]
+    asked = RESTATED_QUESTION.format(question=texts[question.message][question.start:question.end])
+    if at.offset > 0 and text[at.offset - 1] != "\n":
+        asked = "\n" + asked
+    if not text[at.offset:].strip():
+        asked = asked.rstrip("\n")
+    return asked
 
 
 def _after_context(text: str, end: Span) -> BlockAt:

@@ -180,6 +180,25 @@ def test_the_langgraph_retrieve_generate_rag_reads_the_block(chat, sm, retriever
     assert answer == reference(sm, [system, HumanMessage(QUESTION)], BlockAt(1, 0))
 
 
+def test_a_question_first_prompt_asks_its_question_again_after_the_block():
+    """rlm/rag-prompt (LangGraph's RAG tutorial) asks before the context: with the template's question known (its
+    variables, or SpringRAGMiddleware's rag_inputs), the question is restated after the block, as its value."""
+    question = "What is [r1] in Hamlet?"
+    context = "Hamlet is a play by William Shakespeare."
+    prompt = f"Answer concisely.\nQuestion: {question} \nContext: {context} \nAnswer:"
+    placement, signal = find_placement([prompt], ["user"], RunSignals(template_inputs=(
+        {"question": question, "context": context},)))
+    assert signal == "template" and placement.question_first
+    assert placement.at == BlockAt(0, prompt.index("Answer:"))
+    assert placement.restated == f"Question: {question}\n"
+    assert placement.restate([prompt], k=0) == [prompt]
+    [read] = placement.restate([prompt], k=8)
+    assert read == prompt.replace("\nAnswer:", f"\nQuestion: {question}\nAnswer:")
+    # the question unknown (no template variable names it): the block after the context, nothing asked again
+    placement, _ = find_placement([prompt], ["user"], RunSignals(template_inputs=({"context": context},)))
+    assert placement.at == BlockAt(0, prompt.index("Answer:")) and placement.restated == ""
+
+
 def test_rag_inputs_must_be_texts(chat):
     with pytest.raises(OptionError, match="rag_inputs"):
         chat.invoke("hi", rag_inputs={"context": None})

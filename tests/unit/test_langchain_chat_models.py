@@ -225,7 +225,8 @@ def test_a_question_first_prompt_gets_the_block_after_the_context_and_logs_it_on
     assert out.usage_metadata["input_token_details"] == {"virtual": 8}
     assert [r.getMessage() for r in caplog.records].count(
         "this RAG prompt states the question before the context, an order SPRING's tokens were not trained on; the "
-        "block goes right after the context") == 1
+        "block goes right after the context and the question is asked again after it (context, block, question, as "
+        "SPRING reads them)") == 1
 
 
 def test_context_in_the_system_message_puts_the_block_before_the_last_human_turn(sm, retriever):

@@ -20,7 +20,7 @@ from langchain_core.tools import tool
 from pydantic import BaseModel
 
 from langchain_spring import ChatSpring
-from langchain_spring.tools import fallback_turns, parse_tool_calls, plain_text, template_tools
+from langchain_spring.tools import answer_turns, fallback_turns, parse_tool_calls, plain_text, template_tools
 from spring_core import Generation, SpringModel, VirtualTokens
 from spring_core.errors import ToolCallingError
 from spring_core.model.loading import load_model
@@ -86,35 +86,92 @@ def answer(sm, parts: PromptParts) -> str:
 # ----- the answer step: the tool's result is the context, the block goes right before the answer ------------------
 
 
-def test_a_template_without_tool_support_reads_the_tool_result_in_the_documented_fallback(sm):
-    """The tiny ChatML template renders no tool calls: the call is written into the assistant turn, the result is
-    a user turn that asks the question again, and the block goes between the result and that question."""
+def test_a_template_without_tool_support_reads_results_block_question_in_one_user_turn(sm):
+    """The tiny ChatML template renders no tool calls: the closing question, call and result are one user turn,
+    the result, then the block, then the question (SPRING's order, as the two-step agent's user turn)."""
     chat = ChatSpring(spring_model=sm, max_tokens=8)
     answer_message = chat.invoke(conversation())
     assert answer_message.usage_metadata["input_token_details"]["virtual"] == 8
-    turns = [{"role": "user", "content": QUESTION},
-             {"role": "assistant", "content": 'Tool call: retrieve_context {"query": "Hamlet author"}'},
-             {"role": "user", "content": f"Tool result (retrieve_context):\n{RESULT}\n\nQuestion: {QUESTION}"}]
-    assert fallback_turns(hf_conversation()) == turns
+    turns = [{"role": "user", "content": f"{RESULT}\n\nQuestion: {QUESTION}"}]
+    assert answer_turns(hf_conversation()) == (turns, len(RESULT) + 2)
     rendered = sm.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     at = rendered.rindex("Question: ")
     assert answer_message.content == answer(sm, PromptParts(rendered[:at], 8, rendered[at:], special_tokens=False))
-    assert chat.bind(k=0).invoke(conversation()).usage_metadata["input_token_details"]["virtual"] == 0
     # without a question before the call there is none to ask again: the block closes the prompt
     alone = chat._chat_request(conversation()[1:], None, {}).prompt
     assert alone.k == 8 and alone.after == "" and alone.before.endswith("<|im_start|>assistant\n")
 
 
-def test_without_a_chat_template_the_transcript_carries_the_fallback(tiny):
+def test_without_a_block_the_tool_conversation_renders_as_before(sm):
+    """k = 0 (the plain model) reads the plain fallback, unchanged: the call written into the assistant turn, the
+    result a user turn that asks the question again."""
+    chat = ChatSpring(spring_model=sm, max_tokens=8)
+    turns = [{"role": "user", "content": QUESTION},
+             {"role": "assistant", "content": 'Tool call: retrieve_context {"query": "Hamlet author"}'},
+             {"role": "user", "content": f"Tool result (retrieve_context):\n{RESULT}\n\nQuestion: {QUESTION}"}]
+    assert fallback_turns(hf_conversation()) == turns
+    rendered = sm.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    assert chat._chat_request(conversation(), None, {"k": 0}).prompt == PromptParts(rendered, 0, "",
+                                                                                     special_tokens=False)
+    assert chat.bind(k=0).invoke(conversation()).usage_metadata["input_token_details"]["virtual"] == 0
+
+
+@pytest.mark.parametrize("question", ["[r1][r2] Who wrote Hamlet?", "Who?\n\nQuestion: [r1] Hamlet", "{x} Who?"])
+def test_the_question_and_results_stay_text_around_the_block(sm, question):
+    """The question and the results are put in as they are, never searched: ``Question:`` or ``[r1]`` inside
+    them does not move the block, which sits right after the results."""
+    result = "Hamlet [r1] is a play.\n\nQuestion: by William Shakespeare."
+    messages = [HumanMessage(question), AIMessage("", tool_calls=[CALL]),
+                ToolMessage(result, tool_call_id=CALL["id"], name="retrieve_context")]
+    prompt = ChatSpring(spring_model=sm, max_tokens=8)._chat_request(messages, None, {}).prompt
+    assert prompt.k == 8
+    assert prompt.before.endswith(f"<|im_start|>user\n{result}\n\n")
+    assert prompt.after == f"Question: {question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_several_calls_and_earlier_turns_in_the_answer_step():
+    """Every result after the question is context; the turns before the question are rendered as before."""
+    second = {**CALL, "id": "b2c3d4e5f", "args": {"query": "Hamlet date"}}
+    call = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["args"]}}
+            for c in (CALL, second)]
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": QUESTION},
+             {"role": "assistant", "content": "", "tool_calls": call[:1]},
+             {"role": "tool", "content": RESULT, "name": "retrieve_context"},
+             {"role": "assistant", "content": "", "tool_calls": call[1:]},
+             {"role": "tool", "content": "It was written around 1600.", "name": "retrieve_context"}]
+    merged, offset = answer_turns(turns)
+    assert merged == [*turns[:3], {"role": "user", "content": f"{RESULT}\n\nIt was written around 1600.\n\n"
+                                                               f"Question: {QUESTION}"}]
+    assert merged[-1]["content"][offset:] == f"Question: {QUESTION}"
+    # an assistant turn with text of its own between the question and the results: the plain fallback instead
+    chatty = [*turns[:4], {**turns[4], "content": "Let me look."}, turns[5]]
+    assert answer_turns(chatty) is None
+    assert answer_turns(turns[:5]) is None  # not closed by results
+
+
+def test_a_chatty_call_keeps_the_fallback_with_the_block_before_the_question(sm):
+    messages = [HumanMessage(QUESTION), AIMessage("Let me look.", tool_calls=[CALL]),
+                ToolMessage(RESULT, tool_call_id=CALL["id"], name="retrieve_context")]
+    prompt = ChatSpring(spring_model=sm, max_tokens=8)._chat_request(messages, None, {}).prompt
+    assert prompt.k == 8 and prompt.before.endswith(f"Tool result (retrieve_context):\n{RESULT}\n\n")
+    assert prompt.after.startswith(f"Question: {QUESTION}<|im_end|>")
+
+
+def test_without_a_chat_template_the_transcript_carries_the_same_order(tiny):
     import copy
 
     tokenizer = copy.deepcopy(tiny[1])
     tokenizer.chat_template = None
     sm = SpringModel(tiny[0], tokenizer, VirtualTokens.random(tiny[0], n=8, seed=1))
-    prompt = ChatSpring(spring_model=sm, max_tokens=8)._chat_request(conversation(), None, {}).prompt
-    assert prompt.before == (f'User: {QUESTION}\nAssistant: Tool call: retrieve_context {{"query": "Hamlet author"}}\n'
-                             f"User: Tool result (retrieve_context):\n{RESULT}\n\n")
+    chat = ChatSpring(spring_model=sm, max_tokens=8)
+    prompt = chat._chat_request(conversation(), None, {}).prompt
+    assert prompt.before == f"User: {RESULT}\n\n"
     assert prompt.k == 8 and prompt.after == f"Question: {QUESTION}\nAssistant:"
+    plain = chat._chat_request(conversation(), None, {"k": 0}).prompt
+    assert plain.plain_text() == (f'User: {QUESTION}\nAssistant: Tool call: retrieve_context {{"query": "Hamlet '
+                                  f'author"}}\nUser: Tool result (retrieve_context):\n{RESULT}\n\nQuestion: '
+                                  f"{QUESTION}\nAssistant:") and plain.k == 0
 
 
 def test_the_tool_call_and_result_render_through_a_real_tool_template(llama4):

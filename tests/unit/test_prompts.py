@@ -6,6 +6,7 @@ import pytest
 
 from spring_core.errors import LayoutError, OptionError
 from spring_core.prompts.layouts import build_prompt, format_passages, render_chat
+from spring_core.prompts.placement import Placement, Span, fill_placeholders, place_block
 from spring_core.types import BlockAt, PromptParts, marker_block
 
 
@@ -72,3 +73,73 @@ def test_render_chat_without_a_block_is_the_chat_template_itself(tiny):
     placed = render_chat(tokenizer, turns, BlockAt(1, 0), k=2)
     assert placed.plain_text() == parts.plain_text()
     assert placed.before.endswith("<|im_start|>user\n") and placed.after.startswith("q<|im_end|>")
+
+
+# ----- placement in other people's templates: a question asked before the context is asked again -------------------
+
+RLM = ("Use the context to answer.\nQuestion: {question} \nContext: {context} \nAnswer:")  # the hub's rlm/rag-prompt
+
+
+def rlm(question: str, context: str = "Paris is in France.") -> tuple[str, Span, Span]:
+    text, spans = fill_placeholders(RLM, {"question": "{question}", "context": "{context}"},
+                                    {"question": question, "context": context})
+    found = {name: Span(0, start, end) for name, start, end in spans}
+    return text, found["context"], found["question"]
+
+
+def test_a_question_first_prompt_reads_context_block_question_then_its_own_answer_cue():
+    text, context, question = rlm("Where is Paris?")
+    placement = place_block([text], [context], [question])
+    assert placement == Placement(BlockAt(0, text.index("Answer:")), question_first=True,
+                                  restated="Question: Where is Paris?\n")
+    [read] = placement.restate([text], k=4)
+    offset = placement.at.offset
+    parts = PromptParts(read[:offset], 4, read[offset:])
+    assert parts.render() == ("Use the context to answer.\nQuestion: Where is Paris? \nContext: Paris is in France. "
+                              "\n[r1][r2][r3][r4]Question: Where is Paris?\nAnswer:")
+
+
+def test_without_a_block_nothing_is_restated():
+    """k = 0 reads the prompt exactly as the app wrote it (and integrations do not even place a block then)."""
+    text, context, question = rlm("Where is Paris?")
+    placement = place_block([text], [context], [question])
+    assert placement.restate([text], k=0) == [text]
+    assert Placement(BlockAt(0, 3)).restate(["abcdef"], k=4) == ["abcdef"]  # nothing to restate
+
+
+def test_a_question_that_cannot_be_found_is_not_restated():
+    text, context, _ = rlm("Where is Paris?")
+    placement = place_block([text], [context], [])
+    assert placement == Placement(BlockAt(0, text.index("Answer:")))
+    assert placement.restate([text], k=4) == [text]
+
+
+def test_a_question_after_the_context_is_not_restated():
+    text = "Context:\nParis is in France.\nQuery: Where is Paris?\nAnswer:"
+    placement = place_block([text], [Span(0, 9, 28)], [Span(0, 36, 51)])
+    assert placement.restated == "" and not placement.question_first
+
+
+@pytest.mark.parametrize("text", HOSTILE + ["{context}", "{question}", "\nAnswer:"])
+def test_a_restated_question_is_its_value_as_text(text):
+    """The question is put in as it is: marker-like strings, braces and label-like text stay characters."""
+    question = f"What is {text}?"
+    prompt, context, span = rlm(question, f"A passage with {text} inside.")
+    placement = place_block([prompt], [context], [span])
+    assert placement.restated == f"Question: {question}\n"
+    [read] = placement.restate([prompt], k=2)
+    parts = PromptParts(read[:placement.at.offset], 2, read[placement.at.offset:])
+    assert parts.before == prompt[:placement.at.offset] and parts.after == f"Question: {question}\nAnswer:"
+
+
+def test_a_restated_question_gets_a_line_of_its_own():
+    """Right after a context that shares its line with the answer cue, the question starts a new line; at the end
+    of a text (a chat turn that closes with the context) no line break follows it."""
+    text = "Q: Where is Paris? C: Paris is in France. A:"
+    context, question = Span(0, text.index("Paris is"), text.index(" A:")), Span(0, 3, 18)
+    placement = place_block([text], [context], [question])
+    assert placement.at == BlockAt(0, context.end) and placement.restated == "\nQuestion: Where is Paris?\n"
+    turns = ["Where is Paris?", "Context: Paris is in France."]
+    placement = place_block(turns, [Span(1, 9, len(turns[1]))], [Span(0, 0, 15)])
+    assert placement.at == BlockAt(1, len(turns[1])) and placement.restated == "\nQuestion: Where is Paris?"
+    assert placement.restate(turns, k=1) == [turns[0], turns[1] + "\nQuestion: Where is Paris?"]
