@@ -17,7 +17,7 @@ The signals, in order:
 ``spring_core.prompts.placement.place_block`` then puts the block at the start of the question's line after the context
 (the last human turn when the context sits in an earlier message), or right after the context when the question
 comes first (``rlm/rag-prompt``); then, when the question's text was found (signals 1 and 2), the placement also
-carries the question to ask again right after the block (``Placement.restated``, ``Question: <question>``), so the
+carries the question to ask again right after the block (``Placement.restated``, on a line of its own), so the
 model reads context, block, question and the prompt's own answer cue, SPRING's order. Calls without a block
 (``k == 0``) read the prompt untouched. Values are only ever located, never parsed: a document that equals the
 question (FAQ corpora), is a prefix of it or a single word of it (a title-only document) is told apart from the

@@ -190,10 +190,10 @@ def test_a_question_first_prompt_asks_its_question_again_after_the_block():
         {"question": question, "context": context},)))
     assert signal == "template" and placement.question_first
     assert placement.at == BlockAt(0, prompt.index("Answer:"))
-    assert placement.restated == f"Question: {question}\n"
+    assert placement.restated == f"{question}\n"
     assert placement.restate([prompt], k=0) == [prompt]
     [read] = placement.restate([prompt], k=8)
-    assert read == prompt.replace("\nAnswer:", f"\nQuestion: {question}\nAnswer:")
+    assert read == prompt.replace("\nAnswer:", f"\n{question}\nAnswer:")
     # the question unknown (no template variable names it): the block after the context, nothing asked again
     placement, _ = find_placement([prompt], ["user"], RunSignals(template_inputs=({"context": context},)))
     assert placement.at == BlockAt(0, prompt.index("Answer:")) and placement.restated == ""

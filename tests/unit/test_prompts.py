@@ -91,12 +91,12 @@ def test_a_question_first_prompt_reads_context_block_question_then_its_own_answe
     text, context, question = rlm("Where is Paris?")
     placement = place_block([text], [context], [question])
     assert placement == Placement(BlockAt(0, text.index("Answer:")), question_first=True,
-                                  restated="Question: Where is Paris?\n")
+                                  restated="Where is Paris?\n")
     [read] = placement.restate([text], k=4)
     offset = placement.at.offset
     parts = PromptParts(read[:offset], 4, read[offset:])
     assert parts.render() == ("Use the context to answer.\nQuestion: Where is Paris? \nContext: Paris is in France. "
-                              "\n[r1][r2][r3][r4]Question: Where is Paris?\nAnswer:")
+                              "\n[r1][r2][r3][r4]Where is Paris?\nAnswer:")
 
 
 def test_without_a_block_nothing_is_restated():
@@ -126,10 +126,10 @@ def test_a_restated_question_is_its_value_as_text(text):
     question = f"What is {text}?"
     prompt, context, span = rlm(question, f"A passage with {text} inside.")
     placement = place_block([prompt], [context], [span])
-    assert placement.restated == f"Question: {question}\n"
+    assert placement.restated == f"{question}\n"
     [read] = placement.restate([prompt], k=2)
     parts = PromptParts(read[:placement.at.offset], 2, read[placement.at.offset:])
-    assert parts.before == prompt[:placement.at.offset] and parts.after == f"Question: {question}\nAnswer:"
+    assert parts.before == prompt[:placement.at.offset] and parts.after == f"{question}\nAnswer:"
 
 
 def test_a_restated_question_gets_a_line_of_its_own():
@@ -138,8 +138,8 @@ def test_a_restated_question_gets_a_line_of_its_own():
     text = "Q: Where is Paris? C: Paris is in France. A:"
     context, question = Span(0, text.index("Paris is"), text.index(" A:")), Span(0, 3, 18)
     placement = place_block([text], [context], [question])
-    assert placement.at == BlockAt(0, context.end) and placement.restated == "\nQuestion: Where is Paris?\n"
+    assert placement.at == BlockAt(0, context.end) and placement.restated == "\nWhere is Paris?\n"
     turns = ["Where is Paris?", "Context: Paris is in France."]
     placement = place_block(turns, [Span(1, 9, len(turns[1]))], [Span(0, 0, 15)])
-    assert placement.at == BlockAt(1, len(turns[1])) and placement.restated == "\nQuestion: Where is Paris?"
-    assert placement.restate(turns, k=1) == [turns[0], turns[1] + "\nQuestion: Where is Paris?"]
+    assert placement.at == BlockAt(1, len(turns[1])) and placement.restated == "\nWhere is Paris?"
+    assert placement.restate(turns, k=1) == [turns[0], turns[1] + "\nWhere is Paris?"]
