@@ -96,6 +96,9 @@ def render_messages(turns: Sequence[dict[str, Any]], tokenizer: Any, placement: 
     ``k``-token block at ``placement``. Conversations with tool calls or results go through
     ``render_tool_messages``."""
     at = placement.at if placement is not None else None
+    if placement is not None and placement.restated:  # a question-first prompt: its question again after the block
+        texts = placement.restate([turn["content"] for turn in turns], k)
+        turns = [{**turn, "content": text} for turn, text in zip(turns, texts, strict=True)]
     if has_chat_template(tokenizer):
         return render_chat(tokenizer, turns, at, k)
     lines = [f"{turn['role'].capitalize()}: " for turn in turns]

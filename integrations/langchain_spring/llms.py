@@ -70,6 +70,7 @@ class SpringLLM(SpringParams, LLM):
         if placement is None:
             return Request(prompt=PromptParts(prompt), settings=settings)
         offset = placement.at.offset
+        prompt = placement.restate([prompt], k)[0]  # a question-first prompt: the question again after the block
         return Request(prompt=PromptParts(prompt[:offset], k, prompt[offset:]), settings=settings)
 
     def _generate(self, prompts: list[str], stop: list[str] | None = None,

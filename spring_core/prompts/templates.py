@@ -109,6 +109,8 @@ def render_template(template: RagTemplate, question: str, passages: Sequence[Pas
         context += [Span(index, a, b) for name, a, b in spans if name == "context"]
         questions += [Span(index, a, b) for name, a, b in spans if name == "question"]
     placement = place_block(texts, context, questions) if k else None
+    if placement is not None:  # a question-first template asks its question again after the block
+        texts = placement.restate(texts, k)
     if template.is_chat:
         turns = [{"role": role, "content": text} for (role, _), text in zip(template.turns, texts, strict=True)]
         return render_chat(tokenizer, turns, placement.at if placement else None, k)

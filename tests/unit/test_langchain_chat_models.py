@@ -229,6 +229,20 @@ def test_a_question_first_prompt_gets_the_block_after_the_context_and_logs_it_on
         "SPRING reads them)") == 1
 
 
+def test_a_question_first_prompt_reads_context_block_question_and_its_answer_cue(chat, sm):
+    """The question is asked again right after the block (SPRING's order); without a block the prompt is the
+    app's own, byte for byte."""
+    context = PASSAGES[0]["text"]
+    messages = ChatPromptTemplate.from_messages([("human", HUB_STYLE)]).invoke(
+        {"question": QUESTION, "context": context}).to_messages()
+    inputs = {"rag_inputs": {"question": QUESTION, "context": context}}
+    parts = chat._chat_request(messages, None, inputs).prompt
+    assert parts.k == 8 and parts.before.endswith(f"Question: {QUESTION}\nContext: {context}\n")
+    assert parts.after == f"{QUESTION}\nAnswer:<|im_end|>\n<|im_start|>assistant\n"
+    plain = chat._chat_request(messages, None, {**inputs, "k": 0}).prompt
+    assert plain == render_messages(message_turns(messages), sm.tokenizer)
+
+
 def test_context_in_the_system_message_puts_the_block_before_the_last_human_turn(sm, retriever):
     prompt = ChatPromptTemplate.from_messages([("system", "Answer from these notes:\n\n{context}"),
                                                ("human", "{question}")])

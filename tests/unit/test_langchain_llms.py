@@ -48,6 +48,15 @@ def test_a_prompt_without_retrieval_reaches_the_model_as_written(llm, sm, tiny):
     assert generation.generation_info["usage_metadata"]["input_token_details"] == {"virtual": 0}
 
 
+def test_a_question_first_completion_prompt_asks_its_question_again_after_the_block(llm):
+    prompt = "Question: Who wrote Hamlet? \nContext: Hamlet is a play by William Shakespeare. \nAnswer:"
+    inputs = {"question": "Who wrote Hamlet?", "context": "Hamlet is a play by William Shakespeare."}
+    parts = llm._request(prompt, None, {"rag_inputs": inputs}, None).prompt
+    assert parts.before == prompt[: prompt.index("Answer:")]
+    assert parts.k == 8 and parts.after == "Who wrote Hamlet?\nAnswer:"
+    assert llm._request(prompt, None, {"rag_inputs": inputs, "k": 0}, None).prompt == PromptParts(prompt)
+
+
 def test_a_rag_chain_gets_the_block_before_the_question(llm, sm, retriever):
     docs = retriever.invoke("Who wrote Hamlet?")
     reference = sm.generate_from_prompt(build_prompt("Who wrote Hamlet?", [

@@ -21,8 +21,8 @@ def test_every_template_puts_the_block_between_the_context_and_the_question(name
     parts = render_template(TEMPLATES[name], QUESTION, PASSAGES, 4, tiny[1])
     assert parts.k == 4
     assert CONTEXT_FORMATS[TEMPLATES[name].context](PASSAGES) in parts.before
-    if name == "rlm-rag-prompt":  # the question comes first there: the block goes right after the context
-        assert QUESTION in parts.before and parts.after.startswith("Answer:")
+    if name == "rlm-rag-prompt":  # the question comes first there: after the context, the block, asked again
+        assert QUESTION in parts.before and parts.after.startswith(f"{QUESTION}\nAnswer:")
     else:
         assert QUESTION not in parts.before and QUESTION in parts.after
     assert parts.special_tokens is not TEMPLATES[name].is_chat
