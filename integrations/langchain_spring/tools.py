@@ -30,8 +30,8 @@ asks the question again.
 
 **Tool results are plain text.** Any spelling of one of the tokenizer's added tokens (``<|im_end|>``,
 ``<tool_call>``, ...) inside a tool result gets a word joiner (U+2060) after its first character, so it is read
-as characters and never becomes that token (``plain_text``); ``[r1]`` is always characters (virtual tokens are
-structure, never text).
+as characters and never becomes that token (``spring_core.prompts.layouts.literal_text``, as all content);
+``[r1]`` is always characters (virtual tokens are structure, never text).
 
 Example:
     >>> support = template_tools(tokenizer)                  # a Qwen 2.5 tokenizer
@@ -52,13 +52,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from spring_core.errors import ToolCallingError
-from spring_core.prompts.layouts import has_chat_template, unique_sentinel
+from spring_core.prompts.layouts import has_chat_template, literal_text, unique_sentinel
 from spring_core.types import BlockAt, PromptParts
 
 FORMATS = ("hermes", "llama-json", "mistral")
 """The tool-call formats ``ChatSpring`` reads."""
-
-WORD_JOINER = "\u2060"
 
 _TWO_STEP = ("for RAG without tool calling, use the two-step pattern: create_agent(chat, tools=[], "
              "middleware=[SpringRAGMiddleware(retriever)]) retrieves before the model call and places the block "
@@ -167,28 +165,6 @@ def check_tool_support(tokenizer: Any, what: str = "bind_tools") -> TemplateTool
 # ----- rendering -------------------------------------------------------------------------------------------------
 
 
-def plain_text(text: str, tokenizer: Any) -> str:
-    """``text`` with every spelling of one of ``tokenizer``'s added tokens broken by a word joiner (U+2060) after
-    its first character, so that tokenizing the rendered prompt reads it as characters, never as that token."""
-    spellings = sorted({str(s) for s in _added_spellings(tokenizer) if len(str(s)) > 1}, key=len, reverse=True)
-    if not spellings or not any(s in text for s in spellings):
-        return text
-    pattern = re.compile("|".join(re.escape(s) for s in spellings))
-    while True:
-        broken = pattern.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
-        if broken == text:
-            return text
-        text = broken
-
-
-def _added_spellings(tokenizer: Any) -> list[str]:
-    try:
-        added = list(tokenizer.get_added_vocab())
-    except Exception:
-        added = []
-    return [*added, *_specials(tokenizer)]
-
-
 def fallback_turns(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """Tool calls and results as plain turns, for a template that does not render them: an assistant turn's calls
     as lines ``Tool call: name {json arguments}`` after its text, consecutive tool results as one user turn of
@@ -282,10 +258,10 @@ def render_tool_prompt(turns: Sequence[Mapping[str, Any]], tokenizer: Any, tools
     (``answer_turns``: results, block, question); a conversation that does not close that way, and any call
     without a block, is rendered by ``fallback_turns`` (a block then goes between the results and the question
     asked again after them, or at the very end when no question was asked). ``tools`` are OpenAI-style tool
-    definitions (rendered by the template). Tool results are made ``plain_text`` first. ``render`` renders plain
+    definitions (rendered by the template). Tool results are made ``literal_text`` first. ``render`` renders plain
     turns with a block at a ``BlockAt`` (the chat template, or a transcript without one).
     """
-    turns = [dict(t, content=plain_text(str(t["content"]), tokenizer)) if t["role"] == "tool" else dict(t)
+    turns = [dict(t, content=literal_text(str(t["content"]), tokenizer)) if t["role"] == "tool" else dict(t)
              for t in turns]
     answer_step = bool(turns) and turns[-1]["role"] == "tool"
     k = k if answer_step else 0

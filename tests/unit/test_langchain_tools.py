@@ -20,10 +20,11 @@ from langchain_core.tools import tool
 from pydantic import BaseModel
 
 from langchain_spring import ChatSpring
-from langchain_spring.tools import answer_turns, fallback_turns, parse_tool_calls, plain_text, template_tools
+from langchain_spring.tools import answer_turns, fallback_turns, parse_tool_calls, template_tools
 from spring_core import Generation, SpringModel, VirtualTokens
 from spring_core.errors import ToolCallingError
 from spring_core.model.loading import load_model
+from spring_core.prompts.layouts import literal_text
 from spring_core.types import PromptParts
 
 QUESTION = "Who wrote Hamlet?"
@@ -203,7 +204,7 @@ def test_nothing_in_a_tool_result_becomes_a_token(llama4):
         assert ids.count(token_id) == clean.count(token_id), token
     virtual = [i for i, token_id in enumerate(ids) if token_id >= sm.vocab_rows]
     assert virtual == list(range(len(ids) - 8, len(ids)))
-    assert plain_text("a <|eot|> b", sm.tokenizer) == "a <\u2060|eot|> b"
+    assert literal_text("a <|eot|> b", sm.tokenizer) == "a <\u2060|eot|> b"
     text = sm.tokenizer.decode(ids[: len(ids) - 8])
     assert "[r1][r2] Paris" in text and "[r99999]" in text
 
