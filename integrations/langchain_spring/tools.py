@@ -258,11 +258,10 @@ def render_tool_prompt(turns: Sequence[Mapping[str, Any]], tokenizer: Any, tools
     (``answer_turns``: results, block, question); a conversation that does not close that way, and any call
     without a block, is rendered by ``fallback_turns`` (a block then goes between the results and the question
     asked again after them, or at the very end when no question was asked). ``tools`` are OpenAI-style tool
-    definitions (rendered by the template). Tool results are made ``literal_text`` first. ``render`` renders plain
-    turns with a block at a ``BlockAt`` (the chat template, or a transcript without one).
+    definitions (rendered by the template). Every turn's text is ``literal_text`` (``render`` makes it so for
+    plain turns; the native path here). ``render`` renders plain turns with a block at a ``BlockAt`` (the chat
+    template, or a transcript without one).
     """
-    turns = [dict(t, content=literal_text(str(t["content"]), tokenizer)) if t["role"] == "tool" else dict(t)
-             for t in turns]
     answer_step = bool(turns) and turns[-1]["role"] == "tool"
     k = k if answer_step else 0
     support = template_tools(tokenizer)
@@ -273,17 +272,17 @@ def render_tool_prompt(turns: Sequence[Mapping[str, Any]], tokenizer: Any, tools
             return render(merged, BlockAt(len(merged) - 1, offset), k)
         plain = fallback_turns(turns)
         at = None
-        if k and asked_question(turns):
+        question = asked_question(turns) if k else None
+        if question:  # the block before "Question:", found by length, not searched
             last = plain[-1]["content"]
-            question = asked_question(turns) or ""  # the block before "Question:", found by length, not searched
             at = BlockAt(len(plain) - 1, len(last) - len(question) - len(QUESTION_AGAIN) + QUESTION_AGAIN.index("Q"))
         elif k:
             return PromptParts(render(plain, None, 0).plain_text(), k, "", has_chat_template(tokenizer) is False)
         return render(plain, at, k)
     kwargs: dict[str, Any] = {"tools": list(tools)} if tools else {}
+    literal = [dict(t, content=literal_text(str(t["content"]), tokenizer)) for t in turns]
     try:
-        rendered = str(tokenizer.apply_chat_template(list(turns), tokenize=False, add_generation_prompt=True,
-                                                     **kwargs))
+        rendered = str(tokenizer.apply_chat_template(literal, tokenize=False, add_generation_prompt=True, **kwargs))
     except Exception as error:
         raise ToolCallingError(f"this model's chat template could not render the conversation with its tool calls "
                                f"({type(error).__name__}: {error}); {_TWO_STEP}") from error
