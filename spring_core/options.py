@@ -39,6 +39,7 @@ DECODINGS = ("stuff", "rag-token", "rag-sequence", "rag-sequence-fast")
 KNOWLEDGE = ("icl", "prag", "combine")
 LAYOUTS = ("raw", "chat")
 MISSING_ADAPTER = ("error", "icl")
+MERGES = ("sum", "mean")  # how several documents' adapters combine (spring_core.parametric.lora.merge_adapters)
 SETTINGS = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed", "stop")
 SEED_RANGE = (0, 2**64 - 1)  # what torch.manual_seed accepts
 

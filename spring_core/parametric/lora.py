@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from spring_core import options
 from spring_core.errors import SpringError
 from spring_core.parametric.hooks import AdapterHooks
 from spring_core.parametric.store import AdapterStore, LoraSpec
@@ -78,6 +79,21 @@ class LoraUpdate:
         return cls(factors)
 
 
+def merge_adapters(adapters: Sequence[Mapping[str, torch.Tensor]], merge: str) -> list[Mapping[str, torch.Tensor]]:
+    """The adapters ``LoraUpdate.sum`` stacks for ``merge``: ``"sum"``, all of them (the exact sum of their
+    updates), or ``"mean"``, one adapter whose ``A`` and ``B`` are the averages of theirs (DyPRAG's combination; not
+    the mean of the updates, which has cross terms)."""
+    if options.choice("merge", merge, options.MERGES) == "sum" or len(adapters) < 2:
+        return list(adapters)
+    return [{key: torch.stack([adapter[key].float() for adapter in adapters]).mean(dim=0) for key in adapters[0]}]
+
+
+def default_merge(store: AdapterStore) -> str:
+    """How a store's adapters combine unless the caller says: ``"mean"`` for a store the DyPRAG translator filled
+    (its adapters resemble each other, so their sum is about n times one update), ``"sum"`` for trained ones."""
+    return "mean" if (store.manifest.get("encoding") or {}).get("method") == "dyprag" else "sum"
+
+
 class CachedAdapters:
     """What both kinds of parametric knowledge share: a cache of the updates of recent document combinations, and
     ``activate``, which makes one of them the update of the calling context for a block.
@@ -96,6 +112,11 @@ class CachedAdapters:
 
     def _compute(self, doc_ids: tuple[str, ...]) -> LoraUpdate:
         raise NotImplementedError
+
+    def identity(self, doc_ids: Sequence[str]) -> Any:
+        """What determines the update of ``doc_ids`` (JSON-able; it names a merged adapter a server loads): here the
+        artifact's manifest, written anew with each save."""
+        return getattr(self, "manifest", None) or {}
 
     def update_for(self, doc_ids: Sequence[str]) -> LoraUpdate | None:
         """The update for ``doc_ids`` (``None`` for no documents); unknown ids raise ``UnknownDocumentError``."""
@@ -141,6 +162,8 @@ class DocumentAdapters(CachedAdapters):
     Args:
         store: the ``AdapterStore`` (its fingerprint is checked against ``model`` on open).
         model: the frozen base model; its weights are only read.
+        merge: how several documents combine (``merge_adapters``): ``"sum"``, PRAG's exact sum, or ``"mean"``;
+            default ``default_merge(store)``: the mean for a store the DyPRAG translator encoded, else the sum.
         cache_size: how many recent document combinations keep their stacked factors in memory.
 
     Example:
@@ -153,7 +176,8 @@ class DocumentAdapters(CachedAdapters):
         (False, True)
     """
 
-    def __init__(self, store: AdapterStore, model: Any, *, cache_size: int = 32):
+    def __init__(self, store: AdapterStore, model: Any, *, merge: str | None = None, cache_size: int = 32):
+        self.merge = options.choice("merge", merge, options.MERGES) if merge is not None else default_merge(store)
         super().__init__(AdapterHooks(model, list(store.spec.modules)), cache_size)
         self.store = store
         self.model = model
@@ -161,5 +185,11 @@ class DocumentAdapters(CachedAdapters):
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self.store
 
+    def identity(self, doc_ids: Sequence[str]) -> Any:
+        """The store's folder, the shards holding ``doc_ids`` (a replaced adapter lands in a new shard) and the
+        merge."""
+        return [str(self.store.folder.resolve()), [self.store._index.get(doc_id) for doc_id in doc_ids], self.merge]
+
     def _compute(self, doc_ids: tuple[str, ...]) -> LoraUpdate:
-        return LoraUpdate.sum(self.store.spec, [self.store.get(doc_id) for doc_id in doc_ids], self.model)
+        adapters = merge_adapters([self.store.get(doc_id) for doc_id in doc_ids], self.merge)
+        return LoraUpdate.sum(self.store.spec, adapters, self.model)

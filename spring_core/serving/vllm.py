@@ -239,7 +239,7 @@ class VLLMBackend:
         update = adapters.update_for(list(doc_ids))
         if update is None:
             return None
-        key = json.dumps([_adapters_identity(adapters, doc_ids), list(doc_ids)])
+        key = json.dumps([adapters.identity(doc_ids), list(doc_ids)], sort_keys=True, default=str)
         name = f"spring-rag-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         with self._lock:
             if name in self._loaded:
@@ -648,15 +648,6 @@ def _error_message(text: str) -> str:
     error = body.get("error", body) if isinstance(body, dict) else body
     message = error.get("message", error) if isinstance(error, dict) else error
     return str(message)[:500]
-
-
-def _adapters_identity(adapters: Any, doc_ids: Sequence[str]) -> Any:
-    """What names one merged update: the store's folder and the shards holding these documents (a replaced adapter
-    lands in a new shard), or an expert artifact's manifest (written anew with each save)."""
-    store = getattr(adapters, "store", None)
-    if store is not None:
-        return [str(Path(store.folder).resolve()), [store._index.get(doc_id) for doc_id in doc_ids]]
-    return json.dumps(getattr(adapters, "manifest", None) or {}, sort_keys=True, default=str)
 
 
 def serves_remotely(backend: Any) -> bool:

@@ -55,6 +55,26 @@ def test_merged_adapter_loaded_by_peft_equals_the_summed_update(tmp_path, tiny_d
     assert not torch.allclose(served, base, atol=1e-3)  # the adapter does change the answer
 
 
+def test_a_store_the_translator_encoded_averages_and_a_trained_one_sums(tmp_path, model, adapters):
+    """DyPRAG's adapters resemble each other, so its store averages several documents (the paper's merge; summed,
+    three of them act as about three times one update); PRAG's trained adapters sum. Either can be asked for."""
+    spec = adapters.store.spec
+    encoded = AdapterStore.create(tmp_path / "encoded", model, spec, base_model_name="tiny",
+                                  encoding={"method": "dyprag"})
+    encoded.add({f"doc-{i}": document_tensors(spec, i) for i in range(2)})
+    mean, total = DocumentAdapters(encoded, model), DocumentAdapters(encoded, model, merge="sum")
+    assert (adapters.merge, mean.merge, total.merge) == ("sum", "mean", "sum")
+    name = next(iter(spec.modules))
+    one, two = encoded.get("doc-0"), encoded.get("doc-1")
+    a, b = mean.update_for(["doc-0", "doc-1"]).factors[name]
+    torch.testing.assert_close(a, (one[f"{name}.lora_A"] + two[f"{name}.lora_A"]) / 2)
+    torch.testing.assert_close(b, spec.scale * (one[f"{name}.lora_B"] + two[f"{name}.lora_B"]) / 2)
+    assert total.update_for(["doc-0", "doc-1"]).rank == 4
+    assert mean.identity(["doc-0"]) != total.identity(["doc-0"])  # a served merge is named by its merge too
+    with pytest.raises(OptionError, match="merge"):
+        DocumentAdapters(encoded, model, merge="max")
+
+
 def test_an_update_on_some_layers_names_full_modules(tmp_path, model):
     spec = LoraSpec.for_model(model, rank=2, alpha=32, targets=["layers.0.mlp.up_proj"])
     store = AdapterStore.create(tmp_path / "one", model, spec, base_model_name="tiny")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from doctest_globals import document_tensors
 
 from spring_core import SpringModel, VirtualTokens
 from spring_core.errors import (
@@ -34,6 +35,8 @@ from spring_core.errors import (
     ThinClientError,
 )
 from spring_core.options import generation_settings
+from spring_core.parametric import AdapterStore, DocumentAdapters, LoraSpec
+from spring_core.parametric.dyprag import DyPRAG, DyPRAGAdapters, DyPRAGConfig, ParameterTranslator
 from spring_core.serving import VLLMBackend, as_backend
 from spring_core.serving.thin import is_thin, thin_spring_model
 from spring_core.serving.vllm import JOIN_TEMPLATE, PLACEHOLDER, PROBE_TEXT
@@ -635,3 +638,32 @@ def test_both_integrations_build_a_thin_client_for_a_server_backend(serve, tiny_
     with pytest.raises(ThinClientError, match="adapters="):
         ChatSpring(model=str(tiny_dir), backend=server.url, adapters=str(store), knowledge="prag",
                    api_key="").invoke("Hello")
+
+
+# ----- served document adapters ------------------------------------------------------------------------------------
+
+
+def test_a_served_adapter_is_named_by_everything_that_makes_its_update(serve, sm, tmp_path):
+    """The merged LoRA a server loads is named by the documents, their adapters and how they combine: two adapter
+    sets on one store that merge differently get two, a document whose text changed gets a new one (DyPRAG encodes
+    it again), and the same update is loaded once."""
+    loaded = []
+
+    def accept(handler, body):
+        loaded.append(body["lora_name"])
+        handler.reply(200, b'"ok"')
+
+    b = backend(serve(accept))
+    spec = LoraSpec.for_model(sm.model, rank=2, alpha=32)
+    store = AdapterStore.create(tmp_path / "store", sm.model, spec, base_model_name="tiny")
+    store.add({f"doc-{i}": document_tensors(spec, i) for i in range(2)})
+    with DocumentAdapters(store, sm.model) as total, DocumentAdapters(store, sm.model, merge="mean") as mean:
+        names = [b.adapter_name(sm, adapters, ["doc-0", "doc-1"]) for adapters in (total, mean, total)]
+    assert names[0] == names[2] != names[1] and loaded == names[:2]
+
+    dyprag = DyPRAG(ParameterTranslator(DyPRAGConfig.for_model(sm.model, spec, width=8)), sm.model, sm.tokenizer)
+    with DyPRAGAdapters(dyprag) as fly:
+        fly.remember("doc-0", "Harvard is in Cambridge.")
+        before = b.adapter_name(sm, fly, ["doc-0"])
+        fly.remember("doc-0", "Yale is in New Haven.")
+        assert b.adapter_name(sm, fly, ["doc-0"]) not in (before, *names)
