@@ -373,10 +373,12 @@ class DyPRAGAdapters(CachedAdapters):
                     del self._cache[key]
 
     def prepare(self, documents: Sequence[Any]) -> None:
-        """``remember`` every document of a call that has an id and a passage (``ParametricDocument``s)."""
+        """``remember`` every document of a call that has an id and a text (``ParametricDocument``s: its ``source``,
+        else its passage)."""
         for document in documents:
-            if document.adapter_id is not None and document.passage and document.adapter_id not in self._stored():
-                self.remember(str(document.adapter_id), document.passage)
+            text = document.source or document.passage
+            if document.adapter_id is not None and text and document.adapter_id not in self._stored():
+                self.remember(str(document.adapter_id), text)
 
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self._stored() or doc_id in self._encoded or doc_id in self._texts

@@ -48,11 +48,15 @@ MISSING_ADAPTER_WARNING = ("no adapter for document(s) %s: their passages go int
 
 @dataclass(frozen=True)
 class ParametricDocument:
-    """A retrieved document: its adapter id (``None``: it has none), its passage and its retriever score."""
+    """A retrieved document: its adapter id (``None``: it has none), its passage, its retriever score, and what a
+    DyPRAG translator reads to make its adapter when that is not the passage (``source``; LlamaIndex hands the
+    prompt its node as LlamaIndex renders it, metadata lines included, and the translator the node's title and
+    text, as ``parametrize --method dyprag --encode`` reads a corpus row)."""
 
     adapter_id: str | None
     passage: Passage
     score: float | None = None
+    source: Passage | None = None
 
 
 def open_adapters(folder: str | Path, model: Any, *, model_name: str | None = None) -> Any:

@@ -32,7 +32,7 @@ def translator(hooked_sm, tmp_path_factory):
 
 
 def expected(hooked_sm, translator, ids: list[str], passages: list[str], max_new_tokens: int,
-             texts: dict[str, str] | None = None) -> str:
+             texts: dict[str, str | dict[str, str]] | None = None) -> str:
     """The answer with the documents' adapters made by a separate adapter set from ``texts`` (default ``TEXTS``)."""
     with DyPRAGAdapters.open(translator, hooked_sm.model) as adapters:
         for doc_id in ids:
@@ -81,16 +81,20 @@ def test_llama_index_query_engine_with_the_postprocessor(hooked_sm, translator, 
     from llama_index.postprocessor.spring import ParametricAdapterPostprocessor
     from llama_index.retrievers.spring import SpringRetriever
 
+    rows = {doc: {"id": doc, "title": doc.capitalize(), "text": text} for doc, text in TEXTS.items()}
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"id": doc, "title": "", "text": text}) + "\n"
-                              for doc, text in TEXTS.items()))
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in rows.values()))
     retriever = SpringRetriever.from_corpus(corpus, tmp_path / "bm25", backend="bm25", similarity_top_k=2)
     llm = SpringLLM(spring_model=hooked_sm, adapters=str(translator), knowledge="prag", max_new_tokens=5)
     engine = spring_query_engine(retriever, llm, node_postprocessors=[ParametricAdapterPostprocessor()])
     response = engine.query(QUESTION)
     ids = [node.node.metadata["adapter_id"] for node in response.source_nodes]
     assert len(ids) == 2 and set(ids) <= set(TEXTS)
-    # the translator reads each passage as the LLM receives it: the node's content with its (llm) metadata
-    seen = {node.node.metadata["adapter_id"]: node.node.get_content(metadata_mode="llm")
-            for node in response.source_nodes}
-    assert response.response == expected(hooked_sm, translator, ids, [], 5, texts=seen)
+    assert all(node.node.get_content(metadata_mode="llm").startswith("title: ") for node in response.source_nodes)
+    # the translator reads each document as --encode reads its corpus row (title and text), not as the prompt
+    # shows it (LlamaIndex's "title: ..." metadata lines): on-the-fly and precomputed adapters are the same
+    sources = {doc: {"title": row["title"], "text": row["text"]} for doc, row in rows.items()}
+    assert response.response == expected(hooked_sm, translator, ids, [], 5, texts=sources)
+    rendered = {node.node.metadata["adapter_id"]: node.node.get_content(metadata_mode="llm")
+                for node in response.source_nodes}
+    assert response.response != expected(hooked_sm, translator, ids, [], 5, texts=rendered)

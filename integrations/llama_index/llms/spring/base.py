@@ -308,14 +308,16 @@ class SpringLLM(CustomLLM):
 
     @llm_completion_callback()
     def answer(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None = None,
-               adapter_ids: Sequence[str | None] | None = None, **kwargs: Any) -> CompletionResponse:
+               adapter_ids: Sequence[str | None] | None = None, sources: Sequence[Passage | None] | None = None,
+               **kwargs: Any) -> CompletionResponse:
         """Answer ``query`` from ``passages`` read as separate passages with ``decoding`` (per call: ``decoding=``).
 
         LlamaIndex's instrumentation sees the call as a completion whose prompt is ``query``. ``scores`` are the
         retriever's (higher is better, e.g. ``NodeWithScore.score``); ``None`` or all-``None`` weighs the passages
         equally. ``adapter_ids`` name each passage's document adapter for ``knowledge`` ``prag`` /
-        ``combine`` (per call: ``knowledge=``); they are active for this call only. Other keyword arguments:
-        ``k`` and the generation settings of ``complete``.
+        ``combine`` (per call: ``knowledge=``); they are active for this call only. ``sources``: what a DyPRAG
+        translator reads of each passage's document when not the passage (``SpringSynthesizer`` passes the nodes'
+        titles and texts). Other keyword arguments: ``k`` and the generation settings of ``complete``.
 
         Example:
             >>> llm = SpringLLM(model_name="my-llama/", tokens="my-tokens/", decoding="rag-token", k=10,
@@ -324,18 +326,21 @@ class SpringLLM(CustomLLM):
             >>> response.additional_kwargs["virtual_tokens"]  # 10 per passage ('Y' with trained tokens)
             20
         """
-        return _response(self._engine.generate(self._answer_request(query, passages, scores, adapter_ids, kwargs)))
+        return _response(self._engine.generate(self._answer_request(query, passages, scores, adapter_ids, sources,
+                                                                    kwargs)))
 
     def _answer_request(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None,
-                        adapter_ids: Sequence[str | None] | None, kwargs: dict[str, Any]) -> Request:
+                        adapter_ids: Sequence[str | None] | None, sources: Sequence[Passage | None] | None,
+                        kwargs: dict[str, Any]) -> Request:
         settings = self._settings(kwargs, extra=("k", "decoding", "knowledge"))
         passages = options.passages(passages, required=True)
         scores = list(scores) if scores is not None else [None] * len(passages)
         ids = list(adapter_ids) if adapter_ids is not None else [None] * len(passages)
-        if not len(scores) == len(ids) == len(passages):
-            raise OptionError(f"got {len(passages)} passages, {len(scores)} scores and {len(ids)} adapter ids; "
-                              "give one of each per passage")
-        documents = [ParametricDocument(i, p, s) for i, p, s in zip(ids, passages, scores, strict=True)]
+        sources = list(sources) if sources is not None else [None] * len(passages)
+        if not len(scores) == len(ids) == len(sources) == len(passages):
+            raise OptionError(f"got {len(passages)} passages, {len(scores)} scores, {len(ids)} adapter ids and "
+                              f"{len(sources)} sources; give one of each per passage")
+        documents = [ParametricDocument(*document) for document in zip(ids, passages, scores, sources, strict=True)]
         return Request(question=query, documents=documents, k=kwargs.get("k", self.k),
                        decoding=kwargs.get("decoding", self.decoding),
                        knowledge=kwargs.get("knowledge", self.knowledge),
@@ -344,10 +349,11 @@ class SpringLLM(CustomLLM):
 
     @llm_completion_callback()
     async def aanswer(self, query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None = None,
-                      adapter_ids: Sequence[str | None] | None = None, **kwargs: Any) -> CompletionResponse:
+                      adapter_ids: Sequence[str | None] | None = None, sources: Sequence[Passage | None] | None = None,
+                      **kwargs: Any) -> CompletionResponse:
         """Async twin of ``answer`` (awaited on a server backend; in process it runs in a worker thread)."""
         return _response(await self._engine.agenerate(self._answer_request(query, passages, scores, adapter_ids,
-                                                                          kwargs)))
+                                                                          sources, kwargs)))
 
     # ----- completion ----------------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.response_synthesizers.base import BaseSynthesizer
-from llama_index.core.schema import NodeWithScore, QueryType
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryType
 from llama_index.core.types import RESPONSE_TEXT_TYPE
 from llama_index.llms.spring.base import SpringLLM
 
@@ -60,17 +60,23 @@ class SpringSynthesizer(BaseSynthesizer):
 
     def synthesize(self, query: QueryType, nodes: list[NodeWithScore],
                    additional_source_nodes: Sequence[NodeWithScore] | None = None, **response_kwargs: Any) -> Any:
-        # get_response only sees the nodes' texts, so their scores and adapter ids travel beside them.
-        response_kwargs.setdefault("scores", [node.score for node in nodes])
-        response_kwargs.setdefault("adapter_ids", _adapter_ids(nodes, self._adapter_key))
-        return super().synthesize(query, nodes, additional_source_nodes, **response_kwargs)
+        # get_response only sees the nodes' texts, so their scores, adapter ids and sources travel beside them.
+        return super().synthesize(query, nodes, additional_source_nodes, **self._beside(nodes, response_kwargs))
 
     async def asynthesize(self, query: QueryType, nodes: list[NodeWithScore],
                           additional_source_nodes: Sequence[NodeWithScore] | None = None,
                           **response_kwargs: Any) -> Any:
+        return await super().asynthesize(query, nodes, additional_source_nodes, **self._beside(nodes, response_kwargs))
+
+    def _beside(self, nodes: Sequence[NodeWithScore], response_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``response_kwargs`` with the nodes' scores, adapter ids and sources (title and text, without LlamaIndex's
+        metadata lines: what a DyPRAG translator reads, as ``--encode`` reads a corpus row) where not given."""
         response_kwargs.setdefault("scores", [node.score for node in nodes])
-        response_kwargs.setdefault("adapter_ids", _adapter_ids(nodes, self._adapter_key))
-        return await super().asynthesize(query, nodes, additional_source_nodes, **response_kwargs)
+        response_kwargs.setdefault("adapter_ids", [node.node.metadata.get(self._adapter_key) for node in nodes])
+        response_kwargs.setdefault("sources", [{"title": str(node.node.metadata.get("title") or ""),
+                                                "text": node.node.get_content(metadata_mode=MetadataMode.NONE)}
+                                               for node in nodes])
+        return response_kwargs
 
     def get_response(self, query_str: str, text_chunks: Sequence[str], scores: Sequence[float | None] | None = None,
                      **response_kwargs: Any) -> RESPONSE_TEXT_TYPE:
@@ -88,10 +94,6 @@ class SpringSynthesizer(BaseSynthesizer):
         if self._k is not None:
             response_kwargs.setdefault("k", self._k)
         return llm.answer(query_str, list(text_chunks), scores, **response_kwargs).text
-
-
-def _adapter_ids(nodes: Sequence[NodeWithScore], key: str) -> list[str | None]:
-    return [node.node.metadata.get(key) for node in nodes]
 
 
 def _once(text: str) -> Generator[str, None, None]:
