@@ -340,7 +340,8 @@ class SpringLLM(CustomLLM):
         if not len(scores) == len(ids) == len(sources) == len(passages):
             raise OptionError(f"got {len(passages)} passages, {len(scores)} scores, {len(ids)} adapter ids and "
                               f"{len(sources)} sources; give one of each per passage")
-        documents = [ParametricDocument(*document) for document in zip(ids, passages, scores, sources, strict=True)]
+        documents = [ParametricDocument(doc_id, passage, score, source=source)
+                     for doc_id, passage, score, source in zip(ids, passages, scores, sources, strict=True)]
         return Request(question=query, documents=documents, k=kwargs.get("k", self.k),
                        decoding=kwargs.get("decoding", self.decoding),
                        knowledge=kwargs.get("knowledge", self.knowledge),
