@@ -60,7 +60,7 @@ from spring_core.parametric.hooks import AdapterHooks
 from spring_core.parametric.poly import PolyAdapters
 from spring_core.retrieval import create_store
 from spring_train.augment import augment_corpus, read_augmented
-from spring_train.dyprag import DyPRAGSettings, _prepare, encode_corpus, train_dyprag
+from spring_train.dyprag import DyPRAGSettings, encode_corpus, read_documents, train_dyprag
 from spring_train.dyprag import score as translator_scores
 from spring_train.parametrize import PolySettings, PragSettings, parametrize, train_poly
 
@@ -217,7 +217,7 @@ def offline_dyprag(sm: SpringModel, docs: list[dict], train_docs: list[dict], wo
     benchmark = read_augmented(work / "cloze.jsonl")
     prag_store = AdapterStore.open(work / "prag", model=sm.model)
     pairs = [(doc_id, row) for doc_id, row in benchmark.items() if row.get("status") == "ok" and doc_id in prag_store]
-    unseen = _prepare(sm, pairs, prag_store, settings, show_progress=False)
+    unseen = read_documents(sm, pairs, prag_store, settings, show_progress=False)
     with AdapterHooks(sm.model, list(dyprag.spec.modules)) as hooks:
         unseen_scores = translator_scores(dyprag, hooks, unseen, [row for _, row in pairs])
     return {
@@ -305,7 +305,7 @@ def latency(sm: SpringModel, store: DocumentAdapters, dyprag: DyPRAG, questions:
         return [statistics.median(v) for v in values]
 
     def activate_cold() -> None:
-        store._cache.clear()
+        store.clear_cache()
         with store.activate(ids):
             pass
 
@@ -313,8 +313,7 @@ def latency(sm: SpringModel, store: DocumentAdapters, dyprag: DyPRAG, questions:
     on_the_fly.prepare(docs)
 
     def activate_dyprag_cold() -> None:
-        on_the_fly._cache.clear()
-        on_the_fly._encoded.clear()
+        on_the_fly.clear_cache()
         with on_the_fly.activate(ids):
             pass
 

@@ -64,8 +64,9 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--templates", choices=list(TEMPLATE_SETS), default="spring",
                        help="spring: every example in --layout (default); varied: each example in one of the RAG "
                             "templates apps use (SPRING's raw and chat layouts, LlamaIndex's and LangChain's "
-                            "defaults, paraphrases), the block placed as the integrations place it; chat: only the "
-                            "chat ones (SPRING's chat layout, LangChain's RAG tutorial)")
+                            "defaults, rlm/rag-prompt, paraphrases), the block placed as the integrations place it; "
+                            "chat: only the chat ones (SPRING's chat layout, LangChain's RAG tutorial, rlm/rag-prompt "
+                            "as LangGraph's tutorial sends it)")
     train.add_argument("--init-text", help="sentence to initialise the tokens from (default: the paper's)")
     train.add_argument("--init-tokens", help="start from the tokens of this artifact instead (a warm start, e.g. "
                                              "SPRING+ from trained SPRING tokens)")

@@ -383,6 +383,13 @@ class DyPRAGAdapters(CachedAdapters):
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self._stored() or doc_id in self._encoded or doc_id in self._texts
 
+    def clear_cache(self) -> None:
+        """Forget cached combinations and every generated adapter (the remembered texts stay, so each document is
+        encoded again on its next use)."""
+        with self._encode_lock:
+            self._encoded.clear()
+        super().clear_cache()
+
     def adapter(self, doc_id: str) -> dict[str, torch.Tensor]:
         """The adapter of ``doc_id``: stored, cached, or encoded now from its remembered text."""
         store = self._stored()

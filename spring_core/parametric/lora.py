@@ -134,6 +134,12 @@ class CachedAdapters:
                 self._cache.popitem(last=False)
         return update
 
+    def clear_cache(self) -> None:
+        """Forget every cached combination's update (to free its memory, or to time a cold activation); the next
+        ``activate`` computes it again."""
+        with self._lock:
+            self._cache.clear()
+
     @contextmanager
     def activate(self, doc_ids: Sequence[str]) -> Iterator[LoraUpdate | None]:
         """Forward passes in this block (this thread / task only) run with the documents' update."""

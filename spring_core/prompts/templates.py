@@ -61,6 +61,13 @@ class RagTemplate:
         return self.turns[0][0] != "raw"
 
 
+RLM_RAG_PROMPT = ("You are an assistant for question-answering tasks. Use the following pieces of retrieved context "
+                  "to answer the question. If you don't know the answer, just say that you don't know. Use three "
+                  "sentences maximum and keep the answer concise.\nQuestion: {question} \nContext: {context} "
+                  "\nAnswer:")
+"""LangChain hub's ``rlm/rag-prompt`` (LangGraph's RAG tutorial): the question *before* the context."""
+
+
 def _raw(name: str, text: str, context: str) -> RagTemplate:
     return RagTemplate(name, (("raw", text),), context)
 
@@ -79,10 +86,8 @@ TEMPLATES: dict[str, RagTemplate] = {t.name: t for t in (
                                                   "If you don't know the answer, say that you don't know. Use three "
                                                   "sentences maximum and keep the answer concise.\n\n{context}"),
                                        ("user", "{question}")), "joined"),
-    _raw("rlm-rag-prompt", "You are an assistant for question-answering tasks. Use the following pieces of "
-                           "retrieved context to answer the question. If you don't know the answer, just say that "
-                           "you don't know. Use three sentences maximum and keep the answer concise.\n"
-                           "Question: {question} \nContext: {context} \nAnswer:", "joined"),
+    _raw("rlm-rag-prompt", RLM_RAG_PROMPT, "joined"),
+    RagTemplate("rlm-rag-prompt-chat", (("user", RLM_RAG_PROMPT),), "joined"),
     _raw("paraphrase-passages", "Passages:\n{context}\n\nAnswer the question using the passages above.\n"
                                 "Q: {question}\nA:", "numbered"),
     _raw("paraphrase-background", "Here is some background information.\n\n{context}\n\nWith that in mind, "

@@ -303,6 +303,18 @@ def test_a_new_text_for_an_id_is_encoded_again_and_the_identity_names_translator
             dyprag.manifest["files"]["translator.safetensors"]["sha256"]
 
 
+def test_clear_cache_forgets_updates_and_generated_adapters_but_keeps_the_texts(sm, trained):
+    dyprag = DyPRAG.open(trained[0], sm.model)
+    with DyPRAGAdapters(dyprag) as adapters:
+        adapters.remember("doc", CORPUS[0])
+        before = adapters.update_for(["doc"])
+        adapters.clear_cache()
+        assert not adapters._cache and not adapters._encoded and "doc" in adapters
+        again = adapters.update_for(["doc"])  # encoded anew from the remembered text: a new, equal update
+        name = next(iter(dyprag.spec.modules))
+        assert again is not before and torch.equal(again.factors[name][0], before.factors[name][0])
+
+
 def test_mean_merge_averages_the_factors_and_sum_stacks_them(sm, trained):
     dyprag = DyPRAG.open(trained[0], sm.model)
     with DyPRAGAdapters(dyprag) as mean, DyPRAGAdapters(dyprag, merge="sum") as total:

@@ -9,7 +9,13 @@ import torch
 from test_trainer import config, write_qa
 
 from spring_core import SpringModel, VirtualTokens
-from spring_core.prompts.templates import CONTEXT_FORMATS, TEMPLATE_SETS, TEMPLATES, render_template
+from spring_core.prompts.templates import (
+    CONTEXT_FORMATS,
+    RLM_RAG_PROMPT,
+    TEMPLATE_SETS,
+    TEMPLATES,
+    render_template,
+)
 from spring_train.batching import answer_loss_sum, build_example, collate
 from spring_train.trainer import train
 
@@ -21,7 +27,7 @@ def test_every_template_puts_the_block_between_the_context_and_the_question(name
     parts = render_template(TEMPLATES[name], QUESTION, PASSAGES, 4, tiny[1])
     assert parts.k == 4
     assert CONTEXT_FORMATS[TEMPLATES[name].context](PASSAGES) in parts.before
-    if name == "rlm-rag-prompt":  # the question comes first there: after the context, the block, asked again
+    if name.startswith("rlm-rag-prompt"):  # the question comes first there: after the context, the block, asked again
         assert QUESTION in parts.before and parts.after.startswith(f"{QUESTION}\nAnswer:")
     else:
         assert QUESTION not in parts.before and QUESTION in parts.after
@@ -35,7 +41,24 @@ def test_the_templates_agree_with_the_integrations():
     assert render_template(TEMPLATES["llamaindex-text-qa"], QUESTION, PASSAGES, 1).after == (
         "Query: Who wrote Hamlet?\nAnswer: ")
     assert TEMPLATE_SETS["varied"] == tuple(TEMPLATES) and TEMPLATE_SETS["spring"] == ()
-    assert TEMPLATE_SETS["chat"] == ("spring-chat", "langchain-tutorial")
+    assert TEMPLATE_SETS["chat"] == ("spring-chat", "langchain-tutorial", "rlm-rag-prompt-chat")
+
+
+def test_the_rlm_chat_template_is_the_prompt_chat_spring_reads_in_langgraphs_rag_tutorial(tiny):
+    """LangGraph's tutorial sends the hub's rlm/rag-prompt to a chat model as one human message; ChatSpring places
+    the block from the template's variables and asks the question again after it. Training must see that prompt."""
+    from langchain_spring.chat_models import render_messages
+    from langchain_spring.placement import find_placement
+    from langchain_spring.tracking import RunSignals
+
+    context = CONTEXT_FORMATS["joined"](PASSAGES)
+    text = RLM_RAG_PROMPT.format(question=QUESTION, context=context)
+    placement, signal = find_placement([text], ["user"], RunSignals(template_inputs=(
+        {"question": QUESTION, "context": context},)))
+    read = render_messages([{"role": "user", "content": text}], tiny[1], placement, 4)
+    trained = render_template(TEMPLATES["rlm-rag-prompt-chat"], QUESTION, PASSAGES, 4, tiny[1])
+    assert signal == "template" and (trained.before, trained.k, trained.after) == (read.before, read.k, read.after)
+    assert trained.after.startswith(f"{QUESTION}\nAnswer:")
 
 
 def test_each_context_is_written_as_its_ecosystem_writes_retrieved_passages(tiny):

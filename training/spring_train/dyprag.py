@@ -181,7 +181,7 @@ def train_dyprag(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], st
     record = {"settings": settings.record(), "store": _store_record(store), "documents": [d for d, _ in pairs]}
     start_step, seconds_before, sums = (_restore(out, record, translator, optimizer) if resume else (0, 0.0, []))
 
-    docs = _prepare(sm, pairs, store, settings, show_progress)
+    docs = read_documents(sm, pairs, store, settings, show_progress)
     total = settings.epochs * len(docs)
     report_out.documents = len(docs)
     progress = _progress(total, show_progress, desc="dyprag", unit="step")
@@ -222,7 +222,7 @@ def train_dyprag(sm: SpringModel, augmented: Mapping[str, Mapping[str, Any]], st
         report_out.scores = score(dyprag, hooks, docs[:SCORED_DOCUMENTS],
                                   [row for _, row in pairs[:SCORED_DOCUMENTS]])
         if apart:
-            held = _prepare(sm, apart, store, settings, show_progress=False)
+            held = read_documents(sm, apart, store, settings, show_progress=False)
             report_out.scores["held_out"] = score(dyprag, hooks, held, [row for _, row in apart])
     dyprag.save(out, base_model_name=model_name, training={**settings.record(), "steps": total,
                                                            "seconds": round(report_out.seconds, 1),
@@ -293,7 +293,7 @@ def score(dyprag: DyPRAG, hooks: AdapterHooks, docs: Sequence[_Document],
     return {**scores, "documents": len(docs), "encode_seconds_per_document": round(encode_seconds, 4)}
 
 
-def _prepare(sm: SpringModel, pairs: Sequence[tuple[str, Mapping[str, Any]]], store: AdapterStore,
+def read_documents(sm: SpringModel, pairs: Sequence[tuple[str, Mapping[str, Any]]], store: AdapterStore,
              settings: DyPRAGSettings, show_progress: bool) -> list[_Document]:
     """Every document's state, examples (one padded batch) and PRAG target, read once before training."""
     device = _device(sm.model)
