@@ -45,7 +45,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from safetensors import SafetensorError
@@ -355,7 +355,8 @@ class DyPRAGAdapters(CachedAdapters):
 
     def remember(self, doc_id: str, document: Passage) -> None:
         """Know ``doc_id``'s text, so a call can activate it (its adapter is encoded on first use). A new text for an
-        id already encoded drops its adapter and every cached combination with it, so it is encoded again."""
+        id already encoded drops its adapter, so it is encoded again (cached combinations are keyed by the digests
+        of their texts, so none is reused for the new one)."""
         if not isinstance(doc_id, str) or not doc_id:
             raise OptionError(f"a document id must be a non-empty string, got {doc_id!r}")
         digest = _digest(document)
@@ -364,20 +365,17 @@ class DyPRAGAdapters(CachedAdapters):
             self._texts.move_to_end(doc_id)
             while len(self._texts) > self.text_cache_size:
                 self._texts.popitem(last=False)
-            stale = doc_id in self._encoded and self._encoded[doc_id][1] != digest
-            if stale:
+            if doc_id in self._encoded and self._encoded[doc_id][1] != digest:
                 del self._encoded[doc_id]
-        if stale:
-            with self._lock:
-                for key in [key for key in self._cache if doc_id in key]:
-                    del self._cache[key]
 
     def prepare(self, documents: Sequence[Any]) -> None:
         """``remember`` every document of a call that has an id and a text (``ParametricDocument``s: its ``source``,
-        else its passage)."""
+        else its passage); one with nothing to read (an empty text, or a title and text both empty) is left out, so
+        it counts as a document without an adapter (``missing_adapter`` decides)."""
         for document in documents:
             text = document.source or document.passage
-            if document.adapter_id is not None and text and document.adapter_id not in self._stored():
+            readable = bool(text) and bool(document_text(text).strip())
+            if document.adapter_id is not None and readable and document.adapter_id not in self._stored():
                 self.remember(str(document.adapter_id), text)
 
     def __contains__(self, doc_id: object) -> bool:
@@ -392,24 +390,7 @@ class DyPRAGAdapters(CachedAdapters):
 
     def adapter(self, doc_id: str) -> dict[str, torch.Tensor]:
         """The adapter of ``doc_id``: stored, cached, or encoded now from its remembered text."""
-        store = self._stored()
-        if doc_id in store:
-            return store.get(doc_id)
-        with self._encode_lock:
-            cached = self._encoded.get(doc_id)
-            if cached is not None:
-                self._encoded.move_to_end(doc_id)
-                return cached[0]
-            document = self._texts.get(doc_id)
-        if document is None:
-            raise UnknownDocumentError(f"no adapter and no text for document {doc_id!r}; pass its passage with the "
-                                       "call (ParametricDocument) or adapters.remember(id, text) first")
-        adapter = self.dyprag.encode(document)
-        with self._encode_lock:
-            self._encoded[doc_id] = (adapter, _digest(document))
-            while len(self._encoded) > self.encoded_cache_size:
-                self._encoded.popitem(last=False)
-        return adapter
+        return self._adapters(self._snapshot((doc_id,))[1])[0]
 
     def _stored(self) -> Any:
         return self.prag_store if self.prag_store is not None else ()
@@ -417,20 +398,62 @@ class DyPRAGAdapters(CachedAdapters):
     def identity(self, doc_ids: Sequence[str]) -> list[Any]:
         """What determines the update of ``doc_ids``: the translator's weights hash, the merge, and per document
         its stored shard or the SHA-256 of the text it is encoded from (it names a merged adapter a server loads)."""
+        return self._snapshot(tuple(doc_ids))[0]
+
+    def _snapshot(self, doc_ids: tuple[str, ...]) -> tuple[list[Any], list[_Source]]:
+        """The identity and, per document, what its adapter is made from, read at one moment: another call that
+        remembers a new text for an id meanwhile changes neither."""
         store = self._stored()
         translator = self.manifest.get("files", {}).get(TRANSLATOR, {}).get("sha256")
-        documents = []
-        for doc_id in doc_ids:
-            if doc_id in store:
-                documents.append(["stored", str(self.prag_store.folder.resolve()), self.prag_store._index.get(doc_id)])
-            else:
-                with self._encode_lock:
-                    document, cached = self._texts.get(doc_id), self._encoded.get(doc_id)
-                documents.append(["text", cached[1] if cached is not None else _digest(document or "")])
-        return [translator or id(self.dyprag), self.merge, documents]
+        documents, sources = [], []
+        with self._encode_lock:
+            for doc_id in doc_ids:
+                if doc_id in store:
+                    documents.append(["stored", str(self.prag_store.folder.resolve()),
+                                      self.prag_store.shard_of(doc_id)])
+                    sources.append(_Source(doc_id, stored=True))
+                    continue
+                cached, document = self._encoded.get(doc_id), self._texts.get(doc_id)
+                digest = cached[1] if cached is not None else _digest(document) if document is not None else None
+                documents.append(["text", digest])
+                sources.append(_Source(doc_id, document=document, encoded=cached[0] if cached is not None else None,
+                                       digest=digest))
+        return [translator or id(self.dyprag), self.merge, documents], sources
 
-    def _compute(self, doc_ids: tuple[str, ...]) -> LoraUpdate:
-        adapters = merge_adapters([self.adapter(doc_id) for doc_id in doc_ids], self.merge)
+    def _adapters(self, sources: Sequence[_Source]) -> list[dict[str, torch.Tensor]]:
+        """Each source's adapter: stored, generated before, or encoded now from its text (and kept while that text
+        is still the id's)."""
+        adapters = []
+        for source in sources:
+            if source.stored:
+                adapters.append(self.prag_store.get(source.doc_id))
+                continue
+            if source.digest is None:
+                self._unknown(source.doc_id)
+            if source.encoded is not None:
+                with self._encode_lock:
+                    if source.doc_id in self._encoded:
+                        self._encoded.move_to_end(source.doc_id)
+                adapters.append(source.encoded)
+                continue
+            adapter = self.dyprag.encode(source.document)
+            with self._encode_lock:
+                current = self._texts.get(source.doc_id)
+                if current is not None and _digest(current) == source.digest:
+                    self._encoded[source.doc_id] = (adapter, source.digest)
+                    while len(self._encoded) > self.encoded_cache_size:
+                        self._encoded.popitem(last=False)
+            adapters.append(adapter)
+        return adapters
+
+    @staticmethod
+    def _unknown(doc_id: str) -> NoReturn:
+        raise UnknownDocumentError(f"no adapter and no text for document {doc_id!r}; pass its passage with the "
+                                   "call (ParametricDocument) or adapters.remember(id, text) first")
+
+    def _compute(self, doc_ids: tuple[str, ...], state: Any = None) -> LoraUpdate:
+        sources = state if state is not None else self._snapshot(doc_ids)[1]
+        adapters = merge_adapters(self._adapters(sources), self.merge)
         return LoraUpdate.sum(self.spec, adapters, self.dyprag.model)
 
     @classmethod
@@ -440,6 +463,18 @@ class DyPRAGAdapters(CachedAdapters):
         if store is not None and not isinstance(store, AdapterStore):
             store = AdapterStore.open(store, model=model, model_name=model_name)
         return DyPRAG.open(folder, model, model_name=model_name).adapters(store=store, merge=merge)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What one document's adapter is made from at a snapshot: the paired store (``stored``), an ``encoded`` adapter
+    generated before, or a ``document`` to encode; ``digest`` names that text (``None``: nothing known)."""
+
+    doc_id: str
+    stored: bool = False
+    document: Passage | None = None
+    encoded: dict[str, torch.Tensor] | None = None
+    digest: str | None = None
 
 
 def _digest(document: Passage) -> str:

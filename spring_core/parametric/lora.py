@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,6 +34,9 @@ from spring_core import options
 from spring_core.errors import SpringError
 from spring_core.parametric.hooks import AdapterHooks
 from spring_core.parametric.store import AdapterStore, LoraSpec
+
+SNAPSHOT_TRIES = 8
+"""How often ``CachedAdapters.update_and_identity`` makes an update again when its documents keep changing."""
 
 
 @dataclass(frozen=True)
@@ -104,13 +108,14 @@ class CachedAdapters:
     def __init__(self, hooks: AdapterHooks | None, cache_size: int = 32):
         self.hooks = hooks
         self.cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, ...], LoraUpdate] = OrderedDict()
+        self._cache: OrderedDict[tuple[tuple[str, ...], str], LoraUpdate] = OrderedDict()  # ids, identity
         self._lock = threading.Lock()
 
     def __contains__(self, doc_id: object) -> bool:
         raise NotImplementedError
 
-    def _compute(self, doc_ids: tuple[str, ...]) -> LoraUpdate:
+    def _compute(self, doc_ids: tuple[str, ...], state: Any = None) -> LoraUpdate:
+        """The update of ``doc_ids``, made from ``state`` (``_snapshot``'s) when the subclass takes one."""
         raise NotImplementedError
 
     def identity(self, doc_ids: Sequence[str]) -> Any:
@@ -118,21 +123,40 @@ class CachedAdapters:
         artifact's manifest, written anew with each save."""
         return getattr(self, "manifest", None) or {}
 
+    def _snapshot(self, doc_ids: tuple[str, ...]) -> tuple[Any, Any]:
+        """``(identity, state)``: what determines the update of ``doc_ids`` now, and what ``_compute`` needs to make
+        exactly that update. ``state`` ``None`` (the default): ``_compute`` reads the documents itself, and
+        ``update_and_identity`` reads the identity again afterwards to check that they did not change meanwhile."""
+        return self.identity(doc_ids), None
+
     def update_for(self, doc_ids: Sequence[str]) -> LoraUpdate | None:
         """The update for ``doc_ids`` (``None`` for no documents); unknown ids raise ``UnknownDocumentError``."""
+        return self.update_and_identity(doc_ids)[0]
+
+    def update_and_identity(self, doc_ids: Sequence[str]) -> tuple[LoraUpdate | None, Any]:
+        """The update for ``doc_ids`` and its ``identity``, taken together, so a name made from the identity never
+        labels another update: the cache is keyed by the identity (a replaced document or a new text makes a new
+        update), and an update made while its documents changed is made again."""
         key = tuple(doc_ids)
         if not key:
-            return None
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        update = self._compute(key)
-        with self._lock:
-            self._cache[key] = update
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return update
+            return None, None
+        for _ in range(SNAPSHOT_TRIES):
+            identity, state = self._snapshot(key)
+            cache_key = (key, json.dumps(identity, sort_keys=True, default=str))
+            with self._lock:
+                if cache_key in self._cache:
+                    self._cache.move_to_end(cache_key)
+                    return self._cache[cache_key], identity
+            update = self._compute(key, state)
+            if state is None and self.identity(key) != identity:
+                continue  # a document changed while its update was made: make it again from what is there now
+            with self._lock:
+                self._cache[cache_key] = update
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+            return update, identity
+        raise SpringError(f"the adapters of {list(key)} changed {SNAPSHOT_TRIES} times while their update was being "
+                          "made (another writer is replacing them); try the call again")
 
     def clear_cache(self) -> None:
         """Forget every cached combination's update (to free its memory, or to time a cold activation); the next
@@ -194,8 +218,8 @@ class DocumentAdapters(CachedAdapters):
     def identity(self, doc_ids: Sequence[str]) -> Any:
         """The store's folder, the shards holding ``doc_ids`` (a replaced adapter lands in a new shard) and the
         merge."""
-        return [str(self.store.folder.resolve()), [self.store._index.get(doc_id) for doc_id in doc_ids], self.merge]
+        return [str(self.store.folder.resolve()), [self.store.shard_of(doc_id) for doc_id in doc_ids], self.merge]
 
-    def _compute(self, doc_ids: tuple[str, ...]) -> LoraUpdate:
+    def _compute(self, doc_ids: tuple[str, ...], state: Any = None) -> LoraUpdate:
         adapters = merge_adapters([self.store.get(doc_id) for doc_id in doc_ids], self.merge)
         return LoraUpdate.sum(self.store.spec, adapters, self.model)

@@ -93,7 +93,12 @@ class PolyAdapters(CachedAdapters):
     def __len__(self) -> int:
         return len(self.doc_ids)
 
-    def _compute(self, doc_ids: tuple[str, ...]) -> LoraUpdate:
+    def identity(self, doc_ids: Sequence[str]) -> Any:
+        """The artifact's manifest (``id`` of these experts when they were never saved) and ``top_experts``, which
+        changes every update."""
+        return [self.manifest or id(self), self.top_experts]
+
+    def _compute(self, doc_ids: tuple[str, ...], state: Any = None) -> LoraUpdate:
         unknown = [d for d in doc_ids if d not in self.rows]
         if unknown:
             raise UnknownDocumentError(f"no routing vector for document(s) {unknown}; add them with "

@@ -259,6 +259,11 @@ class AdapterStore:
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self._index
 
+    def shard_of(self, doc_id: str) -> str | None:
+        """The file that holds ``doc_id``'s adapter (a replaced adapter is written to a new one), or ``None``."""
+        with self._lock:
+            return self._index.get(doc_id)
+
     def ids(self) -> list[str]:
         return list(self._index)
 

@@ -234,12 +234,13 @@ class VLLMBackend:
 
     def adapter_name(self, spring: SpringModel, adapters: Any, doc_ids: Sequence[str], *,
                      deadline: Deadline | None = None) -> str | None:
-        """The served LoRA holding the summed update of ``doc_ids`` (merged, written and loaded once per key);
-        ``None`` for no documents."""
-        update = adapters.update_for(list(doc_ids))
+        """The served LoRA holding the merged update of ``doc_ids`` (merged as the adapter set merges, written and
+        loaded once per key); ``None`` for no documents. The name is made from the update's ``identity``, read
+        together with the update, so it never labels the update of another text or shard."""
+        update, identity = adapters.update_and_identity(list(doc_ids))
         if update is None:
             return None
-        key = json.dumps([adapters.identity(doc_ids), list(doc_ids)], sort_keys=True, default=str)
+        key = json.dumps([identity, list(doc_ids)], sort_keys=True, default=str)
         name = f"spring-rag-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         with self._lock:
             if name in self._loaded:

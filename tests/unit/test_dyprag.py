@@ -315,6 +315,45 @@ def test_clear_cache_forgets_updates_and_generated_adapters_but_keeps_the_texts(
         assert again is not before and torch.equal(again.factors[name][0], before.factors[name][0])
 
 
+def test_a_text_remembered_while_an_update_is_made_never_takes_its_name(sm, trained):
+    """Another call remembers a new text for the same id while this call's update is being encoded: the update
+    and the identity (what names a served LoRA) both belong to the text read at the start, and the next call for
+    the new text gets its own update, not the one cached meanwhile."""
+    dyprag = DyPRAG.open(trained[0], sm.model)
+    with DyPRAGAdapters(dyprag) as adapters, DyPRAGAdapters(dyprag) as reference:
+        adapters.remember("doc", CORPUS[0])
+        encode = dyprag.encode
+
+        def encode_while_another_call_remembers(document):
+            adapters.remember("doc", CORPUS[2])  # the other call, in between
+            return encode(document)
+
+        dyprag.encode = encode_while_another_call_remembers
+        try:
+            first, first_identity = adapters.update_and_identity(["doc"])
+        finally:
+            dyprag.encode = encode
+        second, second_identity = adapters.update_and_identity(["doc"])
+        reference.remember("a", CORPUS[0])
+        reference.remember("b", CORPUS[2])
+        name = next(iter(dyprag.spec.modules))
+        assert torch.equal(first.factors[name][0], reference.update_for(["a"]).factors[name][0])
+        assert torch.equal(second.factors[name][0], reference.update_for(["b"]).factors[name][0])
+        assert first_identity == reference.identity(["a"]) and second_identity == reference.identity(["b"])
+
+
+def test_a_document_with_nothing_to_read_counts_as_one_without_an_adapter(sm, trained):
+    """SpringSynthesizer sends each node's title and text as its source; a node whose both are empty is not
+    remembered, so missing_adapter decides instead of the translator refusing the empty text mid-call."""
+    dyprag = DyPRAG.open(trained[0], sm.model)
+    with DyPRAGAdapters(dyprag) as adapters:
+        empty = ParametricDocument("doc-x", "title: Only a title", None, source={"title": "", "text": ""})
+        adapters.prepare([empty])
+        assert "doc-x" not in adapters
+        call = plan_call(adapters, [empty], knowledge="combine", k=None, missing_adapter="icl")
+        assert call.adapter_ids == []
+
+
 def test_mean_merge_averages_the_factors_and_sum_stacks_them(sm, trained):
     dyprag = DyPRAG.open(trained[0], sm.model)
     with DyPRAGAdapters(dyprag) as mean, DyPRAGAdapters(dyprag, merge="sum") as total:

@@ -96,6 +96,37 @@ def test_store_round_trip_reopen_and_incremental_add_and_delete(store, spec, mod
                        document_tensors(spec, 9)["model.layers.1.mlp.down_proj.lora_B"])
 
 
+def test_a_replaced_adapter_is_used_at_once_and_named_anew(store, spec, model):
+    """The combination cache is keyed by what makes the update: a replaced document's new adapter is used by the
+    next call, and the name a server would load it under changes with it."""
+    with DocumentAdapters(store, model) as adapters:
+        before, named_before = adapters.update_and_identity(["doc-0", "doc-1"])
+        store.add({"doc-0": document_tensors(spec, 7)}, replace=True)
+        after, named_after = adapters.update_and_identity(["doc-0", "doc-1"])
+        fresh = DocumentAdapters(store, model).update_for(["doc-0", "doc-1"])
+    name = next(iter(spec.modules))
+    assert named_after != named_before and after is not before
+    assert torch.equal(after.factors[name][0], fresh.factors[name][0])
+    assert not torch.equal(after.factors[name][0], before.factors[name][0])
+
+
+def test_poly_experts_are_named_by_their_top_experts(spec, model):
+    from spring_core.parametric.poly import PolyAdapters
+
+    generator = torch.Generator().manual_seed(0)
+    experts = {}
+    for module, (out, inp) in spec.modules.items():
+        experts[f"{module}.lora_A"] = torch.randn(4, spec.rank, inp, generator=generator) * 0.05
+        experts[f"{module}.lora_B"] = torch.randn(4, out, spec.rank, generator=generator) * 0.05
+    routing = torch.randn(2, 4, generator=generator)
+    manifest = {"kind": "poly-experts", "files": {"experts.safetensors": {"sha256": "abc"}}}
+    four, one = (PolyAdapters(spec, experts, routing, ["d0", "d1"], model, top_experts=top, manifest=manifest)
+                 for top in (4, 1))
+    (update_four, named_four), (update_one, named_one) = (a.update_and_identity(["d0"]) for a in (four, one))
+    name = next(iter(spec.modules))
+    assert not torch.equal(update_four.factors[name][0], update_one.factors[name][0]) and named_four != named_one
+
+
 def test_half_precision_storage_halves_the_bytes(tmp_path, model):
     full = LoraSpec.for_model(model, rank=2, alpha=32)
     half = LoraSpec.for_model(model, rank=2, alpha=32, dtype="float16")
