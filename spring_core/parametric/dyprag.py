@@ -45,7 +45,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -429,7 +429,8 @@ class DyPRAGAdapters(CachedAdapters):
                 adapters.append(self.prag_store.get(source.doc_id))
                 continue
             if source.digest is None:
-                self._unknown(source.doc_id)
+                raise UnknownDocumentError(f"no adapter and no text for document {source.doc_id!r}; pass its passage "
+                                           "with the call (ParametricDocument) or adapters.remember(id, text) first")
             if source.encoded is not None:
                 with self._encode_lock:
                     if source.doc_id in self._encoded:
@@ -445,11 +446,6 @@ class DyPRAGAdapters(CachedAdapters):
                         self._encoded.popitem(last=False)
             adapters.append(adapter)
         return adapters
-
-    @staticmethod
-    def _unknown(doc_id: str) -> NoReturn:
-        raise UnknownDocumentError(f"no adapter and no text for document {doc_id!r}; pass its passage with the "
-                                   "call (ParametricDocument) or adapters.remember(id, text) first")
 
     def _compute(self, doc_ids: tuple[str, ...], state: Any = None) -> LoraUpdate:
         sources = state if state is not None else self._snapshot(doc_ids)[1]
