@@ -31,6 +31,7 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
+from langchain_core.messages.tool import ToolCallChunk, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import run_in_executor
@@ -39,6 +40,8 @@ from langchain_core.tools import BaseTool
 from langchain_spring._base import SpringParams, finished, usage_metadata
 from langchain_spring.tools import (
     check_tool_support,
+    fallback_turns,
+    native_prompt,
     parse_tool_calls,
     render_tool_prompt,
     template_tools,
@@ -48,38 +51,27 @@ from langchain_spring.tracking import TRACKER
 from spring_core import Generation, options
 from spring_core.aio import iterate_in_thread
 from spring_core.engine import Request
+from spring_core.errors import InputError
 from spring_core.generation import GenerationStream
-from spring_core.prompts.layouts import has_chat_template, render_chat
+from spring_core.prompts.layouts import has_chat_template, literal_text, render_chat
 from spring_core.prompts.placement import Placement
-from spring_core.types import PromptParts
+from spring_core.types import BlockAt, PromptParts
 
 _ROLES: dict[type[BaseMessage], str] = {SystemMessage: "system", HumanMessage: "user", AIMessage: "assistant"}
 
 
 def message_turns(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """``[{"role", "content"}]`` for a chat template, text content only; an AI message's tool calls go in its
-    ``tool_calls`` (``[{"id", "type": "function", "function": {"name", "arguments"}}]``) and a tool message becomes
-    a ``tool`` turn with its ``tool_call_id`` and tool ``name``, as Hugging Face chat templates take them."""
+    """``[{"role", "content"}]`` for a chat template, text content only (a tool message's text blocks joined by
+    blank lines); an AI message's tool calls go in its ``tool_calls`` (``[{"id", "type": "function", "function":
+    {"name", "arguments"}}]``; a call without an id gets ``call_<n>``, ``n`` counting the conversation's calls) and
+    a tool message becomes a ``tool`` turn with its ``tool_call_id`` and tool ``name``, as Hugging Face chat
+    templates take them. Other content (images, audio, ...) raises ``InputError``."""
     turns: list[dict[str, Any]] = []
     names: dict[str, str] = {}
     for message in messages:
-        if isinstance(message, ChatMessage):
-            role = message.role
-        elif isinstance(message, ToolMessage):
-            role = "tool"
-        else:
-            role = next((name for kind, name in _ROLES.items() if isinstance(message, kind)), None)
-            if role is None:
-                raise ValueError(f"ChatSpring cannot read a {type(message).__name__}; use system, human, AI or tool "
-                                 "messages")
-        if not isinstance(message.content, str):
-            other = sorted({str(block.get("type")) for block in message.content
-                            if isinstance(block, dict) and block.get("type") not in ("text", "tool_call")})
-            if other:
-                raise ValueError(f"ChatSpring reads text only; this message holds {', '.join(other)} content")
-        turn: dict[str, Any] = {"role": role, "content": message.text}
+        turn: dict[str, Any] = {"role": _role(message), "content": _text(message)}
         if isinstance(message, AIMessage) and message.tool_calls:
-            turn["tool_calls"] = [{"id": call.get("id") or f"call_{i}", "type": "function",
+            turn["tool_calls"] = [{"id": call.get("id") or f"call_{len(names) + i}", "type": "function",
                                    "function": {"name": call["name"], "arguments": call["args"]}}
                                   for i, call in enumerate(message.tool_calls)]
             names |= {c["id"]: c["function"]["name"] for c in turn["tool_calls"]}
@@ -90,27 +82,70 @@ def message_turns(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     return turns
 
 
+def _role(message: BaseMessage) -> str:
+    if isinstance(message, ChatMessage):
+        return message.role
+    if isinstance(message, ToolMessage):
+        return "tool"
+    role = next((name for kind, name in _ROLES.items() if isinstance(message, kind)), None)
+    if role is None:
+        raise InputError(f"ChatSpring cannot read a {type(message).__name__}; use system, human, AI or tool messages")
+    return role
+
+
+def _text(message: BaseMessage) -> str:
+    """The message's text; a tool message's text blocks are separate results, joined by blank lines."""
+    if isinstance(message.content, str):
+        return message.content
+    other = sorted({str(block.get("type")) for block in message.content
+                    if isinstance(block, dict) and block.get("type") not in ("text", "tool_call")})
+    if other:
+        raise InputError(f"ChatSpring reads text only; this {type(message).__name__} holds {', '.join(other)} "
+                         "content: pass its text (or a description of it) as a text block")
+    if not isinstance(message, ToolMessage):
+        return message.text
+    texts = [block if isinstance(block, str) else str(block.get("text", "")) for block in message.content
+             if isinstance(block, str) or (isinstance(block, dict) and block.get("type") == "text")]
+    return "\n\n".join(text for text in texts if text)
+
+
 def render_messages(turns: Sequence[dict[str, Any]], tokenizer: Any, placement: Placement | None = None,
                     k: int = 0) -> PromptParts:
     """The prompt: the chat template with the assistant turn opened (else a ``Role: content`` transcript), with a
     ``k``-token block at ``placement``. Conversations with tool calls or results go through
     ``render_tool_messages``."""
     at = placement.at if placement is not None else None
-    if placement is not None and placement.restated:  # a question-first prompt: its question again after the block
-        texts = placement.restate([turn["content"] for turn in turns], k)
-        turns = [{**turn, "content": text} for turn, text in zip(turns, texts, strict=True)]
+    turns = restated(turns, placement, k)
     if has_chat_template(tokenizer):
         return render_chat(tokenizer, turns, at, k)
-    lines = [f"{turn['role'].capitalize()}: " for turn in turns]
-    text, offset = "", None
-    for index, (head, turn) in enumerate(zip(lines, turns, strict=True)):
+    return transcript(turns, tokenizer, at if k else None, k)
+
+
+def restated(turns: Sequence[dict[str, Any]], placement: Placement | None, k: int) -> list[dict[str, Any]]:
+    """The turns with a question-first prompt's question asked again after the block (``Placement.restate``)."""
+    if placement is None or not placement.restated:
+        return list(turns)
+    texts = placement.restate([turn["content"] for turn in turns], k)
+    return [{**turn, "content": text} for turn, text in zip(turns, texts, strict=True)]
+
+
+def transcript(turns: Sequence[dict[str, Any]], tokenizer: Any, at: BlockAt | None, k: int) -> PromptParts:
+    """``Role: content`` lines and ``Assistant:``, for a tokenizer without a chat template, with a ``k``-token
+    block at ``at``. Every turn's text is ``literal_text`` (the two sides of the block each on its own, so the
+    block stays where it was asked for): a special token's spelling in a message stays characters."""
+    pieces: list[str] = []
+    split = None
+    for index, turn in enumerate(turns):
+        content = str(turn["content"])
+        pieces.append(literal_text(f"{str(turn['role']).capitalize()}: ", tokenizer))
         if at is not None and at.message == index:
-            offset = len(text) + len(head) + at.offset
-        text += head + turn["content"] + "\n"
-    text += "Assistant:"
-    if offset is None or k == 0:
-        return PromptParts(text)
-    return PromptParts(text[:offset], k, text[offset:])
+            pieces.append(literal_text(content[:at.offset], tokenizer))
+            split, content = len(pieces), content[at.offset:]
+        pieces.append(literal_text(content, tokenizer) + "\n")
+    pieces.append("Assistant:")
+    if split is None:
+        return PromptParts("".join(pieces))
+    return PromptParts("".join(pieces[:split]), k, "".join(pieces[split:]))
 
 
 def render_tool_messages(turns: Sequence[dict[str, Any]], tokenizer: Any, tools: Sequence[dict[str, Any]] | None,
@@ -120,6 +155,16 @@ def render_tool_messages(turns: Sequence[dict[str, Any]], tokenizer: Any, tools:
     them (natively right before the answer; in the fallback before the question asked again)."""
     return render_tool_prompt(turns, tokenizer, tools, k, lambda plain, at, size: render_messages(
         plain, tokenizer, None if at is None else Placement(at), size))
+
+
+def call_chunks(message: AIMessage) -> list[ToolCallChunk]:
+    """The message's tool calls, then its invalid ones (arguments as written), as tool-call chunks, so that
+    aggregated stream chunks hold the calls ``invoke`` returns (LangChain reads the calls back from the chunks; an
+    invalid call whose raw arguments read as a JSON object, a cut-off one, comes back as a call there, as with any
+    chat model)."""
+    calls = [(c["name"], json.dumps(c["args"]), c["id"]) for c in message.tool_calls]
+    calls += [(c["name"], c["args"], c["id"]) for c in message.invalid_tool_calls]
+    return [tool_call_chunk(name=name, args=args, id=call_id, index=i) for i, (name, args, call_id) in enumerate(calls)]
 
 
 class ChatSpring(SpringParams, BaseChatModel):
@@ -204,15 +249,37 @@ class ChatSpring(SpringParams, BaseChatModel):
             return self._documents_request(turns[0]["content"], stop, kwargs)
         settings, k = self._call_settings(stop, kwargs)
         tokenizer = self.engine.spring.tokenizer
+        rag_inputs = kwargs.get("rag_inputs")
+        with_tools = bool(tools) or any(turn["role"] == "tool" or turn.get("tool_calls") for turn in turns)
         # agentic: the tool results, when they close the conversation, are context
-        if tools or any(turn["role"] == "tool" or turn.get("tool_calls") for turn in turns):
+        if with_tools and (rag_inputs is None or (turns and turns[-1]["role"] == "tool")):
             n = self.engine.spring.n
             k = options.virtual_token_count(n if k is None else k, n)
             return Request(prompt=render_tool_messages(turns, tokenizer, tools, k), settings=settings)
         run_id = getattr(run_manager, "run_id", None) or TRACKER.run_for(messages)
+        if with_tools:
+            return Request(prompt=self._rag_tool_prompt(turns, tools, run_id, k, rag_inputs), settings=settings)
         placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, k,
-                                       kwargs.get("rag_inputs"))
+                                       rag_inputs)
         return Request(prompt=render_messages(turns, tokenizer, placement, k), settings=settings)
+
+    def _rag_tool_prompt(self, turns: list[dict[str, Any]], tools: Sequence[dict[str, Any]] | None, run_id: Any,
+                         k: int | None, rag_inputs: Any) -> PromptParts:
+        """A RAG call (``rag_inputs``, e.g. from ``SpringRAGMiddleware``) with tools bound or earlier tool turns,
+        not closed by tool results: the block between the context and the question, as without tools. The chat
+        template renders the tools (and the calls and results, when it can; else ``fallback_turns`` writes them)."""
+        tokenizer = self.engine.spring.tokenizer
+        tool_turns = any(turn["role"] == "tool" or turn.get("tool_calls") for turn in turns)
+        if tool_turns and not template_tools(tokenizer).native:
+            plain = fallback_turns(turns)
+            placement, k = self._placement([t["content"] for t in plain], [t["role"] for t in plain], run_id, k,
+                                           rag_inputs)
+            return render_messages(plain, tokenizer, placement, k)
+        placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, k,
+                                       rag_inputs)
+        if placement is None:
+            return native_prompt(turns, tokenizer, tools, 0)
+        return native_prompt(restated(turns, placement, k), tokenizer, tools, k, placement.at)
 
     def _metadata(self, generation: Generation) -> dict[str, Any]:
         return {"model_name": self.model, "finish_reason": generation.finish_reason}
@@ -258,8 +325,7 @@ class ChatSpring(SpringParams, BaseChatModel):
         assert isinstance(message, AIMessage)
         chunk = ChatGenerationChunk(message=AIMessageChunk(
             content=message.content, usage_metadata=message.usage_metadata, response_metadata=message.response_metadata,
-            tool_call_chunks=[{"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i,
-                               "type": "tool_call_chunk"} for i, c in enumerate(message.tool_calls)],
+            tool_call_chunks=call_chunks(message),
             chunk_position="last"))
         if run_manager is not None:
             run_manager.on_llm_new_token(str(message.content), chunk=chunk)

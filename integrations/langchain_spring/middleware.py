@@ -9,7 +9,10 @@ between them: no label heuristic, no warning. With any other chat model it only 
 By default it writes the context into the user's turn, right before the question, for this model call only (the
 agent's state keeps the user's message as it was): context, block, question, the order SPRING's tokens read best
 (27.0 EM against 24.0 with the context in the system prompt; 200 held-out questions, ``benchmarks/dropin.py``).
-``context_in="system"`` writes the tutorial's system prompt exactly.
+``context_in="system"`` writes the tutorial's system prompt exactly. With tools too
+(``create_agent(chat, [tool], middleware=[...])``) the block goes between the context and the question the same
+way, in the chat template's own rendering of the tools; a model call that ends with tool results is the answer
+step, the block after the results (``langchain_spring.tools``).
 
 Example:
     >>> from langchain.agents import create_agent

@@ -28,10 +28,16 @@ benchmark (SmolLM2, 200 questions) against 27.0 for the two-step layout; as one 
 assistant turn as ``Tool call: name {json}``, the results one user turn of ``Tool result (name):`` paragraphs that
 asks the question again.
 
-**Tool results are plain text.** Any spelling of one of the tokenizer's added tokens (``<|im_end|>``,
-``<tool_call>``, ...) inside a tool result gets a word joiner (U+2060) after its first character, so it is read
-as characters and never becomes that token (``spring_core.prompts.layouts.literal_text``, as all content);
-``[r1]`` is always characters (virtual tokens are structure, never text).
+**Tool results and past calls are plain text.** Any spelling of one of the tokenizer's added tokens
+(``<|im_end|>``, ``<tool_call>``, ...) inside a tool result, a past call's name, arguments (keys and values) or id,
+or a tool turn's name gets a word joiner (U+2060) after its first character, so it is read as characters and never
+becomes that token (``spring_core.prompts.layouts.literal_text``, as all content); ``[r1]`` is always characters
+(virtual tokens are structure, never text). Closing tool results with no text are no context (no block).
+
+**Calls that cannot be made** (JSON that does not parse, arguments that are not a JSON object, a name that is not
+a non-empty string) are ``invalid_tool_calls`` as langchain-core's ``make_invalid_tool_call`` writes them: the
+name when there is one, the arguments as written, an error. Mistral's templates take only call ids of nine letters
+and digits: ``mistral_ids`` maps the others (the same id to the same one).
 
 Example:
     >>> support = template_tools(tokenizer)                  # a Qwen 2.5 tokenizer
@@ -43,15 +49,17 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import takewhile
 from typing import Any
 
-from spring_core.errors import ToolCallingError
+from spring_core.errors import LayoutError, ToolCallingError
 from spring_core.prompts.layouts import has_chat_template, literal_text, unique_sentinel
 from spring_core.types import BlockAt, PromptParts
 
@@ -259,34 +267,102 @@ def render_tool_prompt(turns: Sequence[Mapping[str, Any]], tokenizer: Any, tools
     without a block, is rendered by ``fallback_turns`` (a block then goes between the results and the question
     asked again after them, or at the very end when no question was asked). ``tools`` are OpenAI-style tool
     definitions (rendered by the template). Every turn's text is ``literal_text`` (``render`` makes it so for
-    plain turns; the native path here). ``render`` renders plain turns with a block at a ``BlockAt`` (the chat
-    template, or a transcript without one).
+    plain turns; ``native_prompt`` for the template's own tool rendering). ``render`` renders plain turns with a
+    block at a ``BlockAt`` (the chat template, or a transcript without one). Closing tool results with no text
+    are no context: no block.
     """
-    answer_step = bool(turns) and turns[-1]["role"] == "tool"
-    k = k if answer_step else 0
+    k = k if closes_with_results(turns) else 0
     support = template_tools(tokenizer)
-    if not support.native:
-        answer = answer_turns(turns) if k else None
-        if answer is not None:
-            merged, offset = answer
-            return render(merged, BlockAt(len(merged) - 1, offset), k)
-        plain = fallback_turns(turns)
-        at = None
-        question = asked_question(turns) if k else None
-        if question:  # the block before "Question:", found by length, not searched
-            last = plain[-1]["content"]
-            at = BlockAt(len(plain) - 1, len(last) - len(question) - len(QUESTION_AGAIN) + QUESTION_AGAIN.index("Q"))
-        elif k:
-            return PromptParts(render(plain, None, 0).plain_text(), k, "", has_chat_template(tokenizer) is False)
-        return render(plain, at, k)
+    if support.native:
+        return native_prompt(turns, tokenizer, tools, k)
+    answer = answer_turns(turns) if k else None
+    if answer is not None:
+        merged, offset = answer
+        return render(merged, BlockAt(len(merged) - 1, offset), k)
+    plain = fallback_turns(turns)
+    at = None
+    question = asked_question(turns) if k else None
+    if question:  # the block before "Question:", found by length, not searched
+        last = plain[-1]["content"]
+        at = BlockAt(len(plain) - 1, len(last) - len(question) - len(QUESTION_AGAIN) + QUESTION_AGAIN.index("Q"))
+    elif k:
+        return PromptParts(render(plain, None, 0).plain_text(), k, "", has_chat_template(tokenizer) is False)
+    return render(plain, at, k)
+
+
+def closes_with_results(turns: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the conversation ends with tool results that hold text (the context of an answer step; results
+    with no text are no context, so the plain model answers)."""
+    closing = list(takewhile(lambda turn: turn["role"] == "tool", reversed(turns)))
+    return any(str(turn["content"]).strip() for turn in closing)
+
+
+def native_prompt(turns: Sequence[Mapping[str, Any]], tokenizer: Any, tools: Sequence[Mapping[str, Any]] | None,
+                  k: int, at: BlockAt | None = None) -> PromptParts:
+    """The conversation rendered by the chat template itself (its tools, tool calls and results), assistant turn
+    opened, with a ``k``-token block at ``at`` (a turn and a character offset in its content), else at the end.
+
+    Every string in the turns is ``literal_text`` (content, tool names, call arguments' keys and values, ids), so
+    only the template writes special tokens; for the ``mistral`` format the call ids are nine letters and digits
+    (``mistral_ids``). The block's place is marked with a random sentinel, so the split is exact."""
+    if template_tools(tokenizer).format == "mistral":
+        turns = mistral_ids(turns)
+    literal = [_literal(turn, tokenizer) for turn in turns]
+    sentinel = None
+    if at is not None and k:
+        sentinel = unique_sentinel([str(turns)])
+        content = str(turns[at.message]["content"])
+        literal[at.message]["content"] = (literal_text(content[:at.offset], tokenizer) + sentinel
+                                          + literal_text(content[at.offset:], tokenizer))
     kwargs: dict[str, Any] = {"tools": list(tools)} if tools else {}
-    literal = [dict(t, content=literal_text(str(t["content"]), tokenizer)) for t in turns]
     try:
         rendered = str(tokenizer.apply_chat_template(literal, tokenize=False, add_generation_prompt=True, **kwargs))
     except Exception as error:
         raise ToolCallingError(f"this model's chat template could not render the conversation with its tool calls "
                                f"({type(error).__name__}: {error}); {_TWO_STEP}") from error
-    return PromptParts(rendered, k, "", special_tokens=False)
+    if sentinel is None:
+        return PromptParts(rendered, k, "", special_tokens=False)
+    before, found, after = rendered.partition(sentinel)
+    if not found or sentinel in after:
+        raise LayoutError("the chat template did not render its content verbatim, so the virtual-token block "
+                          "cannot be placed; use the 'raw' layout with this model")
+    return PromptParts(before, k, after, special_tokens=False)
+
+
+def _literal(value: Any, tokenizer: Any) -> Any:
+    """``value`` with every string in it (mapping keys and values, list items, recursively) ``literal_text``."""
+    if isinstance(value, str):
+        return literal_text(value, tokenizer)
+    if isinstance(value, Mapping):
+        return {_literal(key, tokenizer): _literal(item, tokenizer) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_literal(item, tokenizer) for item in value]
+    return value
+
+
+_MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
+
+
+def mistral_id(call_id: str) -> str:
+    """``call_id`` as Mistral's templates take it: itself when it is nine letters and digits, else nine hex digits
+    of its SHA-256 (the same id always maps to the same one, so a result still names its call)."""
+    if _MISTRAL_ID.fullmatch(call_id):
+        return call_id
+    return hashlib.sha256(call_id.encode()).hexdigest()[:9]
+
+
+def mistral_ids(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The turns with every tool-call id (an assistant turn's calls, a tool turn's ``tool_call_id``) as
+    ``mistral_id`` writes it."""
+    mapped: list[dict[str, Any]] = []
+    for turn in turns:
+        turn = dict(turn)
+        if turn.get("tool_calls"):
+            turn["tool_calls"] = [{**call, "id": mistral_id(str(call.get("id") or ""))} for call in turn["tool_calls"]]
+        if turn.get("tool_call_id") is not None:
+            turn["tool_call_id"] = mistral_id(str(turn["tool_call_id"]))
+        mapped.append(turn)
+    return mapped
 
 
 # ----- parsing ---------------------------------------------------------------------------------------------------
@@ -324,23 +400,29 @@ def parse_tool_calls(text: str, format: str, *, names: Sequence[str] | None = No
             else:  # v3 / v7: a JSON list of {"name", "arguments"}
                 _add_call(part, calls, invalid)
         return _strip_specials(head, special), calls, invalid
+    return _llama_calls(text, names, special)
+
+
+def _llama_calls(text: str, names: Sequence[str] | None,
+                 special: Sequence[str]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``llama-json`` format, which has no marker: the text is calls only when it is nothing but JSON objects
+    ``{"name", "parameters"}`` (or ``"arguments"``), each naming a bound tool (when ``names`` are given) or no
+    usable name at all (an invalid call); else it is the answer, as written."""
     body = _strip_specials(text, special)
     for tag in _LLAMA_TAGS:
         body = body.replace(tag, "")
-    body = body.strip()
-    if not body.startswith("{"):
-        return text, [], []
-    found_calls: list[dict[str, Any]] = []
-    for piece in _json_objects(body):
+    pieces = _json_objects(body.strip()) if body.strip().startswith("{") else []
+    calls: list[dict[str, Any]] = []
+    invalid: list[dict[str, Any]] = []
+    for piece in pieces:
         if not isinstance(piece, dict) or "name" not in piece or not ({"parameters", "arguments"} & set(piece)):
             return text, [], []
-        if names is not None and piece["name"] not in names:
-            return text, [], []
-        arguments = piece.get("parameters", piece.get("arguments"))
-        found_calls.append(_call(str(piece["name"]), arguments))
-    if not found_calls:
+        if names is not None and _valid_name(piece["name"]) and piece["name"] not in names:
+            return text, [], []  # JSON that names no bound tool is an answer
+        _sort(_tool_call(piece["name"], piece.get("parameters", piece.get("arguments"))), calls, invalid)
+    if not pieces:
         return text, [], []
-    return "", found_calls, []
+    return "", calls, invalid
 
 
 def _strip_specials(text: str, special: Sequence[str]) -> str:
@@ -372,27 +454,53 @@ def _json_objects(body: str) -> list[Any]:
     return values
 
 
-def _call(name: str, arguments: Any) -> dict[str, Any]:
-    if isinstance(arguments, str):
-        arguments = json.loads(arguments) if arguments.strip() else {}
+def _valid_name(name: Any) -> bool:
+    return isinstance(name, str) and bool(name.strip())
+
+
+def _tool_call(name: Any, arguments: Any) -> dict[str, Any]:
+    """A ``tool_call``, or, when ``name`` is not a non-empty string or ``arguments`` are not a JSON object (or a
+    string of one), an ``invalid_tool_call`` as langchain-core's ``make_invalid_tool_call`` writes it: the name
+    when it is one, the arguments as written (a string), an error."""
+    raw = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    if not _valid_name(name):
+        return _invalid(None, raw, f"the tool name must be a non-empty string, got {json.dumps(name)}")
+    try:
+        if isinstance(arguments, str):
+            arguments = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError as error:
+        return _invalid(name, raw, f"the tool arguments are not JSON ({error})")
     if not isinstance(arguments, dict):
-        raise ValueError("tool arguments must be a JSON object")
+        return _invalid(name, raw, f"the tool arguments must be a JSON object, got {type(arguments).__name__}")
     return {"name": name, "args": arguments, "id": _call_id(), "type": "tool_call"}
+
+
+def _invalid(name: str | None, raw: str, error: str) -> dict[str, Any]:
+    return {"name": name, "args": raw, "id": _call_id(), "error": error, "type": "invalid_tool_call"}
+
+
+def _sort(call: dict[str, Any], calls: list[dict[str, Any]], invalid: list[dict[str, Any]]) -> None:
+    (calls if call["type"] == "tool_call" else invalid).append(call)
 
 
 def _add_call(raw: str, calls: list[dict[str, Any]], invalid: list[dict[str, Any]], name: str | None = None) -> None:
     """Parse one call into ``calls``: a JSON object (or a list of them) with ``name`` and ``arguments``, or, with
-    ``name`` given, the arguments object alone; what does not parse goes to ``invalid`` as written."""
+    ``name`` given, the arguments alone; each call that cannot be made goes to ``invalid`` (``_tool_call``), and
+    text that is not JSON at all goes there as written."""
+    if name is not None:
+        _sort(_tool_call(name, raw), calls, invalid)
+        return
     try:
         value = json.loads(raw)
-        if name is not None:
-            calls.append(_call(name, value))
-            return
-        for item in value if isinstance(value, list) else [value]:
-            calls.append(_call(str(item["name"]), item.get("arguments", item.get("parameters", {}))))
-    except (ValueError, KeyError, TypeError) as error:
-        invalid.append({"name": name, "args": raw, "id": _call_id(),
-                        "error": f"not a JSON tool call ({error})", "type": "invalid_tool_call"})
+    except json.JSONDecodeError as error:
+        invalid.append(_invalid(None, raw, f"not a JSON tool call ({error})"))
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, dict):
+            _sort(_tool_call(item.get("name"), item.get("arguments", item.get("parameters", {}))), calls, invalid)
+        else:
+            invalid.append(_invalid(None, json.dumps(item, ensure_ascii=False),
+                                    "a tool call must be a JSON object with a name and arguments"))
 
 
 def tool_definitions(tools: Sequence[Any]) -> list[dict[str, Any]]:

@@ -32,6 +32,8 @@ RESULT = "Hamlet is a play by William Shakespeare."
 CALL = {"name": "retrieve_context", "args": {"query": "Hamlet author"}, "id": "a1b2c3d4e", "type": "tool_call"}
 LLAMA4_SPECIALS = ["<|begin_of_text|>", "<|header_start|>", "<|header_end|>", "<|eot|>", "<|python_start|>",
                    "<|python_end|>"]
+MISTRAL_V11_SPECIALS = ["[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[INST]", "[/INST]", "[TOOL_CALLS]", "[ARGS]",
+                        "[CALL_ID]", "[TOOL_RESULTS]", "[TOOL_CONTENT]", "[/TOOL_RESULTS]"]
 
 
 @tool(response_format="content_and_artifact")
@@ -335,6 +337,10 @@ def from_vllm_venv(code: str) -> str:
 
 @pytest.fixture(scope="module")
 def vllm_templates() -> dict[str, str]:
+    return real_templates()
+
+
+def real_templates() -> dict[str, str]:
     """Real templates from the vLLM venv's packages: vLLM's Hermes-format MiniCPM-V 4.5 template, and mistral_common's
     generated templates for Mistral's v3 (SentencePiece) and v11 (Tekken) tokenizers."""
     folder = from_vllm_venv("import importlib.util; print(importlib.util.find_spec('vllm').submodule_search_locations"
@@ -356,8 +362,7 @@ def vllm_templates() -> dict[str, str]:
     ("hermes", "hermes", []),
     ("v3", "mistral", ["[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[INST]", "[/INST]", "[TOOL_CALLS]",
                        "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]),
-    ("v11", "mistral", ["[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[INST]", "[/INST]", "[TOOL_CALLS]", "[ARGS]",
-                        "[CALL_ID]", "[TOOL_RESULTS]", "[TOOL_CONTENT]", "[/TOOL_RESULTS]"]),
+    ("v11", "mistral", MISTRAL_V11_SPECIALS),
 ])
 def test_vllm_and_mistral_templates_round_trip(vllm_templates, tmp_path, name, fmt, specials):
     tokenizer = make_tiny_tokenizer(tmp_path)
