@@ -53,15 +53,9 @@ def literal_text(text: str, tokenizer: Any) -> str:
         >>> literal_text("a <|im_end|> b", tokenizer) == "a <\u2060|im_end|> b"  # a ChatML tokenizer
         True
     """
-    try:
-        added = [str(s) for s in tokenizer.get_added_vocab()] if tokenizer is not None else []
-    except (AttributeError, NotImplementedError):
-        added = []
-    spellings = {s for s in [*added, *map(str, getattr(tokenizer, "all_special_tokens", []))]
-                 if len(s) > 1 and s.strip() and s in text}
-    if not spellings:
+    pattern = spelling_pattern(text, tokenizer)
+    if pattern is None:
         return text
-    pattern = re.compile("|".join(re.escape(s) for s in sorted(spellings, key=len, reverse=True)))
     while True:  # breaking one spelling can complete another ("<<|im_end|>|im_end|>"), so until none is left
         broken = pattern.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
         if broken == text:
@@ -149,6 +143,20 @@ def render_chat(tokenizer: Any, turns: Sequence[Mapping[str, str]], block: Block
         raise LayoutError("the chat template did not render its content verbatim, so the virtual-token block "
                           "cannot be placed; use the 'raw' layout with this model")
     return PromptParts(before, k, after, special_tokens=False)
+
+
+def spelling_pattern(text: str, tokenizer: Any) -> re.Pattern[str] | None:
+    """A pattern of the spellings of ``tokenizer``'s added or special tokens (two characters or more, not only
+    whitespace) that occur in ``text``, longest first, as a tokenizer matches them; ``None`` when none does."""
+    try:
+        added = [str(s) for s in tokenizer.get_added_vocab()] if tokenizer is not None else []
+    except (AttributeError, NotImplementedError):
+        added = []
+    spellings = {s for s in [*added, *map(str, getattr(tokenizer, "all_special_tokens", []))]
+                 if len(s) > 1 and s.strip() and s in text}
+    if not spellings:
+        return None
+    return re.compile("|".join(re.escape(s) for s in sorted(spellings, key=len, reverse=True)))
 
 
 def unique_sentinel(texts: Any = ()) -> str:

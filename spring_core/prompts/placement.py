@@ -32,7 +32,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import Any
 
+from spring_core.prompts.layouts import WORD_JOINER, literal_text, spelling_pattern
 from spring_core.types import BlockAt
 
 RESTATED_QUESTION = "{question}\n"
@@ -95,11 +97,15 @@ def place_block(texts: Sequence[str], context: Sequence[Span], questions: Sequen
     return Placement(BlockAt(question.message, line_start))
 
 
-def fill_placeholders(text: str, placeholders: Mapping[str, str],
-                      values: Mapping[str, object]) -> tuple[str, list[tuple[str, int, int]]]:
+def fill_placeholders(text: str, placeholders: Mapping[str, str], values: Mapping[str, object],
+                      tokenizer: Any = None) -> tuple[str, list[tuple[str, int, int]]]:
     """``text`` with each variable's placeholder (``placeholders[name]``, e.g. ``"{context}"`` or a sentinel)
     replaced by ``str(values[name])``, and ``(name, start, end)`` of where each value landed. The values are
     inserted, never searched, so whatever they hold cannot move a span.
+
+    With ``tokenizer``, the values are content: each is ``literal_text``, and where a value meets the template's
+    text or another value, a word joiner at the seam breaks a special-token spelling that the two sides would
+    complete together (``"<|im_"`` + ``"end|>"``), so no value can splice one.
 
     Example:
         >>> fill_placeholders("{c}\\nQ: {q}", {"c": "{c}", "q": "{q}"}, {"c": "ctx", "q": "why?"})
@@ -110,13 +116,30 @@ def fill_placeholders(text: str, placeholders: Mapping[str, str],
     while True:
         hits = [(rest.find(p), p) for p in by_placeholder if p in rest]
         if not hits:
-            return out + rest, spans
+            out += rest
+            return _break_seams(out, spans, tokenizer) if tokenizer is not None else (out, spans)
         at, placeholder = min(hits)
         name = by_placeholder[placeholder]
+        value = str(values[name]) if tokenizer is None else literal_text(str(values[name]), tokenizer)
         out += rest[:at]
-        spans.append((name, len(out), len(out) + len(str(values[name]))))
-        out += str(values[name])
+        spans.append((name, len(out), len(out) + len(value)))
+        out += value
         rest = rest[at + len(placeholder):]
+
+
+def _break_seams(text: str, spans: list[tuple[str, int, int]],
+                 tokenizer: Any) -> tuple[str, list[tuple[str, int, int]]]:
+    """A word joiner at each value's edge that a special-token spelling crosses, outside the value (the spans
+    after it move along), until no spelling crosses an edge."""
+    while True:
+        pattern = spelling_pattern(text, tokenizer)
+        edges = {edge for _, start, end in spans for edge in (start, end)}
+        seam = next((edge for match in pattern.finditer(text) for edge in sorted(edges)
+                     if match.start() < edge < match.end()), None) if pattern is not None else None
+        if seam is None:
+            return text, spans
+        text = text[:seam] + WORD_JOINER + text[seam:]
+        spans = [(name, start + (start >= seam), end + (end > seam)) for name, start, end in spans]
 
 
 def _restated(texts: Sequence[str], at: BlockAt, question: Span) -> str:

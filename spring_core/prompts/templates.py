@@ -21,7 +21,6 @@ from typing import Any
 
 from spring_core.prompts.layouts import (
     format_passages,
-    literal_text,
     passage_title_and_text,
     render_chat,
     spring_template,
@@ -105,11 +104,10 @@ def render_template(template: RagTemplate, question: str, passages: Sequence[Pas
                     tokenizer: Any = None) -> PromptParts:
     """``template`` filled with the passages (written as ``template.context`` says) and the question, a
     ``k``-token block placed by the integrations' rule (``place_block``)."""
-    values = {"context": literal_text(CONTEXT_FORMATS[template.context](passages), tokenizer),
-              "question": literal_text(question, tokenizer)}
+    values = {"context": CONTEXT_FORMATS[template.context](passages), "question": question}
     texts, context, questions = [], [], []
     for index, (_, text) in enumerate(template.turns):
-        filled, spans = fill_placeholders(text, {name: "{" + name + "}" for name in values}, values)
+        filled, spans = fill_placeholders(text, {name: "{" + name + "}" for name in values}, values, tokenizer)
         texts.append(filled)
         context += [Span(index, a, b) for name, a, b in spans if name == "context"]
         questions += [Span(index, a, b) for name, a, b in spans if name == "question"]

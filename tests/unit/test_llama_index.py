@@ -91,6 +91,10 @@ def test_k_sets_the_block_per_llm_and_per_template(tiny, tokens, llm):
         SpringLLM(spring_model=llm.spring_model, k=9)
     with pytest.raises(MarkerError, match="out of range"):  # a template's own size: refused when it is sent
         llm.predict(spring_text_qa_template(9), context_str=CONTEXT, query_str="q")
+    for size in ("3", 2.0, True):  # not an integer: named, before LlamaIndex's callbacks render the prompt
+        template = PromptTemplate(QA.template, metadata={"spring_k": size})
+        with pytest.raises(MarkerError, match="spring_k"):
+            llm.predict(template, context_str=CONTEXT, query_str="q")
 
 
 @pytest.mark.parametrize("text", ["[r1][r2][r3]", "[r1]" * 60 + "Question:", "[r" + "9" * 5000 + "]",
@@ -101,6 +105,22 @@ def test_marker_like_text_in_nodes_and_queries_is_read_as_text(llm, text):
     assert parts == PromptParts(context + "\n\n", 8, f"Question: {query}\nAnswer:")
     ids = llm.spring_model.encode(parts)
     assert sum(t >= llm.spring_model.vocab_rows for t in ids) == 8
+
+
+@pytest.mark.parametrize(("template", "values"), [
+    ("Context: {context_str}\nTopic: {topic}{query_str}\nAnswer:", {"topic": "see <|im_", "query_str": "end|> who?"}),
+    ("Context: {context_str}\nQ: {query_str}|>\nAnswer:", {"query_str": "who <|im_end"}),
+    ("Context: <|im_{context_str}\nQ: {query_str}\nA:", {"context_str": "end|> a node", "query_str": "who?"}),
+])
+def test_values_that_meet_cannot_spell_a_special_token_together(llm, template, values):
+    """Each value is read as characters, and so is the seam where a value meets another or the template's text."""
+    values = {"context_str": CONTEXT, **values}
+    parts = llm.rag_prompt(PromptTemplate(template), **values)
+    tokenizer = llm.spring_model.tokenizer
+    ids = llm.spring_model.encode(parts)
+    assert parts.k == 8 and not [i for i in ids if i in tokenizer.all_special_ids]
+    for value in values.values():  # the values themselves are unchanged
+        assert value in parts.plain_text()
 
 
 def test_per_call_settings_are_honoured_and_unknown_ones_refused(llm):
@@ -274,6 +294,23 @@ def test_chat_engines_put_the_block_before_the_last_user_turn(engine_class, llm,
     assert placed[0].before.endswith("<|im_start|>user\n") and placed[0].after.startswith(QUESTION)
     assert placed[1].after.startswith("And who founded it?")
     assert all(p.k == 0 for p in recorder.parts if p not in placed)  # condensing the question: no context
+
+
+@pytest.mark.parametrize("engine_class", ["ContextChatEngine", "CondensePlusContextChatEngine"])
+def test_a_placeholder_typed_in_an_earlier_turn_does_not_move_the_block(engine_class, llm, corpus_file, tmp_path,
+                                                                        recorder):
+    """Chat engines format the history with the template: a user who once typed ``{query_str}`` must not pull the
+    block into that old turn; it stays right before the question asked now."""
+    from llama_index.core import chat_engine
+
+    retriever = SpringRetriever.from_corpus(corpus_file, tmp_path / "bm25", backend="bm25", similarity_top_k=2)
+    engine = getattr(chat_engine, engine_class).from_defaults(retriever=retriever, llm=llm)
+    history = [ChatMessage(role="user", content="what does {query_str} mean?"),
+               ChatMessage(role="assistant", content="a placeholder")]
+    engine.chat(QUESTION, chat_history=history)
+    [placed] = [p for p in recorder.parts if p.k]
+    assert placed.before.endswith("<|im_start|>user\n") and placed.after.startswith(f"{QUESTION}<|im_end|>")
+    assert "a placeholder" in placed.before
 
 
 def test_query_engine_without_tokens_sends_no_markers(tiny, corpus_file, tmp_path, recorder):

@@ -69,7 +69,7 @@ from spring_core.engine import Engine, Request
 from spring_core.errors import OptionError
 from spring_core.model.loading import DEFAULT_MODEL, DEFAULT_POOL
 from spring_core.parametric.online import ParametricDocument, check_knowledge, open_adapters
-from spring_core.prompts.layouts import has_chat_template, literal_text, render_chat, unique_sentinel
+from spring_core.prompts.layouts import has_chat_template, render_chat, unique_sentinel
 from spring_core.prompts.placement import Span, fill_placeholders, place_block
 from spring_core.serving.thin import is_thin, refuse, thin_spring_model
 from spring_core.serving.vllm import as_backend, serves_remotely
@@ -209,8 +209,11 @@ class SpringLLM(CustomLLM):
             return None
         selected = prompt.select(self) if isinstance(prompt, SelectorPromptTemplate) else prompt
         spring = self._engine.spring
-        k = (getattr(selected, "metadata", None) or {}).get(BLOCK_SIZE_KEY, self.k)
-        k = spring.n if k is None else k  # checked by the engine, once
+        metadata = getattr(selected, "metadata", None) or {}
+        if BLOCK_SIZE_KEY in metadata:  # the template's own setting: checked here, where it enters
+            k = options.virtual_token_count(metadata[BLOCK_SIZE_KEY], spring.n, BLOCK_SIZE_KEY)
+        else:
+            k = spring.n if self.k is None else self.k  # checked by the engine, once
         if k == 0:
             return None
         if getattr(selected, "function_mappings", None):
@@ -219,10 +222,11 @@ class SpringLLM(CustomLLM):
             return None
         sentinels = {name: unique_sentinel(str(v) for v in variables.values()) for name in variables}
         rendered = self._get_prompt(prompt, **sentinels)
-        values = {name: literal_text(str(value), spring.tokenizer) for name, value in variables.items()}
-        text, spans = fill_placeholders(rendered, sentinels, values)
+        text, spans = fill_placeholders(rendered, sentinels, variables, spring.tokenizer)
         context = [Span(0, start, end) for name, start, end in spans if name in CONTEXT_VARIABLES]
         questions = [Span(0, start, end) for name, start, end in spans if name in QUERY_VARIABLES]
+        if isinstance(selected, ChatPromptTemplate):  # chat engines format the history too: a {query_str} a user
+            questions = questions[-1:]  # typed in an earlier turn is not the question, the last one is
         placement = place_block([text], context, questions)
         if placement is None:
             return None
