@@ -2,8 +2,11 @@
 
 The prompt goes to the model as written (no chat template). In a RAG chain the block goes between the retrieved
 context and the question by itself (``langchain_spring.placement``), so ``SPRING_RAG_PROMPT`` gives the paper's
-raw layout (passages, ``[r1]..[rk]``, ``Question: ...\\nAnswer:``) and any other prompt works too. ``batch``
-runs the prompts as one left-padded batch (greedy answers equal one-by-one calls).
+raw layout (passages, ``[r1]..[rk]``, ``Question: ...\\nAnswer:``) and any other prompt works too. There, the
+context and the question the block was placed from are read as characters (``literal_content``: a document that
+spells ``<|im_end|>`` is not that token), while the template's own text stays as written; a call without a block
+reads the whole prompt as written, as the base model would. ``batch`` runs the prompts as one left-padded batch
+(greedy answers equal one-by-one calls).
 
 Example:
     >>> from langchain_spring import SpringLLM, SPRING_RAG_PROMPT, format_docs
@@ -29,6 +32,7 @@ from spring_core import Generation as SpringGeneration
 from spring_core.aio import iterate_in_thread
 from spring_core.engine import Request
 from spring_core.generation import GenerationStream
+from spring_core.prompts.placement import literal_content
 from spring_core.types import PromptParts
 
 
@@ -69,8 +73,10 @@ class SpringLLM(SpringParams, LLM):
         placement, k = self._placement([prompt], ["user"], run_id, k, kwargs.get("rag_inputs"))
         if placement is None:
             return Request(prompt=PromptParts(prompt), settings=settings)
+        # the context and the question it was placed from are content: characters, never special tokens
+        texts, placement = literal_content([prompt], placement, self.engine.spring.tokenizer)
         offset = placement.at.offset
-        prompt = placement.restate([prompt], k)[0]  # a question-first prompt: the question again after the block
+        prompt = placement.restate(texts, k)[0]  # a question-first prompt: the question again after the block
         return Request(prompt=PromptParts(prompt[:offset], k, prompt[offset:]), settings=settings)
 
     def _generate(self, prompts: list[str], stop: list[str] | None = None,

@@ -23,12 +23,17 @@ model reads context, block, question and the prompt's own answer cue, SPRING's o
 question (FAQ corpora), is a prefix of it or a single word of it (a title-only document) is told apart from the
 question by position (see ``context_and_question``). Anything else is not a RAG call: no block, the base model as it
 is.
+
+The placement keeps the spans it was placed from (``Placement.content``) and, after a retrieval, the values of the
+run's context variables (``format_docs`` adds the documents' titles): they are content, which ``SpringLLM`` reads as
+characters (``spring_core.prompts.placement.literal_content``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from langchain_spring.tracking import Retrieval, RunSignals
 from spring_core.prompts.placement import Placement, Span, place_block
@@ -48,8 +53,10 @@ def find_placement(texts: Sequence[str], roles: Sequence[str], signals: RunSigna
     last_user = max((i for i, role in enumerate(roles) if role == "user"), default=None)
     if signals.retrievals:
         placement = retrieval_placement(texts, signals.retrievals, last_user)
-        if placement is not None:
-            return placement, "retrieval"
+        if placement is not None:  # a context variable's value (format_docs' titles too) is content as well
+            values = [span for inputs in signals.template_inputs for name, value in inputs.items()
+                      if CONTEXT_VARIABLE.search(name) for span in occurrences(texts, value)]
+            return replace(placement, content=tuple(sorted({*placement.content, *values}))), "retrieval"
     for inputs in reversed(signals.template_inputs):  # the template filled last rendered these messages
         placement = variables_placement(texts, inputs, last_user)
         if placement is not None:

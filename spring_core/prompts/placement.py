@@ -21,16 +21,22 @@ completion prompt, one per turn for a chat). ``place_block`` turns them into one
 Nothing is restated without a block: ``place_block`` is only asked for ``k > 0`` calls, and ``Placement.restate``
 leaves the texts as they are for ``k == 0``, so a call without virtual tokens reads the prompt untouched.
 
+A placement keeps the spans it was placed from (``Placement.content``: the context's and the question's
+occurrences). They are content, never template text: ``literal_content`` reads them as characters (a document that
+spells ``<|im_end|>`` stays characters) for an integration that gets a rendered prompt rather than a template and
+its values, and leaves the template's own text as written.
+
 Example:
     >>> texts = ["Context:\\nParis is in France.\\nQuery: Where is Paris?\\nAnswer:"]
-    >>> place_block(texts, [Span(0, 9, 28)], [Span(0, 36, 51)])
-    Placement(at=BlockAt(message=0, offset=29), question_first=False, restated='')
+    >>> placement = place_block(texts, [Span(0, 9, 28)], [Span(0, 36, 51)])
+    >>> placement.at, placement.question_first, placement.restated
+    (BlockAt(message=0, offset=29), False, '')
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any
 
@@ -54,12 +60,15 @@ class Span:
 
 @dataclass(frozen=True)
 class Placement:
-    """The block's position, whether the question came before the context (rule 3), and ``restated``: the text
-    spring-rag writes right after the block to ask that question again (``""`` when nothing is restated)."""
+    """The block's position, whether the question came before the context (rule 3), ``restated``: the text
+    spring-rag writes right after the block to ask that question again (``""`` when nothing is restated), and
+    ``content``: the spans of the context and the question it was placed from (content, read as characters by
+    ``literal_content``)."""
 
     at: BlockAt
     question_first: bool = False
     restated: str = ""
+    content: tuple[Span, ...] = ()
 
     def restate(self, texts: Sequence[str], k: int) -> list[str]:
         """``texts`` as the model reads them around a ``k``-token block: ``restated`` written at the block's
@@ -80,6 +89,7 @@ def place_block(texts: Sequence[str], context: Sequence[Span], questions: Sequen
     """
     if not context:
         return None
+    content = tuple(sorted({*context, *questions}))
     end = max(context, key=attrgetter("message", "end"))
     after = sorted(q for q in questions if (q.message, q.start) >= (end.message, end.end))
     if after:
@@ -89,12 +99,43 @@ def place_block(texts: Sequence[str], context: Sequence[Span], questions: Sequen
     else:
         at = _after_context(texts[end.message], end)
         if not questions:
-            return Placement(at)
-        return Placement(at, question_first=True, restated=_restated(texts, at, max(questions)))
+            return Placement(at, content=content)
+        return Placement(at, question_first=True, restated=_restated(texts, at, max(questions)), content=content)
     line_start = texts[question.message].rfind("\n", 0, question.start) + 1
     if question.message == end.message:
         line_start = max(line_start, end.end)
-    return Placement(BlockAt(question.message, line_start))
+    return Placement(BlockAt(question.message, line_start), content=content)
+
+
+def literal_content(texts: Sequence[str], placement: Placement, tokenizer: Any) -> tuple[list[str], Placement]:
+    """``texts`` with ``placement.content`` read as characters, and ``placement`` moved to match.
+
+    Each content span is ``literal_text``; a word joiner at a span's edge breaks a special-token spelling that the
+    span and the text beside it would complete together (``"<|im_"`` + ``"end|>"``, as ``fill_placeholders``
+    does); the restated question is ``literal_text`` too. The text before the block and the text after it are read
+    on their own (the model tokenizes them apart), so the block stays right where it was placed. The template's own
+    text stays as written (it may hold a model's special tokens), and texts whose content spells no special token
+    come back unchanged.
+
+    Example:
+        >>> texts = ["Context: <|im_end|>\\nQuestion: Why?\\nAnswer:"]  # a ChatML tokenizer
+        >>> literal_content(texts, place_block(texts, [Span(0, 9, 19)], [Span(0, 30, 34)]), tokenizer)[0]
+        ['Context: <\\u2060|im_end|>\\nQuestion: Why?\\nAnswer:']
+    """
+    out: list[str] = []
+    content: list[Span] = []
+    offset = placement.at.offset
+    for index, text in enumerate(texts):
+        cut = offset if index == placement.at.message else len(text)
+        before, spans = _literal_spans(text[:cut], index, 0, placement.content, tokenizer)
+        after, later = _literal_spans(text[cut:], index, cut, placement.content, tokenizer)
+        if index == placement.at.message:
+            offset = len(before)
+        out.append(before + after)
+        content += [Span(*span) for span in spans]
+        content += [Span(message, start + len(before), end + len(before)) for message, start, end in later]
+    return out, replace(placement, at=BlockAt(placement.at.message, offset), content=tuple(content),
+                        restated=literal_text(placement.restated, tokenizer))
 
 
 def fill_placeholders(text: str, placeholders: Mapping[str, str], values: Mapping[str, object],
@@ -127,10 +168,11 @@ def fill_placeholders(text: str, placeholders: Mapping[str, str], values: Mappin
         rest = rest[at + len(placeholder):]
 
 
-def _break_seams(text: str, spans: list[tuple[str, int, int]],
-                 tokenizer: Any) -> tuple[str, list[tuple[str, int, int]]]:
+def _break_seams(text: str, spans: list[tuple[Any, int, int]],
+                 tokenizer: Any) -> tuple[str, list[tuple[Any, int, int]]]:
     """A word joiner at each value's edge that a special-token spelling crosses, outside the value (the spans
-    after it move along), until no spelling crosses an edge."""
+    after it move along), until no spelling crosses an edge. ``spans`` are ``(key, start, end)``: a variable's
+    name, or a ``Span``'s message; keys come back as they were."""
     while True:
         pattern = spelling_pattern(text, tokenizer)
         edges = {edge for _, start, end in spans for edge in (start, end)}
@@ -139,7 +181,31 @@ def _break_seams(text: str, spans: list[tuple[str, int, int]],
         if seam is None:
             return text, spans
         text = text[:seam] + WORD_JOINER + text[seam:]
-        spans = [(name, start + (start >= seam), end + (end > seam)) for name, start, end in spans]
+        spans = [(key, start + (start >= seam), end + (end > seam)) for key, start, end in spans]
+
+
+def _literal_spans(text: str, message: int, origin: int, spans: Sequence[Span],
+                   tokenizer: Any) -> tuple[str, list[tuple[int, int, int]]]:
+    """``text`` (characters ``origin:`` of text number ``message``) with the parts of ``spans`` that lie in it
+    (overlapping or touching ones joined) ``literal_text`` and their seams broken, and ``(message, start, end)``
+    of where those parts are now."""
+    joined: list[list[int]] = []
+    for span in sorted(spans):
+        start, end = max(span.start - origin, 0), min(span.end - origin, len(text))
+        if span.message != message or start >= end:
+            continue
+        if joined and start <= joined[-1][1]:
+            joined[-1][1] = max(joined[-1][1], end)
+        else:
+            joined.append([start, end])
+    out, moved, last = "", [], 0
+    for start, end in joined:
+        value = literal_text(text[start:end], tokenizer)
+        out += text[last:start]
+        moved.append((message, len(out), len(out) + len(value)))
+        out += value
+        last = end
+    return _break_seams(out + text[last:], moved, tokenizer)
 
 
 def _restated(texts: Sequence[str], at: BlockAt, question: Span) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from spring_core.errors import LayoutError, OptionError
-from spring_core.prompts.layouts import build_prompt, format_passages, render_chat
-from spring_core.prompts.placement import Placement, Span, fill_placeholders, place_block
+from spring_core.prompts.layouts import WORD_JOINER, build_prompt, format_passages, literal_text, render_chat
+from spring_core.prompts.placement import Placement, Span, fill_placeholders, literal_content, place_block
 from spring_core.types import BlockAt, PromptParts, marker_block
 
 
@@ -91,7 +91,7 @@ def test_a_question_first_prompt_reads_context_block_question_then_its_own_answe
     text, context, question = rlm("Where is Paris?")
     placement = place_block([text], [context], [question])
     assert placement == Placement(BlockAt(0, text.index("Answer:")), question_first=True,
-                                  restated="Where is Paris?\n")
+                                  restated="Where is Paris?\n", content=(question, context))
     [read] = placement.restate([text], k=4)
     offset = placement.at.offset
     parts = PromptParts(read[:offset], 4, read[offset:])
@@ -110,7 +110,7 @@ def test_without_a_block_nothing_is_restated():
 def test_a_question_that_cannot_be_found_is_not_restated():
     text, context, _ = rlm("Where is Paris?")
     placement = place_block([text], [context], [])
-    assert placement == Placement(BlockAt(0, text.index("Answer:")))
+    assert placement == Placement(BlockAt(0, text.index("Answer:")), content=(context,))
     assert placement.restate([text], k=4) == [text]
 
 
@@ -143,3 +143,69 @@ def test_a_restated_question_gets_a_line_of_its_own():
     placement = place_block(turns, [Span(1, 9, len(turns[1]))], [Span(0, 0, 15)])
     assert placement.at == BlockAt(1, len(turns[1])) and placement.restated == "\nWhere is Paris?"
     assert placement.restate(turns, k=1) == [turns[0], turns[1] + "\nWhere is Paris?"]
+
+
+# ----- the spans a placement was placed from are content: read as characters, the template as written ---------------
+
+TEMPLATE_TOKENS = "<|im_start|>system\nContext: {context}<|im_end|>\n<|im_start|>user\nQuestion: {question}\nAnswer:"
+
+
+def placed(template: str, context: str, question: str) -> tuple[str, Placement]:
+    text, spans = fill_placeholders(template, {"context": "{context}", "question": "{question}"},
+                                    {"context": context, "question": question})
+    found = {name: Span(0, start, end) for name, start, end in spans}
+    return text, place_block([text], [found["context"]], [found["question"]])
+
+
+def test_content_is_read_as_characters_and_the_block_moves_with_it(tiny):
+    _, tokenizer = tiny
+    text, placement = placed(TEMPLATE_TOKENS, "Paris <|im_end|> is in France.", "Where is <|im_start|>Paris?")
+    context, question = text.index("Paris"), text.index("Where")
+    assert placement.content == (Span(0, context, context + 30), Span(0, question, question + 27))
+    [read], moved = literal_content([text], placement, tokenizer)
+    assert read == text.replace("Paris <|im_end|> is", "Paris <\u2060|im_end|> is").replace(
+        "is <|im_start|>Paris", "is <\u2060|im_start|>Paris")
+    assert read.startswith("<|im_start|>system\n") and "France.<|im_end|>\n<|im_start|>user\n" in read
+    assert moved.at == BlockAt(0, placement.at.offset + 1) and read[moved.at.offset:].startswith("Question: ")
+    assert [read[s.start:s.end] for s in moved.content] == [literal_text(v, tokenizer) for v in (
+        "Paris <|im_end|> is in France.", "Where is <|im_start|>Paris?")]
+
+
+def test_content_without_a_special_token_spelling_leaves_the_texts_as_they_are(tiny):
+    _, tokenizer = tiny
+    text, placement = placed(TEMPLATE_TOKENS, "Paris is in France. [r1]", "Where is Paris?")
+    assert literal_content([text], placement, tokenizer) == ([text], placement)
+
+
+def test_a_value_cannot_complete_a_spelling_that_the_template_begins_or_ends(tiny):
+    _, tokenizer = tiny
+    text, placement = placed("Context: <|im_{context}end|>\nQuestion: {question}\nAnswer:", "end|> Paris <|im_",
+                             "Where?")
+    [read], moved = literal_content([text], placement, tokenizer)
+    assert read == f"Context: <|im_{WORD_JOINER}end|> Paris <|im_{WORD_JOINER}end|>\nQuestion: Where?\nAnswer:"
+    assert read[moved.at.offset:] == "Question: Where?\nAnswer:"
+    assert not set(tokenizer(read)["input_ids"]) & set(tokenizer.all_special_ids)
+
+
+def test_a_question_first_placement_restates_its_question_as_characters(tiny):
+    _, tokenizer = tiny
+    question = "Where is <|im_end|>Paris?"
+    text, context, span = rlm(question)
+    [read], moved = literal_content([text], place_block([text], [context], [span]), tokenizer)
+    asked = literal_text(question, tokenizer)
+    assert moved.question_first and moved.restated == f"{asked}\n"
+    [restated] = moved.restate([read], k=2)
+    assert restated == text.replace(question, asked).replace("Answer:", f"{asked}\nAnswer:")
+    assert moved.restate([read], k=0) == [read]
+
+
+def test_a_span_across_the_block_is_read_on_each_side_of_it(tiny):
+    """Content on both sides of the block (here a context that runs on past the line the block starts): each side
+    is read on its own, as the model tokenizes them apart, and the block stays where it was placed."""
+    _, tokenizer = tiny
+    texts = ["Facts <|im_end|>\n<|im_start|> more\nQ: why?"]
+    placement = Placement(BlockAt(0, texts[0].index("<|im_start|>")), content=(Span(0, 6, 30),))
+    [read], moved = literal_content(texts, placement, tokenizer)
+    assert read[:moved.at.offset] == "Facts <\u2060|im_end|>\n"
+    assert read[moved.at.offset:] == "<\u2060|im_start|> more\nQ: why?"
+    assert moved.content == (Span(0, 6, 18), Span(0, 18, 32))
