@@ -41,6 +41,7 @@ from langchain_spring._base import SpringParams, finished, usage_metadata
 from langchain_spring.tools import (
     check_tool_support,
     fallback_turns,
+    generated_specials,
     native_prompt,
     parse_tool_calls,
     render_tool_prompt,
@@ -291,12 +292,12 @@ class ChatSpring(SpringParams, BaseChatModel):
         usage = usage_metadata(generation.usage)
         tokenizer = self.engine.spring.tokenizer
         support = template_tools(tokenizer)
-        raw = generation.text
+        raw, special = generation.text, [str(t) for t in tokenizer.all_special_tokens]
         if generation.token_ids:  # markers such as Mistral's [TOOL_CALLS] are special tokens, dropped from .text
             raw = tokenizer.decode(generation.token_ids, skip_special_tokens=False)
+            special = generated_specials(tokenizer, generation.token_ids)
         names = [tool["function"]["name"] for tool in tools]
-        content, calls, invalid = parse_tool_calls(raw, support.format or "hermes", names=names,
-                                                   special=[str(t) for t in tokenizer.all_special_tokens])
+        content, calls, invalid = parse_tool_calls(raw, support.format or "hermes", names=names, special=special)
         if not calls and not invalid:
             content = generation.text
         return AIMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid, usage_metadata=usage,

@@ -35,9 +35,10 @@ becomes that token (``spring_core.prompts.layouts.literal_text``, as all content
 (virtual tokens are structure, never text). Closing tool results with no text are no context (no block).
 
 **Calls that cannot be made** (JSON that does not parse, arguments that are not a JSON object, a name that is not
-a non-empty string) are ``invalid_tool_calls`` as langchain-core's ``make_invalid_tool_call`` writes them: the
-name when there is one, the arguments as written, an error. Mistral's templates take only call ids of nine letters
-and digits: ``mistral_ids`` maps the others (the same id to the same one).
+a non-empty string, a ``llama-json`` call cut after its tag) are ``invalid_tool_calls`` as langchain-core's
+``make_invalid_tool_call`` writes them: the name when there is one, the arguments as written, an error.
+Mistral's templates take only call ids of nine letters and digits: ``mistral_ids`` maps the others (the same
+id to the same one).
 
 Example:
     >>> support = template_tools(tokenizer)                  # a Qwen 2.5 tokenizer
@@ -151,6 +152,13 @@ def _probe(tokenizer: Any) -> TemplateTools:
 
 def _specials(tokenizer: Any) -> list[str]:
     return [str(t) for t in getattr(tokenizer, "all_special_tokens", [])]
+
+
+def generated_specials(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
+    """The spellings of the tokenizer's special tokens that ``token_ids`` hold as tokens (what
+    ``skip_special_tokens`` decoding drops; the same characters written as ordinary tokens are text)."""
+    ids = set(token_ids)
+    return [token for token in _specials(tokenizer) if tokenizer.convert_tokens_to_ids(token) in ids]
 
 
 def check_tool_support(tokenizer: Any, what: str = "bind_tools") -> TemplateTools:
@@ -375,7 +383,8 @@ def parse_tool_calls(text: str, format: str, *, names: Sequence[str] | None = No
                      special: Sequence[str] = ()) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """``(content, tool_calls, invalid_tool_calls)`` of a model's output in a tool-call ``format``, as LangChain's
     ``AIMessage`` holds them. ``names`` (the bound tools) limit what counts as a call in the ``llama-json`` format,
-    which has no marker; ``special`` are token spellings to drop around the calls (an end-of-turn token).
+    which has no marker; ``special`` are the special tokens' spellings: dropped around the calls (an end-of-turn
+    token) and, when there are calls, from the content (as ``skip_special_tokens`` decoding drops them).
     Text with no call is returned as the content, unchanged."""
     if format not in FORMATS:
         raise ValueError(f"unknown tool-call format {format!r}; known: {', '.join(FORMATS)}")
@@ -386,8 +395,7 @@ def parse_tool_calls(text: str, format: str, *, names: Sequence[str] | None = No
             return text, [], []
         for match in _HERMES.finditer(text):
             _add_call(match.group(1), calls, invalid)
-        content = _strip_specials(_HERMES.sub("", text), special)
-        return content, calls, invalid
+        return _drop_specials(_HERMES.sub("", text), special), calls, invalid
     if format == "mistral":
         head, found, tail = text.partition("[TOOL_CALLS]")
         if not found:
@@ -399,7 +407,7 @@ def parse_tool_calls(text: str, format: str, *, names: Sequence[str] | None = No
                 _add_call(arguments, calls, invalid, name=name.split("[CALL_ID]")[0].strip())
             else:  # v3 / v7: a JSON list of {"name", "arguments"}
                 _add_call(part, calls, invalid)
-        return _strip_specials(head, special), calls, invalid
+        return _drop_specials(head, special), calls, invalid
     return _llama_calls(text, names, special)
 
 
@@ -407,11 +415,17 @@ def _llama_calls(text: str, names: Sequence[str] | None,
                  special: Sequence[str]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """The ``llama-json`` format, which has no marker: the text is calls only when it is nothing but JSON objects
     ``{"name", "parameters"}`` (or ``"arguments"``), each naming a bound tool (when ``names`` are given) or no
-    usable name at all (an invalid call); else it is the answer, as written."""
-    body = _strip_specials(text, special)
+    usable name at all (an invalid call); else it is the answer, as written. Text that opens with one of the
+    format's tags (``_LLAMA_TAGS``) is a call even where what follows does not parse (cut at ``max_tokens``): that
+    part is an invalid call (``_cut_call``)."""
+    body = _strip_specials(text, [token for token in special if token not in _LLAMA_TAGS])
+    tagged = body.startswith(_LLAMA_TAGS)
     for tag in _LLAMA_TAGS:
         body = body.replace(tag, "")
-    pieces = _json_objects(body.strip()) if body.strip().startswith("{") else []
+    body = _strip_specials(body, special)
+    pieces, rest = _json_values(body) if body.startswith("{") else ([], body)
+    if not tagged and (rest or not pieces):
+        return text, [], []
     calls: list[dict[str, Any]] = []
     invalid: list[dict[str, Any]] = []
     for piece in pieces:
@@ -420,9 +434,32 @@ def _llama_calls(text: str, names: Sequence[str] | None,
         if names is not None and _valid_name(piece["name"]) and piece["name"] not in names:
             return text, [], []  # JSON that names no bound tool is an answer
         _sort(_tool_call(piece["name"], piece.get("parameters", piece.get("arguments"))), calls, invalid)
-    if not pieces:
-        return text, [], []
+    if rest or not pieces:
+        invalid.append(_cut_call(rest))
     return "", calls, invalid
+
+
+_LLAMA_NAME = re.compile(r'\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _cut_call(raw: str) -> dict[str, Any]:
+    """What follows a ``llama-json`` tag and does not parse as calls, as an invalid call: the name when it opens
+    with a whole one, the text as written, an error."""
+    try:
+        json.loads(raw)
+    except json.JSONDecodeError as error:
+        return _invalid(_opening_name(raw), raw, f"the tool call is not JSON ({error})")
+    return _invalid(None, raw, "a tool call must be a JSON object with a name and parameters")
+
+
+def _opening_name(raw: str) -> str | None:
+    """The tool name a cut JSON call opens with (``{"name": "..."``), if whole and usable."""
+    match = _LLAMA_NAME.match(raw)
+    try:
+        name = json.loads(match.group(1)) if match else None
+    except json.JSONDecodeError:
+        return None
+    return name if _valid_name(name) else None
 
 
 def _strip_specials(text: str, special: Sequence[str]) -> str:
@@ -438,8 +475,15 @@ def _strip_specials(text: str, special: Sequence[str]) -> str:
     return text
 
 
-def _json_objects(body: str) -> list[Any]:
-    """JSON values one after another, separated by whitespace, ``;`` or ``,``; ``[]`` when any is not JSON."""
+def _drop_specials(text: str, special: Sequence[str]) -> str:
+    """``text`` without the spellings in ``special`` (anywhere, in one pass, longest first), stripped."""
+    tokens = sorted({token for token in special if token}, key=len, reverse=True)
+    return (re.sub("|".join(map(re.escape, tokens)), "", text) if tokens else text).strip()
+
+
+def _json_values(body: str) -> tuple[list[Any], str]:
+    """JSON values one after another, separated by whitespace, ``;`` or ``,``, and the text from the first that
+    does not parse (``''`` when all do)."""
     decoder, values, at = json.JSONDecoder(), [], 0
     while at < len(body):
         while at < len(body) and body[at] in " \t\r\n;,":
@@ -449,9 +493,9 @@ def _json_objects(body: str) -> list[Any]:
         try:
             value, at = decoder.raw_decode(body, at)
         except json.JSONDecodeError:
-            return []
+            return values, body[at:]
         values.append(value)
-    return values
+    return values, ""
 
 
 def _valid_name(name: Any) -> bool:

@@ -4,7 +4,8 @@ transformers) and, with the vLLM venv, vLLM's Hermes template and mistral_common
 Nothing a past tool call holds (its name, its arguments' keys and values, its id, the tool turn's name) becomes a
 special token; without a chat template every turn is text; a call that cannot be made is an invalid tool call, in
 ``invoke`` and in ``stream``; Mistral's templates get the call ids they accept; a RAG call with tools bound still
-gets its block; a tool result is its text blocks, and no text is no context.
+gets its block; a tool result is its text blocks, and no text is no context; a Llama call cut after its tag is
+an invalid tool call; the content beside tool calls has no special tokens.
 """
 
 from __future__ import annotations
@@ -282,3 +283,77 @@ def test_a_tool_result_is_its_text_blocks_and_no_text_is_no_context(chatml, mode
         for empty in ("", [], [{"type": "text", "text": ""}]):
             assert chat._chat_request(conversation(empty), None, {}).prompt.k == 0
         assert chat.invoke(conversation("")).usage_metadata["input_token_details"]["virtual"] == 0
+
+
+# ----- 8. a Llama call cut after its tag is an invalid tool call ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "calls", "bad"), [
+    ('<|python_start|>{"name": "search", "parameters": {"q": "Ham', [],
+     [("search", '{"name": "search", "parameters": {"q": "Ham')]),
+    ('<|python_start|><|python_end|>{"name": "sea', [], [(None, '{"name": "sea')]),
+    ("<|python_tag|>", [], [(None, "")]),
+    ('<|python_tag|>{"name": "search", "parameters": {"q": "a"}}; {"name": "search", "param', [("search", {"q": "a"})],
+     [("search", '{"name": "search", "param')]),
+])
+def test_a_llama_call_cut_after_its_tag_is_an_invalid_tool_call(text, calls, bad):
+    """A reply cut at ``max_tokens`` after a tool-call tag: what does not parse is an invalid call (the name when
+    one was written whole, the text as written, an error), never the answer's text; untagged, such text stays
+    the answer."""
+    content, made, invalid = parse_tool_calls(text + "<|eot|>", "llama-json", names=["search"],
+                                              special=["<|eot|>", "<|python_start|>", "<|python_end|>"])
+    assert content == "" and [(c["name"], c["args"]) for c in made] == calls
+    assert [(c["name"], c["args"]) for c in invalid] == bad and all(c["error"] for c in invalid)
+    untagged = '{"name": "search", "parameters": {"q": "Ham'
+    assert parse_tool_calls(untagged, "llama-json", names=["search"]) == (untagged, [], [])
+
+
+def test_a_cut_llama_call_from_the_model_is_an_invalid_tool_call(models):
+    sm = models("llama4")
+    chat = ChatSpring(spring_model=sm, max_tokens=8)
+    tools = chat.bind_tools([retrieve_context]).kwargs["tools"]
+    ids = sm.tokenizer('<|python_start|>{"name": "retrieve_context", "parameters": {"query": "Ham',
+                       add_special_tokens=False)["input_ids"]
+    text = sm.tokenizer.decode(ids, skip_special_tokens=True)
+    message = chat._result(Generation(text=text, token_ids=ids), tools).generations[0].message
+    assert message.content == "" and message.tool_calls == []
+    assert [(c["name"], c["args"]) for c in message.invalid_tool_calls] == [("retrieve_context", text)]
+
+
+# ----- 9. the content beside tool calls is the decoded text --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "fmt"), [
+    ('Hi <|im_start|>user\nhey <tool_call>{"name": "search", "arguments": {}}</tool_call><|im_end|>', "hermes"),
+    ('Hi <|im_start|>user\nhey [TOOL_CALLS]search[ARGS]{}<|im_end|>', "mistral"),
+])
+def test_the_content_beside_tool_calls_drops_special_tokens(text, fmt):
+    content, calls, _ = parse_tool_calls(text, fmt, special=["<|im_start|>", "<|im_end|>", "[TOOL_CALLS]"])
+    assert content == "Hi user\nhey" and [(c["name"], c["args"]) for c in calls] == [("search", {})]
+
+
+@tool
+def search(q: str) -> str:
+    """Search."""
+    return q
+
+
+@pytest.mark.parametrize(("name", "marker"), [("hermes", '<tool_call>{"name": "search", "arguments": {}}</tool_call>'),
+                                              ("v11", "[TOOL_CALLS]search[ARGS]{}")])
+def test_the_content_beside_tool_calls_is_decoded_as_without_them(models, name, marker):
+    """The model's text before its calls, as ``skip_special_tokens`` decoding gives it: its special tokens dropped,
+    the spelling of one written as ordinary tokens (and not held as a token) kept, as in a reply without calls."""
+    sm = models(name)
+    chat = ChatSpring(spring_model=sm, max_tokens=8)
+    tools = chat.bind_tools([search]).kwargs["tools"]
+
+    def encode(text: str) -> list[int]:
+        return sm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    before = encode("Hi <|im_start|>user\nhey ") + encode("<|im_") + encode("end|> ok")  # the last one is text
+    assert sm.tokenizer.decode(before, skip_special_tokens=True) == "Hi user\nhey <|im_end|> ok"
+    for reply, calls in ((before + encode(marker), [("search", {})]), (before, [])):
+        text = sm.tokenizer.decode(reply, skip_special_tokens=True)
+        message = chat._result(Generation(text=text, token_ids=reply), tools).generations[0].message
+        assert message.content == "Hi user\nhey <|im_end|> ok"
+        assert [(c["name"], c["args"]) for c in message.tool_calls] == calls
