@@ -251,7 +251,8 @@ class ChatSpring(SpringParams, BaseChatModel):
         settings, k = self._call_settings(stop, kwargs)
         tokenizer = self.engine.spring.tokenizer
         rag_inputs = kwargs.get("rag_inputs")
-        with_tools = bool(tools) or any(turn["role"] == "tool" or turn.get("tool_calls") for turn in turns)
+        tool_turns = any(turn["role"] == "tool" or turn.get("tool_calls") for turn in turns)
+        with_tools = bool(tools) or tool_turns
         # agentic: the tool results, when they close the conversation, are context
         if with_tools and (rag_inputs is None or (turns and turns[-1]["role"] == "tool")):
             n = self.engine.spring.n
@@ -259,25 +260,25 @@ class ChatSpring(SpringParams, BaseChatModel):
             return Request(prompt=render_tool_messages(turns, tokenizer, tools, k), settings=settings)
         run_id = getattr(run_manager, "run_id", None) or TRACKER.run_for(messages)
         if with_tools:
-            return Request(prompt=self._rag_tool_prompt(turns, tools, run_id, k, rag_inputs), settings=settings)
+            prompt = self._rag_tool_prompt(turns, tools, tool_turns, run_id, k, rag_inputs)
+            return Request(prompt=prompt, settings=settings)
         placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, k,
                                        rag_inputs)
         return Request(prompt=render_messages(turns, tokenizer, placement, k), settings=settings)
 
-    def _rag_tool_prompt(self, turns: list[dict[str, Any]], tools: Sequence[dict[str, Any]] | None, run_id: Any,
-                         k: int | None, rag_inputs: Any) -> PromptParts:
-        """A RAG call (``rag_inputs``, e.g. from ``SpringRAGMiddleware``) with tools bound or earlier tool turns,
-        not closed by tool results: the block between the context and the question, as without tools. The chat
-        template renders the tools (and the calls and results, when it can; else ``fallback_turns`` writes them)."""
+    def _rag_tool_prompt(self, turns: list[dict[str, Any]], tools: Sequence[dict[str, Any]] | None,
+                         tool_turns: bool, run_id: Any, k: int | None, rag_inputs: Any) -> PromptParts:
+        """A RAG call (``rag_inputs``, e.g. from ``SpringRAGMiddleware``) with tools bound or earlier tool turns
+        (``tool_turns``), not closed by tool results: the block between the context and the question, as without
+        tools. The chat template renders the tools (and the calls and results, when it can; else ``fallback_turns``
+        writes them)."""
         tokenizer = self.engine.spring.tokenizer
-        tool_turns = any(turn["role"] == "tool" or turn.get("tool_calls") for turn in turns)
-        if tool_turns and not template_tools(tokenizer).native:
-            plain = fallback_turns(turns)
-            placement, k = self._placement([t["content"] for t in plain], [t["role"] for t in plain], run_id, k,
-                                           rag_inputs)
-            return render_messages(plain, tokenizer, placement, k)
-        placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, k,
+        native = not tool_turns or template_tools(tokenizer).native
+        shown = turns if native else fallback_turns(turns)
+        placement, k = self._placement([t["content"] for t in shown], [t["role"] for t in shown], run_id, k,
                                        rag_inputs)
+        if not native:
+            return render_messages(shown, tokenizer, placement, k)
         if placement is None:
             return native_prompt(turns, tokenizer, tools, 0)
         return native_prompt(restated(turns, placement, k), tokenizer, tools, k, placement.at)

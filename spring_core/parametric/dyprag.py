@@ -448,8 +448,7 @@ class DyPRAGAdapters(CachedAdapters):
         return adapters
 
     def _compute(self, doc_ids: tuple[str, ...], state: Any = None) -> LoraUpdate:
-        sources = state if state is not None else self._snapshot(doc_ids)[1]
-        adapters = merge_adapters(self._adapters(sources), self.merge)
+        adapters = merge_adapters(self._adapters(state), self.merge)  # state: _snapshot's sources, always given
         return LoraUpdate.sum(self.spec, adapters, self.dyprag.model)
 
     @classmethod
