@@ -5,13 +5,13 @@ process writes, resuming a run that was killed mid-write."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 from cpu_launch import run_spring_rag
+from processes import exit_codes
 
 from spring_core.errors import DataError
 from spring_train.augment import append_lines, augment_corpus, read_augmented
@@ -48,14 +48,8 @@ def test_writers_and_readers_of_one_augmented_file_lose_and_cut_nothing(tmp_path
     resume read, which repairs a half-written last line)."""
     out = str(tmp_path / "aug.jsonl")
     corpus = long_corpus(*LONG)
-    context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=augment_share, args=(out, corpus, i)) for i in (0, 1)]
-    workers.append(context.Process(target=keep_reading, args=(out, READS)))
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(120)
-    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    calls = [(augment_share, (out, corpus, i)) for i in (0, 1)] + [(keep_reading, (out, READS))]
+    assert exit_codes(calls, timeout=120) == [0, 0, 0]
     data = Path(out).read_bytes()
     assert b"\0" not in data and data.endswith(b"\n")  # no hole where a cut line's writer went on writing
     lines = data.decode().splitlines()

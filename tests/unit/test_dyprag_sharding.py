@@ -4,12 +4,12 @@ for bit."""
 
 from __future__ import annotations
 
-import multiprocessing
 from pathlib import Path
 
 import pytest
 import torch
 from cpu_launch import run_spring_rag
+from processes import exit_codes
 
 from spring_core.model.loading import load_model
 from spring_core.parametric import AdapterStore, LoraSpec
@@ -35,13 +35,8 @@ def write_share(folder: str, model, spec: LoraSpec, index: int) -> None:
 def test_two_processes_adding_to_one_store_lose_nothing(tiny, tmp_path):
     model = tiny[0]
     spec = LoraSpec.for_model(model, rank=2, alpha=32)
-    context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=write_share, args=(str(tmp_path / "store"), model, spec, i)) for i in (0, 1)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-    assert [worker.exitcode for worker in workers] == [0, 0]
+    folder = str(tmp_path / "store")
+    assert exit_codes([(write_share, (folder, model, spec, i)) for i in (0, 1)], timeout=120) == [0, 0]
     store = AdapterStore.open(tmp_path / "store", model=model)  # every file's SHA-256 checked
     assert sorted(store.ids(), key=lambda d: int(d.split("-")[1])) == [f"doc-{i}" for i in range(12)]
     assert all(torch.equal(store.get(f"doc-{i}")[key], value)
