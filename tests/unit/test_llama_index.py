@@ -514,3 +514,32 @@ def test_api_key_goes_to_a_server_backend_and_never_into_repr(tiny, tokens, monk
     assert llm._engine.backend.api_key == "s3cret"  # building the LLM contacts no server
     with pytest.raises(OptionError, match="api_key is sent to a server named by URL"):
         SpringLLM(model=model, tokenizer=tokenizer, tokens=tokens, api_key="s3cret")
+
+
+def test_a_users_own_prompt_renderers_keep_the_tokenizers_bos():
+    """Only the renderers SpringLLM installs write the chat template's special tokens; a ``messages_to_prompt``
+    the user passes (a ``functools.partial`` included) or a ``completion_to_prompt`` under the chat layout is
+    plain text, encoded with the tokenizer's BOS as ``HuggingFaceLLM`` encodes it."""
+    import functools
+
+    from families import build
+
+    model, tokenizer = build("gemma3")  # a BOS-adding tokenizer whose chat template writes the BOS itself
+    spring = SpringModel(model, tokenizer, VirtualTokens.random(model, n=4, seed=1))
+
+    def transcript(messages, separator):
+        return separator.join(f"{m.role.value}: {m.content}" for m in messages) + separator + "assistant:"
+
+    def first_ids(llm, prompt):
+        return spring.runner.inputs.encode(prompt.raw["prompt_parts"])[:2]
+
+    bos = tokenizer.bos_token_id
+    user = [ChatMessage(role="user", content="hi")]
+    ours = SpringLLM(spring_model=spring, max_new_tokens=1, layout="chat")
+    assert first_ids(ours, ours.chat(user)) == [bos, tokenizer.convert_tokens_to_ids("<start_of_turn>")]
+    assert first_ids(ours, ours.complete("hi"))[0] == bos
+    theirs = SpringLLM(spring_model=spring, max_new_tokens=1, layout="chat",
+                       messages_to_prompt=functools.partial(transcript, separator="\n"),
+                       completion_to_prompt=lambda text: f"Q: {text}\nA:")
+    assert first_ids(theirs, theirs.chat(user)) == [bos] + tokenizer("user", add_special_tokens=False)["input_ids"][:1]
+    assert first_ids(theirs, theirs.complete("hi")) == [bos] + tokenizer("Q", add_special_tokens=False)["input_ids"][:1]

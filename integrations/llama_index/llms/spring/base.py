@@ -143,6 +143,9 @@ class SpringLLM(CustomLLM):
 
     _engine: Engine = PrivateAttr()
     _warned: set[str] = PrivateAttr(default_factory=set)
+    _template_renderers: tuple[Any, ...] = PrivateAttr(default=())
+    """The ``messages_to_prompt`` / ``completion_to_prompt`` this LLM installed that render through the chat
+    template (which writes the template's own special tokens, a BOS included); a user's own renderers are not."""
 
     def __init__(self, *, model: Any = None, tokenizer: Any = None, spring_model: SpringModel | None = None,
                  **kwargs: Any):
@@ -170,10 +173,15 @@ class SpringLLM(CustomLLM):
         if not self.context_window:
             self.context_window = int(getattr(spring_model.model.config, "max_position_embeddings", 2048))
         # partials of module functions, not bound methods: a field holding self would make repr() recurse
+        renderers = []
         if self.messages_to_prompt is None or self.messages_to_prompt is generic_messages_to_prompt:
             self.messages_to_prompt = functools.partial(chat_template_prompt, spring_model.tokenizer)
+            renderers.append(self.messages_to_prompt)
         if self.completion_to_prompt in (None, default_completion_to_prompt) and self.layout == "chat":
             self.completion_to_prompt = functools.partial(user_turn_prompt, spring_model.tokenizer)
+            renderers.append(self.completion_to_prompt)
+        if has_chat_template(spring_model.tokenizer):
+            self._template_renderers = tuple(renderers)
 
     @classmethod
     def class_name(cls) -> str:
@@ -235,17 +243,13 @@ class SpringLLM(CustomLLM):
             logger.info("this RAG template states the question before the context, an order SPRING's tokens were not "
                         "trained on; the block goes right after the context")
         offset = placement.at.offset
-        chat = self._renders_chat(messages=isinstance(selected, ChatPromptTemplate))
-        return PromptParts(text[:offset], k, text[offset:], special_tokens=not chat)
+        renderer = self.messages_to_prompt if isinstance(selected, ChatPromptTemplate) else self.completion_to_prompt
+        return PromptParts(text[:offset], k, text[offset:], special_tokens=not self._renders_chat(renderer))
 
-    def _renders_chat(self, *, messages: bool) -> bool:
-        """Whether this LLM renders chat ``messages`` (else a completion prompt) through the tokenizer's chat
-        template, which writes the template's own special tokens into the text."""
-        if messages:  # ours (chat_template_prompt) renders with the template when the tokenizer has one
-            chat = isinstance(self.messages_to_prompt, functools.partial)
-        else:
-            chat = self.layout == "chat"
-        return chat and has_chat_template(self._engine.spring.tokenizer)
+    def _renders_chat(self, renderer: Any) -> bool:
+        """Whether ``renderer`` (``messages_to_prompt`` or ``completion_to_prompt``) writes the chat template's
+        special tokens into the text, so none are added when it is encoded."""
+        return any(renderer is ours for ours in self._template_renderers)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -381,7 +385,7 @@ class SpringLLM(CustomLLM):
                             "template and its variables: llm.predict / llm.apredict(PromptTemplate(...), "
                             "context_str=..., query_str=...), or a response synthesizer")
         if not isinstance(prompt, PromptParts):
-            chat = not formatted and self._renders_chat(messages=False)
+            chat = not formatted and self._renders_chat(self.completion_to_prompt)
             prompt = PromptParts(prompt if formatted else self.completion_to_prompt(prompt), special_tokens=not chat)
         return Request(prompt=prompt, settings=self._settings(kwargs))
 
@@ -422,7 +426,8 @@ class SpringLLM(CustomLLM):
     # ----- chat ----------------------------------------------------------------------------------------------
 
     def _chat_request(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Request:
-        prompt = PromptParts(self.messages_to_prompt(messages), special_tokens=not self._renders_chat(messages=True))
+        prompt = PromptParts(self.messages_to_prompt(messages),
+                             special_tokens=not self._renders_chat(self.messages_to_prompt))
         return Request(prompt=prompt, settings=self._settings(kwargs))
 
     @llm_chat_callback()
