@@ -9,7 +9,9 @@ completion prompt, one per turn for a chat). ``place_block`` turns them into one
 2. The question comes after the context: the block goes at the start of the question's line (``[r1]..[rk]Query:
    ...`` in LlamaIndex's default template, ``[r1]..[rk]Question: ...`` in SPRING's own), or, when the question
    shares a line with the end of the context, right after the context. A question in a later chat turn than the
-   context gets the block at the start of the line in that turn.
+   context gets the block at the start of the line in that turn. When the question's words occur more than once
+   after the context (a chat history that asked it before), the prompt asks the last one (in the turn that
+   holds the question, when the caller names it).
 3. The question comes first (``rlm/rag-prompt``, LlamaIndex's refine template): the block goes right after the
    context, at the start of the next line when only spaces follow the context on its line, and the question is
    asked again right after the block (``Placement.restated``: the question on a line of its own), so the model
@@ -84,16 +86,19 @@ def place_block(texts: Sequence[str], context: Sequence[Span], questions: Sequen
                 question_turn: int | None = None) -> Placement | None:
     """The block's position for ``texts`` whose context and question occupy the given spans (see the module doc).
 
-    ``question_turn`` is a fallback when no question span is known: the turn that holds the question (e.g. the
-    last human turn of a chat), used when it comes after the context.
+    ``question_turn``: the turn that holds the question (e.g. the last human turn of a chat). Among the question's
+    occurrences after the context, the last one in that turn is the question (else the last one): a chat history
+    that already holds the same words comes before it. Without any question span it is a fallback, used when it
+    comes after the context.
     """
     if not context:
         return None
     content = tuple(sorted({*context, *questions}))
     end = max(context, key=attrgetter("message", "end"))
     after = sorted(q for q in questions if (q.message, q.start) >= (end.message, end.end))
-    if after:
-        question = after[0]
+    if after:  # the prompt asks last; an earlier turn that holds the same words is history
+        asked = [q for q in after if q.message == question_turn]
+        question = (asked or after)[-1]
     elif not questions and question_turn is not None and question_turn > end.message:
         question = Span(question_turn, 0, 0)
     else:

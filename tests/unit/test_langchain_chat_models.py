@@ -256,6 +256,29 @@ def test_context_in_the_system_message_puts_the_block_before_the_last_human_turn
     assert out == sm.generate_from_prompt(parts, max_new_tokens=5).text
 
 
+def test_a_history_that_asked_the_same_question_before_keeps_the_block_at_the_last_human_turn(sm, retriever):
+    from operator import itemgetter
+
+    from langchain_core.prompts import MessagesPlaceholder
+
+    prompt = ChatPromptTemplate.from_messages([("system", "Answer from these notes:\n\n{context}"),
+                                               MessagesPlaceholder("history"), ("human", "{question}")])
+    chat = ChatSpring(spring_model=sm, max_tokens=5, k=4)
+    chain = {"context": itemgetter("question") | retriever | format_docs, "question": itemgetter("question"),
+             "history": itemgetter("history")} | prompt | chat | StrOutputParser()
+    notes = f"Answer from these notes:\n\n{format_docs(retriever.invoke(QUESTION))}"
+    for earlier in (QUESTION, f"{QUESTION} And when?"):
+        history = [HumanMessage(earlier), AIMessage("Shakespeare.")]
+        out = chain.invoke({"question": QUESTION, "history": history})
+        turns = [{"role": "system", "content": notes},
+                 {"role": "user", "content": earlier}, {"role": "assistant", "content": "Shakespeare."},
+                 {"role": "user", "content": QUESTION}]
+        expected = render_messages(turns, sm.tokenizer).plain_text()
+        user_turn = expected.rindex(QUESTION)
+        parts = PromptParts(expected[:user_turn], 4, expected[user_turn:], special_tokens=False)
+        assert out == sm.generate_from_prompt(parts, max_new_tokens=5).text
+
+
 def test_without_a_retriever_a_labelled_system_context_is_the_last_resort(sm):
     chat = ChatSpring(spring_model=sm, max_tokens=3, k=2)
     messages = [SystemMessage(f"Use the following context in your response:\n\n{PASSAGES[0]['text']}"),

@@ -114,6 +114,18 @@ def test_a_question_that_cannot_be_found_is_not_restated():
     assert placement.restate([text], k=4) == [text]
 
 
+def test_the_question_is_its_last_occurrence_after_the_context_in_the_question_turn():
+    """A chat history that asked the same words before holds an earlier occurrence: the prompt asks the last."""
+    texts = ["Notes:\nParis is in France.", "Where is Paris?", "In France.", "Where is Paris?"]
+    questions = [Span(1, 0, 15), Span(3, 0, 15)]
+    assert place_block(texts, [Span(0, 7, 26)], questions).at == BlockAt(3, 0)
+    assert place_block(texts, [Span(0, 7, 26)], questions, question_turn=3).at == BlockAt(3, 0)
+    assert place_block(texts, [Span(0, 7, 26)], questions, question_turn=1).at == BlockAt(1, 0)
+    text = "Notes: Paris is in France.\nUser: Where is Paris?\nAssistant: In France.\nUser: Where is Paris?\n"
+    spans = [Span(0, m, m + 15) for m in (text.index("Where"), text.rindex("Where"))]
+    assert place_block([text], [Span(0, 7, 26)], spans).at == BlockAt(0, text.rindex("User:"))
+
+
 def test_a_question_after_the_context_is_not_restated():
     text = "Context:\nParis is in France.\nQuery: Where is Paris?\nAnswer:"
     placement = place_block([text], [Span(0, 9, 28)], [Span(0, 36, 51)])
