@@ -252,14 +252,12 @@ class ChatSpring(SpringParams, BaseChatModel):
         tokenizer = self.engine.spring.tokenizer
         rag_inputs = kwargs.get("rag_inputs")
         tool_turns = any(turn["role"] == "tool" or turn.get("tool_calls") for turn in turns)
-        with_tools = bool(tools) or tool_turns
-        # agentic: the tool results, when they close the conversation, are context
-        if with_tools and (rag_inputs is None or (turns and turns[-1]["role"] == "tool")):
+        if turns and turns[-1]["role"] == "tool":  # agentic: the tool results that close the conversation are context
             n = self.engine.spring.n
             k = options.virtual_token_count(n if k is None else k, n)
             return Request(prompt=render_tool_messages(turns, tokenizer, tools, k), settings=settings)
         run_id = getattr(run_manager, "run_id", None) or TRACKER.run_for(messages)
-        if with_tools:
+        if tools or tool_turns:  # the context, if any, comes from rag_inputs or the run's signals, as without tools
             prompt = self._rag_tool_prompt(turns, tools, tool_turns, run_id, k, rag_inputs)
             return Request(prompt=prompt, settings=settings)
         placement, k = self._placement([t["content"] for t in turns], [t["role"] for t in turns], run_id, k,
@@ -268,10 +266,11 @@ class ChatSpring(SpringParams, BaseChatModel):
 
     def _rag_tool_prompt(self, turns: list[dict[str, Any]], tools: Sequence[dict[str, Any]] | None,
                          tool_turns: bool, run_id: Any, k: int | None, rag_inputs: Any) -> PromptParts:
-        """A RAG call (``rag_inputs``, e.g. from ``SpringRAGMiddleware``) with tools bound or earlier tool turns
-        (``tool_turns``), not closed by tool results: the block between the context and the question, as without
-        tools. The chat template renders the tools (and the calls and results, when it can; else ``fallback_turns``
-        writes them)."""
+        """A call with tools bound or earlier tool turns (``tool_turns``), not closed by tool results: the block
+        between the context and the question when it is a RAG call (``rag_inputs``, e.g. from
+        ``SpringRAGMiddleware``, or the run's retrieval and template signals), as without tools; no block
+        otherwise (an agent's first step). The chat template renders the tools (and the calls and results, when
+        it can; else ``fallback_turns`` writes them)."""
         tokenizer = self.engine.spring.tokenizer
         native = not tool_turns or template_tools(tokenizer).native
         shown = turns if native else fallback_turns(turns)

@@ -257,6 +257,40 @@ def test_bind_tools_renders_the_tools_and_reads_the_calls_back(llama4):
     assert isinstance(bound.invoke([SystemMessage("Be brief."), HumanMessage(QUESTION)]), AIMessage)
 
 
+def test_a_rag_chain_with_tools_bound_or_earlier_tool_turns_keeps_the_block(llama4, tmp_path):
+    """A retriever ran: the block goes between the context and the question whether or not tools are bound, and
+    after a history that holds a tool call and its result (only a conversation that ends in tool results is the
+    agentic answer step)."""
+    from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+    from langchain_spring import SpringRetriever, format_docs
+    from spring_core.retrieval import create_store
+
+    create_store(tmp_path / "store", "bm25").add([{"id": "h", "title": "Hamlet", "text": RESULT}])
+    retriever = SpringRetriever(store=str(tmp_path / "store"), k=1)
+    sm = SpringModel(*llama4, VirtualTokens.random(llama4[0], n=8, seed=1))
+    chat = ChatSpring(spring_model=sm, max_tokens=8)
+    bound = chat.bind_tools([retrieve_context])
+    prompt = ChatPromptTemplate.from_messages([("system", "Answer from these notes:\n\n{context}"),
+                                               MessagesPlaceholder("history"), ("human", "{question}")])
+    chain = ({"context": (lambda x: x["question"]) | retriever | format_docs, "question": lambda x: x["question"],
+              "history": lambda x: x["history"]} | prompt | bound)
+    notes = f"Answer from these notes:\n\n{format_docs(retriever.invoke(QUESTION))}"
+    for history in ([], conversation()[1:] + [AIMessage("Shakespeare.")]):
+        out = chain.invoke({"question": QUESTION, "history": history})
+        assert out.usage_metadata["input_token_details"] == {"virtual": 8}
+        turns = [{"role": "system", "content": notes}, *hf_conversation()[1:] * bool(history),
+                 *[{"role": "assistant", "content": "Shakespeare."}] * bool(history),
+                 {"role": "user", "content": QUESTION}]
+        text = sm.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True,
+                                                tools=bound.kwargs["tools"])
+        at = text.rindex(QUESTION)
+        expected = sm.generate_from_prompt(PromptParts(text[:at], 8, text[at:], special_tokens=False),
+                                           max_new_tokens=8)
+        assert out.usage_metadata["input_tokens"] == expected.usage.prompt_tokens + 8
+        assert out.content == expected.text or out.tool_calls or out.invalid_tool_calls
+
+
 # ----- the formats, on strings -------------------------------------------------------------------------------------
 
 
