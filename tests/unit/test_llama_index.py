@@ -25,6 +25,7 @@ from llama_index.retrievers.spring import SpringRetriever
 
 from spring_core import MarkerError, SpringModel, VirtualTokens
 from spring_core.data import read_corpus, sample_corpus_path
+from spring_core.errors import OptionError
 from spring_core.types import PromptParts, marker_block
 
 QUESTION = "Who is Harvard University named after?"
@@ -132,7 +133,7 @@ def test_per_call_settings_are_honoured_and_unknown_ones_refused(llm):
         assert stopped.text == full.text[: full.text.index(full.text[1:3])]
     seeded = [llm.complete(BLOCK_PROMPT, temperature=1.0, seed=5).text for _ in range(2)]
     assert seeded[0] == seeded[1]
-    with pytest.raises(TypeError, match="unknown keyword argument"):
+    with pytest.raises(OptionError, match="unknown keyword argument"):
         llm.complete(BLOCK_PROMPT, max_tokens=3)
 
 
@@ -363,7 +364,7 @@ def test_spring_retriever_returns_scored_nodes_with_only_the_title_visible(backe
 
 def test_retriever_refuses_bad_top_k(corpus_file, tmp_path):
     SpringRetriever.from_corpus(corpus_file, tmp_path / "s", backend="bm25")
-    with pytest.raises(ValueError, match="similarity_top_k"):
+    with pytest.raises(OptionError, match="similarity_top_k"):
         SpringRetriever(tmp_path / "s", similarity_top_k=0)
 
 
@@ -412,7 +413,7 @@ def test_answer_refuses_unknown_modes_and_a_mix_of_scored_and_unscored_passages(
         SpringLLM(spring_model=SpringModel(*tiny, tokens), decoding="beam")
     with pytest.raises(DecodingError, match="passage 1 has no retriever score"):
         llm.answer(QUESTION, PASSAGES, [1.0, None], decoding="rag-token")
-    with pytest.raises(TypeError, match="unknown keyword argument"):
+    with pytest.raises(OptionError, match="unknown keyword argument"):
         llm.answer(QUESTION, PASSAGES, beams=2)
     unscored = llm.answer(QUESTION, PASSAGES, [None, None], decoding="rag-token", k=2).text
     assert unscored == llm.spring_model.generate(QUESTION, PASSAGES, 2, decoding="rag-token", max_new_tokens=6).text
@@ -435,7 +436,7 @@ def test_query_engine_with_a_marginal_mode_hands_over_each_node_and_its_score(mo
     assert "".join(streamed.response_gen) == expected.text
     answered = asyncio.run(engine.aquery(QUESTION))
     assert answered.response == expected.text
-    with pytest.raises(ValueError, match="packs the nodes into one prompt"):
+    with pytest.raises(OptionError, match="packs the nodes into one prompt"):
         spring_query_engine(retriever, llm, response_mode="compact")
 
 
@@ -484,6 +485,11 @@ def test_a_querys_usage_is_on_its_response(llm, corpus_file, tmp_path):
             assert response.metadata[response.source_nodes[0].node_id]  # the nodes' own metadata is kept
         response = asyncio.run(RetrieverQueryEngine.from_args(retriever, llm=llm).aquery(QUESTION))
         assert response.metadata["spring_usage"]["virtual_tokens"] == 8
+        for mode in ("compact", "refine"):  # refine makes calls before the streamed one: no partial sum either
+            engine = RetrieverQueryEngine.from_args(retriever, llm=llm, response_mode=mode, streaming=True)
+            streamed = engine.query(QUESTION)
+            "".join(streamed.response_gen)
+            assert "spring_usage" not in (streamed.metadata or {})
     finally:
         get_dispatcher().event_handlers.remove(calls)
 
@@ -543,3 +549,24 @@ def test_a_users_own_prompt_renderers_keep_the_tokenizers_bos():
                        completion_to_prompt=lambda text: f"Q: {text}\nA:")
     assert first_ids(theirs, theirs.chat(user)) == [bos] + tokenizer("user", add_special_tokens=False)["input_ids"][:1]
     assert first_ids(theirs, theirs.complete("hi")) == [bos] + tokenizer("Q", add_special_tokens=False)["input_ids"][:1]
+
+
+@pytest.mark.parametrize(("field", "value"), [("k", True), ("k", "3"), ("k", -1), ("k", 2.5), ("max_new_tokens", True),
+                                              ("max_new_tokens", "4"), ("max_new_tokens", 0), ("context_window", -5),
+                                              ("weight_temperature", 0), ("weight_temperature", float("nan")),
+                                              ("layout", "chatt"), ("decoding", "beam"), ("missing_adapter", "skip")])
+def test_springllm_fields_are_checked_before_pydantic_can_coerce_them(llm, field, value):
+    with pytest.raises(OptionError, match=field):
+        SpringLLM(spring_model=llm.spring_model, **{field: value})
+
+
+def test_the_other_components_refuse_bad_arguments_with_an_option_error(llm, corpus_file, tmp_path):
+    from llama_index.core.llms import MockLLM
+    from llama_index.llms.spring import SpringSynthesizer
+
+    with pytest.raises(OptionError, match="similarity_top_k"):
+        SpringRetriever.from_corpus(corpus_file, tmp_path / "bm25", backend="bm25", similarity_top_k=0)
+    with pytest.raises(OptionError, match="needs llm= a SpringLLM"):
+        SpringSynthesizer(llm=MockLLM())
+    with pytest.raises(OptionError, match="unknown keyword argument"):
+        llm.complete("Hi", beams=2)

@@ -29,7 +29,7 @@ import functools
 import logging
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +149,9 @@ class SpringLLM(CustomLLM):
 
     def __init__(self, *, model: Any = None, tokenizer: Any = None, spring_model: SpringModel | None = None,
                  **kwargs: Any):
+        _check_fields(kwargs)
         super().__init__(**kwargs)
         install_query_usage()
-        options.choice("decoding", self.decoding, options.DECODINGS)
         if spring_model is None and model is None and tokenizer is None and serves_remotely(self.backend):
             # the server runs the layers: a thin client (tokenizer + input-embedding rows, spring_core.serving.thin)
             spring_model = thin_spring_model(self.model_name, self.tokens, layout=self.layout)
@@ -370,7 +370,7 @@ class SpringLLM(CustomLLM):
         """Generation settings for one call: ``generate_kwargs`` overridden by the call's keyword arguments."""
         unknown = sorted(set(kwargs) - {*options.SETTINGS, *extra})
         if unknown:
-            raise TypeError(f"SpringLLM got unknown keyword argument(s) {', '.join(unknown)}; "
+            raise OptionError(f"SpringLLM got unknown keyword argument(s) {', '.join(unknown)}; "
                             f"it accepts {', '.join((*options.SETTINGS, *extra))}")
         settings = {"max_new_tokens": self.max_new_tokens, **self.generate_kwargs, **kwargs}
         for key in extra:
@@ -448,6 +448,20 @@ class SpringLLM(CustomLLM):
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         request = self._chat_request(messages, kwargs)
         return iterate_in_thread(lambda: stream_completion_response_to_chat_response(self._run_stream(request)))
+
+
+def _check_fields(fields: Mapping[str, Any]) -> None:
+    """SpringLLM's own fields, checked as every spring-rag entry point checks them (before pydantic, which would
+    read ``k=True`` as 1 and ``"4"`` as 4)."""
+    for name, low in (("k", 0), ("max_new_tokens", 1), ("context_window", 0)):
+        if fields.get(name) is not None:
+            options.integer(name, fields[name], low=low)
+    if "weight_temperature" in fields:
+        options.number("weight_temperature", fields["weight_temperature"], low=0.0, low_open=True)
+    for name, allowed in (("layout", options.LAYOUTS), ("decoding", options.DECODINGS),
+                          ("missing_adapter", options.MISSING_ADAPTER)):
+        if fields.get(name) is not None:
+            options.choice(name, fields[name], allowed)
 
 
 def chat_template_prompt(tokenizer: Any, messages: Sequence[ChatMessage]) -> str:

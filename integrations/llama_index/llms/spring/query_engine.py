@@ -25,6 +25,8 @@ from llama_index.llms.spring.base import SpringLLM
 from llama_index.llms.spring.prompts import spring_refine_template, spring_summary_template, spring_text_qa_template
 from llama_index.llms.spring.synthesizer import SpringSynthesizer
 
+from spring_core.errors import OptionError
+
 
 def spring_prompt_kwargs(llm: SpringLLM, k: int | None = None) -> dict[str, Any]:
     """``text_qa_template``, ``refine_template`` and ``summary_template`` for ``llm`` with ``k`` virtual tokens
@@ -54,7 +56,7 @@ def spring_query_engine(index_or_retriever: BaseIndex | BaseRetriever, llm: Spri
     """
     if llm.decoding != "stuff" or llm.knowledge != "icl":
         if response_mode is not None:
-            raise ValueError(
+            raise OptionError(
                 f"SpringLLM(decoding={llm.decoding!r}, knowledge={llm.knowledge!r}) reads every retrieved node "
                 f"on its own, but response_mode={response_mode!r} packs the nodes into one prompt; drop "
                 "response_mode, or use decoding='stuff' and knowledge='icl'"

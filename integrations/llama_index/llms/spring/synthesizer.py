@@ -31,6 +31,8 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryType
 from llama_index.core.types import RESPONSE_TEXT_TYPE
 from llama_index.llms.spring.base import SpringLLM
 
+from spring_core.errors import OptionError
+
 
 class SpringSynthesizer(BaseSynthesizer):
     """Answer from the retrieved nodes as separate passages with ``SpringLLM.answer`` (the LLM's ``decoding``).
@@ -47,7 +49,7 @@ class SpringSynthesizer(BaseSynthesizer):
     def __init__(self, llm: SpringLLM, k: int | None = None, streaming: bool = False, adapter_key: str = "adapter_id",
                  **kwargs: Any) -> None:
         if not isinstance(llm, SpringLLM):
-            raise TypeError(f"SpringSynthesizer needs a SpringLLM, got {type(llm).__name__}")
+            raise OptionError(f"SpringSynthesizer needs llm= a SpringLLM, got {type(llm).__name__}")
         super().__init__(llm=llm, streaming=streaming, **kwargs)
         self._k = k
         self._adapter_key = adapter_key

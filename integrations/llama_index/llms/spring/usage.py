@@ -6,8 +6,8 @@ LLM's responses. ``QueryUsage`` is a LlamaIndex instrumentation event handler th
 ``SpringLLM`` call made while a query runs (refine and tree-summarize make several) and writes the sum, with the
 number of calls, into that query's ``Response.metadata["spring_usage"]``. It is added to LlamaIndex's root
 dispatcher when the first ``SpringLLM`` is built (``install_query_usage``; importing registers nothing). A
-streaming response is returned before its answer is generated, so it carries no usage; read the last
-``CompletionResponse.raw["usage"]`` of the stream instead.
+streaming response is returned before its (last) answer is generated, so it carries no usage, not even that of
+the calls already made (refine); read the last ``CompletionResponse.raw["usage"]`` of the stream instead.
 
 Example:
     >>> from llama_index.llms.spring import SpringLLM
@@ -24,6 +24,7 @@ from collections import Counter
 from contextvars import ContextVar
 from typing import Any
 
+from llama_index.core.base.response.schema import AsyncStreamingResponse, StreamingResponse
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMCompletionEndEvent
@@ -58,6 +59,8 @@ class QueryUsage(BaseEventHandler):
                 return
             _open_queries.set(open_queries[:-1])
             response = event.response
+            if isinstance(response, (StreamingResponse, AsyncStreamingResponse)):
+                return  # its last answer is generated while it is read: a sum now would be short of it
             if hasattr(response, "metadata") and open_queries[-1]["llm_calls"]:
                 totals = open_queries[-1]
                 response.metadata = {**(response.metadata or {}),

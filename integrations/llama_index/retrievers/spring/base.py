@@ -19,6 +19,7 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
+from spring_core import options
 from spring_core.retrieval import RetrievedPassage, Store, index_corpus, open_store
 
 # Only the title is worth reading for the LLM and the embedder; ids and scores are bookkeeping.
@@ -37,9 +38,7 @@ class SpringRetriever(BaseRetriever):
     def __init__(self, store: Store | str | Path, similarity_top_k: int = 5, *, embedder: str | None = None,
                  callback_manager: CallbackManager | None = None, verbose: bool = False):
         self.store = open_store(store, embedder) if isinstance(store, (str, Path)) else store
-        if not isinstance(similarity_top_k, int) or similarity_top_k < 1:
-            raise ValueError(f"similarity_top_k must be a positive integer, got {similarity_top_k!r}")
-        self.similarity_top_k = similarity_top_k
+        self.similarity_top_k = options.integer("similarity_top_k", similarity_top_k, low=1)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
