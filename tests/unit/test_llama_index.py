@@ -570,3 +570,25 @@ def test_the_other_components_refuse_bad_arguments_with_an_option_error(llm, cor
         SpringSynthesizer(llm=MockLLM())
     with pytest.raises(OptionError, match="unknown keyword argument"):
         llm.complete("Hi", beams=2)
+
+
+def test_a_rich_template_that_changes_its_values_runs_without_a_block_never_on_sentinels(llm, recorder):
+    """A jinja filter or slice would act on SpringLLM's sentinels, not on the values: such a call reads the prompt
+    the template writes, without a block (warned once); a rich template that puts the values in keeps it."""
+    from llama_index.core.prompts import RichPromptTemplate
+
+    plain = SpringLLM(spring_model=llm.spring_model, k=0, max_new_tokens=2)
+    context = "Paris is in France. " * 4
+    kept = RichPromptTemplate("Context:\n{{ context_str }}\nQuery: {{ query_str }}\nAnswer:")
+    llm.predict(kept, context_str=context, query_str="where is paris?")
+    assert recorder.parts[-1].k == 8
+    changed = {"{{ context_str }}\nQuery: {{ query_str | upper }}": "Query: WHERE IS PARIS?",
+               "{{ context_str[:30] }}\nQuery: {{ query_str }}": context[:30] + "\nQuery: where"}
+    with pytest.warns(UserWarning, match="changes its variables' values"):
+        for body, written in changed.items():
+            template = RichPromptTemplate("Context:\n" + body + "\nAnswer:")
+            llm.predict(template, context_str=context, query_str="where is paris?")
+            plain.predict(template, context_str=context, query_str="where is paris?")
+            placed, reference = recorder.parts[-2:]
+            assert placed.k == 0 and placed.plain_text() == reference.plain_text()
+            assert written in placed.plain_text() and "\ue000" not in placed.plain_text()

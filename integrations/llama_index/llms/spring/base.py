@@ -69,7 +69,7 @@ from spring_core.engine import Engine, Request
 from spring_core.errors import OptionError
 from spring_core.model.loading import DEFAULT_MODEL, DEFAULT_POOL
 from spring_core.parametric.online import ParametricDocument, check_knowledge, open_adapters
-from spring_core.prompts.layouts import has_chat_template, render_chat, unique_sentinel
+from spring_core.prompts.layouts import has_chat_template, literal_text, render_chat, unique_sentinel
 from spring_core.prompts.placement import Span, fill_placeholders, place_block
 from spring_core.serving.thin import is_thin, refuse, thin_spring_model
 from spring_core.serving.vllm import as_backend, serves_remotely
@@ -210,7 +210,9 @@ class SpringLLM(CustomLLM):
 
         Each variable is rendered as a random sentinel first, so the context and the question are located in the
         template's own output; their values are put in afterwards (``literal_text``: a value that spells a special
-        token is read as characters) and never searched.
+        token is read as characters) and never searched. A template that does not put the values in as they are
+        (a ``RichPromptTemplate`` filter or slice) is rendered a second time with the values to find out, and then
+        runs without virtual tokens (warned once).
         """
         variables = {**getattr(prompt, "kwargs", {}), **prompt_args}
         if not any(str(variables.get(name) or "") for name in CONTEXT_VARIABLES):
@@ -230,6 +232,15 @@ class SpringLLM(CustomLLM):
             return None
         sentinels = {name: unique_sentinel(str(v) for v in variables.values()) for name in variables}
         rendered = self._get_prompt(prompt, **sentinels)
+        # the values' own edge spaces aside (a RichPromptTemplate chat block strips them), each must go in as it is
+        values = {name: literal_text(str(value).strip(), spring.tokenizer) for name, value in variables.items()}
+        verbatim = rendered
+        for name, sentinel in sentinels.items():
+            verbatim = verbatim.replace(sentinel, values[name])
+        if self._get_prompt(prompt, **values) != verbatim:  # e.g. a RichPromptTemplate's {{ query_str | upper }}
+            self._warn_once("transformed", "this prompt template changes its variables' values (a filter, a slice, "
+                            "...), so SpringLLM cannot tell where the context ends: it runs without virtual tokens")
+            return None
         text, spans = fill_placeholders(rendered, sentinels, variables, spring.tokenizer)
         context = [Span(0, start, end) for name, start, end in spans if name in CONTEXT_VARIABLES]
         questions = [Span(0, start, end) for name, start, end in spans if name in QUERY_VARIABLES]
