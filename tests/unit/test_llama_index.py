@@ -592,3 +592,24 @@ def test_a_rich_template_that_changes_its_values_runs_without_a_block_never_on_s
             placed, reference = recorder.parts[-2:]
             assert placed.k == 0 and placed.plain_text() == reference.plain_text()
             assert written in placed.plain_text() and "\ue000" not in placed.plain_text()
+
+
+def test_structured_predict_places_the_block_in_a_rag_template(llm, recorder):
+    """LlamaIndex's program would format the template into a string (no block); SpringLLM places it as ``predict``
+    does, in the prompt the program writes (the JSON schema after the answer cue)."""
+    from llama_index.core.bridge.pydantic import BaseModel
+
+    class Answer(BaseModel):
+        name: str
+
+    plain = SpringLLM(spring_model=llm.spring_model, k=0, max_new_tokens=2)
+    ours, theirs = (PromptTemplate(QA.template) for _ in range(2))  # LlamaIndex's program sets its output parser
+    for model, template in ((llm, ours), (plain, theirs)):  # the tiny model writes no JSON: the parse fails
+        with pytest.raises(ValueError, match="json"):
+            model.structured_predict(Answer, template, context_str=CONTEXT, query_str=QUESTION)
+    placed, reference = recorder.parts[-2:]
+    assert placed.k == 8 and reference.k == 0 and placed.plain_text() == reference.plain_text()
+    assert placed.after.startswith("Question: ") and "JSON schema" in placed.after and ours.output_parser is None
+    with pytest.raises(ValueError, match="json"):
+        asyncio.run(llm.astructured_predict(Answer, ours, context_str=CONTEXT, query_str=QUESTION))
+    assert recorder.parts[-1] == placed

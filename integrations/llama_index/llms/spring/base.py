@@ -50,7 +50,12 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.events.llm import LLMPredictEndEvent, LLMPredictStartEvent
+from llama_index.core.instrumentation.events.llm import (
+    LLMPredictEndEvent,
+    LLMPredictStartEvent,
+    LLMStructuredPredictEndEvent,
+    LLMStructuredPredictStartEvent,
+)
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.llm import (
@@ -58,8 +63,9 @@ from llama_index.core.llms.llm import (
     default_completion_to_prompt,
     stream_completion_response_to_tokens,
 )
+from llama_index.core.output_parsers import PydanticOutputParser
 from llama_index.core.prompts import BasePromptTemplate, ChatPromptTemplate, SelectorPromptTemplate
-from llama_index.core.types import TokenAsyncGen, TokenGen
+from llama_index.core.types import Model, PydanticProgramMode, TokenAsyncGen, TokenGen
 from llama_index.llms.spring.prompts import BLOCK_SIZE_KEY
 from llama_index.llms.spring.usage import install_query_usage
 
@@ -322,6 +328,50 @@ class SpringLLM(CustomLLM):
     def _refuse_output_parser(self, prompt: BasePromptTemplate) -> None:
         if prompt.output_parser is not None or self.output_parser is not None:
             raise NotImplementedError("Output parser is not supported for streaming.")
+
+    # ----- structured output (LlamaIndex's text-completion program, as refine's answer filtering uses it) -----
+
+    @dispatcher.span
+    def structured_predict(self, output_cls: type[Model], prompt: BasePromptTemplate,
+                           llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any) -> Model:
+        """``LLM.structured_predict``: the template with a JSON-schema output parser, completed and parsed into
+        ``output_cls``; a RAG template gets the block as ``predict`` places it (LlamaIndex's own program formats
+        the template into a string first, which has no structure left)."""
+        structured = self._structured_rag_prompt(output_cls, prompt, prompt_args)
+        if structured is None:
+            return super().structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        parser, parts = structured
+        dispatcher.event(LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt,
+                                                        template_args=prompt_args))
+        result = parser.parse(self.complete(parts, formatted=True, **(llm_kwargs or {})).text)
+        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
+        return result
+
+    @dispatcher.span
+    async def astructured_predict(self, output_cls: type[Model], prompt: BasePromptTemplate,
+                                  llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any) -> Model:
+        """Async twin of ``structured_predict``."""
+        structured = self._structured_rag_prompt(output_cls, prompt, prompt_args)
+        if structured is None:
+            return await super().astructured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        parser, parts = structured
+        dispatcher.event(LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt,
+                                                        template_args=prompt_args))
+        result = parser.parse((await self.acomplete(parts, formatted=True, **(llm_kwargs or {}))).text)
+        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
+        return result
+
+    def _structured_rag_prompt(self, output_cls: type[Model], prompt: BasePromptTemplate,
+                               prompt_args: dict[str, Any]) -> tuple[PydanticOutputParser, PromptParts] | None:
+        """The output parser and the placed prompt of a structured RAG call; ``None`` when it is not one (or a
+        ``pydantic_program_mode`` other than the default program was asked for)."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return None
+        parser = PydanticOutputParser(output_cls=output_cls)
+        selected = prompt.select(self) if isinstance(prompt, SelectorPromptTemplate) else prompt
+        shown = selected.model_copy(update={"output_parser": parser})  # the caller's template stays as it was
+        parts = self.rag_prompt(shown, **prompt_args)
+        return None if parts is None else (parser, parts)
 
     # ----- separate passages ---------------------------------------------------------------------------------
 
