@@ -32,6 +32,7 @@ from typing import Any, Literal
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables.config import run_in_executor
 
 from langchain_spring.chains import unwrap_binding
 from langchain_spring.chat_models import ChatSpring
@@ -53,10 +54,11 @@ class SpringRAGMiddleware(AgentMiddleware):
     Args:
         retriever: a LangChain retriever (``vector_store.as_retriever()``, ``SpringRetriever``, any
             ``BaseRetriever``); its runs are traced like any retriever's.
-        vector_store: or a vector store, searched with ``similarity_search(query, k=k)``.
+        vector_store: or a vector store, searched with ``similarity_search(query, k=k)`` (under ``ainvoke``:
+            its ``asimilarity_search`` when it has one, else ``similarity_search`` in a worker thread).
         k: documents per search with ``vector_store`` (a retriever has its own count).
         system_prompt: the system prompt, with ``{context}`` where the documents go (default: the tutorial's).
-        format_documents: documents -> context text (default: their texts joined by blank lines).
+        format_documents: documents -> context text, a string (default: their texts joined by blank lines).
         context_in: ``"user"`` (the system prompt without its ``{context}``, and the context written before the
             question in the last user turn of this model call) or ``"system"`` (the tutorial's way: the context
             replaces ``{context}`` in the system prompt).
@@ -107,12 +109,17 @@ class SpringRAGMiddleware(AgentMiddleware):
             return await handler(request)
         if self.retriever is not None:
             documents = await self.retriever.ainvoke(question)
-        else:
-            documents = await self.vector_store.asimilarity_search(question, k=self.k)
+        elif callable(search := getattr(self.vector_store, "asimilarity_search", None)):
+            documents = await search(question, k=self.k)
+        else:  # a store with similarity_search only: it blocks, so it runs in a worker thread
+            documents = await run_in_executor(None, self.vector_store.similarity_search, question, k=self.k)
         return await handler(self._with_context(request, question, documents))
 
     def _with_context(self, request: ModelRequest, question: str, documents: Sequence[Document]) -> ModelRequest:
         context = self.format_documents(documents)
+        if not isinstance(context, str):
+            raise OptionError("format_documents must turn the documents into the context text (a str), got "
+                              f"{type(context).__name__}")
         settings = dict(request.model_settings)
         if isinstance(unwrap_binding(request.model), ChatSpring):
             settings["rag_inputs"] = {"context": context, "question": question}

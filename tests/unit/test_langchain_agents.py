@@ -120,6 +120,34 @@ def test_by_default_the_context_goes_before_the_question_in_the_user_turn_for_th
     assert answer.content == reference(sm, [system, HumanMessage(turn)], BlockAt(1, len(context) + 2))
 
 
+def test_under_ainvoke_a_vector_store_with_only_similarity_search_is_searched_in_a_worker_thread(chat, retriever):
+    """``similarity_search(query, k)`` is documented as enough; ``ainvoke`` asked for ``asimilarity_search``."""
+    import threading
+
+    threads = []
+
+    class SyncOnlyStore:
+        def similarity_search(self, query, k=4):
+            threads.append(threading.current_thread())
+            return [Document(p.text) for p in retriever.opened_store.retrieve(query, top_k=k)]
+
+    agent = create_agent(chat, tools=[], middleware=[SpringRAGMiddleware(vector_store=SyncOnlyStore(), k=1)])
+    expected = agent.invoke({"messages": [HumanMessage(QUESTION)]})["messages"][-1]
+    answer = asyncio.run(agent.ainvoke({"messages": [HumanMessage(QUESTION)]}))["messages"][-1]
+    assert answer.usage_metadata["input_token_details"]["virtual"] == 8
+    assert answer.content == expected.content
+    assert len(threads) == 2 and threads[1] is not threading.main_thread()
+
+
+def test_format_documents_that_returns_no_text_is_named_in_the_error(chat, retriever):
+    middleware = SpringRAGMiddleware(retriever, format_documents=lambda documents: documents)
+    agent = create_agent(chat, tools=[], middleware=[middleware])
+    with pytest.raises(OptionError, match="format_documents must .* got list"):
+        agent.invoke({"messages": [HumanMessage(QUESTION)]})
+    with pytest.raises(OptionError, match="format_documents"):
+        asyncio.run(agent.ainvoke({"messages": [HumanMessage(QUESTION)]}))
+
+
 def test_the_middleware_refuses_what_it_cannot_use(retriever):
     with pytest.raises(OptionError, match="retriever or a vector_store"):
         SpringRAGMiddleware()
