@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 from uuid import UUID
 
+from langchain_core.caches import BaseCache
 from langchain_core.documents import Document
 from langchain_core.language_models import LangSmithParams
 from langchain_core.messages.ai import UsageMetadata
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from langchain_spring.placement import find_placement
 from langchain_spring.tracking import TRACKER, RunSignals, install_tracker
@@ -48,9 +49,17 @@ _LOCK = threading.RLock()
 logger = logging.getLogger(__name__)
 
 
-def merge_stops(*stops: Sequence[str] | None) -> list[str]:
-    """Stop strings from the constructor and the call, in order, without duplicates or empty strings."""
-    return list(dict.fromkeys(s for group in stops for s in (group or ()) if s))
+def merge_stops(*stops: str | Sequence[str] | None) -> list[str]:
+    """Stop strings from the constructor and the call, in order, without duplicates or empty strings; a group given
+    as one string is one stop string (``stop="Question:"``, as ``ChatOpenAI`` takes it), not its characters."""
+    merged: dict[str, None] = {}
+    for group in stops:  # inline, not options.stop_strings: every call passes here (tests/unit/test_call_path.py)
+        group = [group] if isinstance(group, str) else group or []
+        if isinstance(group, (bytes, Mapping)) or not isinstance(group, Sequence) or not all(
+                isinstance(stop, str) for stop in group):
+            raise OptionError(f"stop must be a string or a list of strings, got {group!r:.80}")
+        merged.update(dict.fromkeys(stop for stop in group if stop))
+    return list(merged)
 
 
 def usage_metadata(usage: Usage) -> UsageMetadata:
@@ -115,7 +124,8 @@ class SpringParams(BaseModel):
     seed: int | None = None
     """Seed for reproducible sampling (the global RNG is left alone)."""
     stop: list[str] | None = None
-    """Stop strings; merged with the ones given per call. The answer is cut before the first one."""
+    """Stop strings (a single string is one stop string); merged with the ones given per call. The answer is cut
+    before the first one."""
     timeout: float | None = Field(default=None, gt=0)
     """Seconds one call may take, checked between generated tokens: past it, generation is stopped and
     ``TimeoutError`` raised. With a timeout, ``invoke``/``batch`` answer through the token stream (same result).
@@ -150,6 +160,15 @@ class SpringParams(BaseModel):
     """The document metadata that names its adapter (``ParametricAdapterCompressor`` writes it)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Loading options for ``SpringModel.from_pretrained``: ``device``, ``dtype``."""
+    cache: BaseCache | bool | None = Field(default=False, exclude=True)
+    """LangChain's LLM cache, off unless you ask for it: ``True`` (the global cache, ``set_llm_cache``), ``None``
+    (the global cache if one is set, LangChain's default elsewhere) or a ``BaseCache``. It is off by default
+    because LangChain keys an entry by the messages (or the prompt) and the settings only, while what the model
+    reads also depends on the run: a RAG chain's block is placed from the retrievals and template variables the
+    run recorded (``langchain_spring.tracking``), which the key does not hold, and LangChain offers no hook to add
+    them (a completion LLM's cache is even read before its run starts). With a cache on, a plain call and a RAG
+    call whose messages are the same share one entry, the block's answer and the plain model's are served for
+    each other; turn it on only where the same messages always come from the same kind of call."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
     _ls_model_type: ClassVar[str] = "chat"
@@ -176,6 +195,11 @@ class SpringParams(BaseModel):
                     stacklevel=4,
                 )
         return values
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_model_source(self) -> SpringParams:
@@ -257,13 +281,13 @@ class SpringParams(BaseModel):
                        kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
         unknown = sorted(set(kwargs) - set(CALL_KWARGS))
         if unknown:
-            raise TypeError(
+            raise OptionError(
                 f"{type(self).__name__} got unknown call argument(s) {', '.join(unknown)}; "
                 f"it takes stop and {', '.join(CALL_KWARGS)}"
             )
         requested = kwargs.get("model")
         if requested is not None and requested != self.model:
-            raise ValueError(
+            raise OptionError(
                 f"{type(self).__name__} runs the local model {self.model!r} and cannot switch to {requested!r} per "
                 f"call; build another {type(self).__name__}(model={requested!r}) instead"
             )

@@ -94,12 +94,19 @@ def _role(message: BaseMessage) -> str:
     return role
 
 
+_AI_SKIPPED = ("reasoning", "thinking", "redacted_thinking")
+"""Block types of an AI message (another provider's reasoning) that are not part of the conversation: a chat
+template renders the answer's text, not the reasoning that led to it, so they are left out."""
+
+
 def _text(message: BaseMessage) -> str:
-    """The message's text; a tool message's text blocks are separate results, joined by blank lines."""
+    """The message's text; a tool message's text blocks are separate results, joined by blank lines. An AI message's
+    reasoning blocks (``_AI_SKIPPED``) are left out; other content than text (images, audio, ...) is refused."""
     if isinstance(message.content, str):
         return message.content
+    read = ("text", "tool_call", *(_AI_SKIPPED if isinstance(message, AIMessage) else ()))
     other = sorted({str(block.get("type")) for block in message.content
-                    if isinstance(block, dict) and block.get("type") not in ("text", "tool_call")})
+                    if isinstance(block, dict) and block.get("type") not in read})
     if other:
         raise InputError(f"ChatSpring reads text only; this {type(message).__name__} holds {', '.join(other)} "
                          "content: pass its text (or a description of it) as a text block")
@@ -241,9 +248,12 @@ class ChatSpring(SpringParams, BaseChatModel):
         tools = kwargs.pop("tools", None)
         kwargs.pop("tool_choice", None)
         turns = message_turns(messages)
+        if not turns:
+            raise InputError("ChatSpring got an empty conversation (no messages): pass a string or at least one "
+                             "message")
         if kwargs.get("documents") is not None:
             if [turn["role"] for turn in turns] != ["user"]:
-                raise ValueError(
+                raise InputError(
                     "with documents=, ChatSpring builds the SPRING prompt itself: pass the question alone (a string "
                     f"or one human message), not {len(turns)} message(s) with roles {[t['role'] for t in turns]}"
                 )

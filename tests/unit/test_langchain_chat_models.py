@@ -17,7 +17,7 @@ from langchain_core.runnables import RunnablePassthrough
 from langchain_spring import SPRING_RAG_CHAT_PROMPT, ChatSpring, SpringRetriever, format_docs
 from langchain_spring.chat_models import message_turns, render_messages
 from spring_core import SpringModel, VirtualTokens
-from spring_core.errors import OptionError
+from spring_core.errors import InputError, OptionError, SpringError
 from spring_core.prompts.layouts import build_prompt
 from spring_core.retrieval import create_store
 from spring_core.types import PromptParts
@@ -186,9 +186,9 @@ def test_per_call_settings_are_honoured_and_unknown_ones_refused(chat):
     assert chat.invoke(QUESTION, max_tokens=3).usage_metadata["output_tokens"] <= 3
     sampled = [chat.invoke(QUESTION, temperature=1.0, seed=7).content for _ in range(2)]
     assert sampled[0] == sampled[1]
-    with pytest.raises(TypeError, match="max_new_tokens"):
+    with pytest.raises(OptionError, match="max_new_tokens"):
         chat.invoke(QUESTION, max_new_tokens=3)
-    with pytest.raises(ValueError, match="cannot switch"):
+    with pytest.raises(OptionError, match="cannot switch"):
         chat.invoke(QUESTION, model="another-model")
     assert chat.invoke(QUESTION, model=chat.model, max_tokens=2).content is not None
 
@@ -422,3 +422,72 @@ def test_api_key_goes_to_a_server_backend_and_never_into_repr(sm, monkeypatch):
     assert ChatSpring(spring_model=sm, backend="http://127.0.0.1:9").engine.backend.api_key == "from-env"
     with pytest.raises(OptionError, match="api_key is sent to a server named by URL"):
         _ = ChatSpring(spring_model=sm, api_key="s3cret").engine  # in process there is no server to send it to
+
+
+# ----- LangChain's LLM cache, stop strings, inputs that cannot be read ---------------------------------------
+
+
+def test_the_global_llm_cache_never_serves_a_rag_chain_the_plain_models_answer_or_back(chat, retriever):
+    """The cache key is the messages and the settings; the block is placed from the run's retrieval, which the key
+    does not see. A plain call and a RAG chain that render the same messages got each other's answers."""
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.globals import get_llm_cache, set_llm_cache
+
+    prompt = ChatPromptTemplate.from_messages([("system", "Be helpful. {context}"), ("human", "{question}")])
+    chain = rag_chain(retriever, chat, prompt)  # no context label: without a retrieval this is no RAG call
+    plain = prompt.invoke({"context": format_docs(retriever.invoke(QUESTION)), "question": QUESTION}).to_messages()
+    expected = {"plain": chat.invoke(plain), "rag": chain.invoke(QUESTION)}
+    assert [expected[key].usage_metadata["input_token_details"]["virtual"] for key in expected] == [0, 8]
+    previous = get_llm_cache()
+    try:
+        for order in (("plain", "rag"), ("rag", "plain")):
+            set_llm_cache(InMemoryCache())
+            answers = {key: chat.invoke(plain) if key == "plain" else chain.invoke(QUESTION) for key in order}
+            for key in order:
+                assert answers[key].content == expected[key].content
+                assert answers[key].usage_metadata == expected[key].usage_metadata
+        own = InMemoryCache()  # asked for explicitly, a cache is used
+        cached = ChatSpring(spring_model=chat.spring_model, max_tokens=12, cache=own)
+        assert cached.invoke(QUESTION).content == cached.invoke(QUESTION).content and len(own._cache) == 1
+    finally:
+        set_llm_cache(previous)
+
+
+def test_a_stop_given_as_one_string_is_one_stop_string(sm):
+    full = ChatSpring(spring_model=sm, max_tokens=24).invoke(QUESTION).content
+    early, late = stop_inside(full, 2), stop_inside(full, 8)
+    chat = ChatSpring(spring_model=sm, max_tokens=24, stop=late)  # as ChatOpenAI takes it
+    assert chat.stop == [late] and chat.invoke(QUESTION).content == full[: full.index(late)]
+    assert chat.invoke(QUESTION, stop=early).content == full[: full.index(early)]
+    assert chat._call_settings("Question:", {})[0]["stop"] == [late, "Question:"]  # not its characters
+    with pytest.raises(OptionError, match="stop"):
+        chat.invoke(QUESTION, stop=3)
+
+
+def test_inputs_and_call_arguments_it_cannot_use_raise_spring_errors(chat):
+    from langchain_core.documents import Document
+
+    documents = [Document("Hamlet is a play by William Shakespeare.")]
+    with pytest.raises(InputError, match="empty conversation"):
+        chat.invoke([])
+    with pytest.raises(InputError, match="pass the question alone"):
+        chat.invoke([SystemMessage("Be brief."), HumanMessage(QUESTION)], documents=documents)
+    with pytest.raises(OptionError, match="unknown call argument.*foo"):
+        chat.invoke(QUESTION, foo=1)
+    with pytest.raises(OptionError, match="cannot switch to 'gpt-4o'"):
+        chat.invoke(QUESTION, model="gpt-4o")
+    with pytest.raises(SpringError, match="empty conversation"):
+        list(chat.stream([]))
+
+
+@pytest.mark.parametrize("kind", ["reasoning", "thinking"])
+def test_another_providers_reasoning_in_an_ai_message_is_left_out_not_refused(chat, kind):
+    reasoning = {"type": kind, kind: "The user greets me."}
+    history = [HumanMessage("hi"), AIMessage([reasoning, {"type": "text", "text": "hello"}]), HumanMessage(QUESTION)]
+    plain = [HumanMessage("hi"), AIMessage("hello"), HumanMessage(QUESTION)]
+    assert message_turns(history) == message_turns(plain)
+    assert chat.invoke(history).content == chat.invoke(plain).content
+    with pytest.raises(InputError, match="text only"):  # a human message's reasoning block is still refused
+        chat.invoke([HumanMessage([reasoning, {"type": "text", "text": QUESTION}])])
+    with pytest.raises(InputError, match="image"):  # and an AI message's image too
+        chat.invoke([AIMessage([{"type": "image", "url": "https://example.invalid/cat.png"}]), HumanMessage("hi")])

@@ -127,6 +127,49 @@ def test_stop_from_the_constructor_and_per_call_are_merged(sm):
     assert llm.invoke(prompt, stop=[early]) == full[: full.index(early)]
 
 
+def test_a_stop_given_as_one_string_is_one_stop_string(sm):
+    prompt = SPRING_RAG_PROMPT.format(context=format_passages(PASSAGES), question="Who wrote Hamlet?")
+    full = SpringLLM(spring_model=sm, max_tokens=24).invoke(prompt)
+    piece = next(full[i:i + 2] for i in range(2, len(full) - 1)
+                 if full[i:i + 2].isalnum() and full.index(full[i:i + 2]) == i)
+    llm = SpringLLM(spring_model=sm, max_tokens=24)
+    assert llm.invoke(prompt, stop=piece) == full[: full.index(piece)]
+    assert llm._call_settings("Question:", {})[0]["stop"] == ["Question:"]  # not its characters
+
+
+def test_the_global_llm_cache_never_serves_a_rag_chain_the_plain_models_answer(llm, retriever):
+    """LangChain's cache is read before the model's run starts, keyed by the prompt and the settings: a RAG chain's
+    block, placed from the run's retrieval, is not in the key, so the same prompt got the other call's answer."""
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.globals import get_llm_cache, set_llm_cache
+
+    prompt = PromptTemplate.from_template("Be helpful. {context}\n{question}\n")  # no label: no RAG call alone
+    chain = rag_chain(retriever, llm, prompt)
+    plain = prompt.format(context=format_docs(retriever.invoke("Who wrote Hamlet?")), question="Who wrote Hamlet?")
+    expected = {"plain": llm.invoke(plain), "rag": chain.invoke("Who wrote Hamlet?")}
+    assert expected["plain"] != expected["rag"]
+    previous = get_llm_cache()
+    try:
+        for order in (("plain", "rag"), ("rag", "plain")):
+            set_llm_cache(InMemoryCache())
+            answers = {key: llm.invoke(plain) if key == "plain" else chain.invoke("Who wrote Hamlet?") for key in order}
+            assert answers == expected
+        own = InMemoryCache()  # asked for explicitly, a cache is used
+        cached = SpringLLM(spring_model=llm.spring_model, max_tokens=10, cache=own)
+        assert cached.invoke(plain) == cached.invoke(plain) and len(own._cache) == 1
+    finally:
+        set_llm_cache(previous)
+
+
+def test_unknown_call_arguments_raise_an_option_error(llm):
+    from spring_core.errors import OptionError
+
+    with pytest.raises(OptionError, match="unknown call argument.*foo"):
+        llm.invoke("Who wrote Hamlet?", foo=1)
+    with pytest.raises(OptionError, match="cannot switch"):
+        llm.invoke("Who wrote Hamlet?", model="gpt-4o")
+
+
 def test_k_zero_is_the_base_model(sm, retriever, tiny):
     plain = rag_chain(retriever, SpringLLM(spring_model=sm, max_tokens=10, k=0)).invoke("Who wrote Hamlet?")
     assert plain == rag_chain(retriever, SpringLLM(spring_model=SpringModel(*tiny), max_tokens=10)).invoke(
