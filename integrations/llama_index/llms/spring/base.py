@@ -211,14 +211,15 @@ class SpringLLM(CustomLLM):
     # ----- where the block goes ------------------------------------------------------------------------------
 
     def rag_prompt(self, prompt: BasePromptTemplate, **prompt_args: Any) -> PromptParts | None:
-        """The prompt ``predict(prompt, **prompt_args)`` sends, with the block placed; ``None`` when the call is not
-        a RAG call (no context variable) or uses no virtual tokens.
+        """The prompt ``predict(prompt, **prompt_args)`` sends: with the block placed, or with ``k == 0`` when the
+        call uses no virtual tokens (or the question cannot be found); ``None`` when the call is not a RAG call (no
+        context variable) or its template cannot be read (then LlamaIndex formats it, as for any other LLM).
 
         Each variable is rendered as a random sentinel first, so the context and the question are located in the
         template's own output; their values are put in afterwards (``literal_text``: a value that spells a special
-        token is read as characters) and never searched. A template that does not put the values in as they are
-        (a ``RichPromptTemplate`` filter or slice) is rendered a second time with the values to find out, and then
-        runs without virtual tokens (warned once).
+        token is read as characters, with or without a block) and never searched. A template that does not put the
+        values in as they are (a ``RichPromptTemplate`` filter or slice, ``function_mappings``) is rendered a
+        second time with the values to find out, and then runs without virtual tokens (warned once).
         """
         variables = {**getattr(prompt, "kwargs", {}), **prompt_args}
         if not any(str(variables.get(name) or "") for name in CONTEXT_VARIABLES):
@@ -230,38 +231,37 @@ class SpringLLM(CustomLLM):
             k = options.virtual_token_count(metadata[BLOCK_SIZE_KEY], spring.n, BLOCK_SIZE_KEY)
         else:
             k = spring.n if self.k is None else self.k  # checked by the engine, once
-        if k == 0:
-            return None
-        if getattr(selected, "function_mappings", None):
-            self._warn_once("function_mappings", "a prompt template with function_mappings computes its variables, "
-                            "so SpringLLM cannot tell where the context ends: it runs without virtual tokens")
-            return None
+        mapped = bool(getattr(selected, "function_mappings", None))  # they may not even take a sentinel
         sentinels = {name: unique_sentinel(str(v) for v in variables.values()) for name in variables}
-        rendered = self._get_prompt(prompt, **sentinels)
+        rendered = "" if mapped else self._get_prompt(prompt, **sentinels)
         # the values' own edge spaces aside (a RichPromptTemplate chat block strips them), each must go in as it is
         values = {name: literal_text(str(value).strip(), spring.tokenizer) for name, value in variables.items()}
         verbatim = rendered
         for name, sentinel in sentinels.items():
             verbatim = verbatim.replace(sentinel, values[name])
-        if self._get_prompt(prompt, **values) != verbatim:  # e.g. a RichPromptTemplate's {{ query_str | upper }}
-            self._warn_once("transformed", "this prompt template changes its variables' values (a filter, a slice, "
-                            "...), so SpringLLM cannot tell where the context ends: it runs without virtual tokens")
+        if mapped or self._get_prompt(prompt, **values) != verbatim:
+            if k:  # e.g. a RichPromptTemplate's {{ query_str | upper }}
+                self._warn_once("transformed", "this prompt template computes or changes its variables' values "
+                                "(function_mappings, a filter, a slice, ...), so SpringLLM cannot tell where the "
+                                "context ends: it runs without virtual tokens")
             return None
         text, spans = fill_placeholders(rendered, sentinels, variables, spring.tokenizer)
+        renderer = self.messages_to_prompt if isinstance(selected, ChatPromptTemplate) else self.completion_to_prompt
+        # the chat template's render holds its special tokens, unless something was put in front of it
+        special = not self._renders_chat(renderer) or bool(self.system_prompt or self.query_wrapper_prompt)
         context = [Span(0, start, end) for name, start, end in spans if name in CONTEXT_VARIABLES]
         questions = [Span(0, start, end) for name, start, end in spans if name in QUERY_VARIABLES]
         if isinstance(selected, ChatPromptTemplate):  # chat engines format the history too: a {query_str} a user
             questions = questions[-1:]  # typed in an earlier turn is not the question, the last one is
-        placement = place_block([text], context, questions)
+        placement = place_block([text], context, questions) if k else None
         if placement is None:
-            return None
+            return PromptParts(text, special_tokens=special)
         if placement.question_first and "question_first" not in self._warned:  # common (rlm/rag-prompt, refine)
             self._warned.add("question_first")  # and it still works, so it is logged, not warned
             logger.info("this RAG template states the question before the context, an order SPRING's tokens were not "
                         "trained on; the block goes right after the context")
         offset = placement.at.offset
-        renderer = self.messages_to_prompt if isinstance(selected, ChatPromptTemplate) else self.completion_to_prompt
-        return PromptParts(text[:offset], k, text[offset:], special_tokens=not self._renders_chat(renderer))
+        return PromptParts(text[:offset], k, text[offset:], special_tokens=special)
 
     def _renders_chat(self, renderer: Any) -> bool:
         """Whether ``renderer`` (``messages_to_prompt`` or ``completion_to_prompt``) writes the chat template's
