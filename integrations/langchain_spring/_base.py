@@ -53,11 +53,10 @@ def merge_stops(*stops: str | Sequence[str] | None) -> list[str]:
     """Stop strings from the constructor and the call, in order, without duplicates or empty strings; a group given
     as one string is one stop string (``stop="Question:"``, as ``ChatOpenAI`` takes it), not its characters."""
     merged: dict[str, None] = {}
-    for group in stops:  # inline, not options.stop_strings: every call passes here (tests/unit/test_call_path.py)
+    for group in stops:
         group = [group] if isinstance(group, str) else group or []
-        if isinstance(group, (bytes, Mapping)) or not isinstance(group, Sequence) or not all(
-                isinstance(stop, str) for stop in group):
-            raise OptionError(f"stop must be a string or a list of strings, got {group!r:.80}")
+        if not isinstance(group, (list, tuple)) or not all(isinstance(stop, str) for stop in group):
+            group = options.stop_strings(group)  # the one check of stop strings: it names what is wrong
         merged.update(dict.fromkeys(stop for stop in group if stop))
     return list(merged)
 
