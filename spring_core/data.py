@@ -98,7 +98,7 @@ def _parse_line(raw: bytes, where: str) -> dict[str, Any] | None:
     if not text.strip():
         return None
     try:
-        row = json.loads(text, parse_int=lambda digits: _parse_int(digits, where),
+        row = json.loads(text.rstrip("\r\n"), parse_int=lambda digits: _parse_int(digits, where),
                          parse_float=lambda digits: _parse_float(digits, where),
                          parse_constant=lambda name: _refuse_constant(name, where))
     except json.JSONDecodeError as exc:
@@ -182,14 +182,14 @@ def validate_qa_row(row: dict[str, Any], where: str) -> dict[str, Any]:
 def _read_rows(path: str | Path, validate: Callable[[dict[str, Any], str], dict[str, Any]]) -> list[dict[str, Any]]:
     """Validate every row (``validate(row, "file:line")`` returns the row to keep); ids must be unique."""
     rows: list[dict[str, Any]] = []
-    first_seen: dict[Any, int] = {}
+    first_seen: dict[str, int] = {}
     for number, row in iter_jsonl(path):
         where = f"{path}:{number}"
         row = validate(row, where)
-        if row["id"] in first_seen:
-            earlier = first_seen[row["id"]]
-            raise DataError(f"{where}: id {row['id']!r} already used on line {earlier}; ids must be unique")
-        first_seen[row["id"]] = number
+        key = str(row["id"])  # 1 and "1" are one id: results and predictions are keyed by the string
+        if key in first_seen:
+            raise DataError(f"{where}: id {row['id']!r} already used on line {first_seen[key]}; ids must be unique")
+        first_seen[key] = number
         rows.append(row)
     if not rows:
         raise DataError(f"{path} holds no rows")

@@ -30,18 +30,20 @@ def test_blank_lines_are_fine(tmp_path):
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('{"id": "q2", "question": ', r"qa.jsonl:2: not valid JSON"),
+        ('{"id": "q2", "question": ', r"qa.jsonl:2: not valid JSON \(Expecting value at column 26\)"),
         ("[1, 2]", r"qa.jsonl:2: each line must be a JSON object"),
         (json.dumps({**GOOD, "id": "q2", "question": " "}), r"qa.jsonl:2: field 'question'"),
         (json.dumps({**GOOD, "id": "q2", "answers": []}), r"qa.jsonl:2: field 'answers'"),
         (json.dumps({**GOOD, "id": "q2", "passages": [{"title": "x"}]}), r"qa.jsonl:2: passages\[0\]"),
         (json.dumps({k: v for k, v in GOOD.items() if k != "id"}), r"qa.jsonl:2: missing field 'id'"),
         (json.dumps(GOOD), r"qa.jsonl:2: id 'q1' already used on line 1"),
+        (json.dumps({**GOOD, "id": "7"}), r"qa.jsonl:2: id '7' already used on line 1"),  # after id 7 (below)
     ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path, line, message):
+    first = {**GOOD, "id": 7} if '"id": "7"' in line else GOOD  # 7 and "7" are one id: results key by the string
     with pytest.raises(DataError, match=message):
-        read_qa(write(tmp_path, [json.dumps(GOOD), line]))
+        read_qa(write(tmp_path, [json.dumps(first), line]))
 
 
 def test_empty_or_missing_file(tmp_path):
