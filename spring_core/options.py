@@ -139,12 +139,13 @@ def prompt(value: Any) -> PromptParts:
 
 def virtual_token_count(value: Any, n: int, name: str = "k") -> int:
     """A block size ``0 <= k <= n``; a ``MarkerError`` (an ``OptionError``) otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= n:
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy integers too
+    if not integral or not 0 <= value <= n:
         hint = "" if n else " (load an artifact with tokens= to use k > 0)"
-        fault = "is out of range" if isinstance(value, int) and not isinstance(value, bool) else "is not an integer"
+        fault = "is out of range" if integral else "is not an integer"
         raise MarkerError(f"{name} = {value!r} {fault}: this model has n = {n} virtual tokens, so {name} must be "
                           f"an integer with 0 <= {name} <= {n}{hint}")
-    return value
+    return int(value)
 
 
 def stop_strings(value: Any) -> tuple[str, ...]:

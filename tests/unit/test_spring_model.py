@@ -95,6 +95,19 @@ def test_k_out_of_range_is_a_marker_error(sm, k):
         sm.generate("Q?", PASSAGES, k=k)
 
 
+@pytest.mark.parametrize("k", ["2", 2.0, True])
+def test_a_k_that_is_not_an_integer_says_so(sm, k):
+    with pytest.raises(MarkerError, match="is not an integer"):
+        sm.generate("Q?", PASSAGES, k=k, max_new_tokens=1)
+
+
+def test_a_numpy_integer_k_is_an_integer(sm):
+    import numpy as np
+
+    out = sm.generate("Q?", PASSAGES, k=np.int64(2), max_new_tokens=1)
+    assert out.usage.virtual_tokens == 2 and type(out.usage.virtual_tokens) is int
+
+
 def test_k_above_zero_without_tokens_says_to_load_an_artifact(tiny):
     with pytest.raises(MarkerError, match="load an artifact"):
         SpringModel(*tiny).generate("Q?", PASSAGES, k=1)
