@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -73,7 +74,7 @@ class Runner:
                      healed: Sequence[Healed] = (), processors: Sequence[LogitsProcessor] = ()) -> list[list[int]]:
         """Each prompt's new ids, cut after its first end-of-sequence id or at the end of its first stop string."""
         spaces = [h.spaces for h in healed] or [""] * len(prompts)
-        with torch.inference_mode(), seeded(settings.seed) if settings.seed is not None else contextlib.nullcontext():
+        with torch.inference_mode(), sampling(settings):
             inputs = self.inputs.batch(prompts, self.table)
             # generate() returns the prompt's ids before the new ones when it reads ids (none for embeddings)
             width = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
@@ -161,13 +162,24 @@ class VisibleStop(StoppingCriteria):
         return self.spaces[row] if row < len(self.spaces) else ""
 
 
+_SAMPLING = threading.RLock()
+"""Held by every sampling ``generate`` in this process: ``generate`` draws from torch's one global RNG, which all
+threads share, so a seeded call's draws are its own only while no other thread samples."""
+
+
 @contextlib.contextmanager
-def seeded(seed: int | None) -> Iterator[None]:
-    """Seed sampling for one call without disturbing the caller's global RNG state."""
-    if seed is None:
+def sampling(settings: GenerationSettings) -> Iterator[None]:
+    """Around one ``generate`` call: for sampling settings, the process-wide sampling lock and, with a ``seed``,
+    torch's RNG seeded for this call alone (the caller's global RNG state is restored after). Greedy calls draw
+    nothing: they neither wait nor seed, so they still run side by side."""
+    if settings.temperature <= 0:
         yield
         return
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+    with _SAMPLING:
+        if settings.seed is None:
+            yield
+            return
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(settings.seed)
+            yield

@@ -26,7 +26,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from spring_core.generation.runner import Runner, cut_at_stop, seeded
+from spring_core.generation.runner import Runner, cut_at_stop, sampling
 from spring_core.types import Generation, GenerationSettings, PromptParts
 
 
@@ -73,7 +73,7 @@ def stream_generation(runner: Runner, parts: PromptParts, settings: GenerationSe
 
     def run() -> None:
         try:
-            with torch.inference_mode(), seeded(settings.seed):
+            with torch.inference_mode(), sampling(settings):
                 runner.model.generate(**inputs, streamer=streamer, **kwargs)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             streamer.fail(exc)

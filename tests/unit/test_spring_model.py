@@ -242,3 +242,29 @@ def test_from_pretrained_loads_folder_and_artifact(tiny_dir, tokens, tmp_path):
     sm = SpringModel.from_pretrained(str(tiny_dir), tokens=tmp_path / "art")
     assert sm.n == 8 and sm.layout == "raw"
     assert torch.equal(sm.tokens.weight, tokens.weight)
+
+
+def test_seeded_sampling_from_threads_gives_the_serial_answers(sm):
+    """Sampling draws from torch's one global RNG: a seeded call's draws stay its own while other threads sample,
+    seeded or not (``spring_core.generation.runner.sampling``)."""
+    import threading
+
+    jobs = [(f"Question {i}?", i) for i in range(6)]
+    settings = {"k": 4, "max_new_tokens": 10, "temperature": 1.0}
+    serial = [sm.generate(q, PASSAGES, seed=seed, **settings).text for q, seed in jobs]
+    threaded: list[str | None] = [None] * len(jobs)
+
+    def seeded(i):
+        threaded[i] = sm.generate(jobs[i][0], PASSAGES, seed=jobs[i][1], **settings).text
+
+    def unseeded():
+        for _ in range(3):
+            sm.generate("Anything?", PASSAGES, **settings)
+
+    threads = [threading.Thread(target=seeded, args=(i,)) for i in range(len(jobs))]
+    threads += [threading.Thread(target=unseeded) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert threaded == serial
