@@ -36,7 +36,7 @@ from spring_core.artifacts.manifest import (
     verified_file,
     write_artifact,
 )
-from spring_core.errors import ArtifactError, InputError
+from spring_core.errors import ArtifactError, InputError, OptionError
 from spring_core.model.inputs import InputLayer
 from spring_core.model.loading import load_model, model_display_name
 from spring_core.options import LAYOUTS
@@ -151,7 +151,7 @@ class VirtualTokens(torch.nn.Module):
         is not one scalar is refused. ``space="output"``: the rows are already module outputs, used as they are.
         """
         if space not in ("weight", "output"):
-            raise ValueError(f"space must be 'weight' or 'output', got {space!r}")
+            raise OptionError(f"space must be 'weight' or 'output', got {space!r}")
         model, tokenizer = _model_and_tokenizer(model, tokenizer)
         layer = InputLayer(model, tokenizer)
         path = Path(path)
@@ -159,8 +159,10 @@ class VirtualTokens(torch.nn.Module):
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError as exc:
             raise ArtifactError(f"{path} does not exist") from exc
-        except Exception as exc:  # torch raises several unrelated types for a damaged pickle
-            raise ArtifactError(f"{path} is not a readable PyTorch tensor file ({exc})") from exc
+        except Exception as exc:  # torch raises several unrelated types, with pages of advice, for a damaged pickle
+            raise ArtifactError(f"{path} is not a readable PyTorch tensor file ({type(exc).__name__}); it must hold "
+                                "one [n, d] tensor saved with torch.save (a file that needs code run to load it is "
+                                "refused)") from exc
         if isinstance(loaded, dict):
             tensors = [v for v in loaded.values() if isinstance(v, torch.Tensor)]
             if len(tensors) != 1:
@@ -174,14 +176,14 @@ class VirtualTokens(torch.nn.Module):
                 f"{path} holds {loaded.shape[1]}-dimensional tokens but {model_display_name(model)!r} has "
                 f"hidden size {hidden} (the width of its input embedding); import it into the model it was trained for"
             )
-        _check_finite(loaded, path)
         scale = 1.0
         if space == "weight":
             try:
                 scale = layer.embedding_scale()
             except InputError as exc:
                 raise ArtifactError(f"cannot import {path} into {model_display_name(model)!r}: {exc}") from exc
-        rows = loaded.float() * scale if scale != 1.0 else loaded
+        rows = loaded.float() * scale
+        _check_values(rows, path)  # what loading the saved artifact checks: never write one it would refuse
         return cls._new(rows, model, layout, {"method": "official-spring-pt", "source": path.name})
 
     @classmethod

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from spring_core import ArtifactError, ModelMismatchError, VirtualTokens
 from spring_core.artifacts.manifest import fingerprint, sha256_file
+from spring_core.errors import OptionError
 from spring_core.prompts.layouts import DEFAULT_INSTRUCTION
 
 
@@ -180,6 +181,23 @@ def test_official_pt_with_wrong_hidden_size_or_garbage(tiny, tmp_path):
         VirtualTokens.from_official_pt(tmp_path / "junk.pt", model)
     with pytest.raises(ArtifactError, match="does not exist"):
         VirtualTokens.from_official_pt(tmp_path / "absent.pt", model)
+
+
+def test_an_official_pt_that_loading_would_refuse_is_refused_on_import_in_one_line(tiny, tmp_path):
+    """Importing checks what loading the saved artifact checks, so it never writes one it cannot load; a file that
+    needs code run to load is refused with one line, not torch's page of advice."""
+    import pickle
+
+    model, _ = tiny
+    torch.save(torch.full((4, 64), 3.0e5), tmp_path / "huge.pt")
+    with pytest.raises(ArtifactError, match="values up to 3e\\+05"):
+        VirtualTokens.from_official_pt(tmp_path / "huge.pt", model)
+    (tmp_path / "code.pt").write_bytes(pickle.dumps(ValueError("not a tensor")))
+    with pytest.raises(ArtifactError, match="not a readable PyTorch tensor file") as refused:
+        VirtualTokens.from_official_pt(tmp_path / "code.pt", model)
+    assert "\n" not in str(refused.value) and "file an issue" not in str(refused.value)
+    with pytest.raises(OptionError, match="space"):
+        VirtualTokens.from_official_pt(tmp_path / "huge.pt", model, space="input")
 
 
 def test_the_bundled_artifact_loads_by_name_and_says_how_it_was_made():
