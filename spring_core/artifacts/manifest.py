@@ -156,6 +156,8 @@ def read_manifest(folder: Path | str, kind: str | None = None) -> dict[str, Any]
     ``kind`` is None), required fields."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactError(f"{folder} is a file, not an artifact folder; give the folder a spring-rag command wrote")
     if not folder.is_dir():
         raise ArtifactError(f"artifact folder {folder} does not exist")
     if not path.is_file():

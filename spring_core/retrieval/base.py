@@ -75,6 +75,8 @@ def write_store_manifest(folder: Path, backend: str, **fields: Any) -> dict[str,
 
 def read_store_manifest(folder: Path) -> dict[str, Any]:
     path = folder / STORE_MANIFEST
+    if folder.exists() and not folder.is_dir():
+        raise StoreError(f"{folder} is a file, not a store folder; give the folder `spring-rag index` built")
     if not folder.is_dir():
         raise StoreError(
             f"store folder {folder} does not exist; build it with `spring-rag index CORPUS --store {folder}`"

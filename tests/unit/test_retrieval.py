@@ -98,6 +98,9 @@ def test_backend_mixups_are_refused(corpus, tmp_path):
 def test_missing_or_damaged_store(tmp_path):
     with pytest.raises(StoreError, match="does not exist"):
         open_store(tmp_path / "nowhere")
+    (tmp_path / "qa.jsonl").write_text("{}\n")
+    with pytest.raises(StoreError, match="is a file, not a store folder"):
+        open_store(tmp_path / "qa.jsonl")
     with pytest.raises(StoreError, match="not a spring-rag retrieval store"):
         open_store(tmp_path)
     (tmp_path / "store.json").write_text("{broken")

@@ -155,6 +155,9 @@ def test_malformed_manifest_is_refused(artifact, damage, message):
 def test_missing_folder_or_manifest(tmp_path):
     with pytest.raises(ArtifactError, match="does not exist"):
         VirtualTokens.load(tmp_path / "nowhere")
+    (tmp_path / "qa.jsonl").write_text("{}\n")
+    with pytest.raises(ArtifactError, match="is a file, not an artifact folder"):
+        VirtualTokens.load(tmp_path / "qa.jsonl")
     with pytest.raises(ArtifactError, match="no spring.json"):
         VirtualTokens.load(tmp_path)
 
