@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import weights_digest
 
+from spring_cli import main
 from spring_core import ModelMismatchError, SpringModel, VirtualTokens
 from spring_core.errors import DataError
 from spring_core.model.loading import load_model
@@ -253,3 +254,22 @@ def test_warm_start_from_an_artifact(tiny, tiny_dir, qa, tmp_path):
                      tokenizer)
     with pytest.raises(ConfigError, match="spring or spring\\+"):
         config(tiny_dir, qa, tmp_path / "z", method="lora", init_tokens=str(tmp_path / "first"))
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--lr", "inf", "--lr must be a finite positive number"),
+    ("--lr", "nan", "--lr must be a finite positive number"),
+    ("--epochs", "inf", "--epochs must be a finite positive number"),
+    ("--seed", "-1", "--seed must be an integer from 0 to 2**32 - 1"),
+    ("--seed", "99999999999999999999999", "--seed must be an integer from 0 to 2**32 - 1"),
+    ("--n", "100000000", "--n 100,000,000 is too large: each of these tokens takes a position"),
+])
+def test_cli_train_refuses_settings_out_of_range(tiny_dir, qa, tmp_path, capsys, flag, value, message):
+    out = tmp_path / "art"
+    code = main(["train", "--model", str(tiny_dir), "--data", str(qa), "--out", str(out), "--precision", "fp32",
+                 "--quiet", flag, value])
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in stderr and len(errors) == 1, stderr
+    assert message in errors[0]
+    assert not out.exists()

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ METHODS = ("spring", "lora", "prefix", "spring+")
 K_SAMPLING = ("step", "sample")
 K_DISTRIBUTIONS = ("uniform", "log-uniform")
 PRECISIONS = ("auto", "bf16", "fp32")
+MAX_BLOCK_TOKENS = 4096
+"""The most virtual tokens (``--n``) or prefix tokens (``--prefix-tokens``) a run trains: each one takes a position
+of every prompt's context and a row of hidden-size parameters (the paper trains 50), so a larger count is a typo
+that would otherwise end in an out-of-memory error after the model loads."""
+SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
 
 # Settings that change what a step computes: a resumed run must match the checkpoint on all of them.
 RESUME_KEYS = (
@@ -106,16 +112,25 @@ class TrainConfig:
                      "lora_rank", "lora_alpha", "prefix_tokens", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("n", "prefix_tokens"):
+            if getattr(self, name) > MAX_BLOCK_TOKENS:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} {getattr(self, name):,} is too large: each of these tokens takes a "
+                    f"position of every prompt's context window and a row of trained parameters, so at most "
+                    f"{MAX_BLOCK_TOKENS:,} are accepted (the paper trains 50)")
         if self.min_passages > self.max_passages:
             raise ConfigError(f"--min-passages {self.min_passages} is larger than --max-passages {self.max_passages}")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"--batch-size {self.batch_size} must be a multiple of --grad-accum {self.grad_accum}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a finite positive number, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_steps is None and not self.epochs > 0:
-            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        if not math.isfinite(self.epochs) or (self.max_steps is None and not self.epochs > 0):
+            raise ConfigError(f"--epochs must be a finite positive number, got {self.epochs}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"--seed must be an integer from 0 to 2**32 - 1 = {SEED_LIMIT - 1} (numpy's seed "
+                              f"range), got {self.seed}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.method == "spring+" and not self.base_lora:
