@@ -18,10 +18,11 @@ from spring_core.errors import DataError
 from spring_core.model.loading import load_model
 from spring_train.adapters import load_trained
 from spring_train.batching import answer_loss_sum, build_example, collate
+from spring_train.checkpoint import load_state
 from spring_train.config import ConfigError, TrainConfig
 from spring_train.data import EpochPlan, load_sources, parse_source_spec
 from spring_train.methods import build_target
-from spring_train.trainer import TrainingInterrupted, sample_k, train
+from spring_train.trainer import TrainingDiverged, TrainingInterrupted, sample_k, train
 
 FACTS = [("Paris", "France"), ("Tokyo", "Japan"), ("Rome", "Italy"), ("Berlin", "Germany"), ("Madrid", "Spain"),
          ("Lisbon", "Portugal"), ("Vienna", "Austria"), ("Oslo", "Norway")]
@@ -254,6 +255,37 @@ def test_warm_start_from_an_artifact(tiny, tiny_dir, qa, tmp_path):
                      tokenizer)
     with pytest.raises(ConfigError, match="spring or spring\\+"):
         config(tiny_dir, qa, tmp_path / "z", method="lora", init_tokens=str(tmp_path / "first"))
+
+
+def test_a_diverged_run_fails_keeps_its_checkpoints_and_writes_no_artifact(tiny_dir, qa, tmp_path):
+    """Adam moves each entry by about lr per step: with lr 8000 the table passes the loader's limit (1e4) after
+    step 1 and not after step 2, so step 1's checkpoint is the healthy one kept."""
+    out = tmp_path / "art"
+    expected = (r"diverged at step 2 of 8: the token table holds values up to .*No artifact was written; the "
+                r"checkpoints up to step-0000001.*lower --lr")
+    with pytest.raises(TrainingDiverged, match=expected):
+        train(config(tiny_dir, qa, out, lr=8000, warmup_ratio=0, max_steps=8, checkpoint_every=1),
+              show_progress=False)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000001"]
+    assert not (out / "spring.json").exists() and not (out / "tokens.safetensors").exists()
+    (table,) = load_state(out / "checkpoints" / "step-0000001")["trainable"].values()
+    assert bool(torch.isfinite(table).all()) and float(table.abs().max()) < 1e4
+
+
+def test_cli_diverged_run_exits_2_without_an_artifact(tiny_dir, qa, tmp_path, capsys):
+    out = tmp_path / "art"
+    code = main(["train", "--model", str(tiny_dir), "--data", str(qa), "--out", str(out), "--n", "4", "--max-steps",
+                 "3", "--batch-size", "2", "--lr", "1e30", "--warmup-ratio", "0", "--checkpoint-every", "1",
+                 "--precision", "fp32", "--quiet"])
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in stderr and len(errors) == 1, stderr
+    assert "training diverged at step 1 of 3" in errors[0] and "lower --lr" in errors[0]
+    assert not (out / "spring.json").exists() and not (out / "tokens.safetensors").exists()
+    # Nothing healthy was checkpointed, so the same --out takes a new run.
+    assert main(["train", "--model", str(tiny_dir), "--data", str(qa), "--out", str(out), "--n", "4", "--max-steps",
+                 "1", "--batch-size", "2", "--lr", "1e-3", "--precision", "fp32", "--quiet"]) == 0
+    assert VirtualTokens.load(out).n == 4
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [

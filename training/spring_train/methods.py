@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from spring_core.artifacts.registry import merge_lora
+from spring_core.errors import ArtifactError
 from spring_core.model.inputs import position_ids
 from spring_core.model.spring_model import SpringModel
-from spring_core.model.tokens import VirtualTokens
+from spring_core.model.tokens import VirtualTokens, _check_values
 from spring_train.adapters import SPRING_PLUS_LORA, adapter_sha256, save_peft_artifact
 from spring_train.batching import answer_loss_sum
 from spring_train.config import ConfigError, TrainConfig
@@ -53,6 +54,13 @@ class TrainTarget(torch.nn.Module):
     def trainable_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    def divergence(self) -> str | None:
+        """Why the trained parameters are no longer usable (a diverged run), or ``None`` while they are."""
+        for name, param in self.named_parameters():
+            if param.requires_grad and not bool(torch.isfinite(param.detach()).all()):
+                return f"{name} has NaN or infinite values"
+        return None
+
     def export(self, folder: Path, **manifest_fields: Any) -> Path:
         raise NotImplementedError
 
@@ -75,6 +83,15 @@ class SpringTarget(TrainTarget):
         logits = self.model(inputs_embeds=embeds, attention_mask=attention_mask,
                             position_ids=position_ids(attention_mask), logits_to_keep=labels.shape[1] + 1).logits
         return answer_loss_sum(logits, labels)
+
+    def divergence(self) -> str | None:
+        """The checks ``VirtualTokens.load`` applies to a table (finite, of a magnitude an embedding can have), so a
+        table that passes here is one the artifact's readers accept."""
+        try:
+            _check_values(self.tokens.weight.detach(), "the token table")
+        except ArtifactError as exc:
+            return str(exc).split("; ")[0]  # what is wrong; the loader's remedy is for a damaged file
+        return None
 
     def export(self, folder: Path, **manifest_fields: Any) -> Path:
         if self.base_lora is not None:

@@ -74,6 +74,11 @@ class TrainingInterrupted(SpringError):
     """Training stopped on Ctrl-C after saving a checkpoint; ``--resume`` continues it."""
 
 
+class TrainingDiverged(SpringError):
+    """The loss or the trained parameters stopped being usable numbers (NaN, infinite, or tokens far beyond any
+    embedding): the run stops before the next checkpoint, writes no artifact and keeps the earlier checkpoints."""
+
+
 @dataclass
 class TrainResult:
     """What a finished run produced."""
@@ -176,6 +181,8 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             last_loss, completed = loss_total, step + 1
+            if not math.isfinite(loss_total):  # checked before the log, which holds numbers only
+                _diverged(out, config, completed, total_steps, f"the loss is {loss_total}")
             seconds = time.perf_counter() - step_started
             record = {"step": completed, "epoch": round(completed / steps_per_epoch, 4), "loss": round(last_loss, 5),
                       "k": k if config.trains_tokens else None, "lr": scheduler.get_last_lr()[0],
@@ -184,6 +191,7 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
                 log.write(record)
             progress.update(1)
             progress.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", k=k)
+            _check_trained(out, config, target, completed, total_steps)  # before a checkpoint could keep it
             if completed % config.checkpoint_every == 0 and completed < total_steps:
                 _save_checkpoint(out, config, target, optimizer, scheduler, completed, accelerator,
                                  data=data_digests, seconds=time.perf_counter() - started)
@@ -197,19 +205,42 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = Tr
             f"interrupted after step {completed} of {total_steps}; a checkpoint is saved in {out / CHECKPOINTS}. "
             "Run the same command with --resume to continue."
         ) from None
+    except BaseException:  # e.g. a diverged run or a full disk: the bar ends its line before the error is printed
+        progress.close()
+        raise
     progress.close()
     seconds = time.perf_counter() - started
     summary = {"steps": total_steps, "seconds": round(seconds, 1), "final_loss": round(last_loss, 5),
                "trainable_parameters": target.trainable_count(), "precision": mixed,
                "processes": accelerator.num_processes}
+    _check_trained(out, config, target, completed, total_steps)  # e.g. a resume from a checkpoint of the last step
     if accelerator.is_main_process:
         target.export(out, training={**config.record(), **summary},
                       data_sources=data_digests + _corpus_source(config))
+        # Only now: a failed export (a full disk) leaves the checkpoints to --resume from.
         if not config.keep_checkpoints:
             shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
             shutil.rmtree(out / CACHE, ignore_errors=True)
     accelerator.wait_for_everyone()
     return TrainResult(out, total_steps, seconds, last_loss, target.trainable_count())
+
+
+def _check_trained(out: Path, config: TrainConfig, target: TrainTarget, step: int, total_steps: int) -> None:
+    """Stop with ``TrainingDiverged`` when the trained parameters fail the checks their artifact's loader applies.
+    Every process holds the same parameters, so all of them stop together."""
+    reason = target.divergence()
+    if reason is not None:
+        _diverged(out, config, step, total_steps, reason)
+
+
+def _diverged(out: Path, config: TrainConfig, step: int, total_steps: int, reason: str) -> None:
+    kept = sorted((out / CHECKPOINTS).glob("step-*"))
+    where = (f"the checkpoints up to {kept[-1].name}, written before it, are kept in {out / CHECKPOINTS}; "
+             "start again in another --out" if kept else "start again")
+    raise TrainingDiverged(
+        f"training diverged at step {step} of {total_steps}: {reason}. No artifact was written; {where} with a "
+        f"lower --lr (this run: {config.lr:g}; try {config.lr / 10:g} or less) or a longer --warmup-ratio "
+        f"(this run: {config.warmup_ratio:g})")
 
 
 def _check_launch(accelerator: Any) -> None:
