@@ -280,6 +280,31 @@ def test_train_on_a_read_only_file_system(tiny_dir, tmp_path, tmpfs, capsys):
     assert snapshot(disk) == before
 
 
+# ----- eval ---------------------------------------------------------------------------------------------------
+
+def test_eval_rerun_on_a_full_disk_keeps_the_earlier_report(tiny_dir, tmp_path, tmpfs, capsys):
+    """A rerun with the same --out resumes and rewrites the reports. Here it has no new answer to add, only a longer
+    report (a longer --k is recorded in its config), which no longer fits: the report of the run before stays whole
+    (it was rewritten in place and cut at the first full page)."""
+    disk = tmpfs("disk", "128k")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"id": f"q{i}", "question": "What is the capital of France?",
+                                      "answers": ["Paris"], "passages": [PASSAGE]}) + "\n" for i in range(2)))
+    argv = ["eval", "--model", str(tiny_dir), "--data", str(qa), "--out", str(disk / "ev"), "--methods", "concat",
+            "--max-new-tokens", "2"]
+    assert main([*argv, "--k", "1"]) == 0
+    assert (disk / "ev" / "results.json").stat().st_size < 4096  # one page, the rerun's report needs two
+    fill(disk)
+    before = snapshot(disk)
+    capsys.readouterr()
+    code = main([*argv, "--k", ",".join(["1"] * 3000)])
+    assert_refused(code, capsys.readouterr().err, f"cannot write {disk / 'ev'}", "no space left on device",
+                   "--out")
+    assert snapshot(disk) == before
+    json.loads((disk / "ev" / "results.json").read_text())
+    assert_no_temporaries(disk)
+
+
 # ----- a command with no special handling: augment ---------------------------------------------------------------
 
 def test_augment_on_a_full_disk(tmp_path, tmpfs, capsys):

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spring_core.artifacts.manifest import MANIFEST_NAME, sha256_file
+from spring_core.artifacts.manifest import MANIFEST_NAME, atomic_write_bytes, sha256_file
 from spring_core.errors import DataError, SpringError
 from spring_core.metrics import aggregate, first_line, score
 from spring_core.model.spring_model import SpringModel
@@ -502,20 +502,25 @@ class _PredictionStore:
 
 
 def write_report(results: list[dict[str, Any]], out: str | Path, *, config: dict[str, Any]) -> dict[str, Path]:
-    """``results.json``, ``results.md`` and (when some method has several k) ``em_f1_vs_k.png`` in ``out``."""
-    from spring_train.report import markdown_tables, plot_vs_k
+    """``results.json``, ``results.md`` and (when some method has several k) ``em_f1_vs_k.png`` in ``out``.
+
+    Every file is rendered first and then written atomically: a rerun that fails to write (a full disk) leaves each
+    report of the run before whole, never cut."""
+    from spring_train.report import markdown_tables, render_vs_k
 
     out = Path(out)
-    paths = {"json": out / "results.json", "markdown": out / "results.md"}
-    paths["json"].write_text(json.dumps({"config": config, "results": results}, indent=2) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(markdown_tables(results) + "\n", encoding="utf-8")
+    contents = {"json": (out / "results.json",
+                         (json.dumps({"config": config, "results": results}, indent=2) + "\n").encode("utf-8")),
+                "markdown": (out / "results.md", (markdown_tables(results) + "\n").encode("utf-8"))}
     ks_per_method: dict[str, set[int]] = {}
     for r in results:
         if r["k"] is not None:
             ks_per_method.setdefault(r["method"], set()).add(r["k"])
     if any(len(ks) > 1 for ks in ks_per_method.values()):
-        paths["plot"] = plot_vs_k(results, out / "em_f1_vs_k.png")
-    return paths
+        contents["plot"] = (out / "em_f1_vs_k.png", render_vs_k(results))
+    for path, data in contents.values():
+        atomic_write_bytes(path, data)
+    return {name: path for name, (path, _) in contents.items()}
 
 
 def record_metrics(artifact: str | Path, results: list[dict[str, Any]], *, method: str = "SPRING",

@@ -124,11 +124,23 @@ def markdown_tables(rows: Sequence[Row], metrics: Sequence[str] = ("em", "f1", "
 
 
 def plot_vs_k(rows: Sequence[Row], path: str | Path) -> Path:
-    """Plot EM and F1 against ``k`` (one subplot per dataset) with baselines as dashed lines; save a PNG at ``path``.
+    """Plot EM and F1 against ``k`` (one subplot per dataset) with baselines as dashed lines; save a PNG at ``path``
+    atomically (a failed write, e.g. on a full disk, leaves the earlier plot as it was).
 
     Methods with ``k`` are drawn as lines over their ``k`` values (a single ``k`` gives a single point); methods
     without ``k`` are horizontal dashed (EM) and dash-dotted (F1) lines. Raises ``ValueError`` if no row has a ``k``.
     """
+    from spring_core.artifacts.manifest import atomic_write_bytes
+
+    path = Path(path)
+    atomic_write_bytes(path, render_vs_k(rows))
+    return path
+
+
+def render_vs_k(rows: Sequence[Row]) -> bytes:
+    """The PNG that ``plot_vs_k`` writes, as bytes."""
+    import io
+
     k_values = sorted({int(row["k"]) for row in rows if row.get("k") is not None})
     if not k_values:
         raise ValueError("no result row has a k: there is nothing to plot against k (only baselines)")
@@ -168,11 +180,10 @@ def plot_vs_k(rows: Sequence[Row], path: str | Path) -> Path:
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=ncol, fontsize="small")
     fig.suptitle("EM and F1 against the number of virtual tokens k")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    return path
+    return png.getvalue()
 
 
 def _plot_method(ax: Any, rows: Sequence[Row], method: str, color: str) -> None:
