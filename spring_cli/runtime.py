@@ -12,8 +12,6 @@ from pathlib import Path
 from spring_cli.outputs import refuse_existing_output, write_new_folder
 from spring_core.model.loading import DEFAULT_MODEL
 
-DEMO_K = 50  # the demo's block size without --k (the artifact's n when it holds fewer)
-
 
 def add_runtime_parsers(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
@@ -25,8 +23,8 @@ def add_runtime_parsers(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--tokens", help="artifact folder with trained tokens (default for smollm2-135m: the "
                                        "bundled smollm2-135m-squad tokens; other models: an untrained block "
                                        "initialised from the paper's instruction sentence)")
-    demo.add_argument("--k", type=int, help=f"how many virtual tokens to use, at most the artifact's n (default: "
-                                            f"{DEMO_K}, or n when the artifact has fewer)")
+    demo.add_argument("--k", type=int, help="how many virtual tokens to use, at most the artifact's n (default: "
+                                            "50, or n when the artifact has fewer)")
     demo.add_argument("--count", type=int, default=3, help="how many questions, at least 1 (default: 3)")
     demo.add_argument("--data", help="a QA JSONL file with passages (default: the bundled SQuAD slice)")
     demo.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: 32)")
@@ -115,37 +113,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> None:
     from spring_core.demo import run_demo
-    from spring_core.errors import OptionError
-    from spring_core.options import virtual_token_count
 
-    if args.count < 1:
-        raise OptionError(f"--count must be at least 1 (how many questions to answer), got {args.count}")
-    k = DEMO_K  # the demo itself lowers the default to the artifact's n
-    if args.k is not None:  # an explicit --k must fit the artifact's n, as `spring-rag eval` requires
-        n = _demo_artifact_n(args.model, args.tokens)
-        if n is not None:
-            k = virtual_token_count(args.k, n, "--k")
-        elif args.k < 0:
-            raise OptionError(f"--k must be at least 0, got {args.k}")
-        else:  # an untrained block of --k tokens is made for it
-            k = args.k
-    run_demo(model=args.model, tokens=args.tokens, k=k, count=args.count, data=args.data,
-             max_new_tokens=args.max_new_tokens, out=sys.stdout)  # the stdout of now, not of the import
-
-
-def _demo_artifact_n(model: str, tokens: str | None) -> int | None:
-    """The ``n`` of the artifact the demo loads (``--tokens``, or the default model's bundled one), read from its
-    manifest before the model loads; ``None`` when the demo makes an untrained block of ``--k`` tokens, or when the
-    manifest has no usable ``n`` (loading the artifact then names the fault)."""
-    from spring_core.artifacts.manifest import read_manifest
-    from spring_core.model.tokens import BUNDLED, KIND, resolve_artifact
-
-    if tokens is None and model == DEFAULT_MODEL:
-        tokens = BUNDLED[0]
-    if tokens is None:
-        return None
-    n = read_manifest(resolve_artifact(tokens), KIND).get("n")
-    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+    run_demo(model=args.model, tokens=args.tokens, k=args.k, count=args.count, data=args.data,
+             max_new_tokens=args.max_new_tokens)
 
 
 def run_index(args: argparse.Namespace) -> None:

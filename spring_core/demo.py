@@ -17,29 +17,40 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from spring_core import options
 from spring_core.data import demo_qa_path, read_qa
 from spring_core.model.loading import DEFAULT_MODEL
 from spring_core.model.spring_model import SpringModel
 from spring_core.model.tokens import BUNDLED, VirtualTokens
 
+DEFAULT_K = 50
+"""The demo's block size when none is given (the artifact's ``n`` when it holds fewer)."""
 
-def run_demo(*, model: str = DEFAULT_MODEL, tokens: str | Path | None = None, k: int = 50, count: int = 3,
-             data: str | Path | None = None, max_new_tokens: int = 32, out: TextIO = sys.stdout) -> list[dict]:
-    """Answer ``count`` questions from ``data`` (default: the bundled SQuAD slice) with k = 0 and with k tokens.
+
+def run_demo(*, model: str = DEFAULT_MODEL, tokens: str | Path | None = None, k: int | None = None, count: int = 3,
+             data: str | Path | None = None, max_new_tokens: int = 32, out: TextIO | None = None) -> list[dict]:
+    """Answer ``count`` (at least 1) questions from ``data`` (default: the bundled SQuAD slice) with k = 0 and with
+    ``k`` tokens, printed to ``out`` (default: ``sys.stdout`` at the time of the call).
 
     Without ``tokens`` the default model uses its bundled trained artifact (``smollm2-135m-squad``); any other
-    model gets an *untrained* block, initialised from the paper's instruction sentence.
+    model gets an *untrained* block of ``k`` tokens, initialised from the paper's instruction sentence. ``k``: at
+    most the artifact's ``n`` (``MarkerError`` otherwise); default ``DEFAULT_K``, or ``n`` when the artifact has
+    fewer.
     """
+    options.integer("count", count, low=1)
+    if k is not None:
+        options.integer("k", k, low=0)
+    out = sys.stdout if out is None else out
     started = time.perf_counter()
     if tokens is None and model == DEFAULT_MODEL:
         tokens = BUNDLED[0]
     sm = SpringModel.from_pretrained(model, tokens=tokens)
     if sm.tokens is None:
-        sm = sm.with_tokens(VirtualTokens.from_text(sm, n=max(k, 1), layout="chat"))
+        sm = sm.with_tokens(VirtualTokens.from_text(sm, n=max(DEFAULT_K if k is None else k, 1), layout="chat"))
         origin = f"untrained, initialised from the instruction sentence ({sm.n} tokens)"
     else:
         origin = f"trained artifact {tokens} ({sm.n} tokens)"
-    k = min(k, sm.n)
+    k = min(DEFAULT_K, sm.n) if k is None else options.virtual_token_count(k, sm.n)
     rows = _spread_over_titles(read_qa(data or demo_qa_path()), count)
     print(f"model: {sm.name}   layout: {sm.layout}   virtual tokens: {origin}", file=out)
     print(f"loaded in {time.perf_counter() - started:.1f} s; answering {len(rows)} questions\n", file=out)

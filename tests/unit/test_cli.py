@@ -56,7 +56,7 @@ def one_error_line(code: int, stderr: str) -> str:
 def test_demo_refuses_a_count_below_one(tiny_dir, count, capsys):
     code = main(["demo", "--model", str(tiny_dir), "--count", count, "--max-new-tokens", "1"])
     captured = capsys.readouterr()
-    assert "--count must be at least 1" in one_error_line(code, captured.err)
+    assert "count must be an integer >= 1" in one_error_line(code, captured.err)
     assert "Q:" not in captured.out  # not a single question answered (-2 answered all but the last two)
 
 
@@ -66,7 +66,7 @@ def test_demo_refuses_an_explicit_k_above_n_and_fits_the_default_to_n(tiny, tiny
             "--max-new-tokens", "1"]
     code = main([*argv, "--k", "100"])
     captured = capsys.readouterr()
-    assert "--k = 100 is out of range: this model has n = 3" in one_error_line(code, captured.err)
+    assert "k = 100 is out of range: this model has n = 3" in one_error_line(code, captured.err)
     assert "Q:" not in captured.out
     assert main([*argv, "--k", "2"]) == 0 and "k = 2 ([r1]..[r2])" in capsys.readouterr().out
     assert main(argv) == 0 and "k = 3 ([r1]..[r3])" in capsys.readouterr().out  # the default, 50, fits n
