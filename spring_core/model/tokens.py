@@ -183,7 +183,7 @@ class VirtualTokens(torch.nn.Module):
             except InputError as exc:
                 raise ArtifactError(f"cannot import {path} into {model_display_name(model)!r}: {exc}") from exc
         rows = loaded.float() * scale
-        _check_values(rows, path)  # what loading the saved artifact checks: never write one it would refuse
+        check_table_values(rows, path)  # what loading the saved artifact checks: never write one it would refuse
         return cls._new(rows, model, layout, {"method": "official-spring-pt", "source": path.name})
 
     @classmethod
@@ -259,7 +259,7 @@ class VirtualTokens(torch.nn.Module):
                 f"{path} holds a {list(weight.shape)} table but {folder / 'spring.json'} says [n, hidden] = "
                 f"{expected}; the artifact is inconsistent"
             )
-        _check_values(weight, path)
+        check_table_values(weight, path)
         tokens = cls(weight, manifest)
         if model is not None:
             tokens.check_compatible(model, str(folder))
@@ -307,8 +307,10 @@ def _check_token_manifest(manifest: dict[str, Any], path: Path) -> None:
         raise schema_error(path, "data_sources", "a list", manifest.get("data_sources"))
 
 
-def _check_values(weight: torch.Tensor, where: Path) -> None:
-    """float32 (what ``save`` writes), finite, and of a magnitude an embedding can have."""
+def check_table_values(weight: torch.Tensor, where: Path | str) -> None:
+    """An ``ArtifactError`` unless ``weight`` is what loading a token artifact accepts: float32 (what ``save``
+    writes), finite, and of a magnitude an embedding can have (the trainer checks each step with it, so a diverged
+    run never writes a table its loader would refuse). ``where`` names the table in the message."""
     if weight.dtype != torch.float32:
         raise ArtifactError(f"{where} holds a {str(weight.dtype).removeprefix('torch.')} table; virtual tokens are "
                             "float32 — re-export the artifact with VirtualTokens.save")

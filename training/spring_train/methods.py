@@ -25,7 +25,7 @@ from spring_core.artifacts.registry import merge_lora
 from spring_core.errors import ArtifactError
 from spring_core.model.inputs import position_ids
 from spring_core.model.spring_model import SpringModel
-from spring_core.model.tokens import VirtualTokens, _check_values
+from spring_core.model.tokens import VirtualTokens, check_table_values
 from spring_train.adapters import SPRING_PLUS_LORA, adapter_sha256, save_peft_artifact
 from spring_train.batching import answer_loss_sum
 from spring_train.config import ConfigError, TrainConfig
@@ -88,7 +88,7 @@ class SpringTarget(TrainTarget):
         """The checks ``VirtualTokens.load`` applies to a table (finite, of a magnitude an embedding can have), so a
         table that passes here is one the artifact's readers accept."""
         try:
-            _check_values(self.tokens.weight.detach(), "the token table")
+            check_table_values(self.tokens.weight.detach(), "the token table")
         except ArtifactError as exc:
             return str(exc).split("; ")[0]  # what is wrong; the loader's remedy is for a damaged file
         return None
