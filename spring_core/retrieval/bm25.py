@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -154,7 +155,12 @@ class BM25Store:
         try:
             if rows:
                 index = _build_index(rows)
-                index.save(str(staging))
+                try:
+                    index.save(str(staging))
+                except OSError as exc:  # numpy's tofile reports a short write ("N requested and M written") with
+                    if exc.errno is not None:  # no errno: the file system had no room for the rest
+                        raise
+                    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({exc})", str(staging)) from exc
             # passages.jsonl first: it is the source of truth, and `open` rebuilds an index that lags behind.
             lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             atomic_write_bytes(self.folder / PASSAGES_FILE, lines.encode())

@@ -188,24 +188,29 @@ def test_import_spring_without_write_permission(tiny_dir, pt_file, tmp_path, cap
 
 # ----- index ------------------------------------------------------------------------------------------------------
 
-def write_corpus(path: Path, count: int) -> Path:
-    path.write_text("".join(json.dumps({**PASSAGE, "id": f"p{i}", "text": f"Passage {i}. " + "word " * 60}) + "\n"
+def write_corpus(path: Path, count: int, *, distinct: bool = False) -> Path:
+    """``count`` passages of 60 words: the same word, or (``distinct``) words of their own, for a large index."""
+    words = (lambda i: " ".join(f"w{i}x{j}" for j in range(60))) if distinct else (lambda i: "word " * 60)
+    path.write_text("".join(json.dumps({**PASSAGE, "id": f"p{i}", "text": f"Passage {i}. " + words(i)}) + "\n"
                             for i in range(count)))
     return path
 
 
 @pytest.mark.parametrize(("fault", "cause", "passages"), [("full", "no space left on device", 300),
+                                                         ("nearly full", "no space left on device", 300),
                                                          ("read-only", "read-only file system", 3)])
 def test_index_on_a_refusing_disk_keeps_the_store(tmp_path, tmpfs, capsys, fault, cause, passages):
+    """``nearly full``: two pages left, so the index's arrays are cut by a short write (numpy reports it with no
+    errno, which is still a full disk)."""
     disk = tmpfs("disk", "256k")
     store = disk / "store"
     assert main(["index", str(write_corpus(tmp_path / "one.jsonl", 1)), "--store", str(store), "--backend",
                  "bm25"]) == 0
-    fill(disk) if fault == "full" else remount_read_only(disk)
+    fill(disk, leave=8192 if fault == "nearly full" else 0) if "full" in fault else remount_read_only(disk)
     before = snapshot(disk)
     capsys.readouterr()
-    code = main(["index", str(write_corpus(tmp_path / "more.jsonl", passages)), "--store", str(store), "--backend",
-                 "bm25"])
+    more = write_corpus(tmp_path / "more.jsonl", passages, distinct=fault == "nearly full")
+    code = main(["index", str(more), "--store", str(store), "--backend", "bm25"])
     assert_refused(code, capsys.readouterr().err, str(store), cause, "--store")
     assert snapshot(disk) == before  # passages, index and manifest as they were: the store still opens
     assert_no_temporaries(disk)
