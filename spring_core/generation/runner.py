@@ -74,7 +74,7 @@ class Runner:
                      healed: Sequence[Healed] = (), processors: Sequence[LogitsProcessor] = ()) -> list[list[int]]:
         """Each prompt's new ids, cut after its first end-of-sequence id or at the end of its first stop string."""
         spaces = [h.spaces for h in healed] or [""] * len(prompts)
-        with torch.inference_mode(), sampling(settings):
+        with torch.inference_mode(), sampling(settings) if settings.temperature > 0 else contextlib.nullcontext():
             inputs = self.inputs.batch(prompts, self.table)
             # generate() returns the prompt's ids before the new ones when it reads ids (none for embeddings)
             width = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
