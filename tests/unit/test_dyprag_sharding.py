@@ -26,17 +26,19 @@ def adapter(spec: LoraSpec, seed: int) -> dict[str, torch.Tensor]:
             for name, (out_f, in_f) in spec.modules.items() for part, shape in (("A", (2, in_f)), ("B", (out_f, 2)))}
 
 
-def write_share(folder: str, model, spec: LoraSpec, index: int) -> None:
+def write_share(folder: str, model_dir: str, index: int) -> None:
+    model = load_model(model_dir)[0]  # a model in memory need not pickle (transformers may have hooked it)
+    spec = LoraSpec.for_model(model, rank=2, alpha=32)
     store = AdapterStore.open_or_create(folder, model, spec, base_model_name="tiny")
     for i in share(range(12), index, 2):
         store.add({f"doc-{i}": adapter(spec, i)})  # one commit per document: as many races as possible
 
 
-def test_two_processes_adding_to_one_store_lose_nothing(tiny, tmp_path):
-    model = tiny[0]
+def test_two_processes_adding_to_one_store_lose_nothing(tiny, tiny_dir, tmp_path):
+    model = tiny[0]  # the model tiny_dir holds
     spec = LoraSpec.for_model(model, rank=2, alpha=32)
     folder = str(tmp_path / "store")
-    assert exit_codes([(write_share, (folder, model, spec, i)) for i in (0, 1)], timeout=120) == [0, 0]
+    assert exit_codes([(write_share, (folder, str(tiny_dir), i)) for i in (0, 1)], timeout=120) == [0, 0]
     store = AdapterStore.open(tmp_path / "store", model=model)  # every file's SHA-256 checked
     assert sorted(store.ids(), key=lambda d: int(d.split("-")[1])) == [f"doc-{i}" for i in range(12)]
     assert all(torch.equal(store.get(f"doc-{i}")[key], value)
